@@ -1,0 +1,110 @@
+//! SQLite schema of a project and its migrations (`PRAGMA user_version` = number applied).
+
+use rusqlite::Connection;
+
+/// Each entry upgrades the schema by one version; never edit an entry once released, append.
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    r#"
+    CREATE TABLE classes (
+        id          INTEGER PRIMARY KEY,
+        name        TEXT NOT NULL UNIQUE,
+        mid         TEXT,                          -- Open Images MID, e.g. /m/01b9xk
+        color       TEXT NOT NULL                  -- '#rrggbb'
+    );
+    CREATE TABLE images (
+        id            INTEGER PRIMARY KEY,
+        path          TEXT NOT NULL UNIQUE,        -- relative to images/, forward slashes
+        width         INTEGER NOT NULL CHECK (width > 0),
+        height        INTEGER NOT NULL CHECK (height > 0),
+        sha256        TEXT NOT NULL,
+        split         TEXT CHECK (split IN ('train', 'validation', 'test')),
+        source        TEXT NOT NULL,
+        author        TEXT,
+        license       TEXT,
+        original_url  TEXT,
+        title         TEXT,
+        review_status TEXT NOT NULL DEFAULT 'unreviewed'
+                      CHECK (review_status IN ('unreviewed', 'accepted', 'fixed', 'rejected')),
+        created_at    TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    );
+    CREATE INDEX images_sha256 ON images(sha256);
+    CREATE TABLE instances (
+        id                INTEGER PRIMARY KEY,
+        image_id          INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        class_id          INTEGER NOT NULL REFERENCES classes(id),
+        bbox_x            REAL NOT NULL,
+        bbox_y            REAL NOT NULL,
+        bbox_w            REAL NOT NULL,
+        bbox_h            REAL NOT NULL,
+        area              INTEGER NOT NULL,
+        rle               TEXT NOT NULL,           -- COCO compressed RLE counts at image size
+        iscrowd           INTEGER NOT NULL DEFAULT 0,
+        origin            TEXT NOT NULL CHECK (origin IN ('openimages', 'import', 'model', 'manual')),
+        provenance        TEXT,                    -- JSON (MID, BoxID, PredictedIoU, source file, ...)
+        original_rle      TEXT,                    -- the mask before the first edit
+        original_class_id INTEGER REFERENCES classes(id),
+        edited            INTEGER NOT NULL DEFAULT 0,
+        created_at        TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+        updated_at        TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    );
+    CREATE INDEX instances_image ON instances(image_id);
+    CREATE INDEX instances_class ON instances(class_id);
+    CREATE TABLE edit_log (
+        id          INTEGER PRIMARY KEY,
+        image_id    INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        instance_id INTEGER,                       -- no FK: the instance may be deleted
+        kind        TEXT NOT NULL,                 -- create | update | delete | status
+        before      TEXT,                          -- JSON state before (NULL for create)
+        after       TEXT,                          -- JSON state after (NULL for delete)
+        undone      INTEGER NOT NULL DEFAULT 0,    -- undone entries form the redo stack
+        created_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    );
+    CREATE TABLE imports (
+        id          INTEGER PRIMARY KEY,
+        format      TEXT NOT NULL,
+        source_path TEXT NOT NULL,
+        images      INTEGER NOT NULL,
+        instances   INTEGER NOT NULL,
+        finished_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    );
+    "#,
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Why a schema could not be brought up to date.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    /// The file was written by a newer Mask Studio.
+    #[error(
+        "project schema version {found} is newer than this Mask Studio understands ({SCHEMA_VERSION}); update Mask Studio"
+    )]
+    TooNew {
+        /// The version in the file.
+        found: i64,
+    },
+    /// SQLite failed.
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// Applies the missing migrations, all in one transaction.
+pub fn migrate(conn: &mut Connection) -> Result<(), SchemaError> {
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if found > SCHEMA_VERSION {
+        return Err(SchemaError::TooNew { found });
+    }
+    if found == SCHEMA_VERSION {
+        return Ok(());
+    }
+    let tx = conn.transaction()?;
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        tx.execute_batch(sql)?;
+        log::info!("project schema migrated to version {}", index + 1);
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    Ok(())
+}

@@ -1,0 +1,8 @@
+//! Mask Studio: pick Open Images classes, review and fix instance masks, train a Mask R-CNN,
+//! predict — one native app. See ARCHITECTURE.md for the module map and dependency direction
+//! (`gui` → workers → `dataset` → `model` → tch).
+
+pub mod cli;
+pub mod dataset;
+pub mod gui;
+pub mod runtime;
