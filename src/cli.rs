@@ -64,6 +64,37 @@ pub enum Command {
         /// Names from the catalogue; all when omitted.
         names: Vec<String>,
     },
+    /// Benchmarks against the reference implementation, run side by side (prints ratios).
+    Bench {
+        /// Which benchmark: masks (RLE/polygons vs pycocotools).
+        #[arg(value_parser = ["masks"])]
+        name: String,
+    },
+    /// Predict instance masks with a model bundle; writes COCO results JSON (and overlays).
+    Predict {
+        /// Model bundle folder (model.safetensors, labels.txt, model.json).
+        #[arg(long)]
+        model: PathBuf,
+        /// Minimum detection score (default: the bundle's box_score_thresh).
+        #[arg(long)]
+        score_thresh: Option<f64>,
+        /// auto | cpu | cuda
+        #[arg(long, default_value = "auto")]
+        device: crate::runtime::DeviceChoice,
+        /// COCO results JSON to write.
+        #[arg(long)]
+        out_json: PathBuf,
+        /// Folder for overlay PNGs.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+        /// Image files or folders (searched recursively for .jpg/.jpeg/.png).
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+    },
+    /// Download Open Images classes (images + only the needed instance masks) into a project.
+    Download(crate::openimages::cli::DownloadArgs),
+    /// List / search the segmentable Open Images classes with counts per split.
+    Classes(crate::openimages::cli::ClassesArgs),
     /// Print a project's classes, counts per split, edited and unreviewed counts.
     Info {
         /// Project folder.
@@ -100,6 +131,33 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Weights { names } => weights(&names),
+        Command::Download(args) => {
+            let cache = crate::runtime::cache_dir().join("openimages");
+            crate::openimages::cli::run_download(&args, cache, &CancelToken::default()).map(|_| ())
+        }
+        Command::Classes(args) => {
+            let cache = crate::runtime::cache_dir().join("openimages");
+            crate::openimages::cli::run_classes(&args, cache, &CancelToken::default())
+        }
+        Command::Predict {
+            model,
+            score_thresh,
+            device,
+            out_json,
+            out_dir,
+            inputs,
+        } => predict(
+            &model,
+            score_thresh,
+            device,
+            &out_json,
+            out_dir.as_deref(),
+            &inputs,
+        ),
+        Command::Bench { name } => match name.as_str() {
+            "masks" => crate::bench::masks::run(),
+            other => anyhow::bail!("unknown benchmark {other:?}"),
+        },
     }
 }
 
@@ -211,5 +269,75 @@ fn weights(names: &[String]) -> anyhow::Result<()> {
         let (path, source) = crate::runtime::fetch_pretrained(w)?;
         println!("{}: {} ({source:?}, sha256 ok)", w.name, path.display());
     }
+    Ok(())
+}
+
+fn predict(
+    bundle: &Path,
+    score_thresh: Option<f64>,
+    device: crate::runtime::DeviceChoice,
+    out_json: &Path,
+    out_dir: Option<&Path>,
+    inputs: &[PathBuf],
+) -> anyhow::Result<()> {
+    use crate::infer::{Predictor, coco_result, collect_images, overlay, read_image};
+    let device = crate::runtime::device(device)?;
+    let predictor = Predictor::load(bundle, device, score_thresh)?;
+    let images = collect_images(inputs)?;
+    anyhow::ensure!(!images.is_empty(), "no images found in {inputs:?}");
+    if let Some(dir) = out_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {dir:?}"))?;
+    }
+    let bar = progress_bar(images.len() as u64, "images");
+    let mut results = Vec::new();
+    let mut failures = Vec::new();
+    for path in &images {
+        bar.inc(1);
+        let outcome = read_image(path).and_then(|image| {
+            let detections = predictor.predict(&image)?;
+            Ok((image, detections))
+        });
+        let (image, detections) = match outcome {
+            Ok(ok) => ok,
+            Err(e) => {
+                bar.suspend(|| eprintln!("skipped: {e:#}"));
+                failures.push(path.clone());
+                continue;
+            }
+        };
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        results.extend(detections.iter().map(|d| coco_result(&file_name, d)));
+        if let Some(dir) = out_dir {
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let png = dir.join(format!("{stem}.overlay.png"));
+            let mut bytes = Vec::new();
+            overlay::draw(&image, &detections).write_to(
+                &mut std::io::Cursor::new(&mut bytes),
+                image::ImageFormat::Png,
+            )?;
+            crate::dataset::store::write_atomic(&png, &bytes)?;
+        }
+    }
+    bar.finish_and_clear();
+    let json = serde_json::to_vec_pretty(&results)?;
+    crate::dataset::store::write_atomic(out_json, &json)?;
+    println!(
+        "{} detections in {} images written to {}{}",
+        results.len(),
+        images.len() - failures.len(),
+        out_json.display(),
+        if failures.is_empty() {
+            String::new()
+        } else {
+            format!("; {} images skipped", failures.len())
+        }
+    );
+    anyhow::ensure!(failures.len() < images.len(), "no image could be read");
     Ok(())
 }

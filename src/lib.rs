@@ -2,7 +2,11 @@
 //! predict — one native app. See ARCHITECTURE.md for the module map and dependency direction
 //! (`gui` → workers → `dataset` → `model` → tch).
 
+pub mod bench;
 pub mod cli;
 pub mod dataset;
 pub mod gui;
+pub mod infer;
+pub mod model;
+pub mod openimages;
 pub mod runtime;

@@ -154,3 +154,87 @@ mod tests {
         assert!(m.iou(&back) > 0.9);
     }
 }
+
+/// Joins several polygons of one instance into a single polygon with zero-width bridges, the way
+/// Ultralytics' `merge_multi_segment` does for YOLO-seg (one line per instance): components are
+/// chained nearest-first, each entered and left at the vertex closest to the previous anchor,
+/// and the bridges are walked back at the end. A bridge is traversed once each way, so it
+/// encloses no area.
+pub fn bridge_polygons(polygons: &[Vec<f64>]) -> Vec<f64> {
+    let mut remaining: Vec<&Vec<f64>> = polygons.iter().filter(|p| p.len() >= 6).collect();
+    if remaining.is_empty() {
+        return Vec::new();
+    }
+    let dist2 = |a: (f64, f64), b: (f64, f64)| (a.0 - b.0).powi(2) + (a.1 - b.1).powi(2);
+    let closest_vertex = |poly: &[f64], to: (f64, f64)| -> (usize, f64) {
+        poly.chunks_exact(2)
+            .enumerate()
+            .map(|(i, p)| (i, dist2((p[0], p[1]), to)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .unwrap_or((0, f64::INFINITY))
+    };
+    let first = remaining.remove(0);
+    let mut out = Vec::new();
+    let mut anchors = Vec::new();
+    let push_loop = |poly: &[f64], start: usize, out: &mut Vec<f64>| {
+        let n = poly.len() / 2;
+        for k in 0..=n {
+            let i = (start + k) % n;
+            out.extend_from_slice(&poly[2 * i..2 * i + 2]);
+        }
+    };
+    push_loop(first, 0, &mut out);
+    let mut anchor = (first[0], first[1]);
+    anchors.push(anchor);
+    while !remaining.is_empty() {
+        // The remaining component with the vertex nearest to the current anchor.
+        let (pos, (start, _)) = remaining
+            .iter()
+            .map(|p| closest_vertex(p, anchor))
+            .enumerate()
+            .min_by(|a, b| a.1.1.total_cmp(&b.1.1))
+            .unwrap_or((0, (0, 0.0)));
+        let poly = remaining.remove(pos);
+        push_loop(poly, start, &mut out);
+        anchor = (poly[2 * start], poly[2 * start + 1]);
+        anchors.push(anchor);
+    }
+    // Walk the bridges back to the first anchor (skipping the last, where we stand).
+    for &(x, y) in anchors.iter().rev().skip(1) {
+        out.extend_from_slice(&[x, y]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod bridge_tests {
+    use super::*;
+
+    #[test]
+    fn bridged_components_rasterise_to_the_union_of_the_parts() {
+        let mut mask = Mask::new(40, 30);
+        for (x0, y0, side) in [(2, 2, 6), (20, 5, 8), (10, 20, 5)] {
+            for y in y0..y0 + side {
+                for x in x0..x0 + side {
+                    mask.set(x, y, true);
+                }
+            }
+        }
+        let polys = outer_contours(&mask);
+        assert_eq!(polys.len(), 3);
+        let bridged = bridge_polygons(&polys);
+        let back = Mask::from_polygons(&[bridged], 40, 30).unwrap();
+        assert!(back.iou(&mask) > 0.97, "IoU {}", back.iou(&mask));
+        assert_eq!(back.area(), mask.area());
+    }
+
+    #[test]
+    fn a_single_polygon_is_closed_and_unchanged_in_area() {
+        let square = vec![1.0, 1.0, 5.0, 1.0, 5.0, 5.0, 1.0, 5.0];
+        let bridged = bridge_polygons(std::slice::from_ref(&square));
+        assert_eq!(&bridged[..8], &square[..]);
+        let a = Mask::from_polygons(&[square], 8, 8).unwrap();
+        let b = Mask::from_polygons(&[bridged], 8, 8).unwrap();
+        assert_eq!(a, b);
+    }
+}

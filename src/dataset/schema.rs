@@ -19,7 +19,8 @@ const MIGRATIONS: &[&str] = &[
         height        INTEGER NOT NULL CHECK (height > 0),
         sha256        TEXT NOT NULL,
         split         TEXT CHECK (split IN ('train', 'validation', 'test')),
-        source        TEXT NOT NULL,
+        source        TEXT NOT NULL,               -- format and dataset file, e.g. coco:annotations.json
+        source_file   TEXT,                        -- absolute path of the file it was imported from
         author        TEXT,
         license       TEXT,
         original_url  TEXT,
@@ -28,7 +29,7 @@ const MIGRATIONS: &[&str] = &[
                       CHECK (review_status IN ('unreviewed', 'accepted', 'fixed', 'rejected')),
         created_at    TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
     );
-    CREATE INDEX images_sha256 ON images(sha256);
+    CREATE INDEX images_sha256 ON images(sha256, source_file);
     CREATE TABLE instances (
         id                INTEGER PRIMARY KEY,
         image_id          INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,

@@ -4,7 +4,7 @@
 //! and the rows that reference them are committed afterwards in one transaction, so a crash
 //! leaves at worst an unreferenced file behind, never a row without its file.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -337,11 +337,12 @@ impl Project {
 
         // Phase 1 (no database writes): validate, rasterise, hash and copy files in.
         let mut prepared = Vec::with_capacity(total);
+        let mut claimed = HashSet::new();
         for (done, image) in set.images.iter().enumerate() {
             if cancel.is_cancelled() {
                 return Err(StoreError::Cancelled);
             }
-            prepared.push(self.prepare_image(image, &known_classes)?);
+            prepared.push(self.prepare_image(image, &known_classes, &mut claimed)?);
             progress(ImportProgress {
                 done: done + 1,
                 total,
@@ -387,29 +388,23 @@ impl Project {
             class_ids.push(id);
         }
         for image in &prepared {
-            let existing: Option<String> = tx
-                .query_row(
-                    "SELECT sha256 FROM images WHERE path = ?1",
-                    [&image.rel_path],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if existing.is_some() {
+            let Some(rel_path) = &image.rel_path else {
                 summary.images_skipped += 1;
                 continue;
-            }
+            };
             let a = &image.attribution;
             tx.execute(
-                "INSERT INTO images (path, width, height, sha256, split, source, author, license,
-                                     original_url, title)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT INTO images (path, width, height, sha256, split, source, source_file,
+                                     author, license, original_url, title)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 params![
-                    image.rel_path,
+                    rel_path,
                     image.width,
                     image.height,
                     image.sha256,
                     image.split,
                     image.source,
+                    image.source_file,
                     a.author,
                     a.license,
                     a.original_url,
@@ -459,6 +454,7 @@ impl Project {
         &self,
         image: &crate::dataset::ImportImage,
         classes: &HashMap<&str, usize>,
+        claimed: &mut HashSet<String>,
     ) -> Result<PreparedImage, StoreError> {
         let rel =
             safe_relative_path(&image.file_name).map_err(|source| StoreError::UnsafePath {
@@ -478,25 +474,30 @@ impl Project {
         }
         let sha256 = hex(&Sha256::digest(&bytes));
 
-        // Place the file; a different file already using the name gets a content-suffixed name.
-        let mut rel_path = rel.to_string_lossy().replace('\\', "/");
-        let mut dest = self.images_dir().join(&rel);
-        if dest.exists() && sha256_of_file(&dest)? != sha256 {
-            let stem = rel
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let ext = rel
-                .extension()
-                .map(|s| format!(".{}", s.to_string_lossy()))
-                .unwrap_or_default();
-            let renamed = rel.with_file_name(format!("{stem}-{}{ext}", &sha256[..8]));
-            rel_path = renamed.to_string_lossy().replace('\\', "/");
-            dest = self.images_dir().join(&renamed);
-        }
-        if !dest.exists() {
-            write_atomic(&dest, &bytes)?;
-        }
+        // The same file imported from the same place before: skip it (re-runs are no-ops).
+        let source_file = std::path::absolute(&image.src_path)
+            .unwrap_or_else(|_| image.src_path.clone())
+            .display()
+            .to_string();
+        let already: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT id FROM images WHERE sha256 = ?1 AND source_file = ?2",
+                params![sha256, source_file],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let rel_path = if already.is_some() {
+            None
+        } else {
+            let rel_path = self.free_image_path(&rel, &sha256, claimed)?;
+            let dest = self.images_dir().join(&rel_path);
+            if !dest.exists() {
+                write_atomic(&dest, &bytes)?;
+            }
+            claimed.insert(rel_path.clone());
+            Some(rel_path)
+        };
 
         let mut instances = Vec::with_capacity(image.instances.len());
         for (index, instance) in image.instances.iter().enumerate() {
@@ -531,6 +532,7 @@ impl Project {
         }
         Ok(PreparedImage {
             rel_path,
+            source_file,
             width,
             height,
             sha256,
@@ -538,6 +540,47 @@ impl Project {
             source: image.source.clone(),
             attribution: image.attribution.clone(),
             instances,
+        })
+    }
+
+    /// The first of `name`, `stem-2.ext`, `stem-3.ext`, … not used by another image (in the
+    /// database, in this import, or on disk with other content).
+    fn free_image_path(
+        &self,
+        rel: &Path,
+        sha256: &str,
+        claimed: &HashSet<String>,
+    ) -> Result<String, StoreError> {
+        let stem = rel
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let ext = rel
+            .extension()
+            .map(|s| format!(".{}", s.to_string_lossy()))
+            .unwrap_or_default();
+        for n in 1..=u32::MAX {
+            let candidate = if n == 1 {
+                rel.to_path_buf()
+            } else {
+                rel.with_file_name(format!("{stem}-{n}{ext}"))
+            };
+            let name = candidate.to_string_lossy().replace('\\', "/");
+            let in_db: bool = self.conn.query_row(
+                "SELECT COUNT(*) > 0 FROM images WHERE path = ?1",
+                [&name],
+                |r| r.get(0),
+            )?;
+            let dest = self.images_dir().join(&candidate);
+            // A file left by an interrupted import with the same content can be reused.
+            let on_disk_differs = dest.exists() && sha256_of_file(&dest)? != sha256;
+            if !in_db && !claimed.contains(&name) && !on_disk_differs {
+                return Ok(name);
+            }
+        }
+        Err(StoreError::BadImage {
+            path: rel.to_path_buf(),
+            reason: "no free file name left for it in the project".into(),
         })
     }
 
@@ -880,7 +923,9 @@ struct PreparedInstance {
 }
 
 struct PreparedImage {
-    rel_path: String,
+    /// Where the file goes under `images/`; `None` = already imported, skip.
+    rel_path: Option<String>,
+    source_file: String,
     width: u32,
     height: u32,
     sha256: String,

@@ -26,3 +26,4 @@ pub fn write_png(path: &std::path::Path, width: u32, height: u32, seed: u8) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     img.save(path).unwrap();
 }
+pub mod oi_server;

@@ -3,8 +3,9 @@
 //! Writes `images/{train,val,test}/<file_name>`, `labels/{train,val,test}/<file_name stem>.txt`
 //! and `data.yaml` (`path`, `train`, `val`, optional `test`, `nc`, `names` as an index map).
 //! Each label line is `class x1 y1 x2 y2 ...` normalised to the image size (6 decimals): one
-//! line per 4-connected component of a mask (its outer outline; holes are filled, as YOLO
-//! polygons cannot express them). Unassigned images go to `train`; when there is no
+//! line per instance; a mask of several 4-connected parts is joined into one polygon by
+//! zero-width bridges (Ultralytics `merge_multi_segment`); holes are filled, as YOLO polygons
+//! cannot express them. Unassigned images go to `train`; when there is no
 //! validation image `val` points at the training images. Images without instances get an
 //! empty label file.
 
@@ -16,7 +17,7 @@ use super::{
     write_atomic,
 };
 use crate::dataset::ExportSet;
-use crate::dataset::contour::outer_contours;
+use crate::dataset::contour::{bridge_polygons, outer_contours};
 
 /// Writes a YOLO-seg export into `out`.
 pub fn write(set: &ExportSet, out: &Path) -> Result<ExportSummary, ExportError> {
@@ -46,13 +47,13 @@ pub fn write(set: &ExportSet, out: &Path) -> Result<ExportSummary, ExportError> 
                 summary.skipped += 1;
                 continue;
             }
-            for poly in polys.iter().filter(|p| p.len() >= 6) {
-                text.push_str(&class.to_string());
-                for pt in poly.chunks_exact(2) {
-                    let _ = write!(text, " {:.6} {:.6}", pt[0] / w, pt[1] / h);
-                }
-                text.push('\n');
+            // One line per instance: several parts are joined by zero-width bridges.
+            let poly = bridge_polygons(&polys);
+            text.push_str(&class.to_string());
+            for pt in poly.chunks_exact(2) {
+                let _ = write!(text, " {:.6} {:.6}", pt[0] / w, pt[1] / h);
             }
+            text.push('\n');
             summary.instances += 1;
         }
         let stem = match img.file_name.rfind('.') {

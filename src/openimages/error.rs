@@ -1,0 +1,90 @@
+//! The error type of the Open Images module.
+
+use std::path::PathBuf;
+
+use crate::dataset::store::StoreError;
+
+/// Errors of the Open Images module.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server answered with an error status (after retries where retrying made sense).
+    #[error("HTTP {status} for {url}")]
+    Status {
+        /// The URL.
+        url: String,
+        /// The status code.
+        status: u16,
+    },
+    /// The transfer failed (connection refused or dropped, timeout, short body), after retries.
+    #[error("{url}: {message}")]
+    Transfer {
+        /// The URL.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// File system error on a named path.
+    #[error("{path:?}: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The cache index (SQLite) failed.
+    #[error("Open Images index: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The project store refused an import.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A downloaded file is not in the expected format.
+    #[error("{file}: {message}")]
+    Format {
+        /// The file (name or URL).
+        file: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A ZIP shard could not be read.
+    #[error("zip {url}: {message}")]
+    Zip {
+        /// The shard URL (or local path).
+        url: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A class name or MID that is not in the catalogue.
+    #[error("unknown class {name:?}{}", suggest(.suggestions))]
+    UnknownClass {
+        /// What the user typed.
+        name: String,
+        /// Close matches from the catalogue.
+        suggestions: Vec<String>,
+    },
+    /// A class without segmentations (and without segmentable subclasses).
+    #[error(
+        "class {0:?} has no segmentation masks in Open Images (not among the 350 mask classes)"
+    )]
+    NotSegmentable(String),
+    /// The request makes no sense (no classes, no splits, ...).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The cancel token was set.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+fn suggest(s: &[String]) -> String {
+    if s.is_empty() {
+        String::new()
+    } else {
+        format!("; did you mean {}?", s.join(", "))
+    }
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { path, source }
+    }
+}

@@ -1,0 +1,388 @@
+//! HTTP with bounded retries, exponential backoff, Range requests, resumable `.part` files and
+//! prompt cancellation (the cancel token is checked between body chunks and during backoff).
+
+use std::fs::OpenOptions;
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::dataset::store::CancelToken;
+
+use super::{Config, Error};
+
+/// Body chunk size; the cancel token is checked after each chunk.
+const CHUNK: usize = 64 * 1024;
+
+/// What a HEAD request says about a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Head {
+    /// `Content-Length`.
+    pub len: Option<u64>,
+    /// `ETag`, quotes included.
+    pub etag: Option<String>,
+}
+
+/// Answer to a range request.
+#[derive(Debug)]
+pub(crate) enum RangeReply {
+    /// `206` with exactly the requested bytes (fewer at the end of the file).
+    Partial(Vec<u8>),
+    /// `200`: the server ignores `Range` (the body was not read).
+    Ignored,
+}
+
+/// A retry decision for one failed attempt.
+enum Failed {
+    Retry(String),
+    Fatal(Error),
+}
+
+/// The shared HTTP client.
+pub(crate) struct Http {
+    agent: ureq::Agent,
+    attempts: u32,
+    backoff: Duration,
+    max_backoff: Duration,
+}
+
+impl Http {
+    pub(crate) fn new(cfg: &Config) -> Self {
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(cfg.connect_timeout))
+            .timeout_recv_response(Some(cfg.read_timeout))
+            .timeout_per_read(Some(cfg.read_timeout))
+            .accept_encoding("")
+            .max_idle_connections_per_host(cfg.workers.max(4) * 2)
+            .user_agent(concat!("maskstudio/", env!("CARGO_PKG_VERSION")))
+            .build();
+        Self {
+            agent: config.into(),
+            attempts: cfg.attempts.max(1),
+            backoff: cfg.backoff,
+            max_backoff: cfg.max_backoff,
+        }
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or the attempts run out. `attempt`
+    /// returns `Ok(None)` to ask for another attempt without counting it (progress was made).
+    fn retry<T>(
+        &self,
+        url: &str,
+        cancel: &CancelToken,
+        mut attempt: impl FnMut() -> Result<Option<T>, Failed>,
+    ) -> Result<T, Error> {
+        let mut failures = 0u32;
+        loop {
+            if cancel.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
+            match attempt() {
+                Ok(Some(v)) => return Ok(v),
+                Ok(None) => failures = 0,
+                Err(Failed::Fatal(e)) => return Err(e),
+                Err(Failed::Retry(message)) => {
+                    failures += 1;
+                    if failures >= self.attempts {
+                        return Err(Error::Transfer {
+                            url: url.to_owned(),
+                            message: format!("{message} (gave up after {failures} attempts)"),
+                        });
+                    }
+                    log::debug!("{url}: {message}; retrying ({failures}/{})", self.attempts);
+                    let exp = self.backoff.saturating_mul(1 << (failures - 1).min(16));
+                    sleep_cancellable(exp.min(self.max_backoff), cancel)?;
+                }
+            }
+        }
+    }
+
+    fn send(
+        &self,
+        url: &str,
+        head: bool,
+        range: Option<String>,
+    ) -> Result<ureq::http::Response<ureq::Body>, Failed> {
+        let result = if head {
+            self.agent.head(url).call()
+        } else {
+            let mut req = self.agent.get(url);
+            if let Some(r) = range {
+                req = req.header("Range", r);
+            }
+            req.call()
+        };
+        let resp = result.map_err(|e| match e {
+            ureq::Error::BadUri(_) => Failed::Fatal(Error::Transfer {
+                url: url.to_owned(),
+                message: e.to_string(),
+            }),
+            e => Failed::Retry(e.to_string()),
+        })?;
+        let status = resp.status().as_u16();
+        if status >= 500 || status == 429 || status == 408 {
+            return Err(Failed::Retry(format!("HTTP {status}")));
+        }
+        if !(200..300).contains(&status) && status != 416 {
+            return Err(Failed::Fatal(Error::Status {
+                url: url.to_owned(),
+                status,
+            }));
+        }
+        Ok(resp)
+    }
+
+    /// `HEAD url`: length and ETag.
+    pub(crate) fn head(&self, url: &str, cancel: &CancelToken) -> Result<Head, Error> {
+        self.retry(url, cancel, || {
+            let resp = self.send(url, true, None)?;
+            Ok(Some(Head {
+                len: header(&resp, "content-length").and_then(|v| v.parse().ok()),
+                etag: header(&resp, "etag"),
+            }))
+        })
+    }
+
+    /// Fetches `len` bytes at `start`; counts the body bytes into `counter`.
+    pub(crate) fn get_range(
+        &self,
+        url: &str,
+        start: u64,
+        len: u64,
+        cancel: &CancelToken,
+        counter: &AtomicU64,
+    ) -> Result<RangeReply, Error> {
+        if len == 0 {
+            return Ok(RangeReply::Partial(Vec::new()));
+        }
+        let end = start + len - 1;
+        self.retry(url, cancel, || {
+            let resp = self.send(url, false, Some(format!("bytes={start}-{end}")))?;
+            match resp.status().as_u16() {
+                200 => return Ok(Some(RangeReply::Ignored)),
+                206 => {}
+                status => {
+                    return Err(Failed::Fatal(Error::Status {
+                        url: url.to_owned(),
+                        status,
+                    }));
+                }
+            }
+            let got_start = header(&resp, "content-range")
+                .and_then(|v| parse_content_range(&v))
+                .map(|(s, _, _)| s);
+            if got_start != Some(start) {
+                return Err(Failed::Fatal(Error::Transfer {
+                    url: url.to_owned(),
+                    message: format!(
+                        "asked for bytes {start}-{end}, got Content-Range {got_start:?}"
+                    ),
+                }));
+            }
+            let mut out = Vec::with_capacity(len.min(64 << 20) as usize);
+            let mut reader = resp.into_body().into_reader();
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                if cancel.is_cancelled() {
+                    return Err(Failed::Fatal(Error::Cancelled));
+                }
+                match reader.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        counter.fetch_add(n as u64, Ordering::Relaxed);
+                        out.extend_from_slice(&buf[..n]);
+                        if out.len() as u64 > len {
+                            return Err(Failed::Fatal(Error::Transfer {
+                                url: url.to_owned(),
+                                message: format!(
+                                    "range {start}-{end} returned more than {len} bytes"
+                                ),
+                            }));
+                        }
+                    }
+                    Err(e) => return Err(Failed::Retry(format!("body cut: {e}"))),
+                }
+            }
+            Ok(Some(RangeReply::Partial(out)))
+        })
+    }
+
+    /// Downloads `url` to `dest` through `dest.part`, resuming a partial file with
+    /// `Range: bytes=N-` and renaming it when complete (length checked against the server's).
+    /// `progress` gets (bytes on disk, total when known). Returns the file size.
+    pub(crate) fn download_file(
+        &self,
+        url: &str,
+        dest: &Path,
+        cancel: &CancelToken,
+        counter: &AtomicU64,
+        progress: &dyn Fn(u64, Option<u64>),
+    ) -> Result<u64, Error> {
+        let part = part_path(dest);
+        if let Some(dir) = dest.parent() {
+            std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+        }
+        let fatal_io = |p: &Path| {
+            let p = p.to_path_buf();
+            move |e: std::io::Error| Failed::Fatal(Error::Io { path: p, source: e })
+        };
+        let total = self.retry(url, cancel, || {
+            let have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+            let range = (have > 0).then(|| format!("bytes={have}-"));
+            let resp = self.send(url, false, range)?;
+            let status = resp.status().as_u16();
+            let (mut file, offset, total) = match status {
+                206 => {
+                    let cr = header(&resp, "content-range").and_then(|v| parse_content_range(&v));
+                    match cr {
+                        Some((s, _, total)) if s == have => {
+                            let f = OpenOptions::new()
+                                .append(true)
+                                .open(&part)
+                                .map_err(fatal_io(&part))?;
+                            (f, have, total)
+                        }
+                        _ => {
+                            // Misaligned answer: start over from zero.
+                            std::fs::remove_file(&part).ok();
+                            return Err(Failed::Retry(format!("unexpected Content-Range {cr:?}")));
+                        }
+                    }
+                }
+                416 => {
+                    // Our partial file is as long as (or longer than) the object: check by HEAD.
+                    let len = header(&resp, "content-range")
+                        .and_then(|v| v.rsplit('/').next().and_then(|t| t.parse::<u64>().ok()));
+                    if len == Some(have) {
+                        return Ok(Some(have));
+                    }
+                    std::fs::remove_file(&part).ok();
+                    return Err(Failed::Retry(
+                        "416 for a partial file; starting over".into(),
+                    ));
+                }
+                _ => {
+                    let f = std::fs::File::create(&part).map_err(fatal_io(&part))?;
+                    let len = header(&resp, "content-length").and_then(|v| v.parse::<u64>().ok());
+                    (f, 0, len)
+                }
+            };
+            let mut written = offset;
+            progress(written, total);
+            let mut reader = resp.into_body().into_reader();
+            let mut buf = vec![0u8; CHUNK];
+            let cut = loop {
+                if cancel.is_cancelled() {
+                    file.flush().ok();
+                    return Err(Failed::Fatal(Error::Cancelled));
+                }
+                match reader.read(&mut buf) {
+                    Ok(0) => break None,
+                    Ok(n) => {
+                        counter.fetch_add(n as u64, Ordering::Relaxed);
+                        file.write_all(&buf[..n]).map_err(fatal_io(&part))?;
+                        written += n as u64;
+                        progress(written, total);
+                    }
+                    Err(e) => break Some(e.to_string()),
+                }
+            };
+            file.flush().map_err(fatal_io(&part))?;
+            if let Some(message) = cut {
+                return if written > have {
+                    log::debug!("{url}: body cut at {written} bytes ({message}); resuming");
+                    Ok(None)
+                } else {
+                    Err(Failed::Retry(format!("body cut: {message}")))
+                };
+            }
+            match total {
+                Some(t) if written < t => {
+                    if written > have {
+                        Ok(None)
+                    } else {
+                        Err(Failed::Retry("short body".into()))
+                    }
+                }
+                Some(t) if written > t => {
+                    std::fs::remove_file(&part).ok();
+                    Err(Failed::Retry(format!("got {written} bytes, expected {t}")))
+                }
+                _ => {
+                    file.sync_all().map_err(fatal_io(&part))?;
+                    Ok(Some(written))
+                }
+            }
+        })?;
+        std::fs::rename(&part, dest).map_err(Error::io(dest))?;
+        Ok(total)
+    }
+}
+
+/// `file.ext` → `file.ext.part`.
+pub(crate) fn part_path(dest: &Path) -> PathBuf {
+    let mut name = dest
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".part");
+    dest.with_file_name(name)
+}
+
+fn header(resp: &ureq::http::Response<ureq::Body>, name: &str) -> Option<String> {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim().to_owned())
+}
+
+/// `bytes a-b/total` → (a, b, total); total `*` → `None`.
+fn parse_content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
+    let rest = v.trim().strip_prefix("bytes")?.trim_start();
+    let (range, total) = rest.split_once('/')?;
+    let (a, b) = range.split_once('-')?;
+    Some((
+        a.trim().parse().ok()?,
+        b.trim().parse().ok()?,
+        total.trim().parse().ok(),
+    ))
+}
+
+/// Sleeps up to `d`, waking every 20 ms to check the cancel token.
+pub(crate) fn sleep_cancellable(d: Duration, cancel: &CancelToken) -> Result<(), Error> {
+    let end = std::time::Instant::now() + d;
+    loop {
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let now = std::time::Instant::now();
+        if now >= end {
+            return Ok(());
+        }
+        std::thread::sleep((end - now).min(Duration::from_millis(20)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range() {
+        assert_eq!(
+            parse_content_range("bytes 0-99/1000"),
+            Some((0, 99, Some(1000)))
+        );
+        assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, 9, None)));
+        assert_eq!(parse_content_range("items 0-1/2"), None);
+    }
+
+    #[test]
+    fn part_names() {
+        assert_eq!(
+            part_path(Path::new("/a/b.csv")),
+            PathBuf::from("/a/b.csv.part")
+        );
+    }
+}

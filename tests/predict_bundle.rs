@@ -1,0 +1,219 @@
+//! The model bundle both ways against torchvision (run here with the venv's torch 2.13 +
+//! torchvision 0.28):
+//! - torchvision `state_dict()` → bundle → `maskstudio predict` gives torchvision's detections;
+//! - a bundle we write loads into torchvision with `load_state_dict(strict=True)`.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use maskstudio::dataset::{Mask, Rle};
+use maskstudio::model::bundle::{Bundle, ModelSpec};
+use maskstudio::model::{Backbone, MaskRcnn};
+
+/// Builds the same torchvision model our `mobilenet_v2` bundle describes.
+const PY_MODEL: &str = r#"
+import json, sys, torch
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.backbone_utils import mobilenet_backbone
+from torchvision.ops import misc as misc_nn_ops
+torch.set_num_threads(1)
+def build(num_classes, **kw):
+    bb = mobilenet_backbone(backbone_name="mobilenet_v2", fpn=True, returned_layers=[1, 2, 3, 4],
+                            weights=None, norm_layer=misc_nn_ops.FrozenBatchNorm2d, trainable_layers=3)
+    return MaskRCNN(bb, num_classes=num_classes, **kw)
+"#;
+
+/// Random but confident weights, a bundle, and torchvision's own predictions on the images.
+const PY_EXPORT: &str = r#"
+import os, numpy as np
+from PIL import Image
+from safetensors.torch import save_file
+from pycocotools import mask as mu
+bundle, images = sys.argv[1], sys.argv[2:]
+m = build(3, min_size=160, max_size=224, box_detections_per_img=25).eval()
+g = torch.Generator().manual_seed(7)
+with torch.no_grad():
+    for k, v in m.state_dict().items():
+        if k.endswith("running_var"):
+            v.copy_(torch.rand(v.shape, generator=g) * 0.5 + 0.75)
+        elif k.endswith("running_mean"):
+            v.copy_(torch.randn(v.shape, generator=g) * 0.1)
+        elif v.dim() == 1 and k.startswith("backbone.body.") and k.endswith("weight"):
+            v.copy_(torch.rand(v.shape, generator=g) * 0.5 + 0.25)
+        elif v.dim() == 1:
+            v.copy_(torch.randn(v.shape, generator=g) * (1.0 if "cls_score" in k else 0.01))
+        else:
+            fan_in = float(np.prod(v.shape[1:]))
+            std = (2.0 / fan_in) ** 0.5 * (8.0 if "cls_score" in k else 1.0)
+            v.copy_(torch.randn(v.shape, generator=g) * std)
+os.makedirs(bundle, exist_ok=True)
+save_file({k: v.contiguous() for k, v in m.state_dict().items()}, os.path.join(bundle, "model.safetensors"))
+json.dump({"format": "maskstudio-model/1", "architecture": "maskrcnn", "backbone": "mobilenet_v2",
+           "num_classes": 3, "min_size": 160, "max_size": 224, "box_detections_per_img": 25},
+          open(os.path.join(bundle, "model.json"), "w"))
+open(os.path.join(bundle, "labels.txt"), "w").write("cat\ndog\n")
+out = {}
+with torch.no_grad():
+    for path in images:
+        x = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 255
+        d = m([x])[0]
+        masks = (d["masks"][:, 0] >= 0.5).numpy().astype(np.uint8)
+        out[os.path.basename(path)] = [
+            {"bbox": d["boxes"][i].tolist(), "score": float(d["scores"][i]), "label": int(d["labels"][i]),
+             "counts": mu.encode(np.asfortranarray(masks[i]))["counts"].decode()}
+            for i in range(len(d["scores"]))]
+print(json.dumps(out))
+"#;
+
+const PY_LOAD: &str = r#"
+from safetensors.torch import load_file
+m = build(3)
+print(m.load_state_dict(load_file(sys.argv[1]), strict=True))
+"#;
+
+fn python(script: &str, args: &[&Path]) -> String {
+    let output = Command::new(maskstudio::runtime::python())
+        .arg("-c")
+        .arg(format!("{PY_MODEL}{script}"))
+        .args(args)
+        .output()
+        .expect("python from the torch venv (./test-all installs it)");
+    assert!(
+        output.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn torchvision_weights_in_a_bundle_predict_what_torchvision_predicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.png");
+    let b = dir.path().join("b.png");
+    common::write_png(&a, 200, 150, 3);
+    common::write_png(&b, 130, 190, 90);
+    let bundle = dir.path().join("bundle");
+    let expected: serde_json::Value =
+        serde_json::from_str(&python(PY_EXPORT, &[&bundle, &a, &b])).unwrap();
+
+    let out_json = dir.path().join("results.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_maskstudio"))
+        .args(["predict", "--device", "cpu", "--model"])
+        .arg(&bundle)
+        .arg("--out-json")
+        .arg(&out_json)
+        .arg("--out-dir")
+        .arg(dir.path().join("overlays"))
+        .arg(&a)
+        .arg(&b)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let ours: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(&out_json).unwrap()).unwrap();
+    assert!(dir.path().join("overlays/a.overlay.png").is_file());
+
+    let mut compared = 0;
+    for (name, theirs) in expected.as_object().unwrap() {
+        let theirs = theirs.as_array().unwrap();
+        let mine: Vec<&serde_json::Value> =
+            ours.iter().filter(|r| r["file_name"] == *name).collect();
+        assert!(
+            !theirs.is_empty(),
+            "{name}: torchvision found nothing; the test would prove nothing"
+        );
+        assert_eq!(mine.len(), theirs.len(), "{name}: detection count");
+        for (m, t) in mine.iter().zip(theirs) {
+            assert_eq!(m["category_id"], t["label"], "{name}");
+            let score = m["score"].as_f64().unwrap();
+            assert!(
+                (score - t["score"].as_f64().unwrap()).abs() < 1e-4,
+                "{name}: score"
+            );
+            let bbox: Vec<f64> = serde_json::from_value(m["bbox"].clone()).unwrap();
+            let tb: Vec<f64> = serde_json::from_value(t["bbox"].clone()).unwrap();
+            let xyxy = [bbox[0], bbox[1], bbox[0] + bbox[2], bbox[1] + bbox[3]];
+            for (x, y) in xyxy.iter().zip(&tb) {
+                assert!((x - y).abs() < 1e-2, "{name}: box {xyxy:?} vs {tb:?}");
+            }
+            let size: Vec<u32> = serde_json::from_value(m["segmentation"]["size"].clone()).unwrap();
+            let decode = |counts: &str| {
+                Mask::from_rle(&Rle::from_compressed(size[0], size[1], counts).unwrap()).unwrap()
+            };
+            let iou = decode(m["segmentation"]["counts"].as_str().unwrap())
+                .iou(&decode(t["counts"].as_str().unwrap()));
+            assert!(
+                iou >= 0.99 || t["counts"] == m["segmentation"]["counts"],
+                "{name}: mask IoU {iou}"
+            );
+            assert_eq!(
+                m["category_name"],
+                if t["label"] == 1 { "cat" } else { "dog" }
+            );
+            compared += 1;
+        }
+    }
+    assert!(compared >= 2);
+}
+
+#[test]
+fn our_bundle_loads_into_torchvision_strictly() {
+    let dir = tempfile::tempdir().unwrap();
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let spec = ModelSpec::new(Backbone::MobilenetV2, 3);
+    let _model = MaskRcnn::new(&vs.root(), &spec.resolved().to_config()).unwrap();
+    let bundle_dir = dir.path().join("ours");
+    let labels = vec!["cat".to_owned(), "dog".to_owned()];
+    let bundle = Bundle::write(&bundle_dir, &spec, &labels, &vs).unwrap();
+    let verdict = python(PY_LOAD, &[&bundle.weights_path()]);
+    assert_eq!(verdict, "<All keys matched successfully>");
+    // And it reads back as a bundle.
+    let again = Bundle::read(&bundle_dir).unwrap();
+    assert_eq!(again.labels, labels);
+}
+
+#[test]
+fn a_broken_image_is_reported_and_the_others_still_predicted() {
+    let dir = tempfile::tempdir().unwrap();
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let mut spec = ModelSpec::new(Backbone::MobilenetV2, 2);
+    spec.min_size = Some(96);
+    spec.max_size = Some(128);
+    let _model = MaskRcnn::new(&vs.root(), &spec.resolved().to_config()).unwrap();
+    let bundle_dir = dir.path().join("m");
+    Bundle::write(&bundle_dir, &spec, &["thing".to_owned()], &vs).unwrap();
+    let good = dir.path().join("good.png");
+    common::write_png(&good, 64, 48, 5);
+    let bad = dir.path().join("bad.jpg");
+    std::fs::write(&bad, b"definitely not a jpeg").unwrap();
+    let out_json = dir.path().join("r.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_maskstudio"))
+        .args(["predict", "--device", "cpu", "--model"])
+        .arg(&bundle_dir)
+        .arg("--out-json")
+        .arg(&out_json)
+        .arg(&good)
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("bad.jpg"),
+        "the broken file is named: {stderr}"
+    );
+    let results: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(&out_json).unwrap()).unwrap();
+    assert!(results.iter().all(|r| r["file_name"] == "good.png"));
+}
