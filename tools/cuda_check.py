@@ -23,7 +23,9 @@ SIZE = 384
 
 def build(backbone):
     if backbone == "resnet50":
-        bb = _resnet_fpn_extractor(resnet50(weights=None, norm_layer=misc_nn_ops.FrozenBatchNorm2d), 3)
+        # Trainable BatchNorm: from random weights a FrozenBatchNorm2d ResNet-50 diverges to NaN at
+        # once (no proposals survive, which would make the timing meaningless).
+        bb = _resnet_fpn_extractor(resnet50(weights=None), 3)
     else:
         bb = mobilenet_backbone(backbone_name="mobilenet_v2", fpn=True, returned_layers=[1, 2, 3, 4],
                                 weights=None, norm_layer=misc_nn_ops.FrozenBatchNorm2d, trainable_layers=3)
@@ -64,7 +66,7 @@ def measure(backbone, device):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     sync(device)
     train_s = (time.perf_counter() - t0) / STEPS
     model.eval()
