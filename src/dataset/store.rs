@@ -762,7 +762,7 @@ impl Project {
             after.original_class_id = Some(before.class_id);
             after.edited = true;
         }
-        store_state(&tx, instance_id, image_id, &after)?;
+        put_state(&tx, Some(instance_id), image_id, &after)?;
         log_edit(
             &tx,
             image_id,
@@ -790,7 +790,7 @@ impl Project {
             after.original_class_id = Some(before.class_id);
             after.edited = true;
         }
-        store_state(&tx, instance_id, image_id, &after)?;
+        put_state(&tx, Some(instance_id), image_id, &after)?;
         log_edit(
             &tx,
             image_id,
@@ -824,7 +824,7 @@ impl Project {
             original_class_id: None,
             edited: false,
         };
-        let id = insert_state(&tx, None, image_id, &state)?;
+        let id = put_state(&tx, None, image_id, &state)?;
         log_edit(&tx, image_id, id, "create", None, Some(&state))?;
         tx.commit()?;
         Ok(id)
@@ -861,39 +861,29 @@ impl Project {
 
     /// Undoes the latest edit; returns the instance it touched, or `None` when nothing is left.
     pub fn undo(&mut self) -> Result<Option<i64>, StoreError> {
-        let tx = self.conn.transaction()?;
-        let entry = tx
-            .query_row(
-                "SELECT id, image_id, instance_id, before FROM edit_log
-                 WHERE undone = 0 ORDER BY id DESC LIMIT 1",
-                [],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, Option<String>>(3)?,
-                    ))
-                },
-            )
-            .optional()?;
-        let Some((log_id, image_id, instance_id, before)) = entry else {
-            return Ok(None);
-        };
-        apply_state(&tx, instance_id, image_id, before.as_deref())?;
-        tx.execute("UPDATE edit_log SET undone = 1 WHERE id = ?1", [log_id])?;
-        tx.commit()?;
-        Ok(Some(instance_id))
+        self.replay(History::Undo)
     }
 
     /// Redoes the oldest undone edit; returns the instance it touched, or `None`.
     pub fn redo(&mut self) -> Result<Option<i64>, StoreError> {
+        self.replay(History::Redo)
+    }
+
+    /// Moves one step through the edit log: undo restores an entry's `before` state and marks
+    /// it undone; redo restores the oldest undone entry's `after` state.
+    fn replay(&mut self, direction: History) -> Result<Option<i64>, StoreError> {
+        let (state_column, undone, order, undone_after) = match direction {
+            History::Undo => ("before", 0, "DESC", 1),
+            History::Redo => ("after", 1, "ASC", 0),
+        };
         let tx = self.conn.transaction()?;
         let entry = tx
             .query_row(
-                "SELECT id, image_id, instance_id, after FROM edit_log
-                 WHERE undone = 1 ORDER BY id ASC LIMIT 1",
-                [],
+                &format!(
+                    "SELECT id, image_id, instance_id, {state_column} FROM edit_log
+                     WHERE undone = ?1 ORDER BY id {order} LIMIT 1"
+                ),
+                [undone],
                 |r| {
                     Ok((
                         r.get::<_, i64>(0)?,
@@ -904,14 +894,23 @@ impl Project {
                 },
             )
             .optional()?;
-        let Some((log_id, image_id, instance_id, after)) = entry else {
+        let Some((log_id, image_id, instance_id, state)) = entry else {
             return Ok(None);
         };
-        apply_state(&tx, instance_id, image_id, after.as_deref())?;
-        tx.execute("UPDATE edit_log SET undone = 0 WHERE id = ?1", [log_id])?;
+        apply_state(&tx, instance_id, image_id, state.as_deref())?;
+        tx.execute(
+            "UPDATE edit_log SET undone = ?1 WHERE id = ?2",
+            params![undone_after, log_id],
+        )?;
         tx.commit()?;
         Ok(Some(instance_id))
     }
+}
+
+/// Direction of [`Project::replay`].
+enum History {
+    Undo,
+    Redo,
 }
 
 struct PreparedInstance {
@@ -968,42 +967,9 @@ fn state_rle(state: &InstanceState) -> Result<Rle, StoreError> {
         .map_err(|source| StoreError::CorruptMask { id: -1, source })
 }
 
-fn store_state(
-    tx: &rusqlite::Transaction<'_>,
-    id: i64,
-    image_id: i64,
-    state: &InstanceState,
-) -> Result<(), StoreError> {
-    let rle = state_rle(state)?;
-    let b = rle.to_bbox();
-    tx.execute(
-        "UPDATE instances SET class_id = ?2, bbox_x = ?3, bbox_y = ?4, bbox_w = ?5, bbox_h = ?6,
-             area = ?7, rle = ?8, iscrowd = ?9, origin = ?10, provenance = ?11, original_rle = ?12,
-             original_class_id = ?13, edited = ?14, image_id = ?15,
-             updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
-         WHERE id = ?1",
-        params![
-            id,
-            state.class_id,
-            b[0],
-            b[1],
-            b[2],
-            b[3],
-            rle.area() as i64,
-            state.rle,
-            state.iscrowd,
-            state.origin,
-            state.provenance,
-            state.original_rle,
-            state.original_class_id,
-            state.edited,
-            image_id
-        ],
-    )?;
-    Ok(())
-}
-
-fn insert_state(
+/// Writes an instance row from `state`: inserts it (with `id`, or a new id when `None`) or,
+/// when the id exists, updates it in place. Returns the row id.
+fn put_state(
     tx: &rusqlite::Transaction<'_>,
     id: Option<i64>,
     image_id: i64,
@@ -1014,7 +980,14 @@ fn insert_state(
     tx.execute(
         "INSERT INTO instances (id, image_id, class_id, bbox_x, bbox_y, bbox_w, bbox_h, area, rle,
                                 iscrowd, origin, provenance, original_rle, original_class_id, edited)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+         ON CONFLICT(id) DO UPDATE SET
+             image_id = excluded.image_id, class_id = excluded.class_id,
+             bbox_x = excluded.bbox_x, bbox_y = excluded.bbox_y, bbox_w = excluded.bbox_w,
+             bbox_h = excluded.bbox_h, area = excluded.area, rle = excluded.rle,
+             iscrowd = excluded.iscrowd, origin = excluded.origin, provenance = excluded.provenance,
+             original_rle = excluded.original_rle, original_class_id = excluded.original_class_id,
+             edited = excluded.edited, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
         params![
             id,
             image_id,
@@ -1033,7 +1006,7 @@ fn insert_state(
             state.edited
         ],
     )?;
-    Ok(tx.last_insert_rowid())
+    Ok(id.unwrap_or_else(|| tx.last_insert_rowid()))
 }
 
 /// Makes the instance row match `state` (JSON of [`InstanceState`]); `None` deletes it.
@@ -1043,9 +1016,6 @@ fn apply_state(
     image_id: i64,
     state: Option<&str>,
 ) -> Result<(), StoreError> {
-    let exists: bool = tx.query_row("SELECT COUNT(*) FROM instances WHERE id = ?1", [id], |r| {
-        r.get::<_, i64>(0)
-    })? > 0;
     match state {
         None => {
             tx.execute("DELETE FROM instances WHERE id = ?1", [id])?;
@@ -1058,11 +1028,7 @@ fn apply_state(
                     Box::new(e),
                 ))
             })?;
-            if exists {
-                store_state(tx, id, image_id, &state)?;
-            } else {
-                insert_state(tx, Some(id), image_id, &state)?;
-            }
+            put_state(tx, Some(id), image_id, &state)?;
         }
     }
     Ok(())
