@@ -47,9 +47,10 @@ pub enum Command {
         /// Project folder.
         #[arg(long)]
         project: PathBuf,
-        /// coco | coco-polygons | voc | yolo-seg | png-masks
+        /// coco | coco-polygons | voc | yolo-seg | png-masks | oid-layout (`<class>/images` +
+        /// `<class>/segmentations/{ImageID}_{MID}_{BoxID}.png`, the classic downloader layout)
         #[arg(long, value_parser = parse_export_format)]
-        format: ExportFormat,
+        format: CliExportFormat,
         /// Output folder (created).
         #[arg(long)]
         out: PathBuf,
@@ -106,8 +107,22 @@ fn parse_format(s: &str) -> Result<Format, String> {
     s.parse::<Format>().map_err(|e| e.to_string())
 }
 
-fn parse_export_format(s: &str) -> Result<ExportFormat, String> {
-    s.parse::<ExportFormat>().map_err(|e| e.to_string())
+/// An export format of `maskstudio export`.
+#[derive(Debug, Clone, Copy)]
+pub enum CliExportFormat {
+    /// A dataset format of [`crate::dataset::export`].
+    Dataset(ExportFormat),
+    /// The classic Open Images downloader layout ([`crate::openimages::export_seed_layout`]).
+    OidLayout,
+}
+
+fn parse_export_format(s: &str) -> Result<CliExportFormat, String> {
+    if s == "oid-layout" {
+        return Ok(CliExportFormat::OidLayout);
+    }
+    s.parse::<ExportFormat>()
+        .map(CliExportFormat::Dataset)
+        .map_err(|e| format!("{e}, or oid-layout"))
 }
 
 /// Runs a headless command.
@@ -205,12 +220,25 @@ fn import(project_dir: &Path, path: &Path, format: Option<Format>) -> anyhow::Re
 
 fn export(
     project_dir: &Path,
-    format: ExportFormat,
+    format: CliExportFormat,
     out: &Path,
     split: Option<&str>,
 ) -> anyhow::Result<()> {
     let project =
         Project::open(project_dir).with_context(|| format!("opening project {project_dir:?}"))?;
+    let format = match format {
+        CliExportFormat::Dataset(format) => format,
+        CliExportFormat::OidLayout => {
+            anyhow::ensure!(split.is_none(), "--split is not supported with oid-layout");
+            let (images, masks) = crate::openimages::export_seed_layout(&project, out)
+                .with_context(|| format!("exporting to {out:?}"))?;
+            println!(
+                "wrote {images} images and {masks} masks to {}",
+                out.display()
+            );
+            return Ok(());
+        }
+    };
     let set = project.export_set(split)?;
     let summary =
         export::write(&set, format, out).with_context(|| format!("exporting to {out:?}"))?;
@@ -222,32 +250,42 @@ fn info(project_dir: &Path) -> anyhow::Result<()> {
     let project =
         Project::open(project_dir).with_context(|| format!("opening project {project_dir:?}"))?;
     let info = project.info()?;
-    println!("project {}", project_dir.display());
-    println!("\nsplit        images  instances");
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    writeln!(out, "project {}", project_dir.display())?;
+    writeln!(out, "\nsplit        images  instances")?;
     let (mut images, mut instances) = (0, 0);
     for (split, counts) in &info.splits {
-        println!("{split:<12} {:>6}  {:>9}", counts.images, counts.instances);
+        writeln!(
+            out,
+            "{split:<12} {:>6}  {:>9}",
+            counts.images, counts.instances
+        )?;
         images += counts.images;
         instances += counts.instances;
     }
-    println!("{:<12} {images:>6}  {instances:>9}", "total");
-    println!("\nclass                          mid          instances");
+    writeln!(out, "{:<12} {images:>6}  {instances:>9}", "total")?;
+    writeln!(
+        out,
+        "\nclass                          mid          instances"
+    )?;
     for (class, count) in &info.classes {
-        println!(
+        writeln!(
+            out,
             "{:<30} {:<12} {count:>9}",
             class.name,
             class.mid.as_deref().unwrap_or("-")
-        );
+        )?;
     }
-    println!("\nedited instances: {}", info.edited_instances);
-    println!("unreviewed images: {}", info.unreviewed_images);
+    writeln!(out, "\nedited instances: {}", info.edited_instances)?;
+    writeln!(out, "unreviewed images: {}", info.unreviewed_images)?;
     let review: Vec<String> = info
         .review
         .iter()
         .map(|(k, v)| format!("{k} {v}"))
         .collect();
-    println!("review status: {}", review.join(", "));
-    Ok(())
+    writeln!(out, "review status: {}", review.join(", "))?;
+    print_stdout(&out)
 }
 
 fn weights(names: &[String]) -> anyhow::Result<()> {
@@ -340,4 +378,13 @@ fn predict(
     );
     anyhow::ensure!(failures.len() < images.len(), "no image could be read");
     Ok(())
+}
+
+/// Writes to stdout; a closed pipe (`maskstudio info P | head`) is not an error.
+fn print_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
 }

@@ -969,7 +969,8 @@ fn class_folder(name: &str) -> String {
 /// current, possibly edited, mask). Returns (images, masks) written.
 pub fn export_seed_layout(project: &Project, out: &Path) -> Result<(usize, usize), Error> {
     let set = project.export_set(None)?;
-    let names: HashMap<i64, String> = set.classes.iter().map(|c| (c.id, c.name.clone())).collect();
+    let classes: HashMap<i64, &crate::dataset::ExportClass> =
+        set.classes.iter().map(|c| (c.id, c)).collect();
     let (mut n_images, mut n_masks) = (0, 0);
     for image in &set.images {
         let Some(id) = Path::new(&image.file_name)
@@ -980,13 +981,22 @@ pub fn export_seed_layout(project: &Project, out: &Path) -> Result<(usize, usize
         };
         let mut copied: HashSet<i64> = HashSet::new();
         for inst in project.instances(image.id)? {
-            let Some(p) = inst.provenance.as_ref() else {
-                continue;
-            };
-            let (Some(mid), Some(box_id)) = (p["mid"].as_str(), p["box_id"].as_str()) else {
-                continue;
-            };
-            let class = class_folder(names.get(&inst.class_id).map_or(mid, String::as_str));
+            // Open Images instances keep their MID and BoxID; others (imported, drawn) use the
+            // class's MID or name and their instance id, so every project exports this way.
+            let class_def = classes.get(&inst.class_id);
+            let class_name = class_def.map_or("object", |c| c.name.as_str());
+            let provenance = inst.provenance.as_ref();
+            let mid = provenance
+                .and_then(|p| p["mid"].as_str())
+                .or_else(|| class_def.and_then(|c| c.mid.as_deref()))
+                .map_or_else(
+                    || class_folder(class_name).replace(['_', ' '], "-"),
+                    str::to_owned,
+                );
+            let box_id = provenance
+                .and_then(|p| p["box_id"].as_str())
+                .map_or_else(|| format!("{:08x}", inst.id), str::to_owned);
+            let class = class_folder(class_name);
             let dir = out.join(&class);
             if copied.insert(inst.class_id) {
                 let dest = dir.join("images").join(format!("{id}.jpg"));

@@ -16,8 +16,10 @@ use super::{
 };
 use crate::dataset::{ClassDef, ImportImage, ImportInstance, ImportSet, Origin, Segmentation};
 
-/// Mask file name parts: `(ImageID, MID with slashes, BoxID)`.
-pub(crate) fn parse_mask_name(stem: &str) -> Option<(String, String, String)> {
+/// Mask file name parts: `(ImageID, MID with slashes, BoxID)`. The middle token is a MID only
+/// when it looks like one (`m…`/`g…`, as Open Images' `/m/…` and `/g/…` labels); otherwise
+/// (files written by other tools) the MID is `None`.
+pub(crate) fn parse_mask_name(stem: &str) -> Option<(String, Option<String>, String)> {
     let parts: Vec<&str> = stem.split('_').collect();
     if parts.len() < 3 || parts.iter().any(|p| p.is_empty()) {
         return None;
@@ -28,10 +30,13 @@ pub(crate) fn parse_mask_name(stem: &str) -> Option<(String, String, String)> {
     let mut chars = mid.chars();
     let kind = chars.next()?;
     let rest: String = chars.collect();
-    if rest.is_empty() {
-        return None;
-    }
-    Some((image_id, format!("/{kind}/{rest}"), box_id))
+    let looks_like_mid = matches!(kind, 'm' | 'g')
+        && !rest.is_empty()
+        && rest
+            .chars()
+            .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase() || c == '_');
+    let mid = looks_like_mid.then(|| format!("/{kind}/{rest}"));
+    Some((image_id, mid, box_id))
 }
 
 /// Reads an Open Images download folder.
@@ -135,7 +140,9 @@ pub fn read(root: &Path) -> Result<ImportSet, FormatError> {
                 log::warn!("{}: empty mask, skipped", mask_path.display());
                 continue;
             }
-            mid_seen.get_or_insert(mid.clone());
+            if mid_seen.is_none() {
+                mid_seen.clone_from(&mid);
+            }
             img.instances.push(ImportInstance {
                 class: class.clone(),
                 segmentation: Segmentation::Rle(mask.to_rle()),
@@ -169,13 +176,17 @@ mod tests {
             parse_mask_name("0a1b2c3d4e5f6a7b_m01g317_1a2b3c4d"),
             Some((
                 "0a1b2c3d4e5f6a7b".into(),
-                "/m/01g317".into(),
+                Some("/m/01g317".into()),
                 "1a2b3c4d".into()
             ))
         );
         assert_eq!(
             parse_mask_name("abc_g11bc6xy_77").map(|t| t.1),
-            Some("/g/11bc6xy".into())
+            Some(Some("/g/11bc6xy".into()))
+        );
+        assert_eq!(
+            parse_mask_name("abc_traffic-light_0000002a").map(|t| t.1),
+            Some(None)
         );
         assert!(parse_mask_name("nounderscore").is_none());
     }
