@@ -2,7 +2,7 @@
 //! and thread count, at 384 px (min_size 384, max_size 640), for both backbones.
 //!
 //! Run: `cargo bench --bench model` (needs the venv python with torch 2.13 + torchvision 0.28 +
-//! safetensors; set `MASKSTUDIO_PYTHON` to its interpreter, `BENCH_THREADS` (default 2) and
+//! safetensors: `maskstudio::runtime::python()`, i.e. `MASKSTUDIO_PYTHON` or the per-user venv), `BENCH_THREADS` (default 2) and
 //! `BENCH_ITERS` (default 3)). Our weights are exported with `VarStore::save(*.safetensors)` and loaded
 //! by torchvision with `load_state_dict(strict=True)`, which also checks the export direction.
 
@@ -11,8 +11,6 @@ use std::time::Instant;
 
 use maskstudio::model::{Backbone, MaskRcnn, MaskRcnnConfig, Target};
 use tch::{Device, Kind, Tensor, nn};
-
-const DEFAULT_PYTHON: &str = "/root/.cache/maskstudio/torch-2.13.0/venv/bin/python";
 
 const PY: &str = r#"
 import json, sys, time
@@ -133,7 +131,7 @@ fn bench(backbone: Backbone, name: &str, threads: i32, iters: usize) -> anyhow::
     }
     let train_s = t.elapsed().as_secs_f64() / iters as f64;
 
-    let python = std::env::var("MASKSTUDIO_PYTHON").unwrap_or_else(|_| DEFAULT_PYTHON.to_owned());
+    let python = maskstudio::runtime::python();
     let out = Command::new(python)
         .args(["-c", PY, name])
         .arg(&weights)
