@@ -1,9 +1,9 @@
 //! Eval and training-step throughput of our Mask R-CNN vs torchvision 0.28 on the same weights, images
 //! and thread count, at 384 px (min_size 384, max_size 640), for both backbones.
 //!
-//! Run: `cargo bench --bench model` (needs the venv python with torch 2.13 + torchvision 0.28 +
-//! safetensors: `maskstudio::runtime::python()`, i.e. `MASKSTUDIO_PYTHON` or the per-user venv), `BENCH_THREADS` (default 2) and
-//! `BENCH_ITERS` (default 3)). Our weights are exported with `VarStore::save(*.safetensors)` and loaded
+//! Run: `cargo bench --bench model`. Needs torch 2.13 + torchvision 0.28 + safetensors in the
+//! Python of `maskstudio::runtime::python()` (`MASKSTUDIO_PYTHON`, else the per-user venv);
+//! `BENCH_THREADS` (default 2) and `BENCH_ITERS` (default 3) tune it. Our weights are exported with `VarStore::save(*.safetensors)` and loaded
 //! by torchvision with `load_state_dict(strict=True)`, which also checks the export direction.
 
 use std::process::Command;
