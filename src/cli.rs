@@ -67,8 +67,8 @@ pub enum Command {
     },
     /// Benchmarks against the reference implementation, run side by side (prints ratios).
     Bench {
-        /// Which benchmark: masks (RLE/polygons vs pycocotools).
-        #[arg(value_parser = ["masks"])]
+        /// Which benchmark: masks (RLE/polygons vs pycocotools), coco-eval (COCOeval vs pycocotools).
+        #[arg(value_parser = ["masks", "coco-eval"])]
         name: String,
     },
     /// Predict instance masks with a model bundle; writes COCO results JSON (and overlays).
@@ -96,6 +96,24 @@ pub enum Command {
     Download(crate::openimages::cli::DownloadArgs),
     /// List / search the segmentable Open Images classes with counts per split.
     Classes(crate::openimages::cli::ClassesArgs),
+    /// Evaluate a model bundle on a project split (COCO AP for masks and boxes, per class).
+    Eval {
+        /// Model bundle folder.
+        #[arg(long)]
+        model: PathBuf,
+        /// Project folder.
+        #[arg(long)]
+        project: PathBuf,
+        /// train | validation | test | all
+        #[arg(long, default_value = "validation")]
+        split: String,
+        /// auto | cpu | cuda
+        #[arg(long, default_value = "auto")]
+        device: crate::runtime::DeviceChoice,
+        /// Also write the numbers as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Print a project's classes, counts per split, edited and unreviewed counts.
     Info {
         /// Project folder.
@@ -146,6 +164,13 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Weights { names } => weights(&names),
+        Command::Eval {
+            model,
+            project,
+            split,
+            device,
+            json,
+        } => eval(&model, &project, &split, device, json.as_deref()),
         Command::Download(args) => {
             let cache = crate::runtime::cache_dir().join("openimages");
             crate::openimages::cli::run_download(&args, cache, &CancelToken::default()).map(|_| ())
@@ -171,6 +196,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         ),
         Command::Bench { name } => match name.as_str() {
             "masks" => crate::bench::masks::run(),
+            "coco-eval" => crate::bench::coco_eval::run(),
             other => anyhow::bail!("unknown benchmark {other:?}"),
         },
     }
@@ -387,4 +413,49 @@ fn print_stdout(text: &str) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => Ok(other?),
     }
+}
+
+fn eval(
+    bundle: &Path,
+    project: &Path,
+    split: &str,
+    device: crate::runtime::DeviceChoice,
+    json: Option<&Path>,
+) -> anyhow::Result<()> {
+    let split = match split {
+        "all" => None,
+        "train" | "validation" | "test" => Some(split),
+        other => anyhow::bail!("unknown split {other:?}; use train, validation, test or all"),
+    };
+    let device = crate::runtime::device(device)?;
+    let bar = progress_bar(0, "images");
+    let result = crate::eval::project::run(bundle, project, split, device, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    let mut out = String::new();
+    for (name, r) in [("segm", &result.segm), ("bbox", &result.bbox)] {
+        out.push_str(&format!("\n{name}\n"));
+        for line in r.summary_lines() {
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
+    out.push_str("\nclass                          mask AP   box AP\n");
+    for ((id, segm_ap), (_, bbox_ap)) in result
+        .segm
+        .per_class_ap
+        .iter()
+        .zip(&result.bbox.per_class_ap)
+    {
+        let name = result.class_names.get(id).map_or("?", String::as_str);
+        out.push_str(&format!("{name:<30} {segm_ap:>7.3}  {bbox_ap:>7.3}\n"));
+    }
+    print_stdout(&out)?;
+    if let Some(path) = json {
+        let bytes = serde_json::to_vec_pretty(&result.to_json())?;
+        crate::dataset::store::write_atomic(path, &bytes)?;
+    }
+    Ok(())
 }

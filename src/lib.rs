@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod cli;
 pub mod dataset;
+pub mod eval;
 pub mod gui;
 pub mod infer;
 pub mod model;

@@ -1,0 +1,4 @@
+//! COCO evaluation (pycocotools `COCOeval` port) for boxes and instance masks.
+
+pub mod coco_eval;
+pub mod project;

@@ -1,0 +1,158 @@
+//! Evaluating a model bundle on a project split: predictions from [`crate::infer::Predictor`],
+//! ground truth from the store, COCOeval for bbox and segm.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context as _;
+
+use crate::dataset::store::Project;
+use crate::eval::coco_eval::{DtAnn, EvalParams, EvalResult, GtAnn, IouType, STAT_NAMES, evaluate};
+use crate::infer::{Predictor, read_image};
+
+/// Both evaluations and the class names (category id = label index 1..N of the bundle).
+#[derive(Debug, Clone)]
+pub struct ProjectEval {
+    /// Mask AP etc.
+    pub segm: EvalResult,
+    /// Box AP etc.
+    pub bbox: EvalResult,
+    /// Category id → class name.
+    pub class_names: BTreeMap<i64, String>,
+}
+
+impl ProjectEval {
+    /// The JSON of `maskstudio eval --json`: `{"segm": {"AP": …, …, "per_class": {name: AP}}, "bbox": {…}}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let one = |r: &EvalResult| {
+            let mut m = serde_json::Map::new();
+            for (name, v) in STAT_NAMES.iter().zip(r.stats) {
+                m.insert((*name).to_owned(), serde_json::json!(v));
+            }
+            let per_class: serde_json::Map<String, serde_json::Value> = r
+                .per_class_ap
+                .iter()
+                .map(|(id, ap)| {
+                    let name = self
+                        .class_names
+                        .get(id)
+                        .cloned()
+                        .unwrap_or_else(|| id.to_string());
+                    (name, serde_json::json!(ap))
+                })
+                .collect();
+            m.insert("per_class".into(), serde_json::Value::Object(per_class));
+            serde_json::Value::Object(m)
+        };
+        serde_json::json!({"segm": one(&self.segm), "bbox": one(&self.bbox)})
+    }
+}
+
+/// Runs the bundle over the images of `split` (`None` = all) and evaluates against the stored
+/// instances. Project classes are matched to the bundle's labels by name; instances of classes
+/// the bundle does not know are left out (reported in the log).
+pub fn evaluate_project(
+    project: &Project,
+    predictor: &Predictor,
+    split: Option<&str>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> anyhow::Result<ProjectEval> {
+    let set = project.export_set(split)?;
+    anyhow::ensure!(!set.images.is_empty(), "no images in split {split:?}");
+    let label_of: BTreeMap<&str, i64> = predictor
+        .labels()
+        .iter()
+        .enumerate()
+        .map(|(i, name)| (name.as_str(), i as i64 + 1))
+        .collect();
+    let class_label: BTreeMap<i64, i64> = set
+        .classes
+        .iter()
+        .filter_map(|c| label_of.get(c.name.as_str()).map(|&l| (c.id, l)))
+        .collect();
+    let (mut gts, mut dts) = (Vec::new(), Vec::new());
+    let mut unknown = 0usize;
+    for (done, image) in set.images.iter().enumerate() {
+        for inst in &image.instances {
+            let Some(&category_id) = class_label.get(&inst.class_id) else {
+                unknown += 1;
+                continue;
+            };
+            gts.push(GtAnn {
+                image_id: image.id,
+                category_id,
+                iscrowd: inst.iscrowd,
+                area: inst.rle.area() as f64,
+                bbox: inst.rle.to_bbox(),
+                rle: Some(inst.rle.clone()),
+            });
+        }
+        let pixels = read_image(&image.path)?;
+        for d in predictor
+            .predict(&pixels)
+            .with_context(|| format!("predicting {:?}", image.path))?
+        {
+            let rle = d.mask.to_rle();
+            let [x1, y1, x2, y2] = d.box_xyxy.map(f64::from);
+            let bbox = [x1, y1, x2 - x1, y2 - y1];
+            dts.push(DtAnn {
+                image_id: image.id,
+                category_id: d.label,
+                score: f64::from(d.score),
+                // Results carry boxes, so pycocotools' loadRes gives them area w*h.
+                area: DtAnn::area_for(Some(&bbox), Some(&rle)),
+                bbox,
+                rle: Some(rle),
+            });
+        }
+        progress(done + 1, set.images.len());
+    }
+    if unknown > 0 {
+        log::warn!("{unknown} instances belong to classes the model does not know; left out");
+    }
+    let image_ids: Vec<i64> = set.images.iter().map(|m| m.id).collect();
+    let category_ids: Vec<i64> = (1..=predictor.labels().len() as i64).collect();
+    let params = EvalParams::default();
+    let segm = evaluate(
+        &gts,
+        &dts,
+        &image_ids,
+        &category_ids,
+        IouType::Segm,
+        &params,
+    )?;
+    let bbox = evaluate(
+        &gts,
+        &dts,
+        &image_ids,
+        &category_ids,
+        IouType::Bbox,
+        &params,
+    )?;
+    let class_names = predictor
+        .labels()
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (i as i64 + 1, n.clone()))
+        .collect();
+    Ok(ProjectEval {
+        segm,
+        bbox,
+        class_names,
+    })
+}
+
+/// Reads a bundle and evaluates it (the `maskstudio eval` job).
+pub fn run(
+    bundle: &Path,
+    project_dir: &Path,
+    split: Option<&str>,
+    device: tch::Device,
+    progress: &mut dyn FnMut(usize, usize),
+) -> anyhow::Result<ProjectEval> {
+    let project =
+        Project::open(project_dir).with_context(|| format!("opening project {project_dir:?}"))?;
+    // pycocotools evaluates every detection the model keeps (torchvision's 0.05 threshold).
+    let predictor = Predictor::load(bundle, device, None)?;
+    evaluate_project(&project, &predictor, split, progress)
+}
