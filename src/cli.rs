@@ -114,6 +114,8 @@ pub enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Train a Mask R-CNN on a project into a new run folder (`runs/<id>/`).
+    Train(crate::train::cli::TrainArgs),
     /// Print a project's classes, counts per split, edited and unreviewed counts.
     Info {
         /// Project folder.
@@ -159,6 +161,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             split,
         } => export(&project, format, &out, split.as_deref()),
         Command::Info { project } => info(&project),
+        Command::Train(args) => crate::train::cli::run(&args),
         Command::Doctor => {
             println!("{}", crate::runtime::doctor_report());
             Ok(())

@@ -11,3 +11,4 @@ pub mod infer;
 pub mod model;
 pub mod openimages;
 pub mod runtime;
+pub mod train;

@@ -1,0 +1,257 @@
+//! Training data from a project: a seeded train/val split, and samples (image tensor + Mask R-CNN
+//! target) resized so the longer side is the configured size, with a seeded horizontal flip that
+//! moves masks and boxes together.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::Context as _;
+use tch::{Kind, Tensor};
+
+use crate::dataset::{ExportImage, ExportSet, Mask};
+use crate::model::Target;
+
+/// SplitMix64: a small, seedable generator (the sequence is part of the run's reproducibility).
+#[derive(Debug, Clone)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    /// Fisher–Yates shuffle.
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = self.below(i + 1);
+            items.swap(i, j);
+        }
+    }
+}
+
+/// Image ids of the training and validation sets.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Split {
+    /// Training image ids, ascending.
+    pub train: Vec<i64>,
+    /// Validation image ids, ascending.
+    pub val: Vec<i64>,
+}
+
+/// Splits images into train and validation.
+///
+/// Images whose stored split is `train` or `validation` (`val`) keep it; `test` images are left
+/// out; the rest are sorted by id, shuffled with `seed`, and the first
+/// `round(val_fraction * n)` of them go to validation.
+pub fn split_images(images: &[ExportImage], val_fraction: f64, seed: u64) -> Split {
+    let mut split = Split::default();
+    let mut free = Vec::new();
+    for image in images {
+        match image.split.as_deref() {
+            Some("train") => split.train.push(image.id),
+            Some("validation" | "val") => split.val.push(image.id),
+            Some("test") => {}
+            _ => free.push(image.id),
+        }
+    }
+    free.sort_unstable();
+    SplitMix64::new(seed ^ 0x0053_504c_4954).shuffle(&mut free);
+    let n_val = ((free.len() as f64) * val_fraction).round() as usize;
+    split.val.extend_from_slice(&free[..n_val.min(free.len())]);
+    split
+        .train
+        .extend_from_slice(&free[n_val.min(free.len())..]);
+    split.train.sort_unstable();
+    split.val.sort_unstable();
+    split
+}
+
+/// Class ids of the project in label order: label `k` (1-based) is `class_ids[k - 1]`.
+pub fn label_map(set: &ExportSet) -> (Vec<i64>, Vec<String>, HashMap<i64, i64>) {
+    let mut classes: Vec<(i64, String)> =
+        set.classes.iter().map(|c| (c.id, c.name.clone())).collect();
+    classes.sort_by_key(|c| c.0);
+    let ids: Vec<i64> = classes.iter().map(|c| c.0).collect();
+    let names: Vec<String> = classes.into_iter().map(|c| c.1).collect();
+    let map = ids
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| (id, i as i64 + 1))
+        .collect();
+    (ids, names, map)
+}
+
+/// One training sample on the CPU.
+#[derive(Debug)]
+pub struct Sample {
+    /// Project image id.
+    pub image_id: i64,
+    /// `[3, H, W]` f32 in 0..1.
+    pub image: Tensor,
+    /// Boxes, labels and masks at the image's (resized) size.
+    pub target: Target,
+}
+
+/// Geometric choices for one sample.
+#[derive(Debug, Clone, Copy)]
+pub struct Augment {
+    /// Longer side after resizing.
+    pub image_size: u32,
+    /// Mirror left-right.
+    pub hflip: bool,
+}
+
+/// Output size keeping the aspect ratio with the longer side at `size` (each side at least 1).
+pub fn resized_dims(width: u32, height: u32, size: u32) -> (u32, u32) {
+    let scale = f64::from(size) / f64::from(width.max(height).max(1));
+    let w = ((f64::from(width) * scale).round() as u32).max(1);
+    let h = ((f64::from(height) * scale).round() as u32).max(1);
+    (w, h)
+}
+
+fn flip_mask(mask: &Mask) -> anyhow::Result<Mask> {
+    let w = mask.width() as usize;
+    let mut data = mask.data().to_vec();
+    if w > 0 {
+        for row in data.chunks_exact_mut(w) {
+            row.reverse();
+        }
+    }
+    Ok(Mask::from_vec(mask.width(), mask.height(), data)?)
+}
+
+/// Loads one image with its instances: decode, resize (bilinear image, nearest masks), optional
+/// flip, boxes from the final masks. Crowd instances, empty masks and boxes thinner than one
+/// pixel are dropped; an image with no instance left gives empty targets.
+pub fn load_sample(
+    image: &ExportImage,
+    labels: &HashMap<i64, i64>,
+    aug: Augment,
+) -> anyhow::Result<Sample> {
+    let rgb = crate::infer::read_image(&image.path)?;
+    let (w0, h0) = rgb.dimensions();
+    let (w, h) = resized_dims(w0, h0, aug.image_size);
+    let mut rgb = if (w, h) == (w0, h0) {
+        rgb
+    } else {
+        image::imageops::resize(&rgb, w, h, image::imageops::FilterType::Triangle)
+    };
+    if aug.hflip {
+        image::imageops::flip_horizontal_in_place(&mut rgb);
+    }
+    let mut boxes: Vec<f32> = Vec::new();
+    let mut label_vec: Vec<i64> = Vec::new();
+    let mut mask_bits: Vec<u8> = Vec::new();
+    for inst in &image.instances {
+        if inst.iscrowd {
+            continue;
+        }
+        let Some(&label) = labels.get(&inst.class_id) else {
+            continue;
+        };
+        let mask = Mask::from_rle(&inst.rle)
+            .with_context(|| format!("instance {} of image {}", inst.id, image.id))?;
+        let mut mask = if (mask.width(), mask.height()) == (w, h) {
+            mask
+        } else {
+            mask.resize_nearest(w, h)
+        };
+        if aug.hflip {
+            mask = flip_mask(&mask)?;
+        }
+        let [x, y, bw, bh] = mask.bbox();
+        if bw < 1.0 || bh < 1.0 {
+            continue;
+        }
+        boxes.extend([x as f32, y as f32, (x + bw) as f32, (y + bh) as f32]);
+        label_vec.push(label);
+        mask_bits.extend_from_slice(mask.data());
+    }
+    let g = label_vec.len() as i64;
+    let (hi, wi) = (i64::from(h), i64::from(w));
+    let image_t = Tensor::from_slice(rgb.as_raw())
+        .view([hi, wi, 3])
+        .permute([2, 0, 1])
+        .to_kind(Kind::Float)
+        .divide_scalar(255.0)
+        .contiguous();
+    let target = Target {
+        boxes: Tensor::from_slice(&boxes).view([g, 4]),
+        labels: Tensor::from_slice(&label_vec),
+        masks: Tensor::from_slice(&mask_bits).view([g, hi, wi]),
+    };
+    Ok(Sample {
+        image_id: image.id,
+        image: image_t,
+        target,
+    })
+}
+
+/// Reads the project's images and instances once (`Project::export_set(None)`).
+pub fn read_project(project_dir: &Path) -> anyhow::Result<ExportSet> {
+    let project = crate::dataset::store::Project::open(project_dir)
+        .with_context(|| format!("opening project {project_dir:?}"))?;
+    Ok(project.export_set(None)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataset::{Attribution, ExportImage};
+
+    fn img(id: i64, split: Option<&str>) -> ExportImage {
+        ExportImage {
+            id,
+            path: std::path::PathBuf::new(),
+            file_name: String::new(),
+            width: 1,
+            height: 1,
+            split: split.map(str::to_owned),
+            attribution: Attribution::default(),
+            instances: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn split_is_seeded_and_keeps_assigned() {
+        let mut images: Vec<ExportImage> = (0..20).map(|i| img(i, None)).collect();
+        images.push(img(100, Some("train")));
+        images.push(img(101, Some("validation")));
+        images.push(img(102, Some("test")));
+        let a = split_images(&images, 0.25, 7);
+        images.reverse();
+        let b = split_images(&images, 0.25, 7);
+        assert_eq!(a, b);
+        assert_eq!(a.val.len(), 6);
+        assert_eq!(a.train.len(), 16);
+        assert!(a.train.contains(&100) && a.val.contains(&101));
+        assert!(!a.train.contains(&102) && !a.val.contains(&102));
+        assert_ne!(split_images(&images, 0.25, 8), a);
+    }
+
+    #[test]
+    fn dims_keep_aspect() {
+        assert_eq!(resized_dims(640, 480, 320), (320, 240));
+        assert_eq!(resized_dims(100, 400, 200), (50, 200));
+    }
+}

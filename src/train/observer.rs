@@ -1,0 +1,216 @@
+//! Progress of a training run: events, the observer trait, and the two observers (CLI lines and a
+//! bounded channel for the GUI that never blocks training).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crossbeam_channel::{Sender, TrySendError};
+
+use crate::train::config::TrainConfig;
+
+/// What happened in a run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrainEvent {
+    /// The run folder exists and the model is built.
+    Started {
+        /// Run id (the folder name under the runs directory).
+        run_id: String,
+        /// The run folder.
+        run_dir: PathBuf,
+        /// The recipe.
+        config: TrainConfig,
+        /// Training images.
+        train_images: usize,
+        /// Validation images.
+        val_images: usize,
+        /// `(class name, training instances)` in label order.
+        class_counts: Vec<(String, u64)>,
+        /// Planned optimiser steps.
+        total_iters: usize,
+    },
+    /// One optimiser step finished.
+    Step {
+        /// 0-based epoch.
+        epoch: usize,
+        /// 0-based global step.
+        iter: usize,
+        /// The five torchvision losses by name.
+        losses: BTreeMap<String, f64>,
+        /// Their sum.
+        total: f64,
+        /// Learning rate used for this step.
+        lr: f64,
+        /// Throughput of this step.
+        images_per_sec: f64,
+    },
+    /// An epoch finished.
+    EpochEnd {
+        /// 0-based epoch.
+        epoch: usize,
+        /// Mean total loss over the epoch's steps.
+        mean_loss: f64,
+        /// Steps in the epoch.
+        steps: usize,
+    },
+    /// A model bundle was written.
+    CheckpointSaved {
+        /// Bundle folder.
+        path: PathBuf,
+    },
+    /// The run ended (all epochs, or cancelled).
+    Finished {
+        /// Steps taken.
+        iterations: usize,
+        /// Whether the run stopped on a cancel request.
+        cancelled: bool,
+        /// Mean total loss of the last epoch (or of the steps taken when cancelled).
+        final_loss: Option<f64>,
+    },
+    /// The run stopped with an error.
+    Failed {
+        /// The error text.
+        error: String,
+    },
+}
+
+/// Receives the events of a run, on the training thread.
+pub trait TrainObserver {
+    /// Called once per event; must return quickly.
+    fn on_event(&mut self, e: &TrainEvent);
+}
+
+/// Ignores every event.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NullObserver;
+
+impl TrainObserver for NullObserver {
+    fn on_event(&mut self, _e: &TrainEvent) {}
+}
+
+/// Prints one line per event (steps every `every` iterations) for the CLI.
+#[derive(Debug, Clone)]
+pub struct PrintObserver {
+    /// Print a step line every this many steps (1 = all).
+    pub every: usize,
+}
+
+impl Default for PrintObserver {
+    fn default() -> Self {
+        Self { every: 10 }
+    }
+}
+
+/// The one-line text of an event (also used for `train.log`).
+pub fn event_line(e: &TrainEvent) -> String {
+    match e {
+        TrainEvent::Started {
+            run_id,
+            run_dir,
+            train_images,
+            val_images,
+            class_counts,
+            total_iters,
+            ..
+        } => {
+            let classes: Vec<String> = class_counts
+                .iter()
+                .map(|(n, c)| format!("{n}: {c}"))
+                .collect();
+            format!(
+                "run {run_id} started in {}: {train_images} train / {val_images} val images, {total_iters} steps; instances per class: {}",
+                run_dir.display(),
+                classes.join(", ")
+            )
+        }
+        TrainEvent::Step {
+            epoch,
+            iter,
+            losses,
+            total,
+            lr,
+            images_per_sec,
+        } => {
+            let parts: Vec<String> = losses.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+            format!(
+                "epoch {epoch} step {iter}: loss {total:.4} ({}) lr {lr:.6} {images_per_sec:.2} img/s",
+                parts.join(", ")
+            )
+        }
+        TrainEvent::EpochEnd {
+            epoch,
+            mean_loss,
+            steps,
+        } => format!("epoch {epoch} done: mean loss {mean_loss:.4} over {steps} steps"),
+        TrainEvent::CheckpointSaved { path } => format!("checkpoint saved: {}", path.display()),
+        TrainEvent::Finished {
+            iterations,
+            cancelled,
+            final_loss,
+        } => format!(
+            "{} after {iterations} steps; final loss {}",
+            if *cancelled { "cancelled" } else { "finished" },
+            final_loss.map_or_else(|| "-".to_owned(), |l| format!("{l:.4}"))
+        ),
+        TrainEvent::Failed { error } => format!("failed: {error}"),
+    }
+}
+
+impl TrainObserver for PrintObserver {
+    fn on_event(&mut self, e: &TrainEvent) {
+        if let TrainEvent::Step { iter, .. } = e
+            && iter % self.every.max(1) != 0
+        {
+            return;
+        }
+        println!("{}", event_line(e));
+    }
+}
+
+/// Sends events over a bounded channel with `try_send`: when the receiver lags, events are
+/// dropped (and counted) instead of blocking training.
+#[derive(Debug)]
+pub struct ChannelObserver {
+    tx: Sender<TrainEvent>,
+    dropped: u64,
+}
+
+impl ChannelObserver {
+    /// An observer feeding `tx` (make it with `crossbeam_channel::bounded`).
+    pub fn new(tx: Sender<TrainEvent>) -> Self {
+        Self { tx, dropped: 0 }
+    }
+
+    /// Events dropped because the channel was full or closed.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+}
+
+impl TrainObserver for ChannelObserver {
+    fn on_event(&mut self, e: &TrainEvent) {
+        match self.tx.try_send(e.clone()) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.dropped += 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_observer_never_blocks() {
+        let (tx, rx) = crossbeam_channel::bounded(2);
+        let mut obs = ChannelObserver::new(tx);
+        for i in 0..5 {
+            obs.on_event(&TrainEvent::EpochEnd {
+                epoch: i,
+                mean_loss: 1.0,
+                steps: 1,
+            });
+        }
+        assert_eq!(obs.dropped(), 3);
+        assert_eq!(rx.try_iter().count(), 2);
+    }
+}
