@@ -62,13 +62,18 @@ pub struct Split {
 ///
 /// Images whose stored split is `train` or `validation` (`val`) keep it; `test` images are left
 /// out; the rest are sorted by id, shuffled with `seed`, and the first
-/// `round(val_fraction * n)` of them go to validation.
+/// `round(val_fraction * n)` of them go to validation. When no image is marked validation (a
+/// dataset shipped as one `train` split, like coco128), `train` images count as unassigned, so
+/// the run still gets a validation set.
 pub fn split_images(images: &[ExportImage], val_fraction: f64, seed: u64) -> Split {
     let mut split = Split::default();
     let mut free = Vec::new();
+    let has_validation = images
+        .iter()
+        .any(|m| matches!(m.split.as_deref(), Some("validation" | "val")));
     for image in images {
         match image.split.as_deref() {
-            Some("train") => split.train.push(image.id),
+            Some("train") if has_validation => split.train.push(image.id),
             Some("validation" | "val") => split.val.push(image.id),
             Some("test") => {}
             _ => free.push(image.id),
@@ -247,6 +252,14 @@ mod tests {
         assert!(a.train.contains(&100) && a.val.contains(&101));
         assert!(!a.train.contains(&102) && !a.val.contains(&102));
         assert_ne!(split_images(&images, 0.25, 8), a);
+    }
+
+    #[test]
+    fn a_project_without_validation_images_gets_a_seeded_validation_set() {
+        let images: Vec<ExportImage> = (0..20).map(|i| img(i, Some("train"))).collect();
+        let split = split_images(&images, 0.25, 7);
+        assert_eq!((split.train.len(), split.val.len()), (15, 5));
+        assert_eq!(split, split_images(&images, 0.25, 7));
     }
 
     #[test]
