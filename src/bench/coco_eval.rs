@@ -9,7 +9,6 @@
 //! Both sides are timed end to end from the files: JSON load, results load (`loadRes`),
 //! `evaluate`, `accumulate` and `summarize`.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -216,32 +215,7 @@ fn run_python(
     dt_path: &std::path::Path,
     dir: &std::path::Path,
 ) -> Result<Value, String> {
-    let script = dir.join("bench_coco_eval.py");
-    std::fs::write(&script, PY_SCRIPT).map_err(|e| format!("write script: {e}"))?;
-    let py = crate::runtime::python();
-    let out = Command::new(&py)
-        .arg(&script)
-        .arg(gt_path)
-        .arg(dt_path)
-        .output();
-    let out = out.map_err(|e| format!("cannot run {}: {e}", py.display()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{} failed ({}): {}",
-            py.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let v: Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("bad output from {}: {e}", py.display()))?;
-    if let Some(err) = v.get("error") {
-        return Err(format!(
-            "pycocotools unavailable in {}: {err}",
-            py.display()
-        ));
-    }
-    Ok(v)
+    super::run_reference_script(dir, PY_SCRIPT, &[gt_path.as_os_str(), dt_path.as_os_str()])
 }
 
 /// Runs the benchmark and prints the table.

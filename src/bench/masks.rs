@@ -7,7 +7,6 @@
 //! if the two sides disagree on any RLE string of the workload.
 
 use std::hint::black_box;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
@@ -131,33 +130,9 @@ fn best<T>(mut f: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<(Duration
 fn run_python(work: &Value) -> Result<Value, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
     let data = dir.path().join("workload.json");
-    let script = dir.path().join("bench.py");
     std::fs::write(&data, work.to_string()).map_err(|e| format!("write workload: {e}"))?;
-    std::fs::write(&script, PY_SCRIPT).map_err(|e| format!("write script: {e}"))?;
-    let py = crate::runtime::python();
-    let out = Command::new(&py)
-        .arg(&script)
-        .arg(&data)
-        .arg(REPEATS.to_string())
-        .output();
-    let out = out.map_err(|e| format!("cannot run {}: {e}", py.display()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{} failed ({}): {}",
-            py.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let v: Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("bad output from {}: {e}", py.display()))?;
-    if let Some(err) = v.get("error") {
-        return Err(format!(
-            "pycocotools unavailable in {}: {err}",
-            py.display()
-        ));
-    }
-    Ok(v)
+    let repeats = REPEATS.to_string();
+    super::run_reference_script(dir.path(), PY_SCRIPT, &[data.as_os_str(), repeats.as_ref()])
 }
 
 fn check_same(what: &str, ours: &[String], theirs: &Value) -> anyhow::Result<()> {
