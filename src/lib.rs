@@ -10,5 +10,6 @@ pub mod gui;
 pub mod infer;
 pub mod model;
 pub mod openimages;
+pub mod rng;
 pub mod runtime;
 pub mod train;

@@ -16,15 +16,16 @@ use serde_json::{Value, json};
 
 use crate::dataset::polygon;
 use crate::eval::coco_eval::{EvalResult, IouType, STAT_NAMES, from_coco_json};
+use crate::rng::SplitMix64;
 
 /// Images in the workload.
 const IMAGES: usize = 5_000;
 /// Categories in the workload.
 const CLASSES: i64 = 20;
 /// Mean ground-truth objects per image (uniform in `0..=2*GT_PER_IMAGE`).
-const GT_PER_IMAGE: u64 = 10;
+const GT_PER_IMAGE: usize = 10;
 /// Mean detections per image (about two per object, plus false positives).
-const DT_PER_IMAGE: u64 = 30;
+const DT_PER_IMAGE: usize = 30;
 /// Image width.
 const WIDTH: u32 = 640;
 /// Image height.
@@ -58,33 +59,10 @@ for iou_type in ("bbox", "segm"):
 print(json.dumps(out))
 "#;
 
-/// SplitMix64: a tiny seeded generator so the workload is the same every run.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[lo, hi)`.
-    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
-    }
-
-    /// Uniform in `0..n`.
-    fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-}
-
 /// Star-shaped polygon around `(cx, cy)`, coordinates rounded to 0.01.
-fn star(rng: &mut SplitMix, cx: f64, cy: f64, radius: f64) -> Vec<f64> {
+fn star(rng: &mut SplitMix64, cx: f64, cy: f64, radius: f64) -> Vec<f64> {
     let round = |v: f64| (v * 100.0).round() / 100.0;
-    let n = 6 + rng.below(10) as usize;
+    let n = 6 + rng.below(10);
     let mut angles: Vec<f64> = (0..n)
         .map(|_| rng.uniform(0.0, std::f64::consts::TAU))
         .collect();
@@ -99,7 +77,7 @@ fn star(rng: &mut SplitMix, cx: f64, cy: f64, radius: f64) -> Vec<f64> {
 }
 
 /// Object radius: small, medium or large COCO objects in about 4:4:2.
-fn radius(rng: &mut SplitMix) -> f64 {
+fn radius(rng: &mut SplitMix64) -> f64 {
     match rng.below(10) {
         0..=3 => rng.uniform(3.0, 18.0),
         4..=7 => rng.uniform(18.0, 55.0),
@@ -116,7 +94,7 @@ fn segm(poly: &[f64]) -> (Value, u64, [f64; 4]) {
 
 /// The seeded ground truth and results (bbox + RLE segmentation, like a Mask R-CNN).
 fn workload() -> (Value, Value) {
-    let mut rng = SplitMix(SEED);
+    let mut rng = SplitMix64::new(SEED);
     let mut images = Vec::with_capacity(IMAGES);
     let mut anns = Vec::new();
     let mut results = Vec::new();
@@ -125,9 +103,9 @@ fn workload() -> (Value, Value) {
         let image_id = img as i64 + 1;
         images.push(json!({ "id": image_id, "height": HEIGHT, "width": WIDTH }));
         let n_gt = rng.below(2 * GT_PER_IMAGE + 1);
-        let mut n_dt = 0u64;
+        let mut n_dt = 0usize;
         for _ in 0..n_gt {
-            let cat = 1 + rng.below(CLASSES as u64) as i64;
+            let cat = 1 + rng.below(CLASSES as usize) as i64;
             let (cx, cy, r) = (rng.uniform(0.0, w), rng.uniform(0.0, h), radius(&mut rng));
             let poly = star(&mut rng, cx, cy, r);
             let (seg, area, bbox) = segm(&poly);
@@ -140,12 +118,12 @@ fn workload() -> (Value, Value) {
                 "iscrowd": i32::from(iscrowd), "area": area as f64, "bbox": bbox, "segmentation": seg,
             }));
             for _ in 0..rng.below(4) {
-                let sd = r * [0.03, 0.08, 0.2][rng.below(3) as usize];
+                let sd = r * [0.03, 0.08, 0.2][rng.below(3)];
                 let (dx, dy) = (rng.uniform(-sd, sd), rng.uniform(-sd, sd));
                 let scale = rng.uniform(0.85, 1.15);
                 let moved = star(&mut rng, cx + dx, cy + dy, r * scale);
                 let c = if rng.below(10) == 0 {
-                    1 + rng.below(CLASSES as u64) as i64
+                    1 + rng.below(CLASSES as usize) as i64
                 } else {
                     cat
                 };
@@ -154,7 +132,7 @@ fn workload() -> (Value, Value) {
             }
         }
         while n_dt < DT_PER_IMAGE + rng.below(5) {
-            let cat = 1 + rng.below(CLASSES as u64) as i64;
+            let cat = 1 + rng.below(CLASSES as usize) as i64;
             let (cx, cy, r) = (rng.uniform(0.0, w), rng.uniform(0.0, h), radius(&mut rng));
             let poly = star(&mut rng, cx, cy, r);
             push_det(&mut rng, &mut results, (image_id, cat), &poly, (0.05, 0.7));
@@ -170,7 +148,7 @@ fn workload() -> (Value, Value) {
 
 /// One detection with its mask, a box close to the mask's box and a score in `scores`.
 fn push_det(
-    rng: &mut SplitMix,
+    rng: &mut SplitMix64,
     out: &mut Vec<Value>,
     (image_id, cat): (i64, i64),
     poly: &[f64],

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 
 use crate::dataset::{Mask, Rle, polygon};
+use crate::rng::SplitMix64;
 use serde_json::{Value, json};
 
 /// Masks in the workload.
@@ -63,34 +64,16 @@ print(json.dumps({
 }))
 "#;
 
-/// SplitMix64: a tiny seeded generator so the workload is the same every run.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[lo, hi)`.
-    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
-    }
-}
-
 /// Star-shaped random polygons, 1 to 3 parts per mask, coordinates rounded to 0.01.
 fn workload() -> Vec<Vec<Vec<f64>>> {
-    let mut rng = SplitMix(SEED);
+    let mut rng = SplitMix64::new(SEED);
     let round = |v: f64| (v * 100.0).round() / 100.0;
     (0..MASKS)
         .map(|_| {
-            let parts = 1 + (rng.next_u64() % 3) as usize;
+            let parts = 1 + rng.below(3);
             (0..parts)
                 .map(|_| {
-                    let n = 8 + (rng.next_u64() % 41) as usize;
+                    let n = 8 + rng.below(41);
                     let (cx, cy) = (
                         rng.uniform(0.0, f64::from(WIDTH)),
                         rng.uniform(0.0, f64::from(HEIGHT)),

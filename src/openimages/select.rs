@@ -6,35 +6,10 @@ use std::collections::{HashMap, HashSet};
 
 use super::{Error, Index, Split};
 
-/// SplitMix64: a tiny, stable PRNG (the selection must not change between releases).
-pub(crate) struct SplitMix64(u64);
-
-impl SplitMix64 {
-    pub(crate) fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0).
-    fn below(&mut self, n: usize) -> usize {
-        ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
-    }
-}
-
-/// Fisher–Yates with [`SplitMix64`].
+/// Fisher–Yates with the project's stable generator (the selection must not change between
+/// releases).
 pub(crate) fn shuffle<T>(items: &mut [T], seed: u64) {
-    let mut rng = SplitMix64::new(seed);
-    for i in (1..items.len()).rev() {
-        let j = rng.below(i + 1);
-        items.swap(i, j);
-    }
+    crate::rng::SplitMix64::new(seed).shuffle(items);
 }
 
 /// Selection options (a subset of the request).

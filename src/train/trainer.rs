@@ -17,8 +17,9 @@ use crate::dataset::store::CancelToken;
 use crate::model::bundle::{Bundle, ModelSpec};
 use crate::model::weights::{self, PartialLoad};
 use crate::model::{Backbone, MaskRcnn, MaskRcnnConfig, Target};
+use crate::rng::SplitMix64;
 use crate::train::config::{Preset, TrainConfig};
-use crate::train::data::{self, Augment, SplitMix64};
+use crate::train::data::{self, Augment};
 use crate::train::observer::{TrainEvent, TrainObserver, event_line};
 
 /// Loss names in the order of `metrics.csv` (sorted, as `Losses::to_map` returns them).
