@@ -1,8 +1,9 @@
 //! Readers, exporters and the contour tracer on the real sample data in `../shared/data`
 //! (skipped with a message when it is absent).
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use maskstudio::dataset::contour::outer_contours;
 use maskstudio::dataset::export::{self, ExportFormat};
@@ -10,22 +11,6 @@ use maskstudio::dataset::formats::{self, Format};
 use maskstudio::dataset::{
     ExportClass, ExportImage, ExportInstance, ExportSet, ImportSet, Mask, Segmentation,
 };
-
-fn shared_data() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var_os("MASKSTUDIO_SHARED_DATA").map(PathBuf::from),
-        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data")),
-        Some(PathBuf::from("/work/shared/data")),
-    ];
-    let found = candidates
-        .into_iter()
-        .flatten()
-        .find(|p| p.join("coco128-seg").is_dir());
-    if found.is_none() {
-        eprintln!("shared sample data not found (../shared/data); skipping real-data test");
-    }
-    found
-}
 
 fn mask_of(seg: &Segmentation, w: u32, h: u32) -> Mask {
     match seg {
@@ -90,7 +75,9 @@ fn to_export(set: &ImportSet) -> ExportSet {
 
 #[test]
 fn coco128_yolo_seg() {
-    let Some(data) = shared_data() else { return };
+    let Some(data) = common::shared_data() else {
+        return;
+    };
     let root = data.join("coco128-seg");
     assert_eq!(formats::detect(&root).unwrap(), Format::YoloSeg);
     let set = formats::read(&root, Format::YoloSeg).unwrap();
@@ -113,7 +100,9 @@ fn coco128_yolo_seg() {
 
 #[test]
 fn icevision_coco() {
-    let Some(data) = shared_data() else { return };
+    let Some(data) = common::shared_data() else {
+        return;
+    };
     let root = data.join("icevision-samples");
     assert_eq!(formats::detect(&root).unwrap(), Format::Coco);
     assert_eq!(
@@ -140,7 +129,9 @@ fn icevision_coco() {
 
 #[test]
 fn droplets_via() {
-    let Some(data) = shared_data() else { return };
+    let Some(data) = common::shared_data() else {
+        return;
+    };
     let root = data.join("droplets-via");
     assert_eq!(formats::detect(&root).unwrap(), Format::Via);
     let set = formats::read(&root, Format::Via).unwrap();
@@ -169,7 +160,9 @@ fn droplets_via() {
 
 #[test]
 fn contour_tracer_round_trips_coco128_masks() {
-    let Some(data) = shared_data() else { return };
+    let Some(data) = common::shared_data() else {
+        return;
+    };
     let set = formats::read(&data.join("coco128-seg"), Format::YoloSeg).unwrap();
     let (mut sum, mut n, mut worst) = (0.0, 0usize, 1.0f64);
     for img in &set.images {
@@ -193,7 +186,9 @@ fn contour_tracer_round_trips_coco128_masks() {
 
 #[test]
 fn coco_rle_export_is_lossless_on_real_data() {
-    let Some(data) = shared_data() else { return };
+    let Some(data) = common::shared_data() else {
+        return;
+    };
     for (root, fmt) in [
         (data.join("icevision-samples"), Format::Coco),
         (data.join("coco128-seg"), Format::YoloSeg),
@@ -246,7 +241,9 @@ fn class_unions(set: &ImportSet) -> HashMap<(String, String), Mask> {
 
 #[test]
 fn yolo_and_polygon_exports_round_trip_coco128() {
-    let Some(data) = shared_data() else { return };
+    let Some(data) = common::shared_data() else {
+        return;
+    };
     let orig = formats::read(&data.join("coco128-seg"), Format::YoloSeg).unwrap();
     let set = to_export(&orig);
     let expected = class_unions(&orig);
@@ -270,7 +267,9 @@ fn yolo_and_polygon_exports_round_trip_coco128() {
 
 #[test]
 fn voc_and_png_mask_exports_write_everything() {
-    let Some(data) = shared_data() else { return };
+    let Some(data) = common::shared_data() else {
+        return;
+    };
     let set = to_export(&formats::read(&data.join("icevision-samples"), Format::Coco).unwrap());
     let out = tempfile::tempdir().unwrap();
     let s = export::write(&set, ExportFormat::Voc, out.path()).unwrap();

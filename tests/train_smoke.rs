@@ -1,28 +1,14 @@
 //! A few CPU training steps on a class subset of `../shared/data/coco128-seg`: the loss falls,
 //! `metrics.csv` has one row per step, and a cancelled run leaves a bundle `Predictor` opens.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use maskstudio::dataset::formats::{self, Format};
 use maskstudio::dataset::store::{CancelToken, Project};
 use maskstudio::runtime::DeviceChoice;
 use maskstudio::train::{self, TrainConfig, TrainEvent, TrainObserver};
-
-fn shared_data() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var_os("MASKSTUDIO_SHARED_DATA").map(PathBuf::from),
-        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data")),
-        Some(PathBuf::from("/work/shared/data")),
-    ];
-    let found = candidates
-        .into_iter()
-        .flatten()
-        .find(|p| p.join("coco128-seg").is_dir());
-    if found.is_none() {
-        eprintln!("shared sample data not found (../shared/data); skipping training test");
-    }
-    found
-}
 
 const CLASSES: [&str; 2] = ["person", "dog"];
 
@@ -92,7 +78,9 @@ fn mean(v: &[f64]) -> f64 {
 
 #[test]
 fn losses_fall_and_every_step_is_logged() {
-    let Some(data) = shared_data() else { return };
+    let Some(data) = common::shared_data() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let project = subset_project(&data, dir.path(), 8);
     let runs = dir.path().join("runs");
@@ -162,7 +150,9 @@ fn losses_fall_and_every_step_is_logged() {
 
 #[test]
 fn cancel_stops_within_a_step_and_leaves_a_loadable_bundle() {
-    let Some(data) = shared_data() else { return };
+    let Some(data) = common::shared_data() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let project = subset_project(&data, dir.path(), 8);
     let runs = dir.path().join("runs");
