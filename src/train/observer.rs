@@ -42,6 +42,8 @@ pub enum TrainEvent {
         lr: f64,
         /// Throughput of this step.
         images_per_sec: f64,
+        /// Memory in use after the step (CUDA allocated bytes, or process RSS on CPU), if known.
+        memory_bytes: Option<u64>,
     },
     /// An epoch finished.
     EpochEnd {
@@ -51,6 +53,10 @@ pub enum TrainEvent {
         mean_loss: f64,
         /// Steps in the epoch.
         steps: usize,
+        /// Validation mask AP (COCO AP@[.5:.95], segm) after this epoch, when evaluated.
+        val_segm_ap: Option<f64>,
+        /// Validation box AP (COCO AP@[.5:.95], bbox) after this epoch, when evaluated.
+        val_bbox_ap: Option<f64>,
     },
     /// A model bundle was written.
     CheckpointSaved {
@@ -129,6 +135,7 @@ pub fn event_line(e: &TrainEvent) -> String {
             total,
             lr,
             images_per_sec,
+            ..
         } => {
             let parts: Vec<String> = losses.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
             format!(
@@ -140,6 +147,7 @@ pub fn event_line(e: &TrainEvent) -> String {
             epoch,
             mean_loss,
             steps,
+            ..
         } => format!("epoch {epoch} done: mean loss {mean_loss:.4} over {steps} steps"),
         TrainEvent::CheckpointSaved { path } => format!("checkpoint saved: {}", path.display()),
         TrainEvent::Finished {
@@ -208,6 +216,8 @@ mod tests {
                 epoch: i,
                 mean_loss: 1.0,
                 steps: 1,
+                val_segm_ap: None,
+                val_bbox_ap: None,
             });
         }
         assert_eq!(obs.dropped(), 3);

@@ -380,6 +380,7 @@ fn run(
                 total,
                 lr,
                 images_per_sec,
+                memory_bytes: None,
             });
             loss_sum += total;
             steps += 1;
@@ -393,6 +394,8 @@ fn run(
                 epoch,
                 mean_loss,
                 steps,
+                val_segm_ap: None,
+                val_bbox_ap: None,
             });
             checkpoint = Some(save(reporter, &vs)?);
         }
