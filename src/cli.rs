@@ -121,6 +121,12 @@ pub enum Command {
         /// Project folder.
         project: PathBuf,
     },
+    /// Create the offline sample project (24 generated scenes, 3 shape classes, exact masks).
+    Sample {
+        /// Project folder to create (must not hold a project yet).
+        #[arg(long)]
+        project: PathBuf,
+    },
 }
 
 fn parse_format(s: &str) -> Result<Format, String> {
@@ -161,6 +167,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             split,
         } => export(&project, format, &out, split.as_deref()),
         Command::Info { project } => info(&project),
+        Command::Sample { project } => sample(&project),
         Command::Train(args) => crate::train::cli::run(&args),
         Command::Doctor => {
             println!("{}", crate::runtime::doctor_report());
@@ -406,6 +413,21 @@ fn predict(
         }
     );
     anyhow::ensure!(failures.len() < images.len(), "no image could be read");
+    Ok(())
+}
+
+fn sample(project_dir: &Path) -> anyhow::Result<()> {
+    let bar = progress_bar(100, "sample");
+    crate::sample::create_sample_project(project_dir, &mut |p| {
+        bar.set_position((p * 100.0).round() as u64)
+    })?;
+    bar.finish_and_clear();
+    println!(
+        "created the sample project in {} ({} images, classes {})",
+        project_dir.display(),
+        crate::sample::SAMPLE_IMAGES,
+        crate::sample::SAMPLE_CLASSES.join(", ")
+    );
     Ok(())
 }
 

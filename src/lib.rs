@@ -12,4 +12,5 @@ pub mod model;
 pub mod openimages;
 pub mod rng;
 pub mod runtime;
+pub mod sample;
 pub mod train;

@@ -1,0 +1,454 @@
+//! The offline sample project behind the first-run "Try the sample" button and
+//! `maskstudio sample`: procedurally generated scenes (three shape classes on textured
+//! backgrounds) with exact instance masks, imported through [`Project::import`] so the result is
+//! an ordinary project. Nothing is downloaded or copied from a dataset; the same seed gives the
+//! same pixels and masks on every machine.
+
+use std::f64::consts::PI;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use image::{Rgb, RgbImage};
+
+use crate::dataset::mask::MaskError;
+use crate::dataset::store::{CancelToken, DB_FILE, Project};
+use crate::dataset::{
+    Attribution, ClassDef, ImportImage, ImportInstance, ImportSet, Mask, Origin, Segmentation,
+};
+use crate::rng::SplitMix64;
+
+/// Number of images in the sample.
+pub const SAMPLE_IMAGES: usize = 24;
+/// Width of every sample image in pixels.
+pub const SAMPLE_WIDTH: u32 = 320;
+/// Height of every sample image in pixels.
+pub const SAMPLE_HEIGHT: u32 = 240;
+/// Class names, in class order.
+pub const SAMPLE_CLASSES: [&str; 3] = ["circle", "rectangle", "triangle"];
+/// Every fourth image (indices 3, 7, …) goes to `validation`, the others to `train`.
+const VALIDATION_EVERY: usize = 4;
+/// Fixed seed: the sample is identical everywhere.
+const SEED: u64 = 0x004d_534b_5341_4d50;
+/// Base colour of each class (orange, blue, green: the class channel dominates every pixel).
+const CLASS_COLORS: [[f64; 3]; 3] = [
+    [232.0, 132.0, 36.0],
+    [44.0, 104.0, 226.0],
+    [52.0, 184.0, 72.0],
+];
+/// Smallest visible area of an instance, in pixels.
+const MIN_AREA: u64 = 400;
+/// An earlier instance must keep this fraction of its area visible when a later one is added.
+const MIN_VISIBLE: f64 = 0.6;
+
+/// The split of sample image `index`.
+pub fn sample_split(index: usize) -> &'static str {
+    if index % VALIDATION_EVERY == VALIDATION_EVERY - 1 {
+        "validation"
+    } else {
+        "train"
+    }
+}
+
+/// A sensible place for the sample project: `$XDG_DATA_HOME/maskstudio/sample-project`
+/// (`~/.local/share/maskstudio/sample-project`); user data, kept by the uninstaller.
+pub fn default_sample_dir() -> PathBuf {
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    data.join("maskstudio").join("sample-project")
+}
+
+/// Creates the sample project in `dir` (created if missing; it must not hold a project yet),
+/// entirely offline: [`SAMPLE_IMAGES`] generated 320×240 scenes with 1–4 instances each of
+/// [`SAMPLE_CLASSES`], split train/validation 3:1. `progress` gets 0.0…1.0.
+pub fn create_sample_project(dir: &Path, progress: &mut dyn FnMut(f32)) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !dir.join(DB_FILE).exists(),
+        "{}: already holds a project; choose an empty folder for the sample",
+        dir.display()
+    );
+    progress(0.0);
+    let src = tempfile::Builder::new()
+        .prefix("maskstudio-sample-")
+        .tempdir()
+        .context("creating a temporary folder for the sample images")?;
+    let mut images = Vec::with_capacity(SAMPLE_IMAGES);
+    for index in 0..SAMPLE_IMAGES {
+        let scene = generate_scene(index).context("generating a sample scene")?;
+        let file_name = format!("sample-{index:02}.png");
+        let path = src.path().join(&file_name);
+        scene
+            .image
+            .save(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        let instances = scene
+            .instances
+            .into_iter()
+            .map(|(class, mask)| ImportInstance {
+                class: SAMPLE_CLASSES[class].to_owned(),
+                segmentation: Segmentation::Bitmap(mask),
+                iscrowd: false,
+                origin: Origin::Import,
+                provenance: Some(
+                    serde_json::json!({"generator": "maskstudio sample", "scene": index}),
+                ),
+            })
+            .collect();
+        images.push(ImportImage {
+            src_path: path,
+            file_name,
+            width: SAMPLE_WIDTH,
+            height: SAMPLE_HEIGHT,
+            split: Some(sample_split(index).to_owned()),
+            source: "sample".to_owned(),
+            attribution: Attribution {
+                author: Some("Mask Studio sample generator".to_owned()),
+                license: Some("CC0-1.0".to_owned()),
+                original_url: None,
+                title: Some(format!("Synthetic scene {index}")),
+            },
+            instances,
+        });
+        progress(0.8 * (index + 1) as f32 / SAMPLE_IMAGES as f32);
+    }
+    let set = ImportSet {
+        format: "sample".to_owned(),
+        classes: SAMPLE_CLASSES
+            .iter()
+            .map(|name| ClassDef {
+                name: (*name).to_owned(),
+                mid: None,
+            })
+            .collect(),
+        images,
+    };
+    let mut project = Project::create_or_open(dir)
+        .with_context(|| format!("creating the sample project in {}", dir.display()))?;
+    project
+        .import(&set, src.path(), &CancelToken::default(), &mut |p| {
+            progress(0.8 + 0.2 * p.done as f32 / p.total.max(1) as f32)
+        })
+        .with_context(|| format!("importing the sample into {}", dir.display()))?;
+    progress(1.0);
+    Ok(())
+}
+
+/// One generated image with its instances (class index, visible mask), in paint order.
+#[derive(Debug, Clone)]
+pub struct Scene {
+    /// The RGB image, [`SAMPLE_WIDTH`]×[`SAMPLE_HEIGHT`].
+    pub image: RgbImage,
+    /// `(class index into SAMPLE_CLASSES, visible mask)`; masks of one scene never overlap.
+    pub instances: Vec<(usize, Mask)>,
+}
+
+/// A filled shape in pixel coordinates.
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    /// Rotated ellipse: centre, radii, angle (radians).
+    Ellipse([f64; 5]),
+    /// Rotated rectangle: centre, half sizes, angle (radians).
+    Rectangle([f64; 5]),
+    /// Triangle: three vertices.
+    Triangle([(f64, f64); 3]),
+}
+
+impl Shape {
+    /// A random shape of `class` centred inside the frame (it may be cut by the border).
+    fn random(class: usize, rng: &mut SplitMix64) -> Shape {
+        let (w, h) = (f64::from(SAMPLE_WIDTH), f64::from(SAMPLE_HEIGHT));
+        let cx = rng.uniform(28.0, w - 28.0);
+        let cy = rng.uniform(28.0, h - 28.0);
+        let angle = rng.uniform(0.0, PI);
+        match class {
+            0 => Shape::Ellipse([
+                cx,
+                cy,
+                rng.uniform(18.0, 50.0),
+                rng.uniform(18.0, 50.0),
+                angle,
+            ]),
+            1 => Shape::Rectangle([
+                cx,
+                cy,
+                rng.uniform(14.0, 48.0),
+                rng.uniform(14.0, 48.0),
+                angle,
+            ]),
+            _ => {
+                let mut vertex = |k: usize| {
+                    let a = angle + k as f64 * 2.0 * PI / 3.0 + rng.uniform(-0.35, 0.35);
+                    let r = rng.uniform(26.0, 58.0);
+                    (cx + r * a.cos(), cy + r * a.sin())
+                };
+                Shape::Triangle([vertex(0), vertex(1), vertex(2)])
+            }
+        }
+    }
+
+    /// Whether the point `(x, y)` lies inside (pixel centres are tested).
+    fn contains(&self, x: f64, y: f64) -> bool {
+        match *self {
+            Shape::Ellipse([cx, cy, rx, ry, a]) => {
+                let (u, v) = rotate(x - cx, y - cy, a);
+                (u / rx).powi(2) + (v / ry).powi(2) <= 1.0
+            }
+            Shape::Rectangle([cx, cy, hw, hh, a]) => {
+                let (u, v) = rotate(x - cx, y - cy, a);
+                u.abs() <= hw && v.abs() <= hh
+            }
+            Shape::Triangle([p0, p1, p2]) => {
+                let side = |(ax, ay): (f64, f64), (bx, by): (f64, f64)| {
+                    (bx - ax) * (y - ay) - (by - ay) * (x - ax)
+                };
+                let (d0, d1, d2) = (side(p0, p1), side(p1, p2), side(p2, p0));
+                (d0 >= 0.0 && d1 >= 0.0 && d2 >= 0.0) || (d0 <= 0.0 && d1 <= 0.0 && d2 <= 0.0)
+            }
+        }
+    }
+
+    /// The shape's pixels (row-major, 0/1) and their count.
+    fn rasterise(&self) -> (Vec<u8>, u64) {
+        let mut pixels = vec![0u8; (SAMPLE_WIDTH * SAMPLE_HEIGHT) as usize];
+        let mut area = 0;
+        for y in 0..SAMPLE_HEIGHT {
+            for x in 0..SAMPLE_WIDTH {
+                if self.contains(f64::from(x) + 0.5, f64::from(y) + 0.5) {
+                    pixels[(y * SAMPLE_WIDTH + x) as usize] = 1;
+                    area += 1;
+                }
+            }
+        }
+        (pixels, area)
+    }
+}
+
+/// `(dx, dy)` rotated by `-angle` (into the shape's own axes).
+fn rotate(dx: f64, dy: f64, angle: f64) -> (f64, f64) {
+    let (s, c) = angle.sin_cos();
+    (dx * c + dy * s, -dx * s + dy * c)
+}
+
+/// A noise value uniform in `[-amplitude, amplitude)`.
+fn noise(rng: &mut SplitMix64, amplitude: f64) -> f64 {
+    rng.uniform(-amplitude, amplitude)
+}
+
+fn clamp_u8(v: f64) -> u8 {
+    v.round().clamp(0.0, 255.0) as u8
+}
+
+/// Generates sample scene `index` (deterministic).
+pub fn generate_scene(index: usize) -> Result<Scene, MaskError> {
+    let mut rng = SplitMix64::new(SEED ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    // Background: a muted grey-ish tint, a luminance texture of three waves, per-pixel noise.
+    let grey = rng.uniform(70.0, 170.0);
+    let tint = [
+        noise(&mut rng, 14.0),
+        noise(&mut rng, 14.0),
+        noise(&mut rng, 14.0),
+    ];
+    let waves: Vec<[f64; 4]> = (0..3)
+        .map(|_| {
+            let freq = rng.uniform(0.01, 0.08);
+            let dir = rng.uniform(0.0, PI);
+            [
+                freq * dir.cos(),
+                freq * dir.sin(),
+                rng.uniform(0.0, 2.0 * PI),
+                rng.uniform(5.0, 16.0),
+            ]
+        })
+        .collect();
+    let mut image = RgbImage::from_fn(SAMPLE_WIDTH, SAMPLE_HEIGHT, |x, y| {
+        let (fx, fy) = (f64::from(x), f64::from(y));
+        let texture: f64 = waves
+            .iter()
+            .map(|[kx, ky, phase, amp]| amp * (kx * fx + ky * fy + phase).sin())
+            .sum();
+        Rgb(std::array::from_fn(|c| {
+            clamp_u8(grey + tint[c] + texture + noise(&mut rng, 12.0))
+        }))
+    });
+
+    // Shapes: 1–4 per scene; the first cycles through the classes so every class is in both
+    // splits; a shape is rejected when it would hide too much of an earlier one.
+    let wanted = 1 + rng.below(4);
+    let mut shapes: Vec<(usize, Shape, Vec<u8>, u64)> = Vec::new(); // class, shape, full pixels, full area
+    let mut visible: Vec<Vec<u8>> = Vec::new();
+    let mut attempts = 0;
+    while shapes.len() < wanted && attempts < 200 {
+        attempts += 1;
+        let class = if shapes.is_empty() {
+            index % SAMPLE_CLASSES.len()
+        } else {
+            rng.below(3)
+        };
+        let shape = Shape::random(class, &mut rng);
+        let (full, area) = shape.rasterise();
+        if area < MIN_AREA {
+            continue;
+        }
+        let keeps_enough = shapes
+            .iter()
+            .zip(&visible)
+            .all(|((_, _, _, full_area), vis)| {
+                let left: u64 = vis
+                    .iter()
+                    .zip(&full)
+                    .map(|(&v, &f)| u64::from(v & !f & 1))
+                    .sum();
+                left as f64 >= MIN_VISIBLE * *full_area as f64 && left >= MIN_AREA
+            });
+        if !keeps_enough {
+            continue;
+        }
+        for vis in &mut visible {
+            for (v, &f) in vis.iter_mut().zip(&full) {
+                *v &= 1 - f;
+            }
+        }
+        visible.push(full.clone());
+        shapes.push((class, shape, full, area));
+    }
+
+    // Paint in order (later shapes cover earlier ones, exactly as the visible masks say):
+    // jittered class colour, a linear shading across the shape, per-pixel noise.
+    for (class, _, full, _) in &shapes {
+        let color: [f64; 3] =
+            std::array::from_fn(|c| CLASS_COLORS[*class][c] + noise(&mut rng, 18.0));
+        let dir = rng.uniform(0.0, 2.0 * PI);
+        let (dx, dy) = (dir.cos(), dir.sin());
+        for (i, _) in full.iter().enumerate().filter(|(_, f)| **f != 0) {
+            let (x, y) = (i as u32 % SAMPLE_WIDTH, i as u32 / SAMPLE_WIDTH);
+            let t = (f64::from(x) * dx + f64::from(y) * dy) / f64::from(SAMPLE_WIDTH);
+            let shade = 0.82 + 0.18 * t.clamp(-1.0, 1.0);
+            let px = Rgb(std::array::from_fn(|c| {
+                clamp_u8(color[c] * shade + noise(&mut rng, 8.0))
+            }));
+            image.put_pixel(x, y, px);
+        }
+    }
+    let instances = shapes
+        .iter()
+        .zip(visible)
+        .map(|((class, ..), vis)| Ok((*class, Mask::from_vec(SAMPLE_WIDTH, SAMPLE_HEIGHT, vis)?)))
+        .collect::<Result<_, MaskError>>()?;
+    Ok(Scene { image, instances })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scenes_are_deterministic_and_masks_are_exact() {
+        let mut per_class = [0usize; 3];
+        for index in 0..SAMPLE_IMAGES {
+            let scene = generate_scene(index).unwrap();
+            let again = generate_scene(index).unwrap();
+            assert_eq!(
+                scene.image, again.image,
+                "scene {index} is not deterministic"
+            );
+            assert!((1..=4).contains(&scene.instances.len()), "scene {index}");
+            let mut union = Mask::new(SAMPLE_WIDTH, SAMPLE_HEIGHT);
+            for (k, (class, mask)) in scene.instances.iter().enumerate() {
+                assert_eq!(mask, &again.instances[k].1);
+                per_class[*class] += 1;
+                assert!(
+                    mask.area() >= MIN_AREA,
+                    "scene {index} instance {k}: {mask:?}"
+                );
+                // Masks of one scene never overlap.
+                let mut overlap = union.clone();
+                overlap.union_with(mask);
+                assert_eq!(overlap.area(), union.area() + mask.area(), "scene {index}");
+                union = overlap;
+                // Every masked pixel shows its class colour (the class channel dominates),
+                // so the masks match the painted pixels exactly, occlusion included.
+                let channel = [0, 2, 1][*class];
+                for y in 0..SAMPLE_HEIGHT {
+                    for x in 0..SAMPLE_WIDTH {
+                        if mask.get(x, y) {
+                            let p = scene.image.get_pixel(x, y).0;
+                            let best = (0..3).max_by_key(|&c| p[c]).unwrap_or(0);
+                            assert_eq!(
+                                best, channel,
+                                "scene {index} instance {k} at ({x},{y}): {p:?}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            per_class.iter().all(|&n| n >= 8),
+            "instances per class {per_class:?}"
+        );
+    }
+
+    #[test]
+    fn the_sample_is_a_real_project_with_both_splits() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("sample");
+        let mut seen = Vec::new();
+        create_sample_project(&root, &mut |p| seen.push(p)).unwrap();
+        assert_eq!(seen.first(), Some(&0.0));
+        assert_eq!(seen.last(), Some(&1.0));
+        assert!(
+            seen.windows(2).all(|w| w[0] <= w[1]),
+            "progress goes forward: {seen:?}"
+        );
+
+        let project = Project::open(&root).unwrap();
+        assert_eq!(project.integrity_check().unwrap(), "ok");
+        let info = project.info().unwrap();
+        assert_eq!(info.splits["train"].images, 18);
+        assert_eq!(info.splits["validation"].images, 6);
+        let names: Vec<&str> = info.classes.iter().map(|(c, _)| c.name.as_str()).collect();
+        assert_eq!(names, SAMPLE_CLASSES);
+        let set = project.export_set(Some("validation")).unwrap();
+        let mut val_classes: Vec<i64> = set
+            .images
+            .iter()
+            .flat_map(|i| i.instances.iter().map(|x| x.class_id))
+            .collect();
+        val_classes.sort_unstable();
+        val_classes.dedup();
+        assert_eq!(
+            val_classes.len(),
+            3,
+            "every class is in the validation split"
+        );
+
+        // The stored masks are the generated ones, and the stored images the generated pixels.
+        let all = project.export_set(None).unwrap();
+        assert_eq!(all.images.len(), SAMPLE_IMAGES);
+        let total: usize = all.images.iter().map(|i| i.instances.len()).sum();
+        assert_eq!(
+            total as u64,
+            info.classes.iter().map(|(_, n)| n).sum::<u64>()
+        );
+        for image in &all.images {
+            let index: usize = image.file_name[7..9].parse().unwrap();
+            let scene = generate_scene(index).unwrap();
+            let stored = image::open(&image.path).unwrap().to_rgb8();
+            assert_eq!(stored, scene.image, "{}", image.file_name);
+            assert_eq!(image.split.as_deref(), Some(sample_split(index)));
+            assert_eq!(image.instances.len(), scene.instances.len());
+            for (stored, (_, mask)) in image.instances.iter().zip(&scene.instances) {
+                assert_eq!(Mask::from_rle(&stored.rle).unwrap(), *mask);
+            }
+        }
+
+        // A second sample into the same folder is refused, naming the folder.
+        let err = create_sample_project(&root, &mut |_| {}).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("already holds a project"),
+            "{err:#}"
+        );
+    }
+}
