@@ -85,10 +85,10 @@ site=$(dirname "$(dirname "$torch_lib")") # …/site-packages
 search_dirs=("$torch_lib")
 for d in "$site"/nvidia/*/lib; do [ -d "$d" ] && search_dirs+=("$d"); done
 
-# Libraries every Linux desktop has (glibc, the GCC runtime) and the NVIDIA driver's own
+# Libraries every Linux desktop has (glibc, the GCC runtime, zlib) and the NVIDIA driver's own
 # libcuda: never bundled.
 is_system_lib() {
-  [[ "$1" =~ ^(libc|libm|libdl|libpthread|librt|libutil|libresolv|libstdc\+\+|libgcc_s|ld-linux-x86-64|libcuda|libnvidia-ml)\.so ]]
+  [[ "$1" =~ ^(libc|libm|libdl|libpthread|librt|libutil|libresolv|libz|libstdc\+\+|libgcc_s|ld-linux-x86-64|libcuda|libnvidia-ml)\.so ]]
 }
 needed() { readelf -d "$1" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'; }
 find_lib() {

@@ -163,6 +163,24 @@ fn the_cpu_package_runs_without_the_dev_environment_and_uninstalls_cleanly() {
     }
     let icon = image::open(pkg.join("share/icons/hicolor/32x32/apps/maskstudio.png")).unwrap();
     assert_eq!((icon.width(), icon.height()), (32, 32));
+    // The committed 256 px render (the window icon) is the SVG's render, not a stale copy.
+    let rendered = image::open(pkg.join("share/icons/hicolor/256x256/apps/maskstudio.png"))
+        .unwrap()
+        .to_rgba8();
+    let committed = image::open(repo.join("assets/maskstudio-256.png"))
+        .unwrap()
+        .to_rgba8();
+    assert_eq!(rendered.dimensions(), committed.dimensions());
+    let diff: u64 = rendered
+        .as_raw()
+        .iter()
+        .zip(committed.as_raw())
+        .map(|(a, b)| u64::from(a.abs_diff(*b)))
+        .sum();
+    assert!(
+        diff < rendered.as_raw().len() as u64,
+        "assets/maskstudio-256.png differs from assets/maskstudio.svg: re-render it"
+    );
 
     // The packaged binary: rpath inside the package, no libtorch_cuda, stripped of debug info.
     let (rpath, needed) = dynamic_section(&bin);
@@ -202,6 +220,7 @@ fn the_cpu_package_runs_without_the_dev_environment_and_uninstalls_cleanly() {
     let run = |args: &[&std::ffi::OsStr], what: &str| {
         check(clean(&bin, &home).args(args).output().unwrap(), what)
     };
+    eprintln!("unpacked and checked with ldd: {:.0?}", started.elapsed());
     let version_line = run(&["--version".as_ref()], "maskstudio --version");
     assert_eq!(version_line.trim(), format!("maskstudio {version}"));
     let doctor = run(&["doctor".as_ref()], "maskstudio doctor");
@@ -277,6 +296,7 @@ fn the_cpu_package_runs_without_the_dev_environment_and_uninstalls_cleanly() {
     );
     assert_eq!(std::fs::read_dir(&overlays).unwrap().count(), SAMPLE_IMAGES);
 
+    eprintln!("sample and predict: {:.0?}", started.elapsed());
     // The window, a few frames: first-run (no project), then through the file-type launcher
     // with the project's project.sqlite, as a file manager would open it.
     let gui_started = Instant::now();
@@ -336,6 +356,7 @@ fn the_cpu_package_runs_without_the_dev_environment_and_uninstalls_cleanly() {
             "{globs}"
         );
     }
+    eprintln!("installed: {:.0?}", started.elapsed());
     let via_link = check(
         clean(&link, &home2).arg("--version").output().unwrap(),
         "the installed maskstudio",
