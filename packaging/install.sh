@@ -34,7 +34,7 @@ case "$prefix" in /*) ;; *) prefix=$PWD/$prefix ;; esac
 case "$share" in /*) ;; *) share=$PWD/$share ;; esac
 app=$prefix/lib/maskstudio
 bin=$prefix/bin
-case "$app$share" in *[\"\`\$\\]*) die "paths with \" \` \$ or \\ are not supported: $app" ;; esac
+case "$app$share" in *[\"\`\$\\\|\&]*) die "paths with \" \` \$ \\ | or & are not supported: $app" ;; esac
 
 # A previous install (this or another version) is removed first, with its own manifest.
 # Folders it created that stay (they hold generated caches) are still ours afterwards.
