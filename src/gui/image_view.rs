@@ -413,7 +413,7 @@ impl ImageView {
         if self.data.is_none() {
             ui.horizontal(|ui| {
                 ui.spinner();
-                ui.label(format!("Loading image {}…", self.image_id));
+                ui.label(format!("Loading image {}...", self.image_id));
             });
             ui.ctx().request_repaint_after(Duration::from_millis(30));
             return ImageViewAction::None;
@@ -651,7 +651,7 @@ impl ImageView {
             .or(data.classes.first().map(|c| c.id));
         let name_of = |id: Option<i64>| {
             id.and_then(|id| data.classes.iter().find(|c| c.id == id))
-                .map_or_else(|| "–".to_owned(), |c| c.name.clone())
+                .map_or_else(|| "-".to_owned(), |c| c.name.clone())
         };
         let mut chosen = current;
         let label = ui.label("Class");
@@ -702,7 +702,10 @@ impl ImageView {
                             .find(|c| c.id == inst.row.class_id)
                             .map_or("?", |c| c.name.as_str());
                         let [r, g, b] = data.colors.get(&inst.row.class_id).copied().unwrap_or([200; 3]);
-                        ui.colored_label(Color32::from_rgb(r, g, b), "■");
+                        let (swatch, _) =
+                            ui.allocate_exact_size(Vec2::splat(10.0), Sense::hover());
+                        ui.painter()
+                            .rect_filled(swatch, 2.0, Color32::from_rgb(r, g, b));
                         let text = format!(
                             "#{} {class} · {} px · {}{}",
                             inst.row.id,
@@ -750,7 +753,7 @@ impl ImageView {
         let a = &data.meta.attribution;
         let mut line = format!("{} ({}×{})", data.meta.file_name, data.meta.width, data.meta.height);
         if let Some(t) = &a.title {
-            line.push_str(&format!(" — “{t}”"));
+            line.push_str(&format!(" - \"{t}\""));
         }
         if let Some(au) = &a.author {
             line.push_str(&format!(" by {au}"));
