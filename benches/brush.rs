@@ -39,7 +39,12 @@ fn big_instance() -> Mask {
     let mut m = Mask::new(W, H);
     maskops::fill_polygons(
         &mut m,
-        &[vec![[800.0, 600.0], [2600.0, 700.0], [2900.0, 2200.0], [900.0, 2400.0]]],
+        &[vec![
+            [800.0, 600.0],
+            [2600.0, 700.0],
+            [2900.0, 2200.0],
+            [900.0, 2400.0],
+        ]],
         true,
     );
     m
@@ -50,7 +55,10 @@ fn path() -> Vec<[f64; 2]> {
     (0..240)
         .map(|i| {
             let t = f64::from(i);
-            [1000.0 + t * 6.0, 1200.0 + (t * 0.15).sin() * 300.0 + t * 2.0]
+            [
+                1000.0 + t * 6.0,
+                1200.0 + (t * 0.15).sin() * 300.0 + t * 2.0,
+            ]
         })
         .collect()
 }
@@ -80,7 +88,9 @@ fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let src = dir.path().join("src");
     std::fs::create_dir_all(&src).expect("src dir");
-    let img = image::RgbImage::from_fn(W, H, |x, y| image::Rgb([(x % 251) as u8, (y % 241) as u8, 90]));
+    let img = image::RgbImage::from_fn(W, H, |x, y| {
+        image::Rgb([(x % 251) as u8, (y % 241) as u8, 90])
+    });
     img.save(src.join("big.png")).expect("write png");
     let set = ImportSet {
         format: "bench".into(),
@@ -113,33 +123,42 @@ fn main() {
     // 2. Editor frames during a drag.
     let t = Instant::now();
     let mut view = ImageView::open(&root, 1).expect("open");
-    view.wait_until_loaded(Duration::from_secs(60)).expect("load");
-    println!("open + load (thread: read, decode PNG and masks): {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
+    view.wait_until_loaded(Duration::from_secs(60))
+        .expect("load");
+    println!(
+        "open + load (thread: read, decode PNG and masks): {:.0} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
     view.select(Some(1));
     view.set_tool(maskstudio::gui::image_view::Tool::Brush);
     view.set_brush_size(20.0);
-    let mut h = Harness::builder().with_size([1400.0, 900.0]).build_ui_state(
-        |ui, s: &mut State| {
-            let mut cx = PanelCtx {
-                project: None,
-                settings: &mut s.settings,
-                notices: &mut s.notices,
-                requests: &mut s.requests,
-            };
-            let _: ImageViewAction = s.view.ui(ui, &mut cx);
-        },
-        State {
-            view,
-            settings: Settings::default(),
-            notices: Notices::default(),
-            requests: Vec::new(),
-        },
-    );
+    let mut h = Harness::builder()
+        .with_size([1400.0, 900.0])
+        .build_ui_state(
+            |ui, s: &mut State| {
+                let mut cx = PanelCtx {
+                    project: None,
+                    settings: &mut s.settings,
+                    notices: &mut s.notices,
+                    requests: &mut s.requests,
+                };
+                let _: ImageViewAction = s.view.ui(ui, &mut cx);
+            },
+            State {
+                view,
+                settings: Settings::default(),
+                notices: Notices::default(),
+                requests: Vec::new(),
+            },
+        );
     h.input_mut().max_texture_side = Some(16_384);
     let t = Instant::now();
     h.step();
     h.step();
-    println!("first frames (image + full overlay textures): {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
+    println!(
+        "first frames (image + full overlay textures): {:.0} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
     let mut idle = Vec::new();
     for _ in 0..20 {
         let t = Instant::now();
@@ -150,7 +169,11 @@ fn main() {
     for stroke in 0..3 {
         let screen: Vec<egui::Pos2> = path()
             .iter()
-            .map(|&p| h.state().view.image_to_screen([p[0] + f64::from(stroke) * 40.0, p[1]]))
+            .map(|&p| {
+                h.state()
+                    .view
+                    .image_to_screen([p[0] + f64::from(stroke) * 40.0, p[1]])
+            })
             .collect();
         h.event(egui::Event::PointerMoved(screen[0]));
         h.event(egui::Event::PointerButton {
@@ -177,9 +200,18 @@ fn main() {
         });
         let t = Instant::now();
         h.step();
-        println!("stroke {stroke}: release frame (store commit + overlay): {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+        println!(
+            "stroke {stroke}: release frame (store commit + overlay): {:.1} ms",
+            t.elapsed().as_secs_f64() * 1e3
+        );
     }
-    if let Some(n) = h.state().notices.items.iter().find(|n| n.level == maskstudio::gui::shared::NoticeLevel::Error) {
+    if let Some(n) = h
+        .state()
+        .notices
+        .items
+        .iter()
+        .find(|n| n.level == maskstudio::gui::shared::NoticeLevel::Error)
+    {
         println!("ERROR during the bench: {}", n.text);
     }
 
@@ -188,7 +220,13 @@ fn main() {
     let mut mask = big_instance();
     let mut commits = Vec::new();
     for (k, pair) in pts.windows(2).take(30).enumerate() {
-        maskops::paint_segment(&mut mask, [pair[0][0], pair[0][1] + k as f64], pair[1], 10.0, true);
+        maskops::paint_segment(
+            &mut mask,
+            [pair[0][0], pair[0][1] + k as f64],
+            pair[1],
+            10.0,
+            true,
+        );
         let t = Instant::now();
         project.update_instance_mask(1, &mask).expect("commit");
         commits.push(t.elapsed().as_secs_f64() * 1e3);

@@ -25,7 +25,10 @@ const H: u32 = 240;
 /// The mask after edit `k`: one brush disc per edit, laid out on a grid so the area grows.
 fn stroke(mask: &mut Mask, k: u32) {
     let (cols, step) = (W / 8, 8.0);
-    let (cx, cy) = (f64::from(k % cols) * step + 4.0, f64::from(k / cols % (H / 8)) * step + 4.0);
+    let (cx, cy) = (
+        f64::from(k % cols) * step + 4.0,
+        f64::from(k / cols % (H / 8)) * step + 4.0,
+    );
     maskops::paint_segment(mask, [cx, cy], [cx + 2.0, cy], 3.0, true);
 }
 
@@ -116,7 +119,10 @@ fn kill_9_during_an_edit_burst_loses_at_most_the_edit_in_flight() {
         }
         child.kill().unwrap(); // SIGKILL, mid-burst
         child.wait().unwrap();
-        assert!(acked >= kill_after, "round {round}: child stopped after {acked} edits");
+        assert!(
+            acked >= kill_after,
+            "round {round}: child stopped after {acked} edits"
+        );
 
         let mut project = Project::open(&root).unwrap();
         assert_eq!(project.integrity_check().unwrap(), "ok");
@@ -131,18 +137,28 @@ fn kill_9_during_an_edit_burst_loses_at_most_the_edit_in_flight() {
         );
         let row = &project.instances(1).unwrap()[0];
         let mask = Mask::from_rle(&row.rle).unwrap();
-        assert_eq!(mask, expected_after(logged), "round {round}: mask = edit {logged}");
+        assert_eq!(
+            mask,
+            expected_after(logged),
+            "round {round}: mask = edit {logged}"
+        );
         assert!(row.edited);
         // Undo after the crash goes back exactly one edit.
         project.undo().unwrap().unwrap();
         let row = &project.instances(1).unwrap()[0];
-        assert_eq!(Mask::from_rle(&row.rle).unwrap(), expected_after(logged - 1));
+        assert_eq!(
+            Mask::from_rle(&row.rle).unwrap(),
+            expected_after(logged - 1)
+        );
         // Reset for the next round: clear the log and the mask.
         let conn = project.connection();
         conn.execute("DELETE FROM edit_log", []).unwrap();
         drop(project);
         let mut project = Project::open(&root).unwrap();
         project.update_instance_mask(1, &Mask::new(W, H)).unwrap();
-        project.connection().execute("DELETE FROM edit_log", []).unwrap();
+        project
+            .connection()
+            .execute("DELETE FROM edit_log", [])
+            .unwrap();
     }
 }

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use eframe::egui::{self, Key, Modifiers, Pos2};
-use egui_kittest::kittest::Queryable as _;
 use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable as _;
 use maskstudio::dataset::store::{CancelToken, Project, ReviewStatus};
 use maskstudio::dataset::{
     Attribution, ClassDef, ImportImage, ImportInstance, ImportSet, Mask, Origin, Segmentation,
@@ -219,7 +219,10 @@ fn a_brush_stroke_grows_the_instance_and_undo_redo_follow_it() {
     let m = stored_mask(&root, CAT);
     assert!(m.get(30, 14) && m.get(30, 15) && m.get(22, 15) && m.get(34, 15));
     assert!(!m.get(30, 18) && !m.get(30, 11) && !m.get(38, 15));
-    assert!(m.get(27, 13) && m.get(27, 16), "no gap between pointer events");
+    assert!(
+        m.get(27, 13) && m.get(27, 16),
+        "no gap between pointer events"
+    );
 
     h.key_press_modifiers(Modifiers::COMMAND, Key::Z);
     h.run();
@@ -243,7 +246,13 @@ fn a_brush_stroke_grows_the_instance_and_undo_redo_follow_it() {
     h.run();
     assert_eq!(stored(&root, CAT).0, area);
     // Undo touched only this image's history.
-    assert!(h.state().notices.items.iter().all(|n| n.level != maskstudio::gui::shared::NoticeLevel::Error));
+    assert!(
+        h.state()
+            .notices
+            .items
+            .iter()
+            .all(|n| n.level != maskstudio::gui::shared::NoticeLevel::Error)
+    );
 }
 
 #[test]
@@ -296,7 +305,11 @@ fn review_status_keys_and_next_unreviewed_image() {
     assert_eq!(h.state().last, ImageViewAction::Next);
     let next = h.state().view.neighbour_unreviewed(true).unwrap();
     assert_eq!(next, 2);
-    assert_eq!(h.state().view.neighbour_unreviewed(false), Some(3), "wraps around");
+    assert_eq!(
+        h.state().view.neighbour_unreviewed(false),
+        Some(3),
+        "wraps around"
+    );
     // The host opens the next image; reject it with 3 and go on.
     let mut h2 = harness(&root, next);
     assert_eq!(h2.state().view.image_id(), 2);

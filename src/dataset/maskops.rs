@@ -158,7 +158,12 @@ fn capsule_row(py: f64, a: [f64; 2], b: [f64; 2], r: f64) -> Option<(f64, f64)> 
 /// `a == b` stamps one disc. Returns the rectangle of pixels that may have changed.
 pub fn paint_segment(mask: &mut Mask, a: [f64; 2], b: [f64; 2], radius: f64, value: bool) -> Rect {
     let (w, h) = (mask.width(), mask.height());
-    if w == 0 || h == 0 || !radius.is_finite() || radius < 0.0 || !(a.iter().chain(&b)).all(|v| v.is_finite()) {
+    if w == 0
+        || h == 0
+        || !radius.is_finite()
+        || radius < 0.0
+        || !(a.iter().chain(&b)).all(|v| v.is_finite())
+    {
         return Rect::EMPTY;
     }
     let ymin = (a[1].min(b[1]) - radius - 0.5).floor().max(0.0);
@@ -494,7 +499,10 @@ mod tests {
     }
 
     fn assert_mask(m: &Mask, rows: &[&str]) {
-        assert_eq!(show(m), rows.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            show(m),
+            rows.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+        );
     }
 
     #[test]
@@ -502,7 +510,15 @@ mod tests {
         let mut m = Mask::new(5, 5);
         let dirty = stamp_disc(&mut m, [2.5, 2.5], 1.5, true);
         assert_mask(&m, &[".....", ".###.", ".###.", ".###.", "....."]);
-        assert_eq!(dirty, Rect { x0: 1, y0: 1, x1: 4, y1: 4 });
+        assert_eq!(
+            dirty,
+            Rect {
+                x0: 1,
+                y0: 1,
+                x1: 4,
+                y1: 4
+            }
+        );
     }
 
     #[test]
@@ -530,13 +546,39 @@ mod tests {
                 assert_eq!(m.get(j, i), i == j && (1..=8).contains(&i), "({j}, {i})");
             }
         }
-        assert_eq!(dirty, Rect { x0: 1, y0: 1, x1: 9, y1: 9 });
+        assert_eq!(
+            dirty,
+            Rect {
+                x0: 1,
+                y0: 1,
+                x1: 9,
+                y1: 9
+            }
+        );
         // A horizontal stroke of radius 1 is a 3-row band with round (plus-shaped) ends.
         let mut m = Mask::new(9, 5);
         paint_segment(&mut m, [2.5, 2.5], [6.5, 2.5], 1.0, true);
-        assert_mask(&m, &[".........", "..#####..", ".#######.", "..#####..", "........."]);
+        assert_mask(
+            &m,
+            &[
+                ".........",
+                "..#####..",
+                ".#######.",
+                "..#####..",
+                ".........",
+            ],
+        );
         paint_segment(&mut m, [4.5, 0.0], [4.5, 5.0], 0.5, false);
-        assert_mask(&m, &[".........", "..##.##..", ".###.###.", "..##.##..", "........."]);
+        assert_mask(
+            &m,
+            &[
+                ".........",
+                "..##.##..",
+                ".###.###.",
+                "..##.##..",
+                ".........",
+            ],
+        );
     }
 
     #[test]
@@ -544,7 +586,15 @@ mod tests {
         let mut m = Mask::new(4, 3);
         let dirty = paint_segment(&mut m, [-10.0, 1.5], [1.5, 1.5], 0.5, true);
         assert_mask(&m, &["....", "##..", "...."]);
-        assert_eq!(dirty, Rect { x0: 0, y0: 1, x1: 2, y1: 2 });
+        assert_eq!(
+            dirty,
+            Rect {
+                x0: 0,
+                y0: 1,
+                x1: 2,
+                y1: 2
+            }
+        );
         assert!(paint_segment(&mut m, [50.0, 50.0], [60.0, 60.0], 2.0, true).is_empty());
         assert!(paint_segment(&mut m, [f64::NAN, 0.0], [1.0, 1.0], 2.0, true).is_empty());
     }
@@ -558,19 +608,15 @@ mod tests {
         assert_mask(
             &m,
             &[
-                "........", ".######.", ".######.", ".##..##.", ".##..##.", ".######.",
-                ".######.", "........",
+                "........", ".######.", ".######.", ".##..##.", ".##..##.", ".######.", ".######.",
+                "........",
             ],
         );
         assert_eq!(m.area(), 32);
         assert!(dirty.x0 <= 1 && dirty.y0 <= 1 && dirty.x1 >= 7 && dirty.y1 >= 7);
         // The same pixels as pycocotools on the whole image.
-        let full = Mask::from_polygons(
-            &[vec![1.0, 1.0, 7.0, 1.0, 7.0, 7.0, 1.0, 7.0]],
-            8,
-            8,
-        )
-        .unwrap();
+        let full =
+            Mask::from_polygons(&[vec![1.0, 1.0, 7.0, 1.0, 7.0, 7.0, 1.0, 7.0]], 8, 8).unwrap();
         assert_eq!(full.area(), 36);
         // Subtract: a triangle cut out of a full square.
         let mut m = parse(&["#####", "#####", "#####", "#####", "#####"]);
@@ -592,10 +638,25 @@ mod tests {
 
     #[test]
     fn flood_fill_fills_a_closed_outline_and_refuses_an_open_one() {
-        let mut m = parse(&[".......", ".#####.", ".#...#.", ".#...#.", ".#####.", "......."]);
+        let mut m = parse(&[
+            ".......", ".#####.", ".#...#.", ".#...#.", ".#####.", ".......",
+        ]);
         let dirty = flood_fill(&mut m, 3, 2).unwrap();
-        assert_mask(&m, &[".......", ".#####.", ".#####.", ".#####.", ".#####.", "......."]);
-        assert_eq!(dirty, Rect { x0: 2, y0: 2, x1: 5, y1: 4 });
+        assert_mask(
+            &m,
+            &[
+                ".......", ".#####.", ".#####.", ".#####.", ".#####.", ".......",
+            ],
+        );
+        assert_eq!(
+            dirty,
+            Rect {
+                x0: 2,
+                y0: 2,
+                x1: 5,
+                y1: 4
+            }
+        );
         // A diagonal wall closes a 4-connected fill.
         let mut m = parse(&["......", "..#...", ".#.#..", "..#...", "......"]);
         flood_fill(&mut m, 2, 2).unwrap();
@@ -625,7 +686,15 @@ mod tests {
         let mut m = parse(&["#####..", "#..##..", "#####..", "....#..", "....#.#"]);
         let dirty = fill_holes(&mut m);
         assert_mask(&m, &["#####..", "#####..", "#####..", "....#..", "....#.#"]);
-        assert_eq!(dirty, Rect { x0: 1, y0: 1, x1: 3, y1: 2 });
+        assert_eq!(
+            dirty,
+            Rect {
+                x0: 1,
+                y0: 1,
+                x1: 3,
+                y1: 2
+            }
+        );
         assert!(fill_holes(&mut m).is_empty());
     }
 
@@ -637,14 +706,19 @@ mod tests {
         assert_eq!(erode(&d), m);
         // Erosion keeps pixels on the image edge when their in-image window is full.
         let edge = parse(&["###..", "###..", "###..", ".....", "....."]);
-        assert_mask(&erode(&edge), &["##...", "##...", ".....", ".....", "....."]);
+        assert_mask(
+            &erode(&edge),
+            &["##...", "##...", ".....", ".....", "....."],
+        );
         // Smoothing removes a spur and fills a notch.
         let s = parse(&[
             ".......", ".####..", ".####.#", ".#.##..", ".####..", ".......",
         ]);
         assert_mask(
             &smooth(&s),
-            &[".......", "..##...", ".####..", ".####..", "..##...", "......."],
+            &[
+                ".......", "..##...", ".####..", ".####..", "..##...", ".......",
+            ],
         );
     }
 }

@@ -1011,7 +1011,14 @@ impl Project {
         after.original_class_id = None;
         after.edited = false;
         put_state(&tx, Some(instance_id), image_id, &after)?;
-        log_edit(&tx, image_id, instance_id, "revert", Some(&before), Some(&after))?;
+        log_edit(
+            &tx,
+            image_id,
+            instance_id,
+            "revert",
+            Some(&before),
+            Some(&after),
+        )?;
         tx.commit()?;
         Ok(true)
     }
@@ -1053,19 +1060,25 @@ impl Project {
     pub fn split_instance(&mut self, instance_id: i64) -> Result<Vec<i64>, StoreError> {
         let tx = self.conn.transaction()?;
         let (image_id, before) = load_state(&tx, instance_id)?;
-        let mask = Mask::from_rle(&state_rle(&before)?).map_err(|source| {
-            StoreError::CorruptMask {
+        let mask =
+            Mask::from_rle(&state_rle(&before)?).map_err(|source| StoreError::CorruptMask {
                 id: instance_id,
                 source,
-            }
-        })?;
+            })?;
         let parts = crate::dataset::maskops::split_components(&mask);
         if parts.len() <= 1 {
             return Ok(vec![instance_id]);
         }
         let after = edited_state(&before, &parts[0]);
         put_state(&tx, Some(instance_id), image_id, &after)?;
-        log_edit(&tx, image_id, instance_id, "split+", Some(&before), Some(&after))?;
+        log_edit(
+            &tx,
+            image_id,
+            instance_id,
+            "split+",
+            Some(&before),
+            Some(&after),
+        )?;
         let mut ids = vec![instance_id];
         for (k, part) in parts.iter().enumerate().skip(1) {
             let state = InstanceState {
@@ -1081,7 +1094,11 @@ impl Project {
                 edited: false,
             };
             let id = put_state(&tx, None, image_id, &state)?;
-            let kind = if k + 1 < parts.len() { "create+" } else { "create" };
+            let kind = if k + 1 < parts.len() {
+                "create+"
+            } else {
+                "create"
+            };
             log_edit(&tx, image_id, id, kind, None, Some(&state))?;
             ids.push(id);
         }

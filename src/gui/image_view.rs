@@ -57,14 +57,23 @@ pub enum Tool {
 /// Keyboard shortcuts of the editor, for the shell's help overlay: (keys, action).
 pub fn shortcuts() -> &'static [(&'static str, &'static str)] {
     &[
-        ("V", "select tool (click an instance; click a dashed proposal to accept it)"),
+        (
+            "V",
+            "select tool (click an instance; click a dashed proposal to accept it)",
+        ),
         ("B", "brush"),
         ("E", "eraser"),
         ("[ / ]", "brush size smaller / larger"),
-        ("P", "polygon (click points, Enter or double-click closes; Shift: subtract)"),
+        (
+            "P",
+            "polygon (click points, Enter or double-click closes; Shift: subtract)",
+        ),
         ("F", "flood fill inside a closed outline"),
         ("N", "new instance (the next stroke or polygon creates it)"),
-        ("M", "merge: click another instance to merge into the selected one"),
+        (
+            "M",
+            "merge: click another instance to merge into the selected one",
+        ),
         ("S", "split the selected instance into connected components"),
         ("H", "fill holes of the selected instance"),
         ("Del", "delete the selected instance"),
@@ -587,10 +596,16 @@ impl ImageView {
                 self.revert(cx);
             }
             let (can_undo, can_redo) = self.data.as_ref().map_or((false, false), |d| d.history);
-            if ui.add_enabled(can_undo, egui::Button::new("Undo")).clicked() {
+            if ui
+                .add_enabled(can_undo, egui::Button::new("Undo"))
+                .clicked()
+            {
                 self.history(true, cx);
             }
-            if ui.add_enabled(can_redo, egui::Button::new("Redo")).clicked() {
+            if ui
+                .add_enabled(can_redo, egui::Button::new("Redo"))
+                .clicked()
+            {
                 self.history(false, cx);
             }
         });
@@ -701,9 +716,12 @@ impl ImageView {
                             .iter()
                             .find(|c| c.id == inst.row.class_id)
                             .map_or("?", |c| c.name.as_str());
-                        let [r, g, b] = data.colors.get(&inst.row.class_id).copied().unwrap_or([200; 3]);
-                        let (swatch, _) =
-                            ui.allocate_exact_size(Vec2::splat(10.0), Sense::hover());
+                        let [r, g, b] = data
+                            .colors
+                            .get(&inst.row.class_id)
+                            .copied()
+                            .unwrap_or([200; 3]);
+                        let (swatch, _) = ui.allocate_exact_size(Vec2::splat(10.0), Sense::hover());
                         ui.painter()
                             .rect_filled(swatch, 2.0, Color32::from_rgb(r, g, b));
                         let text = format!(
@@ -726,7 +744,11 @@ impl ImageView {
             self.overlay_stale = true;
         }
         if let Some(id) = select {
-            self.select(if self.selected == Some(id) { None } else { Some(id) });
+            self.select(if self.selected == Some(id) {
+                None
+            } else {
+                Some(id)
+            });
         }
         let Some(data) = self.data.as_ref() else {
             return;
@@ -751,7 +773,10 @@ impl ImageView {
         }
         ui.separator();
         let a = &data.meta.attribution;
-        let mut line = format!("{} ({}×{})", data.meta.file_name, data.meta.width, data.meta.height);
+        let mut line = format!(
+            "{} ({}×{})",
+            data.meta.file_name, data.meta.width, data.meta.height
+        );
         if let Some(t) = &a.title {
             line.push_str(&format!(" - \"{t}\""));
         }
@@ -1028,11 +1053,8 @@ impl ImageView {
                     let old = std::mem::replace(&mut inst.mask, stroke.mask);
                     if !inst.row.edited {
                         // The original's outline appears: redraw around it too.
-                        region = region.union(maskops::bounds(&old).grow(
-                            1,
-                            old.width(),
-                            old.height(),
-                        ));
+                        region =
+                            region.union(maskops::bounds(&old).grow(1, old.width(), old.height()));
                         inst.original = Some(old);
                         inst.row.edited = true;
                     }
@@ -1071,7 +1093,10 @@ impl ImageView {
 
     fn refresh_meta(&mut self) {
         if let Some(data) = self.data.as_mut() {
-            data.history = data.project.history_of(self.image_id).unwrap_or((false, false));
+            data.history = data
+                .project
+                .history_of(self.image_id)
+                .unwrap_or((false, false));
             data.progress = data.project.class_progress().unwrap_or_default();
         }
     }
@@ -1101,7 +1126,11 @@ impl ImageView {
         self.overlay_stale = true;
     }
 
-    fn after_edit(&mut self, result: Result<(), crate::dataset::store::StoreError>, cx: &mut PanelCtx<'_>) {
+    fn after_edit(
+        &mut self,
+        result: Result<(), crate::dataset::store::StoreError>,
+        cx: &mut PanelCtx<'_>,
+    ) {
         if let Err(e) = result {
             cx.notices.error(format!("image {}: {e}", self.image_id));
         }
@@ -1118,9 +1147,11 @@ impl ImageView {
             data.project.redo_image(self.image_id)
         };
         match result {
-            Ok(None) => cx
-                .notices
-                .info(if undo { "nothing to undo" } else { "nothing to redo" }),
+            Ok(None) => cx.notices.info(if undo {
+                "nothing to undo"
+            } else {
+                "nothing to redo"
+            }),
             Ok(Some(_)) => {}
             Err(e) => cx.notices.error(format!("image {}: {e}", self.image_id)),
         }
@@ -1249,7 +1280,8 @@ impl ImageView {
             }
             Tool::Fill => {
                 let Some((id, mask)) = self.selected_mask() else {
-                    cx.notices.info("select an instance first (V, then click it)");
+                    cx.notices
+                        .info("select an instance first (V, then click it)");
                     return;
                 };
                 let mut m = mask.clone();
@@ -1258,9 +1290,9 @@ impl ImageView {
                 }
                 match maskops::flood_fill(&mut m, p[0] as u32, p[1] as u32) {
                     Some(_) => self.write_mask(id, &m, cx),
-                    None => cx.notices.warn(
-                        "flood fill: click inside a closed outline of the selected instance",
-                    ),
+                    None => cx
+                        .notices
+                        .warn("flood fill: click inside a closed outline of the selected instance"),
                 }
             }
             Tool::Merge => {
@@ -1297,7 +1329,10 @@ impl ImageView {
         let Some(data) = self.data.as_mut() else {
             return;
         };
-        match self.selected.and_then(|id| data.instances.iter().find(|i| i.row.id == id)) {
+        match self
+            .selected
+            .and_then(|id| data.instances.iter().find(|i| i.row.id == id))
+        {
             Some(inst) => {
                 let id = inst.row.id;
                 let mut m = inst.mask.clone();
@@ -1404,9 +1439,11 @@ impl ImageView {
             return false;
         }
         let (x, y) = (p[0] as u32, p[1] as u32);
-        let Some(k) = self.proposals.iter().position(|(d, _)| {
-            x < d.mask.width() && y < d.mask.height() && d.mask.get(x, y)
-        }) else {
+        let Some(k) = self
+            .proposals
+            .iter()
+            .position(|(d, _)| x < d.mask.width() && y < d.mask.height() && d.mask.get(x, y))
+        else {
             return false;
         };
         let Some(data) = self.data.as_mut() else {
@@ -1424,7 +1461,8 @@ impl ImageView {
             return true;
         };
         if (det.mask.width(), det.mask.height()) != (data.meta.width, data.meta.height) {
-            cx.notices.error("the proposal's mask size differs from the image");
+            cx.notices
+                .error("the proposal's mask size differs from the image");
             return true;
         }
         match data
@@ -1458,13 +1496,18 @@ impl ImageView {
             if !inst.visible {
                 continue;
             }
-            let [r, g, b] = data.colors.get(&inst.row.class_id).copied().unwrap_or([200; 3]);
+            let [r, g, b] = data
+                .colors
+                .get(&inst.row.class_id)
+                .copied()
+                .unwrap_or([200; 3]);
             let is_selected = self.selected == Some(inst.row.id);
             let mask = match (&self.stroke, stroke_target) {
                 (Some(s), Some(Some(t))) if t == inst.row.id => &s.mask,
                 _ => &inst.mask,
             };
-            let color = Color32::from_rgba_unmultiplied(r, g, b, if is_selected { 150 } else { 100 });
+            let color =
+                Color32::from_rgba_unmultiplied(r, g, b, if is_selected { 150 } else { 100 });
             if is_selected {
                 selected_layer = Some((mask, color));
             } else {
