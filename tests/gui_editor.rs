@@ -394,3 +394,51 @@ fn new_instance_split_merge_and_delete_through_the_view() {
     assert_eq!(project.instances(1).unwrap().len(), 2);
     assert_eq!(project.edited_count(1).unwrap(), 0);
 }
+
+#[test]
+fn store_counts_edits_per_image_and_class_and_refuses_cross_image_merges() {
+    let dir = tempfile::tempdir().unwrap();
+    make_project(dir.path());
+    let root = dir.path().join("p");
+    let mut project = Project::open(&root).unwrap();
+    assert_eq!(project.history_of(1).unwrap(), (false, false));
+    project
+        .update_instance_mask(1, &square(10, 10, 12))
+        .unwrap();
+    project.set_instance_class(2, 1).unwrap(); // the dog becomes a cat
+    project.update_instance_mask(4, &square(30, 30, 5)).unwrap(); // image 2's dog
+    assert_eq!(project.edited_count(1).unwrap(), 2);
+    let per_image = project.edited_per_image().unwrap();
+    assert_eq!(
+        (per_image[&1], per_image[&2], per_image.get(&3)),
+        (2, 1, None)
+    );
+    let progress = project.class_progress().unwrap();
+    assert_eq!(
+        (
+            progress[0].name.as_str(),
+            progress[0].instances,
+            progress[0].edited
+        ),
+        ("cat", 4, 2)
+    );
+    assert_eq!((progress[1].instances, progress[1].edited), (2, 1));
+    assert_eq!(project.history_of(1).unwrap(), (true, false));
+    let originals = project.original_masks(1).unwrap();
+    assert_eq!(Mask::from_rle(&originals[&1]).unwrap(), square(10, 10, 10));
+    assert!(matches!(
+        project.merge_instances(1, 3),
+        Err(maskstudio::dataset::store::StoreError::Invalid(_))
+    ));
+    // Per-image undo leaves the other image's edit alone; revert restores the class too.
+    project.undo_image(1).unwrap();
+    assert_eq!(project.edited_per_image().unwrap()[&2], 1);
+    project.set_instance_class(2, 1).unwrap();
+    assert!(project.revert_instance(2).unwrap());
+    assert_eq!(project.instances(1).unwrap()[1].class_id, 2);
+    assert!(
+        !project.revert_instance(2).unwrap(),
+        "nothing left to revert"
+    );
+    assert_eq!(project.history_of(1).unwrap(), (true, false));
+}
