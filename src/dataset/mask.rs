@@ -166,6 +166,11 @@ impl Mask {
         &self.data
     }
 
+    /// Row-major pixels for in-place editing (`dataset::maskops`); write only 0 or 1.
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.data
+    }
+
     /// Whether pixel `(x, y)` is set.
     ///
     /// # Panics

@@ -95,6 +95,9 @@ pub enum StoreError {
         /// Row id.
         id: i64,
     },
+    /// An edit that makes no sense (instances of different images, ...).
+    #[error("{0}")]
+    Invalid(String),
     /// Cancelled by the user; nothing was committed.
     #[error("cancelled; nothing was written to the project")]
     Cancelled,
@@ -229,6 +232,44 @@ pub struct ProjectInfo {
     pub unreviewed_images: u64,
     /// Images per review status, sorted by status name.
     pub review: BTreeMap<String, u64>,
+}
+
+/// One image's row, for the image view.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageMeta {
+    /// Row id.
+    pub id: i64,
+    /// Path relative to `images/`.
+    pub file_name: String,
+    /// Absolute path of the file.
+    pub path: PathBuf,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// `train` / `validation` / `test`, or none.
+    pub split: Option<String>,
+    /// Review status.
+    pub review_status: ReviewStatus,
+    /// Author, licence, URL, title.
+    pub attribution: Attribution,
+}
+
+/// Review progress and edits of one class.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassProgress {
+    /// Class row id.
+    pub class_id: i64,
+    /// Class name.
+    pub name: String,
+    /// Images with at least one instance of the class.
+    pub images: u64,
+    /// Of those, images whose status is not `unreviewed`.
+    pub reviewed: u64,
+    /// Instances of the class.
+    pub instances: u64,
+    /// Of those, edited instances.
+    pub edited: u64,
 }
 
 /// An open project.
@@ -659,12 +700,13 @@ impl Project {
         Ok(info)
     }
 
-    /// A snapshot of the project for exporters; `split` limits it to one split.
+    /// A snapshot of the project for exporters and training; `split` limits it to one split.
+    /// Images reviewed as `rejected` are left out (they leave training and exports).
     pub fn export_set(&self, split: Option<&str>) -> Result<ExportSet, StoreError> {
         let classes = self.classes()?;
         let mut stmt = self.conn.prepare(
             "SELECT id, path, width, height, split, author, license, original_url, title
-             FROM images WHERE (?1 IS NULL OR split = ?1) ORDER BY id",
+             FROM images WHERE (?1 IS NULL OR split = ?1) AND review_status != 'rejected' ORDER BY id",
         )?;
         let images_dir = self.images_dir();
         let rows = stmt.query_map([split], |r| {
@@ -859,52 +901,363 @@ impl Project {
         Ok(())
     }
 
-    /// Undoes the latest edit; returns the instance it touched, or `None` when nothing is left.
+    /// Undoes the latest edit step (of any image); returns the instance it touched, or
+    /// `None` when nothing is left.
     pub fn undo(&mut self) -> Result<Option<i64>, StoreError> {
-        self.replay(History::Undo)
+        self.replay(History::Undo, None)
     }
 
-    /// Redoes the oldest undone edit; returns the instance it touched, or `None`.
+    /// Redoes the oldest undone edit step (of any image); returns the instance it touched, or `None`.
     pub fn redo(&mut self) -> Result<Option<i64>, StoreError> {
-        self.replay(History::Redo)
+        self.replay(History::Redo, None)
     }
 
-    /// Moves one step through the edit log: undo restores an entry's `before` state and marks
-    /// it undone; redo restores the oldest undone entry's `after` state.
-    fn replay(&mut self, direction: History) -> Result<Option<i64>, StoreError> {
+    /// Undoes the latest edit step of one image (the image view's Ctrl+Z).
+    pub fn undo_image(&mut self, image_id: i64) -> Result<Option<i64>, StoreError> {
+        self.replay(History::Undo, Some(image_id))
+    }
+
+    /// Redoes the oldest undone edit step of one image.
+    pub fn redo_image(&mut self, image_id: i64) -> Result<Option<i64>, StoreError> {
+        self.replay(History::Redo, Some(image_id))
+    }
+
+    /// Moves one step through the edit log, in one transaction: undo restores an entry's
+    /// `before` state and marks it undone; redo restores the oldest undone entry's `after`
+    /// state. A step may span several entries: an entry whose kind ends in
+    /// [`CHAIN_SUFFIX`] is undone and redone together with the entry after it (merge, split).
+    fn replay(
+        &mut self,
+        direction: History,
+        image: Option<i64>,
+    ) -> Result<Option<i64>, StoreError> {
         let (state_column, undone, order, undone_after) = match direction {
             History::Undo => ("before", 0, "DESC", 1),
             History::Redo => ("after", 1, "ASC", 0),
         };
         let tx = self.conn.transaction()?;
-        let entry = tx
-            .query_row(
-                &format!(
-                    "SELECT id, image_id, instance_id, {state_column} FROM edit_log
-                     WHERE undone = ?1 ORDER BY id {order} LIMIT 1"
-                ),
-                [undone],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, Option<String>>(3)?,
-                    ))
-                },
-            )
-            .optional()?;
-        let Some((log_id, image_id, instance_id, state)) = entry else {
-            return Ok(None);
+        let mut first_instance = None;
+        loop {
+            let entry = tx
+                .query_row(
+                    &format!(
+                        "SELECT id, image_id, instance_id, {state_column}, kind FROM edit_log
+                         WHERE undone = ?1 AND (?2 IS NULL OR image_id = ?2)
+                         ORDER BY id {order} LIMIT 1"
+                    ),
+                    params![undone, image],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, i64>(2)?,
+                            r.get::<_, Option<String>>(3)?,
+                            r.get::<_, String>(4)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            let Some((log_id, image_id, instance_id, state, kind)) = entry else {
+                break;
+            };
+            let chained = kind.ends_with(CHAIN_SUFFIX);
+            // Undo walks backwards: after the first entry, continue only into chained ones.
+            if first_instance.is_some() && matches!(direction, History::Undo) && !chained {
+                break;
+            }
+            apply_state(&tx, instance_id, image_id, state.as_deref())?;
+            tx.execute(
+                "UPDATE edit_log SET undone = ?1 WHERE id = ?2",
+                params![undone_after, log_id],
+            )?;
+            first_instance.get_or_insert(instance_id);
+            // Redo walks forwards: a chained entry pulls in the next one.
+            if matches!(direction, History::Redo) && !chained {
+                break;
+            }
+        }
+        tx.commit()?;
+        Ok(first_instance)
+    }
+
+    /// Whether [`Self::undo_image`] / [`Self::redo_image`] have something to do.
+    pub fn history_of(&self, image_id: i64) -> Result<(bool, bool), StoreError> {
+        let count = |undone: i64| -> Result<bool, StoreError> {
+            Ok(self.conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM edit_log WHERE image_id = ?1 AND undone = ?2)",
+                params![image_id, undone],
+                |r| r.get(0),
+            )?)
         };
-        apply_state(&tx, instance_id, image_id, state.as_deref())?;
-        tx.execute(
-            "UPDATE edit_log SET undone = ?1 WHERE id = ?2",
-            params![undone_after, log_id],
+        Ok((count(0)?, count(1)?))
+    }
+
+    /// Restores an instance's original mask and class (from before its first edit); one
+    /// undoable step. Returns `false` (nothing written) when it was never edited.
+    pub fn revert_instance(&mut self, instance_id: i64) -> Result<bool, StoreError> {
+        let tx = self.conn.transaction()?;
+        let (image_id, before) = load_state(&tx, instance_id)?;
+        if !before.edited {
+            return Ok(false);
+        }
+        let mut after = before.clone();
+        if let Some(rle) = before.original_rle.clone() {
+            after.rle = rle;
+        }
+        if let Some(class_id) = before.original_class_id {
+            after.class_id = class_id;
+        }
+        after.original_rle = None;
+        after.original_class_id = None;
+        after.edited = false;
+        put_state(&tx, Some(instance_id), image_id, &after)?;
+        log_edit(
+            &tx,
+            image_id,
+            instance_id,
+            "revert",
+            Some(&before),
+            Some(&after),
         )?;
         tx.commit()?;
-        Ok(Some(instance_id))
+        Ok(true)
     }
+
+    /// Merges `other` into `keep` (mask union; `other` is deleted) in one transaction and one
+    /// undoable step. Both must belong to the same image.
+    pub fn merge_instances(&mut self, keep: i64, other: i64) -> Result<(), StoreError> {
+        if keep == other {
+            return Err(StoreError::Invalid(format!(
+                "cannot merge instance {keep} with itself"
+            )));
+        }
+        let tx = self.conn.transaction()?;
+        let (image_id, before) = load_state(&tx, keep)?;
+        let (other_image, other_state) = load_state(&tx, other)?;
+        if other_image != image_id {
+            return Err(StoreError::Invalid(format!(
+                "instances {keep} (image {image_id}) and {other} (image {other_image}) are on different images"
+            )));
+        }
+        let mut mask = Mask::from_rle(&state_rle(&before)?)
+            .map_err(|source| StoreError::CorruptMask { id: keep, source })?;
+        let second = Mask::from_rle(&state_rle(&other_state)?)
+            .map_err(|source| StoreError::CorruptMask { id: other, source })?;
+        mask.union_with(&second);
+        let after = edited_state(&before, &mask);
+        put_state(&tx, Some(keep), image_id, &after)?;
+        log_edit(&tx, image_id, keep, "merge+", Some(&before), Some(&after))?;
+        tx.execute("DELETE FROM instances WHERE id = ?1", [other])?;
+        log_edit(&tx, image_id, other, "delete", Some(&other_state), None)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Splits an instance into its 8-connected components: the first (in raster order) stays
+    /// in the instance, each other becomes a new instance of the same class (origin `manual`,
+    /// provenance `{"split_from": id}`). One transaction, one undoable step. Returns the ids,
+    /// the kept one first; a single component changes nothing.
+    pub fn split_instance(&mut self, instance_id: i64) -> Result<Vec<i64>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let (image_id, before) = load_state(&tx, instance_id)?;
+        let mask =
+            Mask::from_rle(&state_rle(&before)?).map_err(|source| StoreError::CorruptMask {
+                id: instance_id,
+                source,
+            })?;
+        let parts = crate::dataset::maskops::split_components(&mask);
+        if parts.len() <= 1 {
+            return Ok(vec![instance_id]);
+        }
+        let after = edited_state(&before, &parts[0]);
+        put_state(&tx, Some(instance_id), image_id, &after)?;
+        log_edit(
+            &tx,
+            image_id,
+            instance_id,
+            "split+",
+            Some(&before),
+            Some(&after),
+        )?;
+        let mut ids = vec![instance_id];
+        for (k, part) in parts.iter().enumerate().skip(1) {
+            let state = InstanceState {
+                class_id: before.class_id,
+                rle: part.to_rle().to_compressed(),
+                height: part.height(),
+                width: part.width(),
+                iscrowd: before.iscrowd,
+                origin: Origin::Manual.as_str().to_owned(),
+                provenance: Some(serde_json::json!({ "split_from": instance_id }).to_string()),
+                original_rle: None,
+                original_class_id: None,
+                edited: false,
+            };
+            let id = put_state(&tx, None, image_id, &state)?;
+            let kind = if k + 1 < parts.len() {
+                "create+"
+            } else {
+                "create"
+            };
+            log_edit(&tx, image_id, id, kind, None, Some(&state))?;
+            ids.push(id);
+        }
+        tx.commit()?;
+        Ok(ids)
+    }
+
+    /// One image's row.
+    pub fn image(&self, image_id: i64) -> Result<ImageMeta, StoreError> {
+        let images_dir = self.images_dir();
+        self.conn
+            .query_row(
+                "SELECT id, path, width, height, split, review_status, author, license,
+                        original_url, title FROM images WHERE id = ?1",
+                [image_id],
+                |r| {
+                    let file_name: String = r.get(1)?;
+                    let status: String = r.get(5)?;
+                    Ok(ImageMeta {
+                        id: r.get(0)?,
+                        path: images_dir.join(&file_name),
+                        file_name,
+                        width: r.get(2)?,
+                        height: r.get(3)?,
+                        split: r.get(4)?,
+                        review_status: ReviewStatus::parse(&status)
+                            .unwrap_or(ReviewStatus::Unreviewed),
+                        attribution: Attribution {
+                            author: r.get(6)?,
+                            license: r.get(7)?,
+                            original_url: r.get(8)?,
+                            title: r.get(9)?,
+                        },
+                    })
+                },
+            )
+            .optional()?
+            .ok_or(StoreError::Missing {
+                what: "image",
+                id: image_id,
+            })
+    }
+
+    /// The original masks (before the first edit) of the edited instances of one image.
+    pub fn original_masks(&self, image_id: i64) -> Result<HashMap<i64, Rle>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT i.id, i.original_rle, m.height, m.width
+             FROM instances i JOIN images m ON m.id = i.image_id
+             WHERE i.image_id = ?1 AND i.edited = 1 AND i.original_rle IS NOT NULL",
+        )?;
+        let mut rows = stmt.query([image_id])?;
+        let mut out = HashMap::new();
+        while let Some(r) = rows.next()? {
+            let id: i64 = r.get(0)?;
+            let counts: String = r.get(1)?;
+            let rle = Rle::from_compressed(r.get(2)?, r.get(3)?, &counts)
+                .map_err(|source| StoreError::CorruptMask { id, source })?;
+            out.insert(id, rle);
+        }
+        Ok(out)
+    }
+
+    /// Class colours (`#rrggbb`) by class id.
+    pub fn class_colors(&self) -> Result<HashMap<i64, String>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT id, color FROM classes")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Edited instances of one image.
+    pub fn edited_count(&self, image_id: i64) -> Result<u64, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT COUNT(*) FROM instances WHERE image_id = ?1 AND edited = 1",
+            [image_id],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+
+    /// Edited instances per image (images without edits are absent).
+    pub fn edited_per_image(&self) -> Result<HashMap<i64, u64>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT image_id, COUNT(*) FROM instances WHERE edited = 1 GROUP BY image_id",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Per class (ordered by id): images, reviewed images, instances and edited instances.
+    pub fn class_progress(&self) -> Result<Vec<ClassProgress>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT c.id, c.name, COUNT(DISTINCT i.image_id),
+                    COUNT(DISTINCT CASE WHEN m.review_status != 'unreviewed' THEN i.image_id END),
+                    COUNT(i.id), COALESCE(SUM(i.edited), 0)
+             FROM classes c
+             LEFT JOIN instances i ON i.class_id = c.id
+             LEFT JOIN images m ON m.id = i.image_id
+             GROUP BY c.id ORDER BY c.id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(ClassProgress {
+                class_id: r.get(0)?,
+                name: r.get(1)?,
+                images: r.get::<_, i64>(2)? as u64,
+                reviewed: r.get::<_, i64>(3)? as u64,
+                instances: r.get::<_, i64>(4)? as u64,
+                edited: r.get::<_, i64>(5)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The next (`forward`) or previous unreviewed image after `from` in id order, wrapping
+    /// around at the ends; with `class_id`, only images with an instance of that class.
+    /// `None` when no other image is unreviewed.
+    pub fn neighbour_unreviewed(
+        &self,
+        from: i64,
+        forward: bool,
+        class_id: Option<i64>,
+    ) -> Result<Option<i64>, StoreError> {
+        let (cmp, order, wrap) = if forward {
+            (">", "ASC", i64::MIN)
+        } else {
+            ("<", "DESC", i64::MAX)
+        };
+        let sql = format!(
+            "SELECT id FROM images m WHERE review_status = 'unreviewed' AND id {cmp} ?1 AND id != ?3
+               AND (?2 IS NULL OR EXISTS (SELECT 1 FROM instances i
+                                          WHERE i.image_id = m.id AND i.class_id = ?2))
+             ORDER BY id {order} LIMIT 1"
+        );
+        for start in [from, wrap] {
+            let found: Option<i64> = self
+                .conn
+                .query_row(&sql, params![start, class_id, from], |r| r.get(0))
+                .optional()?;
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Suffix of an edit-log kind that joins the entry to the next one in one undo step.
+pub const CHAIN_SUFFIX: &str = "+";
+
+/// `before` with a new mask, marked edited (keeping the original on the first edit).
+fn edited_state(before: &InstanceState, mask: &Mask) -> InstanceState {
+    let mut after = before.clone();
+    after.rle = mask.to_rle().to_compressed();
+    after.height = mask.height();
+    after.width = mask.width();
+    if !after.edited {
+        after.original_rle = Some(before.rle.clone());
+        after.original_class_id = Some(before.class_id);
+        after.edited = true;
+    }
+    after
 }
 
 /// Direction of [`Project::replay`].

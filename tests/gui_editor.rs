@@ -1,0 +1,444 @@
+//! The Review image view edits masks through the real store: paint a stroke and see the area
+//! grow, undo/redo, polygon subtract makes a hole, revert to the original, review status and
+//! next unreviewed image, and undo after reopening the project. Driven with egui_kittest
+//! (pointer and key events, no renderer).
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use eframe::egui::{self, Key, Modifiers, Pos2};
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable as _;
+use maskstudio::dataset::store::{CancelToken, Project, ReviewStatus};
+use maskstudio::dataset::{
+    Attribution, ClassDef, ImportImage, ImportInstance, ImportSet, Mask, Origin, Segmentation,
+};
+use maskstudio::gui::image_view::{ImageView, ImageViewAction, Tool};
+use maskstudio::gui::shared::{Notices, PanelCtx, Settings, ShellRequest};
+
+const W: u32 = 64;
+const H: u32 = 48;
+
+fn square(x0: u32, y0: u32, side: u32) -> Mask {
+    let mut m = Mask::new(W, H);
+    for y in y0..y0 + side {
+        for x in x0..x0 + side {
+            m.set(x, y, true);
+        }
+    }
+    m
+}
+
+/// Three images, each with a 10×10 "cat" square at (10, 10) and an 8×8 "dog" at (40, 10).
+fn make_project(dir: &Path) {
+    let src = dir.join("src");
+    let mut set = ImportSet {
+        format: "test".into(),
+        classes: vec![
+            ClassDef {
+                name: "cat".into(),
+                mid: None,
+            },
+            ClassDef {
+                name: "dog".into(),
+                mid: None,
+            },
+        ],
+        images: Vec::new(),
+    };
+    for i in 0..3u8 {
+        let name = format!("img{i}.png");
+        common::write_png(&src.join(&name), W, H, i * 40);
+        set.images.push(ImportImage {
+            src_path: src.join(&name),
+            file_name: name,
+            width: W,
+            height: H,
+            split: Some("train".into()),
+            source: "test".into(),
+            attribution: Attribution {
+                author: Some("A. Photographer".into()),
+                license: Some("CC BY 2.0".into()),
+                ..Default::default()
+            },
+            instances: vec![
+                ImportInstance {
+                    class: "cat".into(),
+                    segmentation: Segmentation::Bitmap(square(10, 10, 10)),
+                    iscrowd: false,
+                    origin: Origin::OpenImages,
+                    provenance: None,
+                },
+                ImportInstance {
+                    class: "dog".into(),
+                    segmentation: Segmentation::Bitmap(square(40, 10, 8)),
+                    iscrowd: false,
+                    origin: Origin::Import,
+                    provenance: None,
+                },
+            ],
+        });
+    }
+    Project::create_or_open(&dir.join("p"))
+        .unwrap()
+        .import(&set, &src, &CancelToken::default(), &mut |_| {})
+        .unwrap();
+}
+
+struct State {
+    view: ImageView,
+    settings: Settings,
+    notices: Notices,
+    requests: Vec<ShellRequest>,
+    last: ImageViewAction,
+}
+
+fn harness(root: &Path, image_id: i64) -> Harness<'static, State> {
+    let mut view = ImageView::open(root, image_id).unwrap();
+    view.wait_until_loaded(Duration::from_secs(20)).unwrap();
+    let state = State {
+        view,
+        settings: Settings::default(),
+        notices: Notices::default(),
+        requests: Vec::new(),
+        last: ImageViewAction::None,
+    };
+    let mut h = Harness::builder()
+        .with_size([1100.0, 700.0])
+        .build_ui_state(
+            |ui, s: &mut State| {
+                let mut cx = PanelCtx {
+                    project: None,
+                    settings: &mut s.settings,
+                    notices: &mut s.notices,
+                    requests: &mut s.requests,
+                };
+                let action = s.view.ui(ui, &mut cx);
+                if action != ImageViewAction::None {
+                    s.last = action;
+                }
+            },
+            state,
+        );
+    h.run();
+    h
+}
+
+/// (area, edited) of an instance, read from the store.
+fn stored(root: &Path, id: i64) -> (u64, bool) {
+    let project = Project::open(root).unwrap();
+    let row = project
+        .instances(1)
+        .unwrap()
+        .into_iter()
+        .find(|r| r.id == id)
+        .unwrap();
+    (row.area, row.edited)
+}
+
+fn stored_mask(root: &Path, id: i64) -> Mask {
+    let project = Project::open(root).unwrap();
+    let row = project
+        .instances(1)
+        .unwrap()
+        .into_iter()
+        .find(|r| r.id == id)
+        .unwrap();
+    Mask::from_rle(&row.rle).unwrap()
+}
+
+fn screen(h: &Harness<'_, State>, p: [f64; 2]) -> Pos2 {
+    h.state().view.image_to_screen(p)
+}
+
+fn press(h: &mut Harness<'_, State>, pos: Pos2, pressed: bool) {
+    h.event(egui::Event::PointerButton {
+        pos,
+        button: egui::PointerButton::Primary,
+        pressed,
+        modifiers: Modifiers::NONE,
+    });
+}
+
+/// A brush drag through image points (one frame per point).
+fn drag(h: &mut Harness<'_, State>, points: &[[f64; 2]]) {
+    let first = screen(h, points[0]);
+    h.hover_at(first);
+    h.run();
+    press(h, first, true);
+    h.run();
+    for &p in &points[1..] {
+        let s = screen(h, p);
+        h.hover_at(s);
+        h.run();
+    }
+    let last = screen(h, *points.last().unwrap());
+    press(h, last, false);
+    h.run();
+}
+
+/// One click at an image point, then enough frames that the next is not a double click.
+fn click(h: &mut Harness<'_, State>, p: [f64; 2]) {
+    let s = screen(h, p);
+    h.hover_at(s);
+    h.run();
+    press(h, s, true);
+    h.run();
+    press(h, s, false);
+    h.run();
+    h.run_steps(30);
+}
+
+const CAT: i64 = 1;
+
+/// The cat square's 100 pixels plus a brush stroke to its right.
+fn paint_right_of_cat(h: &mut Harness<'_, State>) {
+    h.state_mut().view.select(Some(CAT));
+    h.key_press(Key::B);
+    h.run();
+    assert_eq!(h.state().view.tool(), Tool::Brush);
+    h.state_mut().view.set_brush_size(3.0);
+    drag(h, &[[22.0, 15.0], [26.0, 15.0], [30.0, 15.0], [35.0, 15.0]]);
+}
+
+#[test]
+fn a_brush_stroke_grows_the_instance_and_undo_redo_follow_it() {
+    let dir = tempfile::tempdir().unwrap();
+    make_project(dir.path());
+    let root = dir.path().join("p");
+    let mut h = harness(&root, 1);
+    assert_eq!(stored(&root, CAT), (100, false));
+
+    paint_right_of_cat(&mut h);
+    let (area, edited) = stored(&root, CAT);
+    // Four rows (centres within 1.5 of y = 15) from x ≈ 21 to 35, plus round caps.
+    assert!((150..=175).contains(&area), "area after the stroke: {area}");
+    assert!(edited);
+    let m = stored_mask(&root, CAT);
+    assert!(m.get(30, 14) && m.get(30, 15) && m.get(22, 15) && m.get(34, 15));
+    assert!(!m.get(30, 18) && !m.get(30, 11) && !m.get(38, 15));
+    assert!(
+        m.get(27, 13) && m.get(27, 16),
+        "no gap between pointer events"
+    );
+
+    h.key_press_modifiers(Modifiers::COMMAND, Key::Z);
+    h.run();
+    assert_eq!(stored(&root, CAT), (100, false));
+    h.key_press_modifiers(Modifiers::COMMAND | Modifiers::SHIFT, Key::Z);
+    h.run();
+    assert_eq!(stored(&root, CAT), (area, true));
+    h.key_press_modifiers(Modifiers::COMMAND, Key::Z);
+    h.run();
+    h.key_press_modifiers(Modifiers::COMMAND, Key::Y);
+    h.run();
+    assert_eq!(stored(&root, CAT), (area, true));
+
+    // The eraser takes part of it back; a second undo restores the stroke.
+    h.key_press(Key::E);
+    h.run();
+    drag(&mut h, &[[30.0, 10.0], [30.0, 20.0]]);
+    let (erased, _) = stored(&root, CAT);
+    assert!(erased < area, "{erased} < {area}");
+    h.key_press_modifiers(Modifiers::COMMAND, Key::Z);
+    h.run();
+    assert_eq!(stored(&root, CAT).0, area);
+    // Undo touched only this image's history.
+    assert!(
+        h.state()
+            .notices
+            .items
+            .iter()
+            .all(|n| n.level != maskstudio::gui::shared::NoticeLevel::Error)
+    );
+}
+
+#[test]
+fn polygon_subtract_cuts_a_hole_and_revert_restores_the_original() {
+    let dir = tempfile::tempdir().unwrap();
+    make_project(dir.path());
+    let root = dir.path().join("p");
+    let mut h = harness(&root, 1);
+    h.state_mut().view.select(Some(CAT));
+    h.key_press(Key::P);
+    h.run();
+    for p in [[13.0, 13.0], [17.0, 13.0], [17.0, 17.0], [13.0, 17.0]] {
+        click(&mut h, p);
+    }
+    h.key_press_modifiers(Modifiers::SHIFT, Key::Enter);
+    h.run();
+    let m = stored_mask(&root, CAT);
+    // pycocotools pixels of the 4×4 square at (13, 13): a hole of 16 pixels.
+    assert_eq!(m.area(), 84);
+    assert!(!m.get(13, 13) && !m.get(16, 16) && m.get(12, 12) && m.get(17, 17));
+    let parts = maskstudio::dataset::maskops::split_components(&m);
+    assert_eq!(parts.len(), 1, "a hole, not a cut");
+    let mut filled = m.clone();
+    assert!(!maskstudio::dataset::maskops::fill_holes(&mut filled).is_empty());
+    assert_eq!(filled.area(), 100);
+
+    // Revert (R) brings the original square back and clears the edited flag.
+    h.key_press(Key::R);
+    h.run();
+    assert_eq!(stored(&root, CAT), (100, false));
+    assert_eq!(stored_mask(&root, CAT), square(10, 10, 10));
+    // ... and revert is itself undoable.
+    h.key_press_modifiers(Modifiers::COMMAND, Key::Z);
+    h.run();
+    assert_eq!(stored(&root, CAT), (84, true));
+}
+
+#[test]
+fn review_status_keys_and_next_unreviewed_image() {
+    let dir = tempfile::tempdir().unwrap();
+    make_project(dir.path());
+    let root = dir.path().join("p");
+    let mut h = harness(&root, 1);
+    h.key_press(Key::Num2);
+    h.run();
+    let project = Project::open(&root).unwrap();
+    assert_eq!(project.image(1).unwrap().review_status, ReviewStatus::Fixed);
+    h.key_press(Key::D);
+    h.run();
+    assert_eq!(h.state().last, ImageViewAction::Next);
+    let next = h.state().view.neighbour_unreviewed(true).unwrap();
+    assert_eq!(next, 2);
+    assert_eq!(
+        h.state().view.neighbour_unreviewed(false),
+        Some(3),
+        "wraps around"
+    );
+    // The host opens the next image; reject it with 3 and go on.
+    let mut h2 = harness(&root, next);
+    assert_eq!(h2.state().view.image_id(), 2);
+    h2.key_press(Key::Num3);
+    h2.run();
+    h2.key_press(Key::ArrowRight);
+    h2.run();
+    assert_eq!(h2.state().last, ImageViewAction::Next);
+    assert_eq!(h2.state().view.neighbour_unreviewed(true), Some(3));
+    // Rejected images leave training: the training set no longer has image 2.
+    let set = maskstudio::train::data::read_project(&root).unwrap();
+    let ids: Vec<i64> = set.images.iter().map(|i| i.id).collect();
+    assert_eq!(ids, vec![1, 3]);
+    let progress = project.class_progress().unwrap();
+    assert_eq!((progress[0].images, progress[0].reviewed), (3, 2));
+}
+
+#[test]
+fn undo_still_works_after_reopening_the_project() {
+    let dir = tempfile::tempdir().unwrap();
+    make_project(dir.path());
+    let root = dir.path().join("p");
+    let area = {
+        let mut h = harness(&root, 1);
+        paint_right_of_cat(&mut h);
+        stored(&root, CAT).0
+    };
+    assert!(area > 100);
+    // A new view on the same folder (as after a restart).
+    let mut h = harness(&root, 1);
+    h.get_by_label("Undo").click();
+    h.run();
+    assert_eq!(stored(&root, CAT), (100, false));
+    h.get_by_label("Redo").click();
+    h.run();
+    assert_eq!(stored(&root, CAT), (area, true));
+}
+
+#[test]
+fn new_instance_split_merge_and_delete_through_the_view() {
+    let dir = tempfile::tempdir().unwrap();
+    make_project(dir.path());
+    let root = dir.path().join("p");
+    let mut h = harness(&root, 1);
+    // N, then a stroke on empty ground: a new manual instance of the chosen class.
+    h.key_press(Key::N);
+    h.run();
+    h.state_mut().view.set_brush_size(4.0);
+    drag(&mut h, &[[5.0, 35.0], [25.0, 35.0]]);
+    let project = Project::open(&root).unwrap();
+    let rows = project.instances(1).unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[2].origin, Origin::Manual);
+    let new_id = rows[2].id;
+    assert_eq!(h.state().view.selected(), Some(new_id));
+    // Merge (M): the new stroke into the cat, then split (S) gives them back apart.
+    h.state_mut().view.select(Some(CAT));
+    h.key_press(Key::M);
+    h.run();
+    click(&mut h, [15.0, 35.5]);
+    let rows = project.instances(1).unwrap();
+    assert_eq!(rows.len(), 2, "merged into one");
+    assert!(rows[0].area > 100);
+    h.key_press(Key::S);
+    h.run();
+    let rows = project.instances(1).unwrap();
+    assert_eq!(rows.len(), 3, "split into components");
+    assert_eq!(rows[0].area, 100);
+    // One undo takes the whole split back, one more the whole merge.
+    h.key_press_modifiers(Modifiers::COMMAND, Key::Z);
+    h.run();
+    assert_eq!(project.instances(1).unwrap().len(), 2);
+    h.key_press_modifiers(Modifiers::COMMAND, Key::Z);
+    h.run();
+    let rows = project.instances(1).unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0].area, 100);
+    // Delete the dog.
+    h.state_mut().view.select(Some(2));
+    h.key_press(Key::Delete);
+    h.run();
+    assert_eq!(project.instances(1).unwrap().len(), 2);
+    assert_eq!(project.edited_count(1).unwrap(), 0);
+}
+
+#[test]
+fn store_counts_edits_per_image_and_class_and_refuses_cross_image_merges() {
+    let dir = tempfile::tempdir().unwrap();
+    make_project(dir.path());
+    let root = dir.path().join("p");
+    let mut project = Project::open(&root).unwrap();
+    assert_eq!(project.history_of(1).unwrap(), (false, false));
+    project
+        .update_instance_mask(1, &square(10, 10, 12))
+        .unwrap();
+    project.set_instance_class(2, 1).unwrap(); // the dog becomes a cat
+    project.update_instance_mask(4, &square(30, 30, 5)).unwrap(); // image 2's dog
+    assert_eq!(project.edited_count(1).unwrap(), 2);
+    let per_image = project.edited_per_image().unwrap();
+    assert_eq!(
+        (per_image[&1], per_image[&2], per_image.get(&3)),
+        (2, 1, None)
+    );
+    let progress = project.class_progress().unwrap();
+    assert_eq!(
+        (
+            progress[0].name.as_str(),
+            progress[0].instances,
+            progress[0].edited
+        ),
+        ("cat", 4, 2)
+    );
+    assert_eq!((progress[1].instances, progress[1].edited), (2, 1));
+    assert_eq!(project.history_of(1).unwrap(), (true, false));
+    let originals = project.original_masks(1).unwrap();
+    assert_eq!(Mask::from_rle(&originals[&1]).unwrap(), square(10, 10, 10));
+    assert!(matches!(
+        project.merge_instances(1, 3),
+        Err(maskstudio::dataset::store::StoreError::Invalid(_))
+    ));
+    // Per-image undo leaves the other image's edit alone; revert restores the class too.
+    project.undo_image(1).unwrap();
+    assert_eq!(project.edited_per_image().unwrap()[&2], 1);
+    project.set_instance_class(2, 1).unwrap();
+    assert!(project.revert_instance(2).unwrap());
+    assert_eq!(project.instances(1).unwrap()[1].class_id, 2);
+    assert!(
+        !project.revert_instance(2).unwrap(),
+        "nothing left to revert"
+    );
+    assert_eq!(project.history_of(1).unwrap(), (true, false));
+}
