@@ -4,6 +4,7 @@
 //! (Classes, Download, Review, Train, Predict) plug in here. Project loading runs on a named
 //! worker thread and reports over a bounded channel, so the GUI thread never waits on I/O.
 
+pub mod predict_panel;
 pub mod shared;
 
 use std::path::PathBuf;

@@ -12,12 +12,17 @@ fn rgb(hex: &str) -> [u8; 3] {
     [byte(1), byte(3), byte(5)]
 }
 
+/// The overlay colour of a class label (1..N), as RGB.
+pub fn label_color(label: i64) -> [u8; 3] {
+    rgb(&class_color(usize::try_from(label - 1).unwrap_or(0)))
+}
+
 /// The image with each detection's mask filled in its class colour and its box outlined.
 pub fn draw(image: &image::RgbImage, detections: &[Detection]) -> image::RgbImage {
     let mut out = image.clone();
     let (w, h) = out.dimensions();
     for d in detections {
-        let color = rgb(&class_color(usize::try_from(d.label - 1).unwrap_or(0)));
+        let color = label_color(d.label);
         if d.mask.width() == w && d.mask.height() == h {
             for (i, &on) in d.mask.data().iter().enumerate() {
                 if on == 0 {
