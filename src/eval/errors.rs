@@ -248,15 +248,16 @@ pub fn evaluate_with_errors(
         .iter()
         .map(|m| (m.id, m.file_name.as_str()))
         .collect();
-    let mut errors: Vec<ImageErrors> = count_errors(&gts, &dts, IouType::Segm, iou_threshold, min_score)
-        .into_iter()
-        .filter(|(_, c)| c.false_positives + c.false_negatives > 0)
-        .map(|(image_id, counts)| ImageErrors {
-            image_id,
-            file_name: names.get(&image_id).copied().unwrap_or_default().to_owned(),
-            counts,
-        })
-        .collect();
+    let mut errors: Vec<ImageErrors> =
+        count_errors(&gts, &dts, IouType::Segm, iou_threshold, min_score)
+            .into_iter()
+            .filter(|(_, c)| c.false_positives + c.false_negatives > 0)
+            .map(|(image_id, counts)| ImageErrors {
+                image_id,
+                file_name: names.get(&image_id).copied().unwrap_or_default().to_owned(),
+                counts,
+            })
+            .collect();
     errors.sort_by_key(|e| {
         (
             std::cmp::Reverse(e.counts.false_positives + e.counts.false_negatives),

@@ -42,36 +42,15 @@ enum Command {
 
 /// What the prediction thread reports.
 enum Event {
-    Loaded {
-        path: PathBuf,
-        labels: Vec<String>,
-    },
-    LoadFailed {
-        path: PathBuf,
-        error: String,
-    },
-    Started {
-        total: usize,
-    },
+    Loaded { path: PathBuf, labels: Vec<String> },
+    LoadFailed { path: PathBuf, error: String },
+    Started { total: usize },
     Image(Box<PredictedImage>),
-    ImageFailed {
-        path: PathBuf,
-        error: String,
-    },
-    Done {
-        cancelled: bool,
-    },
-    Exported {
-        dir: PathBuf,
-        detections: usize,
-    },
-    ExportFailed {
-        error: String,
-    },
-    Picked {
-        paths: Vec<PathBuf>,
-        model: bool,
-    },
+    ImageFailed { path: PathBuf, error: String },
+    Done { cancelled: bool },
+    Exported { dir: PathBuf, detections: usize },
+    ExportFailed { error: String },
+    Picked { paths: Vec<PathBuf>, model: bool },
 }
 
 /// One predicted image: pixels and every detection the model kept (with soft masks).
@@ -151,8 +130,10 @@ pub fn visible_detections(all: &[Detection], score: f32, mask_threshold: f32) ->
 }
 
 fn file_label(path: &Path) -> String {
-    path.file_name()
-        .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
 fn worker_loop(rx: Receiver<Command>, tx: Sender<Event>, ctx: egui::Context) {
@@ -433,16 +414,17 @@ impl PredictPanel {
                         b.done += 1;
                     }
                     let text = format!("{}: {error}", file_label(&path));
-                    cx.notices
-                        .error(format!("could not predict {}", text));
+                    cx.notices.error(format!("could not predict {}", text));
                     self.failures.push(text);
                 }
                 Event::Done { cancelled } => {
                     if let Some(b) = self.batch.take() {
                         let secs = b.started.elapsed().as_secs_f64();
                         let verb = if cancelled { "cancelled" } else { "done" };
-                        cx.notices
-                            .info(format!("prediction {verb}: {} images in {secs:.1} s", b.done));
+                        cx.notices.info(format!(
+                            "prediction {verb}: {} images in {secs:.1} s",
+                            b.done
+                        ));
                     }
                 }
                 Event::Exported { dir, detections } => {
@@ -736,7 +718,11 @@ impl PredictPanel {
                     pos - egui::vec2(0.0, galley.size().y),
                     galley.size() + egui::vec2(4.0, 0.0),
                 );
-                painter.rect_filled(bg, 2.0, egui::Color32::from_rgb(r, g, b).gamma_multiply(0.8));
+                painter.rect_filled(
+                    bg,
+                    2.0,
+                    egui::Color32::from_rgb(r, g, b).gamma_multiply(0.8),
+                );
                 painter.galley(bg.min + egui::vec2(2.0, 0.0), galley, egui::Color32::WHITE);
             }
             let _ = h;

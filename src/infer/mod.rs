@@ -344,7 +344,11 @@ mod tests {
             0, 0, 0, 0, 0,
         ];
         assert_eq!(at(0.5), half);
-        assert_eq!(soft.threshold(0.0).area(), 6, "threshold 0 keeps every p > 0");
+        assert_eq!(
+            soft.threshold(0.0).area(),
+            6,
+            "threshold 0 keeps every p > 0"
+        );
         assert_eq!(soft.threshold(0.9).area(), 1);
         assert_eq!(soft.threshold(1.0).area(), 1);
     }
