@@ -186,6 +186,7 @@ impl EvalPanel {
             let label = ui.label("Bundle to evaluate");
             ui.add(egui::TextEdit::singleline(&mut self.bundle_path).desired_width(300.0))
                 .labelled_by(label.id);
+            let label = ui.label("Run");
             egui::ComboBox::from_id_salt("eval_run_pick")
                 .selected_text("from a run")
                 .show_ui(ui, |ui| {
@@ -194,8 +195,10 @@ impl EvalPanel {
                             self.bundle_path = dir.display().to_string();
                         }
                     }
-                });
-            ui.label("Split");
+                })
+                .response
+                .labelled_by(label.id);
+            let label = ui.label("Split");
             egui::ComboBox::from_id_salt("eval_split")
                 .selected_text(self.split.as_deref().unwrap_or("all"))
                 .show_ui(ui, |ui| {
@@ -203,7 +206,9 @@ impl EvalPanel {
                     for s in ["train", "validation", "test"] {
                         ui.selectable_value(&mut self.split, Some(s.to_owned()), s);
                     }
-                });
+                })
+                .response
+                .labelled_by(label.id);
             let can = self.job.is_none() && !self.bundle_path.trim().is_empty();
             if ui
                 .add_enabled(can, egui::Button::new("Run evaluation"))

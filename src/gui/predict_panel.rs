@@ -654,11 +654,16 @@ impl PredictPanel {
                 });
             });
         let item = &self.results[self.selected];
-        let shown = visible_detections(&item.detections, score, mask_thr);
+        let shown: Vec<&Detection> = item
+            .detections
+            .iter()
+            .filter(|d| d.score >= score)
+            .collect();
         let stale = !matches!(&self.overlay, Some((i, s, m, _))
             if *i == self.selected && *s == score && *m == mask_thr);
         if stale {
-            let img = overlay::draw(&item.image, &shown);
+            // Only the soft masks' rectangles are visited: cheap enough for slider drags.
+            let img = overlay::draw_thresholded(&item.image, &item.detections, score, mask_thr);
             let size = [img.width() as usize, img.height() as usize];
             let color = egui::ColorImage::from_rgb(size, img.as_raw());
             let tex = ui
@@ -686,7 +691,7 @@ impl PredictPanel {
                                 ui.label(format!("{:.3}", d.score));
                                 let [x1, y1, x2, y2] = d.box_xyxy;
                                 ui.label(format!("{x1:.0},{y1:.0},{x2:.0},{y2:.0}"));
-                                ui.label(d.mask.area().to_string());
+                                ui.label(d.area_at(mask_thr).to_string());
                                 ui.end_row();
                             }
                         });
@@ -696,7 +701,7 @@ impl PredictPanel {
             let Some((_, _, _, tex)) = &self.overlay else {
                 return;
             };
-            let (w, h) = item.image.dimensions();
+            let w = item.image.width();
             let response = ui.add(
                 egui::Image::new(tex)
                     .max_size(ui.available_size())
@@ -725,7 +730,6 @@ impl PredictPanel {
                 );
                 painter.galley(bg.min + egui::vec2(2.0, 0.0), galley, egui::Color32::WHITE);
             }
-            let _ = h;
         });
     }
 }

@@ -707,7 +707,7 @@ impl TrainPanel {
                 .spacing([12.0, 4.0])
                 .show(ui, |ui| {
                     let cfg = &mut self.cfg;
-                    ui.label("Preset");
+                    let label = ui.label("Preset");
                     egui::ComboBox::from_id_salt("train_preset")
                         .selected_text(match cfg.preset {
                             Preset::CpuFast => "cpu-fast",
@@ -716,7 +716,9 @@ impl TrainPanel {
                         .show_ui(ui, |ui| {
                             ui.selectable_value(&mut cfg.preset, Preset::CpuFast, "cpu-fast");
                             ui.selectable_value(&mut cfg.preset, Preset::Quality, "quality");
-                        });
+                        })
+                        .response
+                        .labelled_by(label.id);
                     ui.label("Backbone");
                     ui.label(match cfg.preset {
                         Preset::CpuFast => "MobileNetV2-FPN (ImageNet)",
@@ -775,7 +777,7 @@ impl TrainPanel {
                     .labelled_by(label.id);
                     ui.end_row();
 
-                    ui.label("Device");
+                    let label = ui.label("Device");
                     egui::ComboBox::from_id_salt("train_device")
                         .selected_text(cx.settings.device.as_str())
                         .show_ui(ui, |ui| {
@@ -783,7 +785,9 @@ impl TrainPanel {
                             {
                                 ui.selectable_value(&mut cx.settings.device, d, d.as_str());
                             }
-                        });
+                        })
+                        .response
+                        .labelled_by(label.id);
                     ui.checkbox(&mut cfg.pretrained_backbone, "ImageNet backbone");
                     ui.end_row();
                 });

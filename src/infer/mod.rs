@@ -42,6 +42,14 @@ impl Detection {
             None => self.mask.clone(),
         }
     }
+
+    /// The area of [`Detection::mask_at`] without building the mask.
+    pub fn area_at(&self, threshold: f32) -> u64 {
+        match &self.soft_mask {
+            Some(soft) => soft.area_at(threshold),
+            None => self.mask.area(),
+        }
+    }
 }
 
 /// A detection's mask probabilities at image size, quantised to `round(p * 255)` and stored only
@@ -106,13 +114,24 @@ impl SoftMask {
         }
     }
 
+    /// The quantised level a probability threshold compares against: `q >= 255 * t`, with
+    /// `q = round(255 p)`; a threshold of 0 still needs `p > 0`.
+    pub fn level(threshold: f32) -> f32 {
+        (threshold.clamp(0.0, 1.0) * 255.0).max(0.5)
+    }
+
+    /// Pixels with probability at least `threshold` (the area of [`SoftMask::threshold`]).
+    pub fn area_at(&self, threshold: f32) -> u64 {
+        let level = Self::level(threshold);
+        self.data.iter().filter(|&&q| f32::from(q) >= level).count() as u64
+    }
+
     /// The binary mask at image size of the pixels whose probability is at least `threshold`
     /// (compared on the quantised value, so within 1/510 of the float comparison).
     pub fn threshold(&self, threshold: f32) -> Mask {
         let (w, h) = (self.image_width as usize, self.image_height as usize);
         let mut bits = vec![0u8; w * h];
-        // q >= 255 * t, with q = round(255 p); a threshold of 0 still needs p > 0.
-        let level = (threshold.clamp(0.0, 1.0) * 255.0).max(0.5);
+        let level = Self::level(threshold);
         let sw = self.width as usize;
         for (row, src) in self.data.chunks_exact(sw.max(1)).enumerate() {
             let y = self.y0 as usize + row;
@@ -350,6 +369,8 @@ mod tests {
             "threshold 0 keeps every p > 0"
         );
         assert_eq!(soft.threshold(0.9).area(), 1);
+        assert_eq!(soft.area_at(0.5), 3);
+        assert_eq!(soft.area_at(0.0), 6);
         assert_eq!(soft.threshold(1.0).area(), 1);
     }
 
