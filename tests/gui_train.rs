@@ -179,6 +179,8 @@ fn start_a_cpu_run_see_points_stop_list_export_and_evaluate() {
         s.panel.watch_count() > 0
     });
     assert!(h.state().panel.watch_count() <= maskstudio::gui::train_panel::WATCH_IMAGES);
+    // The watch thread may still predict the last checkpoint (its spinner keeps repainting).
+    wait_for(&mut h, "the background work", 120, |s| s.panel.idle());
 
     // Export the selected run's bundle.
     h.run();
@@ -244,4 +246,6 @@ fn start_a_cpu_run_see_points_stop_list_export_and_evaluate() {
             image_id: worst.image_id
         }]
     );
+    // No torch thread may outlive the test (libtorch at process exit).
+    wait_for(&mut h, "the background work", 120, |s| s.panel.idle());
 }

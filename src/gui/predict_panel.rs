@@ -414,7 +414,7 @@ impl PredictPanel {
                         b.done += 1;
                     }
                     let text = format!("{}: {error}", file_label(&path));
-                    cx.notices.error(format!("could not predict {}", text));
+                    cx.notices.error(format!("could not predict {text}"));
                     self.failures.push(text);
                 }
                 Event::Done { cancelled } => {

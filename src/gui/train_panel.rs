@@ -450,6 +450,17 @@ impl TrainPanel {
         &self.runs
     }
 
+    /// Whether nothing runs in the background (run, watch prediction, run scan, export,
+    /// evaluation).
+    pub fn idle(&self) -> bool {
+        self.run.is_none()
+            && !self.watch_busy
+            && self.watch_next.is_none()
+            && !self.scanning
+            && !self.exporting
+            && !self.eval.running()
+    }
+
     /// Validation images shown in the watch panel.
     pub fn watch_count(&self) -> usize {
         self.watch.len()
