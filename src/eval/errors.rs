@@ -88,6 +88,9 @@ fn iou(dt: &DtAnn, gt: &GtAnn, iou_type: IouType) -> f64 {
     }
 }
 
+/// Ground truths and detections of one (image, category).
+type Cell<'a> = (Vec<&'a GtAnn>, Vec<&'a DtAnn>);
+
 /// Greedy COCO matching per (image, category) at `iou_threshold`, keeping the detections with
 /// `score >= min_score` (at most 100 per image and category, best first). A detection matched
 /// to a crowd region counts as neither a true nor a false positive.
@@ -98,7 +101,7 @@ pub fn count_errors(
     iou_threshold: f64,
     min_score: f64,
 ) -> BTreeMap<i64, ErrorCounts> {
-    let mut cells: HashMap<(i64, i64), (Vec<&GtAnn>, Vec<&DtAnn>)> = HashMap::new();
+    let mut cells: HashMap<(i64, i64), Cell<'_>> = HashMap::new();
     for g in gts {
         cells
             .entry((g.image_id, g.category_id))

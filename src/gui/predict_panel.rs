@@ -212,10 +212,13 @@ fn worker_loop(rx: Receiver<Command>, tx: Sender<Event>, ctx: egui::Context) {
     }
 }
 
+/// One image to export: file, pixels, detections.
+type ExportItem = (PathBuf, Arc<image::RgbImage>, Arc<Vec<Detection>>);
+
 /// Writes `<stem>.overlay.png`, `<stem>_mask<k>_<class>.png` and `results.json` into `dir`.
 fn export(
     dir: &Path,
-    items: &[(PathBuf, Arc<image::RgbImage>, Arc<Vec<Detection>>)],
+    items: &[ExportItem],
     score: f32,
     mask_threshold: f32,
 ) -> anyhow::Result<usize> {
