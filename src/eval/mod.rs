@@ -1,4 +1,5 @@
 //! COCO evaluation (pycocotools `COCOeval` port) for boxes and instance masks.
 
 pub mod coco_eval;
+pub mod errors;
 pub mod project;

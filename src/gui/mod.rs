@@ -4,8 +4,11 @@
 //! (Classes, Download, Review, Train, Predict) plug in here. Project loading runs on a named
 //! worker thread and reports over a bounded channel, so the GUI thread never waits on I/O.
 
+pub mod eval_panel;
 pub mod image_view;
+pub mod predict_panel;
 pub mod shared;
+pub mod train_panel;
 
 use std::path::PathBuf;
 use std::time::Duration;

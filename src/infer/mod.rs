@@ -29,6 +29,120 @@ pub struct Detection {
     pub box_xyxy: [f32; 4],
     /// The mask at image size, thresholded at [`MASK_THRESHOLD`].
     pub mask: Mask,
+    /// The mask probabilities, kept by [`Predictor::predict_soft`] so the mask can be
+    /// re-thresholded without running the model again; `None` from [`Predictor::predict`].
+    pub soft_mask: Option<SoftMask>,
+}
+
+impl Detection {
+    /// The mask binarised at `threshold` (the soft mask when kept, else the stored binary mask).
+    pub fn mask_at(&self, threshold: f32) -> Mask {
+        match &self.soft_mask {
+            Some(soft) => soft.threshold(threshold),
+            None => self.mask.clone(),
+        }
+    }
+
+    /// The area of [`Detection::mask_at`] without building the mask.
+    pub fn area_at(&self, threshold: f32) -> u64 {
+        match &self.soft_mask {
+            Some(soft) => soft.area_at(threshold),
+            None => self.mask.area(),
+        }
+    }
+}
+
+/// A detection's mask probabilities at image size, quantised to `round(p * 255)` and stored only
+/// over the rectangle where they are non-zero (outside it every probability is 0).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SoftMask {
+    /// Image width in pixels.
+    pub image_width: u32,
+    /// Image height in pixels.
+    pub image_height: u32,
+    /// Left edge of the stored rectangle.
+    pub x0: u32,
+    /// Top edge of the stored rectangle.
+    pub y0: u32,
+    /// Width of the stored rectangle.
+    pub width: u32,
+    /// Height of the stored rectangle.
+    pub height: u32,
+    /// Row-major `[height, width]` quantised probabilities.
+    pub data: Vec<u8>,
+}
+
+impl SoftMask {
+    /// Quantises a row-major `[height, width]` probability map already scaled to 0..=255,
+    /// keeping the bounding rectangle of its non-zero values.
+    pub fn from_quantised(image_width: u32, image_height: u32, full: &[u8]) -> Self {
+        let (w, h) = (image_width as usize, image_height as usize);
+        let (mut x_min, mut y_min, mut x_max, mut y_max) = (w, h, 0usize, 0usize);
+        for (y, row) in full.chunks_exact(w.max(1)).take(h).enumerate() {
+            let Some(first) = row.iter().position(|&v| v > 0) else {
+                continue;
+            };
+            let last = row.iter().rposition(|&v| v > 0).unwrap_or(first);
+            x_min = x_min.min(first);
+            x_max = x_max.max(last + 1);
+            y_min = y_min.min(y);
+            y_max = y + 1;
+        }
+        if x_min >= x_max || y_min >= y_max {
+            return Self {
+                image_width,
+                image_height,
+                x0: 0,
+                y0: 0,
+                width: 0,
+                height: 0,
+                data: Vec::new(),
+            };
+        }
+        let mut data = Vec::with_capacity((x_max - x_min) * (y_max - y_min));
+        for y in y_min..y_max {
+            data.extend_from_slice(&full[y * w + x_min..y * w + x_max]);
+        }
+        Self {
+            image_width,
+            image_height,
+            x0: x_min as u32,
+            y0: y_min as u32,
+            width: (x_max - x_min) as u32,
+            height: (y_max - y_min) as u32,
+            data,
+        }
+    }
+
+    /// The quantised level a probability threshold compares against: `q >= 255 * t`, with
+    /// `q = round(255 p)`; a threshold of 0 still needs `p > 0`.
+    pub fn level(threshold: f32) -> f32 {
+        (threshold.clamp(0.0, 1.0) * 255.0).max(0.5)
+    }
+
+    /// Pixels with probability at least `threshold` (the area of [`SoftMask::threshold`]).
+    pub fn area_at(&self, threshold: f32) -> u64 {
+        let level = Self::level(threshold);
+        self.data.iter().filter(|&&q| f32::from(q) >= level).count() as u64
+    }
+
+    /// The binary mask at image size of the pixels whose probability is at least `threshold`
+    /// (compared on the quantised value, so within 1/510 of the float comparison).
+    pub fn threshold(&self, threshold: f32) -> Mask {
+        let (w, h) = (self.image_width as usize, self.image_height as usize);
+        let mut bits = vec![0u8; w * h];
+        let level = Self::level(threshold);
+        let sw = self.width as usize;
+        for (row, src) in self.data.chunks_exact(sw.max(1)).enumerate() {
+            let y = self.y0 as usize + row;
+            let start = y * w + self.x0 as usize;
+            for (dst, &q) in bits[start..start + sw].iter_mut().zip(src) {
+                *dst = u8::from(f32::from(q) >= level);
+            }
+        }
+        Mask::from_vec(self.image_width, self.image_height, bits)
+            .unwrap_or_else(|_| Mask::new(self.image_width, self.image_height))
+    }
 }
 
 /// A loaded bundle ready to predict.
@@ -84,6 +198,16 @@ impl Predictor {
 
     /// Detects instances in one RGB image.
     pub fn predict(&self, image: &image::RgbImage) -> anyhow::Result<Vec<Detection>> {
+        self.predict_impl(image, false)
+    }
+
+    /// Like [`Predictor::predict`], and each detection keeps its mask probabilities
+    /// ([`Detection::soft_mask`]) for live re-thresholding.
+    pub fn predict_soft(&self, image: &image::RgbImage) -> anyhow::Result<Vec<Detection>> {
+        self.predict_impl(image, true)
+    }
+
+    fn predict_impl(&self, image: &image::RgbImage, soft: bool) -> anyhow::Result<Vec<Detection>> {
         let (w, h) = image.dimensions();
         // [H, W, 3] u8 -> [3, H, W] f32 in 0..1
         let input = Tensor::from_slice(image.as_raw())
@@ -103,6 +227,15 @@ impl Predictor {
             .ge(MASK_THRESHOLD)
             .to_kind(Kind::Uint8)
             .to_device(Device::Cpu);
+        // [D, 1, H, W] probabilities -> [D, H, W] u8 round(p * 255)
+        let quantised = soft.then(|| {
+            det.masks
+                .multiply_scalar(255.0)
+                .round()
+                .clamp(0.0, 255.0)
+                .to_kind(Kind::Uint8)
+                .to_device(Device::Cpu)
+        });
         let mut detections = Vec::with_capacity(scores.len());
         for (i, (&score, &label)) in scores.iter().zip(&labels).enumerate() {
             let bits = Vec::<u8>::try_from(masks.get(i as i64).reshape([-1]))?;
@@ -112,6 +245,13 @@ impl Predictor {
                 .and_then(|k| self.labels.get(k))
                 .cloned()
                 .unwrap_or_else(|| format!("class_{label}"));
+            let soft_mask = match &quantised {
+                Some(q) => {
+                    let full = Vec::<u8>::try_from(q.get(i as i64).reshape([-1]))?;
+                    Some(SoftMask::from_quantised(w, h, &full))
+                }
+                None => None,
+            };
             let b = &boxes[4 * i..4 * i + 4];
             detections.push(Detection {
                 label,
@@ -119,6 +259,7 @@ impl Predictor {
                 score,
                 box_xyxy: [b[0], b[1], b[2], b[3]],
                 mask,
+                soft_mask,
             });
         }
         Ok(detections)
@@ -193,4 +334,51 @@ pub fn coco_result(file_name: &str, d: &Detection) -> serde_json::Value {
         "score": d.score,
         "segmentation": {"size": [rle.height, rle.width], "counts": rle.to_compressed()},
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn soft_mask_keeps_the_non_zero_rectangle_and_rethresholds() {
+        // 5 x 4 image; probabilities only in rows 1..3, columns 1..4.
+        #[rustfmt::skip]
+        let full: Vec<u8> = vec![
+            0,   0,   0,   0, 0,
+            0,  10, 128, 200, 0,
+            0, 127, 255,  64, 0,
+            0,   0,   0,   0, 0,
+        ];
+        let soft = SoftMask::from_quantised(5, 4, &full);
+        assert_eq!((soft.x0, soft.y0, soft.width, soft.height), (1, 1, 3, 2));
+        assert_eq!(soft.data, [10, 128, 200, 127, 255, 64]);
+        let at = |t: f32| soft.threshold(t).data().to_vec();
+        // 0.5 * 255 = 127.5: 128 and up are on (p >= 0.5), 127 is off.
+        #[rustfmt::skip]
+        let half = vec![
+            0, 0, 0, 0, 0,
+            0, 0, 1, 1, 0,
+            0, 0, 1, 0, 0,
+            0, 0, 0, 0, 0,
+        ];
+        assert_eq!(at(0.5), half);
+        assert_eq!(
+            soft.threshold(0.0).area(),
+            6,
+            "threshold 0 keeps every p > 0"
+        );
+        assert_eq!(soft.threshold(0.9).area(), 1);
+        assert_eq!(soft.area_at(0.5), 3);
+        assert_eq!(soft.area_at(0.0), 6);
+        assert_eq!(soft.threshold(1.0).area(), 1);
+    }
+
+    #[test]
+    fn an_all_zero_soft_mask_is_empty() {
+        let soft = SoftMask::from_quantised(3, 2, &[0; 6]);
+        assert_eq!((soft.width, soft.height), (0, 0));
+        assert_eq!(soft.threshold(0.1).area(), 0);
+        assert_eq!(soft.threshold(0.1).width(), 3);
+    }
 }

@@ -1,0 +1,339 @@
+//! Evaluate section (inside the Train tab): a bundle (a run's or any folder) on a project split,
+//! evaluated on the `eval-run` thread with [`crate::eval::errors::evaluate_with_errors`]:
+//! per-class AP next to instance counts, precision-recall curves, and the images with the most
+//! false positives / negatives, each opening in Review.
+
+use std::path::{Path, PathBuf};
+
+use crossbeam_channel::{Receiver, bounded};
+use eframe::egui;
+use egui_plot::{Legend, Line, Plot, PlotPoints};
+
+use crate::dataset::store::CancelToken;
+use crate::eval::coco_eval::{EvalResult, IouType};
+use crate::eval::errors::{EvalReport, evaluate_with_errors};
+use crate::gui::predict_panel::device_choice;
+use crate::gui::shared::{JobView, PanelCtx, ShellRequest};
+
+/// Errors are counted at this mask IoU.
+pub const ERROR_IOU: f64 = 0.5;
+/// How many of the worst images are listed.
+pub const WORST_IMAGES: usize = 30;
+
+enum Msg {
+    Progress(usize, usize),
+    Done(Result<Box<EvalReport>, String>),
+}
+
+struct Job {
+    rx: Receiver<Msg>,
+    cancel: CancelToken,
+    done: usize,
+    total: usize,
+}
+
+/// The Evaluate section.
+pub struct EvalPanel {
+    bundle_path: String,
+    split: Option<String>,
+    job: Option<Job>,
+    report: Option<EvalReport>,
+    curve_iou: IouType,
+    curve_at_75: bool,
+}
+
+impl Default for EvalPanel {
+    fn default() -> Self {
+        Self {
+            bundle_path: String::new(),
+            split: None,
+            job: None,
+            report: None,
+            curve_iou: IouType::Segm,
+            curve_at_75: false,
+        }
+    }
+}
+
+/// The mean of the non-negative values (COCO's "absent" is -1); `None` when there are none.
+fn mean_present(v: &[f32]) -> Option<f64> {
+    let present: Vec<f64> = v
+        .iter()
+        .filter(|&&p| p >= 0.0)
+        .map(|&p| f64::from(p))
+        .collect();
+    (!present.is_empty()).then(|| present.iter().sum::<f64>() / present.len() as f64)
+}
+
+fn fmt_ap(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v >= 0.0 => format!("{v:.3}"),
+        _ => "-".to_owned(),
+    }
+}
+
+fn class_ap(r: &EvalResult, category_id: i64) -> Option<f64> {
+    r.per_class_ap
+        .iter()
+        .find(|(k, _)| *k == category_id)
+        .map(|(_, ap)| *ap)
+}
+
+impl EvalPanel {
+    /// The last finished evaluation.
+    pub fn report(&self) -> Option<&EvalReport> {
+        self.report.as_ref()
+    }
+
+    /// Whether an evaluation is running.
+    pub fn running(&self) -> bool {
+        self.job.is_some()
+    }
+
+    /// Running jobs for the status bar.
+    pub fn jobs(&self) -> Vec<JobView> {
+        self.job
+            .iter()
+            .map(|j| JobView {
+                name: "Evaluate".to_owned(),
+                fraction: (j.total > 0).then(|| j.done as f32 / j.total as f32),
+                text: format!("{} / {} images", j.done, j.total),
+                cancel: Some(j.cancel.clone()),
+            })
+            .collect()
+    }
+
+    /// Starts evaluating `bundle` on the project's split on the `eval-run` thread.
+    pub fn start(&mut self, ctx: &egui::Context, bundle: PathBuf, cx: &mut PanelCtx) {
+        let Some(project) = cx.project.map(Path::to_path_buf) else {
+            cx.notices.warn("open a project to evaluate on");
+            return;
+        };
+        let (tx, rx) = bounded(64);
+        let cancel = CancelToken::default();
+        let (split, token, ctx) = (self.split.clone(), cancel.clone(), ctx.clone());
+        let device = device_choice(cx.settings.device);
+        let min_score = f64::from(cx.settings.score_threshold);
+        let spawned = std::thread::Builder::new()
+            .name("eval-run".to_owned())
+            .spawn(move || {
+                let result = crate::runtime::device(device).and_then(|device| {
+                    evaluate_with_errors(
+                        &project,
+                        &bundle,
+                        split.as_deref(),
+                        device,
+                        ERROR_IOU,
+                        min_score,
+                        &token,
+                        &mut |done, total| {
+                            tx.try_send(Msg::Progress(done, total)).ok();
+                            ctx.request_repaint();
+                        },
+                    )
+                });
+                tx.send(Msg::Done(
+                    result.map(Box::new).map_err(|e| format!("{e:#}")),
+                ))
+                .ok();
+                ctx.request_repaint();
+            });
+        match spawned {
+            Ok(_) => {
+                self.job = Some(Job {
+                    rx,
+                    cancel,
+                    done: 0,
+                    total: 0,
+                });
+            }
+            Err(e) => cx
+                .notices
+                .error(format!("cannot start the evaluation thread: {e}")),
+        }
+    }
+
+    fn drain(&mut self, cx: &mut PanelCtx) {
+        let Some(job) = &mut self.job else {
+            return;
+        };
+        let mut finished = None;
+        while let Ok(msg) = job.rx.try_recv() {
+            match msg {
+                Msg::Progress(done, total) => (job.done, job.total) = (done, total),
+                Msg::Done(r) => finished = Some(r),
+            }
+        }
+        if let Some(r) = finished {
+            self.job = None;
+            match r {
+                Ok(report) => {
+                    cx.notices.info(format!(
+                        "evaluation done: mask AP {:.3}, box AP {:.3}",
+                        report.eval.segm.stats[0], report.eval.bbox.stats[0]
+                    ));
+                    self.report = Some(*report);
+                }
+                Err(e) => cx.notices.error(format!("evaluation failed: {e}")),
+            }
+        }
+    }
+
+    /// Draws the section; `bundles` are the runs' bundles offered in the picker.
+    pub fn ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelCtx, bundles: &[(String, PathBuf)]) {
+        self.drain(cx);
+        ui.horizontal(|ui| {
+            let label = ui.label("Bundle to evaluate");
+            ui.add(egui::TextEdit::singleline(&mut self.bundle_path).desired_width(300.0))
+                .labelled_by(label.id);
+            let label = ui.label("Run");
+            egui::ComboBox::from_id_salt("eval_run_pick")
+                .selected_text("from a run")
+                .show_ui(ui, |ui| {
+                    for (id, dir) in bundles {
+                        if ui.selectable_label(false, id).clicked() {
+                            self.bundle_path = dir.display().to_string();
+                        }
+                    }
+                })
+                .response
+                .labelled_by(label.id);
+            let label = ui.label("Split");
+            egui::ComboBox::from_id_salt("eval_split")
+                .selected_text(self.split.as_deref().unwrap_or("all"))
+                .show_ui(ui, |ui| {
+                    ui.selectable_value(&mut self.split, None, "all");
+                    for s in ["train", "validation", "test"] {
+                        ui.selectable_value(&mut self.split, Some(s.to_owned()), s);
+                    }
+                })
+                .response
+                .labelled_by(label.id);
+            let can = self.job.is_none() && !self.bundle_path.trim().is_empty();
+            if ui
+                .add_enabled(can, egui::Button::new("Run evaluation"))
+                .clicked()
+            {
+                let bundle = PathBuf::from(self.bundle_path.trim());
+                self.start(ui.ctx(), bundle, cx);
+            }
+            if let Some(job) = &self.job {
+                let frac = if job.total > 0 {
+                    job.done as f32 / job.total as f32
+                } else {
+                    0.0
+                };
+                ui.add(
+                    egui::ProgressBar::new(frac)
+                        .desired_width(140.0)
+                        .text(format!("{} / {}", job.done, job.total)),
+                );
+                if ui.button("Cancel evaluation").clicked() {
+                    job.cancel.cancel();
+                }
+            }
+        });
+        let Some(report) = &self.report else {
+            return;
+        };
+        let (segm, bbox) = (&report.eval.segm, &report.eval.bbox);
+        ui.label(format!(
+            "Mask AP {} (AP50 {}), box AP {} (AP50 {})",
+            fmt_ap(Some(segm.stats[0])),
+            fmt_ap(Some(segm.stats[1])),
+            fmt_ap(Some(bbox.stats[0])),
+            fmt_ap(Some(bbox.stats[1])),
+        ));
+        ui.columns(2, |cols| {
+            egui::Grid::new("eval_classes")
+                .striped(true)
+                .show(&mut cols[0], |ui| {
+                    for h in ["Class", "Instances", "Mask AP", "Mask AP50", "Box AP"] {
+                        ui.strong(h);
+                    }
+                    ui.end_row();
+                    for (k, name) in &report.eval.class_names {
+                        ui.label(name);
+                        ui.label(report.gt_counts.get(k).copied().unwrap_or(0).to_string());
+                        ui.label(fmt_ap(class_ap(segm, *k)));
+                        let ap50 = segm
+                            .pr_curves
+                            .iter()
+                            .find(|c| c.category_id == *k)
+                            .and_then(|c| mean_present(&c.precision_50));
+                        ui.label(fmt_ap(ap50));
+                        ui.label(fmt_ap(class_ap(bbox, *k)));
+                        ui.end_row();
+                    }
+                });
+            let ui = &mut cols[1];
+            ui.horizontal(|ui| {
+                ui.selectable_value(&mut self.curve_iou, IouType::Segm, "masks");
+                ui.selectable_value(&mut self.curve_iou, IouType::Bbox, "boxes");
+                ui.checkbox(&mut self.curve_at_75, "IoU 0.75 (else 0.50)");
+            });
+            let r = if self.curve_iou == IouType::Segm {
+                segm
+            } else {
+                bbox
+            };
+            Plot::new("eval_pr")
+                .height(220.0)
+                .legend(Legend::default())
+                .x_axis_label("recall")
+                .y_axis_label("precision")
+                .include_x(0.0)
+                .include_x(1.0)
+                .include_y(0.0)
+                .include_y(1.0)
+                .allow_scroll(false)
+                .show(ui, |p| {
+                    for c in &r.pr_curves {
+                        let prec = if self.curve_at_75 {
+                            &c.precision_75
+                        } else {
+                            &c.precision_50
+                        };
+                        let pts: Vec<[f64; 2]> = r
+                            .rec_thrs
+                            .iter()
+                            .zip(prec)
+                            .filter(|(_, p)| **p >= 0.0)
+                            .map(|(x, p)| [*x, f64::from(*p)])
+                            .collect();
+                        if pts.is_empty() {
+                            continue;
+                        }
+                        let name = report
+                            .eval
+                            .class_names
+                            .get(&c.category_id)
+                            .cloned()
+                            .unwrap_or_else(|| c.category_id.to_string());
+                        p.line(Line::new(name, PlotPoints::from(pts)));
+                    }
+                });
+        });
+        ui.strong(format!(
+            "Images with the most errors (mask IoU {:.2}, score >= {:.2}); click to open in Review",
+            report.iou_threshold, report.min_score
+        ));
+        if report.errors.is_empty() {
+            ui.label("No false positives or false negatives.");
+        }
+        for e in report.errors.iter().take(WORST_IMAGES) {
+            let text = format!(
+                "{}: {} false positives, {} missed, {} correct",
+                e.file_name,
+                e.counts.false_positives,
+                e.counts.false_negatives,
+                e.counts.true_positives
+            );
+            if ui.link(text).clicked() {
+                cx.requests.push(ShellRequest::OpenImage {
+                    image_id: e.image_id,
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,738 @@
+//! Predict tab: drop images or folders (or open them), load any model bundle, and see the
+//! detections over each image. The model runs once per image on the `predict-worker` thread,
+//! which keeps each mask's probabilities; the score and mask-threshold sliders re-render the
+//! overlay from them without running the model again. Results export as overlay PNGs,
+//! per-instance PNG masks and a COCO results JSON.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use eframe::egui;
+
+use crate::dataset::store::{CancelToken, write_atomic};
+use crate::gui::shared::{DeviceSetting, JobView, PanelCtx};
+use crate::infer::{Detection, Predictor, coco_result, collect_images, overlay, read_image};
+use crate::runtime::DeviceChoice;
+
+/// The model keeps detections down to this score, so the score slider can go as low.
+pub const LOAD_SCORE_FLOOR: f64 = 0.01;
+
+/// The torch device choice of a settings value.
+pub fn device_choice(d: DeviceSetting) -> DeviceChoice {
+    match d {
+        DeviceSetting::Auto => DeviceChoice::Auto,
+        DeviceSetting::Cpu => DeviceChoice::Cpu,
+        DeviceSetting::Cuda => DeviceChoice::Cuda,
+    }
+}
+
+/// Work for the prediction thread.
+enum Command {
+    Load {
+        path: PathBuf,
+        device: DeviceChoice,
+    },
+    Predict {
+        inputs: Vec<PathBuf>,
+        cancel: CancelToken,
+    },
+}
+
+/// What the prediction thread reports.
+enum Event {
+    Loaded { path: PathBuf, labels: Vec<String> },
+    LoadFailed { path: PathBuf, error: String },
+    Started { total: usize },
+    Image(Box<PredictedImage>),
+    ImageFailed { path: PathBuf, error: String },
+    Done { cancelled: bool },
+    Exported { dir: PathBuf, detections: usize },
+    ExportFailed { error: String },
+    Picked { paths: Vec<PathBuf>, model: bool },
+}
+
+/// One predicted image: pixels and every detection the model kept (with soft masks).
+pub struct PredictedImage {
+    /// The file.
+    pub path: PathBuf,
+    /// Its pixels.
+    pub image: Arc<image::RgbImage>,
+    /// Detections down to [`LOAD_SCORE_FLOOR`], best first.
+    pub detections: Arc<Vec<Detection>>,
+}
+
+/// The Predict tab.
+pub struct PredictPanel {
+    model_path: String,
+    input_path: String,
+    export_dir: String,
+    model: Option<(PathBuf, Vec<String>)>,
+    model_loading: bool,
+    results: Vec<PredictedImage>,
+    selected: usize,
+    failures: Vec<String>,
+    /// Inputs dropped before a model was loaded.
+    pending: Vec<PathBuf>,
+    batch: Option<Batch>,
+    exporting: bool,
+    worker: Option<Sender<Command>>,
+    events_tx: Sender<Event>,
+    events_rx: Receiver<Event>,
+    /// Rendered overlay and what it was rendered for (image index, score, mask threshold).
+    overlay: Option<(usize, f32, f32, egui::TextureHandle)>,
+}
+
+struct Batch {
+    done: usize,
+    total: usize,
+    cancel: CancelToken,
+    started: Instant,
+}
+
+impl Default for PredictPanel {
+    fn default() -> Self {
+        let (events_tx, events_rx) = bounded(64);
+        Self {
+            model_path: String::new(),
+            input_path: String::new(),
+            export_dir: String::new(),
+            model: None,
+            model_loading: false,
+            results: Vec::new(),
+            selected: 0,
+            failures: Vec::new(),
+            pending: Vec::new(),
+            batch: None,
+            exporting: false,
+            worker: None,
+            events_tx,
+            events_rx,
+            overlay: None,
+        }
+    }
+}
+
+/// Detections passing `score` with masks binarised at `mask_threshold` (no soft masks kept).
+pub fn visible_detections(all: &[Detection], score: f32, mask_threshold: f32) -> Vec<Detection> {
+    all.iter()
+        .filter(|d| d.score >= score)
+        .map(|d| Detection {
+            label: d.label,
+            class_name: d.class_name.clone(),
+            score: d.score,
+            box_xyxy: d.box_xyxy,
+            mask: d.mask_at(mask_threshold),
+            soft_mask: None,
+        })
+        .collect()
+}
+
+fn file_label(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+fn worker_loop(rx: Receiver<Command>, tx: Sender<Event>, ctx: egui::Context) {
+    let mut predictor: Option<Predictor> = None;
+    let send = |e: Event| {
+        let ok = tx.send(e).is_ok();
+        ctx.request_repaint();
+        ok
+    };
+    while let Ok(cmd) = rx.recv() {
+        match cmd {
+            Command::Load { path, device } => {
+                let loaded = crate::runtime::device(device)
+                    .and_then(|d| Predictor::load(&path, d, Some(LOAD_SCORE_FLOOR)));
+                let event = match loaded {
+                    Ok(p) => {
+                        let labels = p.labels().to_vec();
+                        predictor = Some(p);
+                        Event::Loaded { path, labels }
+                    }
+                    Err(e) => Event::LoadFailed {
+                        path,
+                        error: format!("{e:#}"),
+                    },
+                };
+                if !send(event) {
+                    return;
+                }
+            }
+            Command::Predict { inputs, cancel } => {
+                let Some(p) = &predictor else {
+                    continue;
+                };
+                let files = match collect_images(&inputs) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        send(Event::ImageFailed {
+                            path: inputs.first().cloned().unwrap_or_default(),
+                            error: format!("{e:#}"),
+                        });
+                        Vec::new()
+                    }
+                };
+                if !send(Event::Started { total: files.len() }) {
+                    return;
+                }
+                let mut cancelled = false;
+                for path in files {
+                    if cancel.is_cancelled() {
+                        cancelled = true;
+                        break;
+                    }
+                    let event = match read_image(&path).and_then(|img| {
+                        let d = p.predict_soft(&img)?;
+                        Ok((img, d))
+                    }) {
+                        Ok((image, detections)) => Event::Image(Box::new(PredictedImage {
+                            path,
+                            image: Arc::new(image),
+                            detections: Arc::new(detections),
+                        })),
+                        Err(e) => Event::ImageFailed {
+                            path,
+                            error: format!("{e:#}"),
+                        },
+                    };
+                    if !send(event) {
+                        return;
+                    }
+                }
+                if !send(Event::Done { cancelled }) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// One image to export: file, pixels, detections.
+type ExportItem = (PathBuf, Arc<image::RgbImage>, Arc<Vec<Detection>>);
+
+/// Writes `<stem>.overlay.png`, `<stem>_mask<k>_<class>.png` and `results.json` into `dir`.
+fn export(
+    dir: &Path,
+    items: &[ExportItem],
+    score: f32,
+    mask_threshold: f32,
+) -> anyhow::Result<usize> {
+    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+    let mut results = Vec::new();
+    for (path, image, detections) in items {
+        let shown = visible_detections(detections, score, mask_threshold);
+        let name = file_label(path);
+        let stem = path
+            .file_stem()
+            .map_or_else(|| name.clone(), |s| s.to_string_lossy().into_owned());
+        let png = |img: image::DynamicImage| -> anyhow::Result<Vec<u8>> {
+            let mut bytes = Vec::new();
+            img.write_to(
+                &mut std::io::Cursor::new(&mut bytes),
+                image::ImageFormat::Png,
+            )?;
+            Ok(bytes)
+        };
+        let over = overlay::draw(image, &shown);
+        write_atomic(
+            &dir.join(format!("{stem}.overlay.png")),
+            &png(image::DynamicImage::ImageRgb8(over))?,
+        )?;
+        for (k, d) in shown.iter().enumerate() {
+            let class: String = d
+                .class_name
+                .chars()
+                .map(|c| if c.is_alphanumeric() { c } else { '_' })
+                .collect();
+            write_atomic(
+                &dir.join(format!("{stem}_mask{k}_{class}.png")),
+                &png(image::DynamicImage::ImageLuma8(d.mask.to_gray()))?,
+            )?;
+            results.push(coco_result(&name, d));
+        }
+    }
+    write_atomic(
+        &dir.join("results.json"),
+        &serde_json::to_vec_pretty(&results)?,
+    )?;
+    Ok(results.len())
+}
+
+impl PredictPanel {
+    /// Whether a model is loaded.
+    pub fn model_loaded(&self) -> bool {
+        self.model.is_some()
+    }
+
+    /// Whether a prediction batch is running.
+    pub fn busy(&self) -> bool {
+        self.batch.is_some() || self.model_loading
+    }
+
+    /// The predicted images so far.
+    pub fn results(&self) -> &[PredictedImage] {
+        &self.results
+    }
+
+    /// Files that could not be predicted, with the reason.
+    pub fn failures(&self) -> &[String] {
+        &self.failures
+    }
+
+    /// Running jobs for the status bar.
+    pub fn jobs(&self) -> Vec<JobView> {
+        let mut jobs = Vec::new();
+        if let Some(b) = &self.batch {
+            jobs.push(JobView {
+                name: "Predict".to_owned(),
+                fraction: (b.total > 0).then(|| b.done as f32 / b.total as f32),
+                text: format!("{} / {} images", b.done, b.total),
+                cancel: Some(b.cancel.clone()),
+            });
+        }
+        if self.model_loading {
+            jobs.push(JobView {
+                name: "Loading model".to_owned(),
+                fraction: None,
+                text: self.model_path.clone(),
+                cancel: None,
+            });
+        }
+        jobs
+    }
+
+    fn send(&mut self, ctx: &egui::Context, cmd: Command, cx: &mut PanelCtx) -> bool {
+        if self.worker.is_none() {
+            let (tx, rx) = bounded(8);
+            let events = self.events_tx.clone();
+            let ctx = ctx.clone();
+            match std::thread::Builder::new()
+                .name("predict-worker".to_owned())
+                .spawn(move || worker_loop(rx, events, ctx))
+            {
+                Ok(_) => self.worker = Some(tx),
+                Err(e) => {
+                    cx.notices
+                        .error(format!("cannot start the prediction thread: {e}"));
+                    return false;
+                }
+            }
+        }
+        let Some(worker) = &self.worker else {
+            return false;
+        };
+        match worker.try_send(cmd) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                cx.notices
+                    .warn("the prediction thread is busy; try again when it finishes");
+                false
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.worker = None;
+                cx.notices.error("the prediction thread stopped");
+                false
+            }
+        }
+    }
+
+    /// Starts loading the bundle at `path` on the prediction thread.
+    pub fn load_model(&mut self, ctx: &egui::Context, path: PathBuf, cx: &mut PanelCtx) {
+        let device = device_choice(cx.settings.device);
+        self.model_path = path.display().to_string();
+        if self.send(ctx, Command::Load { path, device }, cx) {
+            self.model_loading = true;
+        }
+    }
+
+    /// Predicts image files and folders (folders searched recursively), or queues them until
+    /// a model is loaded.
+    pub fn predict(&mut self, ctx: &egui::Context, inputs: Vec<PathBuf>, cx: &mut PanelCtx) {
+        if inputs.is_empty() {
+            return;
+        }
+        if self.model.is_none() || self.model_loading || self.batch.is_some() {
+            if self.model.is_none() && !self.model_loading {
+                cx.notices
+                    .warn("load a model bundle first; the dropped images will be predicted then");
+            }
+            self.pending.extend(inputs);
+            return;
+        }
+        let cancel = CancelToken::default();
+        let cmd = Command::Predict {
+            inputs,
+            cancel: cancel.clone(),
+        };
+        if self.send(ctx, cmd, cx) {
+            self.batch = Some(Batch {
+                done: 0,
+                total: 0,
+                cancel,
+                started: Instant::now(),
+            });
+        }
+    }
+
+    fn drain(&mut self, ctx: &egui::Context, cx: &mut PanelCtx) {
+        while let Ok(event) = self.events_rx.try_recv() {
+            match event {
+                Event::Loaded { path, labels } => {
+                    self.model_loading = false;
+                    cx.notices.info(format!(
+                        "model {} loaded: {}",
+                        path.display(),
+                        labels.join(", ")
+                    ));
+                    self.model = Some((path, labels));
+                }
+                Event::LoadFailed { path, error } => {
+                    self.model_loading = false;
+                    cx.notices.error(format!(
+                        "could not load the model bundle {}: {error}",
+                        path.display()
+                    ));
+                }
+                Event::Started { total } => {
+                    if let Some(b) = &mut self.batch {
+                        b.total = total;
+                    }
+                }
+                Event::Image(item) => {
+                    if let Some(b) = &mut self.batch {
+                        b.done += 1;
+                    }
+                    self.results.push(*item);
+                    if self.results.len() == 1 {
+                        self.selected = 0;
+                    }
+                }
+                Event::ImageFailed { path, error } => {
+                    if let Some(b) = &mut self.batch {
+                        b.done += 1;
+                    }
+                    let text = format!("{}: {error}", file_label(&path));
+                    cx.notices.error(format!("could not predict {text}"));
+                    self.failures.push(text);
+                }
+                Event::Done { cancelled } => {
+                    if let Some(b) = self.batch.take() {
+                        let secs = b.started.elapsed().as_secs_f64();
+                        let verb = if cancelled { "cancelled" } else { "done" };
+                        cx.notices.info(format!(
+                            "prediction {verb}: {} images in {secs:.1} s",
+                            b.done
+                        ));
+                    }
+                }
+                Event::Exported { dir, detections } => {
+                    self.exporting = false;
+                    cx.notices.info(format!(
+                        "exported {detections} detections to {}",
+                        dir.display()
+                    ));
+                }
+                Event::ExportFailed { error } => {
+                    self.exporting = false;
+                    cx.notices.error(format!("export failed: {error}"));
+                }
+                Event::Picked { paths, model } => {
+                    if model {
+                        if let Some(p) = paths.into_iter().next() {
+                            self.load_model(ctx, p, cx);
+                        }
+                    } else {
+                        self.predict(ctx, paths, cx);
+                    }
+                }
+            }
+        }
+        if self.model.is_some() && !self.model_loading && self.batch.is_none() {
+            let pending = std::mem::take(&mut self.pending);
+            self.predict(ctx, pending, cx);
+        }
+    }
+
+    /// Opens a file dialog on a thread (never on the UI thread: it blocks until closed).
+    fn pick(&self, ctx: &egui::Context, model: bool, cx: &mut PanelCtx) {
+        let tx = self.events_tx.clone();
+        let ctx = ctx.clone();
+        let spawned = std::thread::Builder::new()
+            .name("predict-dialog".to_owned())
+            .spawn(move || {
+                let paths = if model {
+                    rfd::FileDialog::new()
+                        .set_title("Model bundle folder")
+                        .pick_folder()
+                        .map(|p| vec![p])
+                } else {
+                    rfd::FileDialog::new()
+                        .add_filter("Images", &["jpg", "jpeg", "png"])
+                        .pick_files()
+                };
+                if let Some(paths) = paths {
+                    tx.send(Event::Picked { paths, model }).ok();
+                    ctx.request_repaint();
+                }
+            });
+        if let Err(e) = spawned {
+            cx.notices.error(format!("cannot open a file dialog: {e}"));
+        }
+    }
+
+    fn start_export(&mut self, ctx: &egui::Context, cx: &mut PanelCtx) {
+        let dir = PathBuf::from(self.export_dir.trim());
+        if self.export_dir.trim().is_empty() {
+            cx.notices.warn("type an export folder first");
+            return;
+        }
+        let items: Vec<_> = self
+            .results
+            .iter()
+            .map(|r| (r.path.clone(), r.image.clone(), r.detections.clone()))
+            .collect();
+        let (score, mask) = (cx.settings.score_threshold, cx.settings.mask_threshold);
+        let tx = self.events_tx.clone();
+        let ctx = ctx.clone();
+        let spawned = std::thread::Builder::new()
+            .name("predict-export".to_owned())
+            .spawn(move || {
+                let event = match export(&dir, &items, score, mask) {
+                    Ok(detections) => Event::Exported { dir, detections },
+                    Err(e) => Event::ExportFailed {
+                        error: format!("{e:#}"),
+                    },
+                };
+                tx.send(event).ok();
+                ctx.request_repaint();
+            });
+        match spawned {
+            Ok(_) => self.exporting = true,
+            Err(e) => cx.notices.error(format!("cannot start the export: {e}")),
+        }
+    }
+
+    /// Draws the tab.
+    pub fn ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelCtx) {
+        let ctx = ui.ctx().clone();
+        self.drain(&ctx, cx);
+        let dropped: Vec<PathBuf> = ui.input(|i| {
+            i.raw
+                .dropped_files
+                .iter()
+                .map(|f| f.path().to_path_buf())
+                .collect()
+        });
+        if !dropped.is_empty() {
+            self.predict(&ctx, dropped, cx);
+        }
+        let hovering = ui.input(|i| !i.raw.hovered_files.is_empty());
+
+        ui.horizontal(|ui| {
+            let label = ui.label("Model bundle");
+            ui.add(egui::TextEdit::singleline(&mut self.model_path).desired_width(320.0))
+                .labelled_by(label.id);
+            let can_load = !self.model_loading && !self.model_path.trim().is_empty();
+            if ui
+                .add_enabled(can_load, egui::Button::new("Load model"))
+                .clicked()
+            {
+                let path = PathBuf::from(self.model_path.trim());
+                self.load_model(&ctx, path, cx);
+            }
+            if ui.button("Browse model...").clicked() {
+                self.pick(&ctx, true, cx);
+            }
+            if self.model_loading {
+                ui.spinner();
+            }
+            match &self.model {
+                Some((_, labels)) => ui.label(format!("Classes: {}", labels.join(", "))),
+                None => ui.label("No model loaded"),
+            };
+        });
+        ui.horizontal(|ui| {
+            let label = ui.label("Images");
+            ui.add(egui::TextEdit::singleline(&mut self.input_path).desired_width(320.0))
+                .labelled_by(label.id);
+            if ui
+                .add_enabled(
+                    !self.input_path.trim().is_empty(),
+                    egui::Button::new("Predict"),
+                )
+                .clicked()
+            {
+                let p = PathBuf::from(self.input_path.trim());
+                self.predict(&ctx, vec![p], cx);
+            }
+            if ui.button("Open images...").clicked() {
+                self.pick(&ctx, false, cx);
+            }
+            if let Some(b) = &self.batch {
+                let frac = if b.total > 0 {
+                    b.done as f32 / b.total as f32
+                } else {
+                    0.0
+                };
+                ui.add(
+                    egui::ProgressBar::new(frac)
+                        .desired_width(160.0)
+                        .text(format!("{} / {}", b.done, b.total)),
+                );
+                if ui.button("Cancel prediction").clicked() {
+                    b.cancel.cancel();
+                }
+            }
+            if !self.pending.is_empty() {
+                ui.label(format!("{} inputs waiting for a model", self.pending.len()));
+            }
+        });
+        ui.horizontal(|ui| {
+            ui.add(
+                egui::Slider::new(&mut cx.settings.score_threshold, 0.0..=1.0)
+                    .text("Score threshold"),
+            );
+            ui.add(
+                egui::Slider::new(&mut cx.settings.mask_threshold, 0.01..=0.99)
+                    .text("Mask threshold"),
+            );
+        });
+        ui.horizontal(|ui| {
+            let label = ui.label("Export folder");
+            ui.add(egui::TextEdit::singleline(&mut self.export_dir).desired_width(320.0))
+                .labelled_by(label.id);
+            let can = !self.exporting && !self.results.is_empty();
+            if ui
+                .add_enabled(can, egui::Button::new("Export results"))
+                .clicked()
+            {
+                self.start_export(&ctx, cx);
+            }
+            if self.exporting {
+                ui.spinner();
+            }
+        });
+        if !self.failures.is_empty() {
+            egui::CollapsingHeader::new(format!("Problems ({})", self.failures.len()))
+                .default_open(true)
+                .show(ui, |ui| {
+                    for f in &self.failures {
+                        ui.colored_label(ui.visuals().error_fg_color, f);
+                    }
+                });
+        }
+        ui.separator();
+        if self.results.is_empty() {
+            let text = if hovering {
+                "Release to predict these files"
+            } else {
+                "Drop image files or folders here, or use Open images"
+            };
+            ui.centered_and_justified(|ui| ui.heading(text));
+            return;
+        }
+        self.results_ui(ui, cx);
+    }
+
+    fn results_ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelCtx) {
+        let (score, mask_thr) = (cx.settings.score_threshold, cx.settings.mask_threshold);
+        self.selected = self.selected.min(self.results.len() - 1);
+        egui::Panel::left("predict_files")
+            .resizable(true)
+            .default_size(180.0)
+            .show(ui, |ui| {
+                egui::ScrollArea::vertical().show(ui, |ui| {
+                    for (i, r) in self.results.iter().enumerate() {
+                        let n = r.detections.iter().filter(|d| d.score >= score).count();
+                        let text = format!("{} ({n})", file_label(&r.path));
+                        if ui.selectable_label(i == self.selected, text).clicked() {
+                            self.selected = i;
+                        }
+                    }
+                });
+            });
+        let item = &self.results[self.selected];
+        let shown: Vec<&Detection> = item
+            .detections
+            .iter()
+            .filter(|d| d.score >= score)
+            .collect();
+        let stale = !matches!(&self.overlay, Some((i, s, m, _))
+            if *i == self.selected && *s == score && *m == mask_thr);
+        if stale {
+            // Only the soft masks' rectangles are visited: cheap enough for slider drags.
+            let img = overlay::draw_thresholded(&item.image, &item.detections, score, mask_thr);
+            let size = [img.width() as usize, img.height() as usize];
+            let color = egui::ColorImage::from_rgb(size, img.as_raw());
+            let tex = ui
+                .ctx()
+                .load_texture("predict_overlay", color, egui::TextureOptions::LINEAR);
+            self.overlay = Some((self.selected, score, mask_thr, tex));
+        }
+        egui::Panel::right("predict_instances")
+            .resizable(true)
+            .default_size(320.0)
+            .show(ui, |ui| {
+                ui.strong(format!("Instances shown: {}", shown.len()));
+                egui::ScrollArea::vertical().show(ui, |ui| {
+                    egui::Grid::new("predict_instance_grid")
+                        .striped(true)
+                        .show(ui, |ui| {
+                            for h in ["#", "Class", "Score", "Box", "Pixels"] {
+                                ui.strong(h);
+                            }
+                            ui.end_row();
+                            for (k, d) in shown.iter().enumerate() {
+                                let [r, g, b] = overlay::label_color(d.label);
+                                ui.label(k.to_string());
+                                ui.colored_label(egui::Color32::from_rgb(r, g, b), &d.class_name);
+                                ui.label(format!("{:.3}", d.score));
+                                let [x1, y1, x2, y2] = d.box_xyxy;
+                                ui.label(format!("{x1:.0},{y1:.0},{x2:.0},{y2:.0}"));
+                                ui.label(d.area_at(mask_thr).to_string());
+                                ui.end_row();
+                            }
+                        });
+                });
+            });
+        egui::CentralPanel::default().show(ui, |ui| {
+            let Some((_, _, _, tex)) = &self.overlay else {
+                return;
+            };
+            let w = item.image.width();
+            let response = ui.add(
+                egui::Image::new(tex)
+                    .max_size(ui.available_size())
+                    .shrink_to_fit(),
+            );
+            let rect = response.rect;
+            let scale = rect.width() / w.max(1) as f32;
+            let painter = ui.painter_at(rect);
+            for d in &shown {
+                let [r, g, b] = overlay::label_color(d.label);
+                let pos = rect.min + egui::vec2(d.box_xyxy[0] * scale, d.box_xyxy[1] * scale);
+                let text = format!("{} {:.2}", d.class_name, d.score);
+                let galley = painter.layout_no_wrap(
+                    text,
+                    egui::FontId::proportional(12.0),
+                    egui::Color32::WHITE,
+                );
+                let bg = egui::Rect::from_min_size(
+                    pos - egui::vec2(0.0, galley.size().y),
+                    galley.size() + egui::vec2(4.0, 0.0),
+                );
+                painter.rect_filled(
+                    bg,
+                    2.0,
+                    egui::Color32::from_rgb(r, g, b).gamma_multiply(0.8),
+                );
+                painter.galley(bg.min + egui::vec2(2.0, 0.0), galley, egui::Color32::WHITE);
+            }
+        });
+    }
+}

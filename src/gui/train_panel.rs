@@ -1,0 +1,1127 @@
+//! Train tab: the recipe form (preset, image size, epochs, batch, learning rate, warm-up,
+//! augmentation, device), start/stop of a run on the `train-run` thread, live plots of the
+//! losses (EMA smoothing), learning rate and validation AP, throughput/ETA/memory, a watch
+//! panel of validation images re-predicted at each checkpoint, the project's run list with
+//! final metrics, bundle export, and the Evaluate section ([`crate::gui::eval_panel`]).
+//!
+//! Runs go to `<project>/runs/<id>/` (the trainer's layout: `config.json`, `metrics.csv`,
+//! `train.log`, `checkpoints/last/` = a model bundle).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+use eframe::egui;
+use egui_plot::{Legend, Line, Plot, PlotPoints};
+
+use crate::dataset::store::{CancelToken, Project};
+use crate::gui::eval_panel::EvalPanel;
+use crate::gui::predict_panel::device_choice;
+use crate::gui::shared::{DeviceSetting, JobView, PanelCtx};
+use crate::infer::{Predictor, overlay, read_image};
+use crate::train::trainer::LAST_CHECKPOINT;
+use crate::train::{ChannelObserver, Preset, RunSummary, TrainConfig, TrainEvent, TrainObserver};
+
+/// Folder of a project's training runs.
+pub fn runs_dir(project: &Path) -> PathBuf {
+    project.join("runs")
+}
+
+/// Exponential moving average of the y values (`s = a * s + (1 - a) * y`, starting at the
+/// first value); `alpha = 0` returns the points unchanged.
+pub fn ema(points: &[[f64; 2]], alpha: f64) -> Vec<[f64; 2]> {
+    let alpha = alpha.clamp(0.0, 0.999);
+    let mut s: Option<f64> = None;
+    points
+        .iter()
+        .map(|&[x, y]| {
+            let v = match s {
+                Some(prev) if y.is_finite() => alpha * prev + (1.0 - alpha) * y,
+                Some(prev) => prev,
+                None => y,
+            };
+            s = Some(v);
+            [x, v]
+        })
+        .collect()
+}
+
+/// What the plots show of the current (or last) run.
+#[derive(Debug, Default, Clone)]
+pub struct History {
+    /// Run id.
+    pub run_id: String,
+    /// Planned steps.
+    pub total_iters: usize,
+    /// `(step, value)` per loss component.
+    pub losses: BTreeMap<String, Vec<[f64; 2]>>,
+    /// `(step, total loss)`.
+    pub total: Vec<[f64; 2]>,
+    /// `(step, learning rate)`.
+    pub lr: Vec<[f64; 2]>,
+    /// `(epoch, mean loss)`.
+    pub epoch_loss: Vec<[f64; 2]>,
+    /// `(epoch, validation mask AP)`.
+    pub val_segm_ap: Vec<[f64; 2]>,
+    /// `(epoch, validation box AP)`.
+    pub val_bbox_ap: Vec<[f64; 2]>,
+    /// Throughput of the last step.
+    pub images_per_sec: Option<f64>,
+    /// Memory after the last step, when the trainer reports it.
+    pub memory_bytes: Option<u64>,
+    /// Steps seen.
+    pub steps: usize,
+    /// Current epoch (0-based).
+    pub epoch: usize,
+    /// When the first step arrived (for the ETA).
+    pub first_step_at: Option<Instant>,
+    /// The last line of status (finished, failed, ...).
+    pub status: String,
+}
+
+impl History {
+    /// Folds one event in.
+    pub fn apply(&mut self, e: &TrainEvent) {
+        match e {
+            TrainEvent::Started {
+                run_id,
+                total_iters,
+                train_images,
+                val_images,
+                ..
+            } => {
+                *self = Self {
+                    run_id: run_id.clone(),
+                    total_iters: *total_iters,
+                    status: format!(
+                        "run {run_id}: {train_images} training / {val_images} validation images"
+                    ),
+                    ..Self::default()
+                };
+            }
+            TrainEvent::Step {
+                epoch,
+                iter,
+                losses,
+                total,
+                lr,
+                images_per_sec,
+                memory_bytes,
+            } => {
+                let x = *iter as f64;
+                for (name, v) in losses {
+                    self.losses.entry(name.clone()).or_default().push([x, *v]);
+                }
+                self.total.push([x, *total]);
+                self.lr.push([x, *lr]);
+                self.images_per_sec = Some(*images_per_sec);
+                self.memory_bytes = memory_bytes.or(self.memory_bytes);
+                self.steps = iter + 1;
+                self.epoch = *epoch;
+                self.first_step_at.get_or_insert_with(Instant::now);
+            }
+            TrainEvent::EpochEnd {
+                epoch,
+                mean_loss,
+                val_segm_ap,
+                val_bbox_ap,
+                ..
+            } => {
+                let x = *epoch as f64 + 1.0;
+                self.epoch_loss.push([x, *mean_loss]);
+                if let Some(ap) = val_segm_ap {
+                    self.val_segm_ap.push([x, *ap]);
+                }
+                if let Some(ap) = val_bbox_ap {
+                    self.val_bbox_ap.push([x, *ap]);
+                }
+            }
+            TrainEvent::CheckpointSaved { .. } => {}
+            TrainEvent::Finished {
+                iterations,
+                cancelled,
+                final_loss,
+            } => {
+                let verb = if *cancelled { "stopped" } else { "finished" };
+                let loss = final_loss.map_or_else(|| "-".to_owned(), |l| format!("{l:.4}"));
+                self.status = format!("{verb} after {iterations} steps; final loss {loss}");
+            }
+            TrainEvent::Failed { error } => self.status = format!("failed: {error}"),
+        }
+    }
+
+    /// Seconds left at the mean pace since the first step.
+    pub fn eta_secs(&self) -> Option<f64> {
+        let started = self.first_step_at?;
+        // The first step's own time is not in `elapsed`, so pace over steps - 1.
+        let done = self.steps.checked_sub(1).filter(|&d| d > 0)?;
+        let per_step = started.elapsed().as_secs_f64() / done as f64;
+        Some(per_step * self.total_iters.saturating_sub(self.steps) as f64)
+    }
+}
+
+/// One run folder as the run list shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunInfo {
+    /// Folder name.
+    pub id: String,
+    /// The folder.
+    pub dir: PathBuf,
+    /// Preset from `config.json`.
+    pub preset: String,
+    /// Planned epochs from `config.json`.
+    pub epochs: Option<u64>,
+    /// Rows in `metrics.csv`.
+    pub steps: usize,
+    /// The last row's `total` loss.
+    pub final_loss: Option<f64>,
+    /// Columns of the last row whose name starts with `val_` (validation metrics).
+    pub val_metrics: Vec<(String, f64)>,
+    /// `checkpoints/last` holds a bundle.
+    pub has_bundle: bool,
+}
+
+impl RunInfo {
+    /// The run's model bundle folder.
+    pub fn bundle_dir(&self) -> PathBuf {
+        self.dir.join(LAST_CHECKPOINT)
+    }
+}
+
+/// Reads one run folder (missing or unreadable files leave fields empty).
+pub fn read_run(dir: &Path) -> RunInfo {
+    let id = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let config: Option<serde_json::Value> = std::fs::read(dir.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let train = config.as_ref().and_then(|c| c.get("train"));
+    let preset = train
+        .and_then(|t| t.get("preset"))
+        .and_then(|p| p.as_str())
+        .unwrap_or("-")
+        .to_owned();
+    let epochs = train.and_then(|t| t.get("epochs")).and_then(|e| e.as_u64());
+    let (mut steps, mut final_loss, mut val_metrics) = (0, None, Vec::new());
+    if let Ok(text) = std::fs::read_to_string(dir.join("metrics.csv")) {
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+        let rows: Vec<&str> = lines.filter(|l| !l.trim().is_empty()).collect();
+        steps = rows.len();
+        if let Some(last) = rows.last() {
+            for (name, v) in header.iter().zip(last.split(',')) {
+                let Ok(v) = v.trim().parse::<f64>() else {
+                    continue;
+                };
+                if *name == "total" {
+                    final_loss = Some(v);
+                } else if name.starts_with("val_") && v.is_finite() {
+                    val_metrics.push(((*name).to_owned(), v));
+                }
+            }
+        }
+    }
+    let has_bundle = crate::model::bundle::Bundle::read(&dir.join(LAST_CHECKPOINT)).is_ok();
+    RunInfo {
+        id,
+        dir: dir.to_path_buf(),
+        preset,
+        epochs,
+        steps,
+        final_loss,
+        val_metrics,
+        has_bundle,
+    }
+}
+
+/// Every run folder under `runs`, newest (largest id) first.
+pub fn scan_runs(runs: &Path) -> Vec<RunInfo> {
+    let Ok(entries) = std::fs::read_dir(runs) else {
+        return Vec::new();
+    };
+    let mut out: Vec<RunInfo> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_dir() && p.join("config.json").is_file())
+        .map(|p| read_run(&p))
+        .collect();
+    out.sort_by(|a, b| b.id.cmp(&a.id));
+    out
+}
+
+/// Copies the bundle of `run` to `<dest_parent>/<run id>` (temp folder + rename); returns it.
+pub fn export_run_bundle(run: &RunInfo, dest_parent: &Path) -> anyhow::Result<PathBuf> {
+    let src = run.bundle_dir();
+    crate::model::bundle::Bundle::read(&src)
+        .map_err(|e| anyhow::anyhow!("run {} has no usable bundle: {e}", run.id))?;
+    std::fs::create_dir_all(dest_parent)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", dest_parent.display()))?;
+    let dest = dest_parent.join(&run.id);
+    anyhow::ensure!(
+        !dest.exists(),
+        "{} already exists; choose another folder",
+        dest.display()
+    );
+    let tmp = dest_parent.join(format!(".{}.tmp-{}", run.id, std::process::id()));
+    let copy = || -> anyhow::Result<()> {
+        std::fs::create_dir(&tmp).map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
+        for entry in std::fs::read_dir(&src)? {
+            let path = entry?.path();
+            if path.is_file()
+                && let Some(name) = path.file_name()
+            {
+                std::fs::copy(&path, tmp.join(name))
+                    .map_err(|e| anyhow::anyhow!("copying {}: {e}", path.display()))?;
+            }
+        }
+        std::fs::rename(&tmp, &dest).map_err(|e| anyhow::anyhow!("{}: {e}", dest.display()))?;
+        Ok(())
+    };
+    let result = copy();
+    if result.is_err() && tmp.exists() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result.map(|()| dest)
+}
+
+/// Forwards events to the channel and wakes the GUI.
+struct RepaintObserver {
+    inner: ChannelObserver,
+    ctx: egui::Context,
+}
+
+impl TrainObserver for RepaintObserver {
+    fn on_event(&mut self, e: &TrainEvent) {
+        self.inner.on_event(e);
+        self.ctx.request_repaint();
+    }
+}
+
+struct ActiveRun {
+    events: Receiver<TrainEvent>,
+    done: Receiver<Result<RunSummary, String>>,
+    cancel: CancelToken,
+    handle: Option<JoinHandle<()>>,
+    project: PathBuf,
+    device: DeviceSetting,
+}
+
+enum WatchEvent {
+    Images(Vec<(String, image::RgbImage)>),
+    Failed(String),
+}
+
+enum Background {
+    Runs(Vec<RunInfo>),
+    Exported(Result<PathBuf, String>),
+}
+
+/// How many validation images the watch panel shows.
+pub const WATCH_IMAGES: usize = 4;
+
+/// Predicts the first [`WATCH_IMAGES`] validation images of a run (training images when it has
+/// none) with the bundle and returns thumbnails with the masks drawn.
+fn watch_predict(
+    project: &Path,
+    run_dir: &Path,
+    bundle: &Path,
+    device: DeviceSetting,
+    score: f32,
+) -> anyhow::Result<Vec<(String, image::RgbImage)>> {
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir.join("config.json"))?)?;
+    let ids = |key: &str| -> Vec<i64> {
+        config["split"][key]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_i64()).collect())
+            .unwrap_or_default()
+    };
+    let mut wanted = ids("val");
+    if wanted.is_empty() {
+        wanted = ids("train");
+    }
+    wanted.truncate(WATCH_IMAGES);
+    let set = Project::open(project)?.export_set(None)?;
+    let predictor = Predictor::load(bundle, crate::runtime::device(device_choice(device))?, None)?;
+    let mut out = Vec::new();
+    for id in wanted {
+        let Some(image) = set.images.iter().find(|m| m.id == id) else {
+            continue;
+        };
+        let pixels = read_image(&image.path)?;
+        let mut dets = predictor.predict(&pixels)?;
+        dets.retain(|d| d.score >= score);
+        let drawn = overlay::draw(&pixels, &dets);
+        let thumb = image::imageops::thumbnail(
+            &drawn,
+            drawn.width().min(192),
+            (drawn.height() * drawn.width().min(192)) / drawn.width().max(1),
+        );
+        out.push((format!("{} ({})", image.file_name, dets.len()), thumb));
+    }
+    Ok(out)
+}
+
+/// The Train tab.
+pub struct TrainPanel {
+    cfg: TrainConfig,
+    /// Max steps in the form; 0 = all epochs.
+    max_steps: usize,
+    run: Option<ActiveRun>,
+    history: History,
+    smoothing: f32,
+    runs: Vec<RunInfo>,
+    runs_for: Option<PathBuf>,
+    scanning: bool,
+    selected_run: Option<String>,
+    export_dir: String,
+    exporting: bool,
+    bg_tx: Sender<Background>,
+    bg_rx: Receiver<Background>,
+    watch_enabled: bool,
+    watch: Vec<(String, egui::TextureHandle)>,
+    watch_busy: bool,
+    watch_next: Option<PathBuf>,
+    /// Project, run folder and device of the run the watch panel follows.
+    watch_for: Option<(PathBuf, PathBuf, DeviceSetting)>,
+    watch_tx: Sender<WatchEvent>,
+    watch_rx: Receiver<WatchEvent>,
+    /// The Evaluate section.
+    pub eval: EvalPanel,
+}
+
+impl Default for TrainPanel {
+    fn default() -> Self {
+        Self::new(TrainConfig::default())
+    }
+}
+
+impl TrainPanel {
+    /// A panel whose form starts at `cfg`.
+    pub fn new(cfg: TrainConfig) -> Self {
+        let (bg_tx, bg_rx) = bounded(8);
+        let (watch_tx, watch_rx) = bounded(2);
+        Self {
+            max_steps: cfg.max_iters.unwrap_or(0),
+            cfg,
+            run: None,
+            history: History::default(),
+            smoothing: 0.6,
+            runs: Vec::new(),
+            runs_for: None,
+            scanning: false,
+            selected_run: None,
+            export_dir: String::new(),
+            exporting: false,
+            bg_tx,
+            bg_rx,
+            watch_enabled: true,
+            watch: Vec::new(),
+            watch_busy: false,
+            watch_next: None,
+            watch_for: None,
+            watch_tx,
+            watch_rx,
+            eval: EvalPanel::default(),
+        }
+    }
+
+    /// The form's recipe.
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
+    /// What the plots show.
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    /// Whether a run is going.
+    pub fn running(&self) -> bool {
+        self.run.is_some()
+    }
+
+    /// The run list.
+    pub fn runs(&self) -> &[RunInfo] {
+        &self.runs
+    }
+
+    /// Whether nothing runs in the background (run, watch prediction, run scan, export,
+    /// evaluation).
+    pub fn idle(&self) -> bool {
+        self.run.is_none()
+            && !self.watch_busy
+            && self.watch_next.is_none()
+            && !self.scanning
+            && !self.exporting
+            && !self.eval.running()
+    }
+
+    /// Validation images shown in the watch panel.
+    pub fn watch_count(&self) -> usize {
+        self.watch.len()
+    }
+
+    /// Running jobs for the status bar.
+    pub fn jobs(&self) -> Vec<JobView> {
+        let mut jobs = self.eval.jobs();
+        if let Some(run) = &self.run {
+            let h = &self.history;
+            let eta = h
+                .eta_secs()
+                .map_or_else(String::new, |s| format!(", ETA {}", fmt_secs(s)));
+            jobs.push(JobView {
+                name: format!("Training {}", h.run_id),
+                fraction: (h.total_iters > 0).then(|| h.steps as f32 / h.total_iters as f32),
+                text: format!("step {} / {}{eta}", h.steps, h.total_iters),
+                cancel: Some(run.cancel.clone()),
+            });
+        }
+        jobs
+    }
+
+    /// Starts a run with the form's recipe on the `train-run` thread.
+    pub fn start(&mut self, ctx: &egui::Context, cx: &mut PanelCtx) {
+        let Some(project) = cx.project.map(Path::to_path_buf) else {
+            cx.notices.warn("open a project before training");
+            return;
+        };
+        let mut cfg = self.cfg.clone();
+        cfg.max_iters = (self.max_steps > 0).then_some(self.max_steps);
+        cfg.device = device_choice(cx.settings.device);
+        if let Err(e) = cfg.validate() {
+            cx.notices.error(format!("training settings: {e:#}"));
+            return;
+        }
+        // Steps are frequent; a large bound keeps them all at GUI frame rates.
+        let (tx, events) = bounded(4096);
+        let (done_tx, done) = bounded(1);
+        let cancel = CancelToken::default();
+        let mut observer = RepaintObserver {
+            inner: ChannelObserver::new(tx),
+            ctx: ctx.clone(),
+        };
+        let (p, token, ctx2) = (project.clone(), cancel.clone(), ctx.clone());
+        let spawned = std::thread::Builder::new()
+            .name("train-run".to_owned())
+            .spawn(move || {
+                let result = crate::train::train(&p, &runs_dir(&p), &cfg, &token, &mut observer)
+                    .map_err(|e| format!("{e:#}"));
+                done_tx.send(result).ok();
+                ctx2.request_repaint();
+            });
+        match spawned {
+            Ok(handle) => {
+                self.history = History {
+                    status: "starting".to_owned(),
+                    ..History::default()
+                };
+                self.watch.clear();
+                self.run = Some(ActiveRun {
+                    events,
+                    done,
+                    cancel,
+                    handle: Some(handle),
+                    project,
+                    device: cx.settings.device,
+                });
+            }
+            Err(e) => cx
+                .notices
+                .error(format!("cannot start the training thread: {e}")),
+        }
+    }
+
+    /// Asks the run to stop after the current step (it saves a checkpoint first).
+    pub fn stop(&mut self) {
+        if let Some(run) = &self.run {
+            run.cancel.cancel();
+            self.history.status = "stopping after this step".to_owned();
+        }
+    }
+
+    fn scan(&mut self, ctx: &egui::Context, project: &Path) {
+        if self.scanning {
+            return;
+        }
+        self.scanning = true;
+        self.runs_for = Some(project.to_path_buf());
+        let (tx, ctx, runs) = (self.bg_tx.clone(), ctx.clone(), runs_dir(project));
+        let spawned = std::thread::Builder::new()
+            .name("train-runs-scan".to_owned())
+            .spawn(move || {
+                tx.send(Background::Runs(scan_runs(&runs))).ok();
+                ctx.request_repaint();
+            });
+        if spawned.is_err() {
+            self.scanning = false;
+        }
+    }
+
+    fn start_watch(&mut self, ctx: &egui::Context, bundle: PathBuf, score: f32) {
+        let Some((project, run_dir, device)) = self.watch_for.clone() else {
+            return;
+        };
+        if self.watch_busy {
+            self.watch_next = Some(bundle);
+            return;
+        }
+        let (tx, ctx) = (self.watch_tx.clone(), ctx.clone());
+        let spawned = std::thread::Builder::new()
+            .name("train-watch".to_owned())
+            .spawn(move || {
+                let event = match watch_predict(&project, &run_dir, &bundle, device, score) {
+                    Ok(images) => WatchEvent::Images(images),
+                    Err(e) => WatchEvent::Failed(format!("{e:#}")),
+                };
+                tx.send(event).ok();
+                ctx.request_repaint();
+            });
+        self.watch_busy = spawned.is_ok();
+    }
+
+    fn drain(&mut self, ctx: &egui::Context, cx: &mut PanelCtx) {
+        let mut checkpoints = Vec::new();
+        let mut finished = None;
+        if let Some(run) = &mut self.run {
+            while let Ok(e) = run.events.try_recv() {
+                match &e {
+                    TrainEvent::Started { run_dir, .. } => {
+                        self.watch_for = Some((run.project.clone(), run_dir.clone(), run.device));
+                    }
+                    TrainEvent::CheckpointSaved { path } => checkpoints.push(path.clone()),
+                    _ => {}
+                }
+                self.history.apply(&e);
+            }
+            if let Ok(result) = run.done.try_recv() {
+                // Events sent before the end are all in the channel by now.
+                while let Ok(e) = run.events.try_recv() {
+                    self.history.apply(&e);
+                }
+                if let Some(h) = run.handle.take() {
+                    h.join().ok();
+                }
+                finished = Some(result);
+            }
+        }
+        let ended = finished.is_some();
+        if let Some(result) = finished {
+            match result {
+                Ok(s) => {
+                    let verb = if s.cancelled { "stopped" } else { "finished" };
+                    cx.notices.info(format!(
+                        "training run {} {verb} after {} steps",
+                        s.run_id, s.iterations
+                    ));
+                }
+                Err(e) => {
+                    self.history.status = format!("failed: {e}");
+                    cx.notices.error(format!("training failed: {e}"));
+                }
+            }
+            self.runs_for = None; // rescan: a new run folder exists
+        }
+        if self.watch_enabled
+            && let Some(path) = checkpoints.pop()
+        {
+            self.start_watch(ctx, path, cx.settings.score_threshold);
+        }
+        if ended {
+            self.run = None;
+        }
+        while let Ok(e) = self.watch_rx.try_recv() {
+            self.watch_busy = false;
+            match e {
+                WatchEvent::Images(images) => {
+                    self.watch = images
+                        .into_iter()
+                        .enumerate()
+                        .map(|(k, (name, img))| {
+                            let size = [img.width() as usize, img.height() as usize];
+                            let color = egui::ColorImage::from_rgb(size, img.as_raw());
+                            let tex = ctx.load_texture(
+                                format!("train_watch_{k}"),
+                                color,
+                                egui::TextureOptions::LINEAR,
+                            );
+                            (name, tex)
+                        })
+                        .collect();
+                }
+                WatchEvent::Failed(e) => cx.notices.warn(format!("watch images: {e}")),
+            }
+            if let Some(next) = self.watch_next.take() {
+                self.start_watch(ctx, next, cx.settings.score_threshold);
+            }
+        }
+        while let Ok(e) = self.bg_rx.try_recv() {
+            match e {
+                Background::Runs(runs) => {
+                    self.scanning = false;
+                    self.runs = runs;
+                }
+                Background::Exported(r) => {
+                    self.exporting = false;
+                    match r {
+                        Ok(dest) => cx
+                            .notices
+                            .info(format!("model bundle exported to {}", dest.display())),
+                        Err(e) => cx.notices.error(format!("export failed: {e}")),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Draws the tab.
+    pub fn ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelCtx) {
+        let ctx = ui.ctx().clone();
+        self.drain(&ctx, cx);
+        if let Some(project) = cx.project
+            && self.runs_for.as_deref() != Some(project)
+        {
+            self.scan(&ctx, project);
+        }
+        egui::ScrollArea::vertical()
+            .id_salt("train_scroll")
+            .show(ui, |ui| {
+                self.form_ui(ui, cx);
+                ui.separator();
+                self.progress_ui(ui);
+                self.plots_ui(ui);
+                self.watch_ui(ui);
+                ui.separator();
+                self.runs_ui(ui, cx);
+                ui.separator();
+                let bundles: Vec<(String, PathBuf)> = self
+                    .runs
+                    .iter()
+                    .filter(|r| r.has_bundle)
+                    .map(|r| (r.id.clone(), r.bundle_dir()))
+                    .collect();
+                egui::CollapsingHeader::new("Evaluate")
+                    .default_open(false)
+                    .show(ui, |ui| self.eval.ui(ui, cx, &bundles));
+            });
+    }
+
+    fn form_ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelCtx) {
+        let running = self.run.is_some();
+        ui.add_enabled_ui(!running, |ui| {
+            egui::Grid::new("train_form")
+                .num_columns(4)
+                .spacing([12.0, 4.0])
+                .show(ui, |ui| {
+                    let cfg = &mut self.cfg;
+                    let label = ui.label("Preset");
+                    egui::ComboBox::from_id_salt("train_preset")
+                        .selected_text(match cfg.preset {
+                            Preset::CpuFast => "cpu-fast",
+                            Preset::Quality => "quality",
+                        })
+                        .show_ui(ui, |ui| {
+                            ui.selectable_value(&mut cfg.preset, Preset::CpuFast, "cpu-fast");
+                            ui.selectable_value(&mut cfg.preset, Preset::Quality, "quality");
+                        })
+                        .response
+                        .labelled_by(label.id);
+                    ui.label("Backbone");
+                    ui.label(match cfg.preset {
+                        Preset::CpuFast => "MobileNetV2-FPN (ImageNet)",
+                        Preset::Quality => "ResNet-50-FPN",
+                    });
+                    ui.end_row();
+
+                    let mut size = cfg.resolved_image_size();
+                    labelled_drag(ui, "Image size", &mut size, 32..=2048, 1.0);
+                    if size != cfg.resolved_image_size() {
+                        cfg.image_size = Some(size);
+                    }
+                    labelled_drag(ui, "Epochs", &mut cfg.epochs, 1..=1000, 0.1);
+                    ui.end_row();
+
+                    labelled_drag(ui, "Batch size", &mut cfg.batch_size, 1..=64, 0.1);
+                    let label = ui.label("Learning rate");
+                    ui.add(
+                        egui::DragValue::new(&mut cfg.lr)
+                            .range(1e-6..=1.0)
+                            .speed(0.0005)
+                            .max_decimals(6),
+                    )
+                    .labelled_by(label.id);
+                    ui.end_row();
+
+                    labelled_drag(ui, "Warm-up steps", &mut cfg.warmup_iters, 0..=100_000, 1.0);
+                    labelled_drag(
+                        ui,
+                        "Max steps (0 = all)",
+                        &mut self.max_steps,
+                        0..=10_000_000,
+                        1.0,
+                    );
+                    ui.end_row();
+
+                    let cfg = &mut self.cfg;
+                    ui.label("Schedule");
+                    ui.label("linear warm-up, then cosine to 0");
+                    labelled_drag(ui, "Seed", &mut cfg.seed, 0..=u64::MAX, 1.0);
+                    ui.end_row();
+
+                    let label = ui.label("Validation fraction");
+                    ui.add(
+                        egui::DragValue::new(&mut cfg.val_fraction)
+                            .range(0.0..=0.9)
+                            .speed(0.01),
+                    )
+                    .labelled_by(label.id);
+                    let label = ui.label("Flip probability");
+                    ui.add(
+                        egui::DragValue::new(&mut cfg.hflip_prob)
+                            .range(0.0..=1.0)
+                            .speed(0.01),
+                    )
+                    .labelled_by(label.id);
+                    ui.end_row();
+
+                    let label = ui.label("Device");
+                    egui::ComboBox::from_id_salt("train_device")
+                        .selected_text(cx.settings.device.as_str())
+                        .show_ui(ui, |ui| {
+                            for d in [DeviceSetting::Auto, DeviceSetting::Cpu, DeviceSetting::Cuda]
+                            {
+                                ui.selectable_value(&mut cx.settings.device, d, d.as_str());
+                            }
+                        })
+                        .response
+                        .labelled_by(label.id);
+                    ui.checkbox(&mut cfg.pretrained_backbone, "ImageNet backbone");
+                    ui.end_row();
+                });
+        });
+        ui.horizontal(|ui| {
+            let can_start = !running && cx.project.is_some();
+            if ui
+                .add_enabled(can_start, egui::Button::new("Start training"))
+                .clicked()
+            {
+                self.start(ui.ctx(), cx);
+            }
+            let stopping = self.run.as_ref().is_some_and(|r| r.cancel.is_cancelled());
+            if ui
+                .add_enabled(running && !stopping, egui::Button::new("Stop training"))
+                .clicked()
+            {
+                self.stop();
+            }
+            if cx.project.is_none() {
+                ui.label("Open a project to train on it.");
+            }
+            ui.checkbox(&mut self.watch_enabled, "Watch validation images");
+        });
+    }
+
+    fn progress_ui(&self, ui: &mut egui::Ui) {
+        let h = &self.history;
+        if h.status.is_empty() && h.steps == 0 {
+            return;
+        }
+        if h.total_iters > 0 {
+            ui.add(
+                egui::ProgressBar::new(h.steps as f32 / h.total_iters as f32)
+                    .text(format!("Step {} / {}", h.steps, h.total_iters)),
+            );
+        }
+        ui.horizontal_wrapped(|ui| {
+            ui.label(format!("Epoch {}", h.epoch + 1));
+            ui.label(match h.images_per_sec {
+                Some(v) => format!("{v:.2} images/s"),
+                None => "- images/s".to_owned(),
+            });
+            ui.label(match (self.run.is_some(), h.eta_secs()) {
+                (true, Some(s)) => format!("ETA {}", fmt_secs(s)),
+                _ => "ETA -".to_owned(),
+            });
+            ui.label(match h.memory_bytes {
+                Some(b) => format!("memory {:.0} MiB", b as f64 / (1024.0 * 1024.0)),
+                None => "memory -".to_owned(),
+            });
+            ui.label(&h.status);
+        });
+    }
+
+    fn plots_ui(&mut self, ui: &mut egui::Ui) {
+        let h = &self.history;
+        if h.total.is_empty() {
+            return;
+        }
+        ui.add(egui::Slider::new(&mut self.smoothing, 0.0..=0.99).text("Loss smoothing"));
+        let alpha = f64::from(self.smoothing);
+        ui.label(format!("Loss points: {}", h.total.len()));
+        Plot::new("train_losses")
+            .height(220.0)
+            .legend(Legend::default())
+            .x_axis_label("step")
+            .allow_scroll(false)
+            .show(ui, |p| {
+                p.line(Line::new("total", PlotPoints::from(ema(&h.total, alpha))).width(2.5));
+                for (name, pts) in &h.losses {
+                    p.line(Line::new(name.as_str(), PlotPoints::from(ema(pts, alpha))));
+                }
+            });
+        ui.columns(2, |cols| {
+            Plot::new("train_lr")
+                .height(140.0)
+                .legend(Legend::default())
+                .x_axis_label("step")
+                .allow_scroll(false)
+                .show(&mut cols[0], |p| {
+                    p.line(Line::new("learning rate", PlotPoints::from(h.lr.clone())));
+                });
+            if h.val_segm_ap.is_empty() && h.val_bbox_ap.is_empty() {
+                cols[1].label("Validation AP appears here after each epoch the trainer evaluates.");
+            } else {
+                Plot::new("train_val_ap")
+                    .height(140.0)
+                    .legend(Legend::default())
+                    .x_axis_label("epoch")
+                    .include_y(0.0)
+                    .allow_scroll(false)
+                    .show(&mut cols[1], |p| {
+                        p.line(Line::new(
+                            "mask AP",
+                            PlotPoints::from(h.val_segm_ap.clone()),
+                        ));
+                        p.line(Line::new("box AP", PlotPoints::from(h.val_bbox_ap.clone())));
+                    });
+            }
+        });
+    }
+
+    fn watch_ui(&self, ui: &mut egui::Ui) {
+        if self.watch.is_empty() && !self.watch_busy {
+            return;
+        }
+        ui.horizontal(|ui| {
+            ui.strong("Validation images at the latest checkpoint");
+            if self.watch_busy {
+                ui.spinner();
+            }
+        });
+        ui.horizontal_wrapped(|ui| {
+            for (name, tex) in &self.watch {
+                ui.vertical(|ui| {
+                    ui.add(egui::Image::new(tex).max_size(egui::vec2(192.0, 192.0)));
+                    ui.small(name);
+                });
+            }
+        });
+    }
+
+    fn runs_ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelCtx) {
+        ui.horizontal(|ui| {
+            ui.strong(format!("Runs ({})", self.runs.len()));
+            if ui.button("Refresh runs").clicked()
+                && let Some(p) = cx.project
+            {
+                let p = p.to_path_buf();
+                self.scan(ui.ctx(), &p);
+            }
+            if self.scanning {
+                ui.spinner();
+            }
+        });
+        egui::Grid::new("train_runs").striped(true).show(ui, |ui| {
+            for h in [
+                "Run",
+                "Preset",
+                "Epochs",
+                "Steps",
+                "Final loss",
+                "Validation",
+                "Bundle",
+            ] {
+                ui.strong(h);
+            }
+            ui.end_row();
+            for r in &self.runs {
+                let selected = self.selected_run.as_deref() == Some(r.id.as_str());
+                if ui.selectable_label(selected, &r.id).clicked() {
+                    self.selected_run = Some(r.id.clone());
+                }
+                ui.label(&r.preset);
+                ui.label(r.epochs.map_or_else(|| "-".to_owned(), |e| e.to_string()));
+                ui.label(r.steps.to_string());
+                ui.label(
+                    r.final_loss
+                        .map_or_else(|| "-".to_owned(), |l| format!("{l:.4}")),
+                );
+                let val: Vec<String> = r
+                    .val_metrics
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v:.3}"))
+                    .collect();
+                ui.label(if val.is_empty() {
+                    "-".to_owned()
+                } else {
+                    val.join(", ")
+                });
+                ui.label(if r.has_bundle { "yes" } else { "no" });
+                ui.end_row();
+            }
+        });
+        let selected = self
+            .selected_run
+            .as_ref()
+            .and_then(|id| self.runs.iter().find(|r| &r.id == id))
+            .cloned();
+        ui.horizontal(|ui| {
+            let label = ui.label("Export to folder");
+            ui.add(egui::TextEdit::singleline(&mut self.export_dir).desired_width(280.0))
+                .labelled_by(label.id);
+            let can = !self.exporting
+                && selected.as_ref().is_some_and(|r| r.has_bundle)
+                && !self.export_dir.trim().is_empty();
+            if ui
+                .add_enabled(can, egui::Button::new("Export model bundle"))
+                .clicked()
+                && let Some(run) = selected.clone()
+            {
+                let dest = PathBuf::from(self.export_dir.trim());
+                let (tx, ctx) = (self.bg_tx.clone(), ui.ctx().clone());
+                let spawned = std::thread::Builder::new()
+                    .name("train-export".to_owned())
+                    .spawn(move || {
+                        let r = export_run_bundle(&run, &dest).map_err(|e| format!("{e:#}"));
+                        tx.send(Background::Exported(r)).ok();
+                        ctx.request_repaint();
+                    });
+                match spawned {
+                    Ok(_) => self.exporting = true,
+                    Err(e) => cx.notices.error(format!("cannot start the export: {e}")),
+                }
+            }
+            if selected.is_none() {
+                ui.label("Select a run to export its bundle.");
+            }
+        });
+    }
+}
+
+/// A label and a drag value labelled by it (kittest and screen readers find it by name).
+fn labelled_drag<T: egui::emath::Numeric>(
+    ui: &mut egui::Ui,
+    text: &str,
+    value: &mut T,
+    range: std::ops::RangeInclusive<T>,
+    speed: f64,
+) {
+    let label = ui.label(text);
+    ui.add(egui::DragValue::new(value).range(range).speed(speed))
+        .labelled_by(label.id);
+}
+
+/// `1h 02m`, `3m 05s` or `12s`.
+pub fn fmt_secs(s: f64) -> String {
+    let s = s.max(0.0).round() as u64;
+    match (s / 3600, (s / 60) % 60, s % 60) {
+        (0, 0, sec) => format!("{sec}s"),
+        (0, m, sec) => format!("{m}m {sec:02}s"),
+        (h, m, _) => format!("{h}h {m:02}m"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ema_smooths_and_zero_alpha_is_identity() {
+        let pts = [[0.0, 4.0], [1.0, 0.0], [2.0, 0.0]];
+        assert_eq!(ema(&pts, 0.0), pts.to_vec());
+        let s = ema(&pts, 0.5);
+        assert_eq!(s, vec![[0.0, 4.0], [1.0, 2.0], [2.0, 1.0]]);
+        // A NaN step keeps the previous smoothed value.
+        let s = ema(&[[0.0, 1.0], [1.0, f64::NAN]], 0.5);
+        assert_eq!(s[1], [1.0, 1.0]);
+    }
+
+    #[test]
+    fn history_folds_events() {
+        let mut h = History::default();
+        h.apply(&TrainEvent::Started {
+            run_id: "r1".into(),
+            run_dir: PathBuf::from("/tmp/r1"),
+            config: TrainConfig::default(),
+            train_images: 8,
+            val_images: 2,
+            class_counts: vec![],
+            total_iters: 10,
+        });
+        let losses: BTreeMap<String, f64> = [("loss_mask".to_owned(), 0.7)].into();
+        h.apply(&TrainEvent::Step {
+            epoch: 0,
+            iter: 0,
+            losses,
+            total: 2.5,
+            lr: 0.001,
+            images_per_sec: 3.0,
+            memory_bytes: Some(1 << 20),
+        });
+        h.apply(&TrainEvent::EpochEnd {
+            epoch: 0,
+            mean_loss: 2.5,
+            steps: 1,
+            val_segm_ap: Some(0.25),
+            val_bbox_ap: None,
+        });
+        assert_eq!(h.total, vec![[0.0, 2.5]]);
+        assert_eq!(h.losses["loss_mask"], vec![[0.0, 0.7]]);
+        assert_eq!(h.val_segm_ap, vec![[1.0, 0.25]]);
+        assert!(h.val_bbox_ap.is_empty());
+        assert_eq!((h.steps, h.total_iters), (1, 10));
+        assert_eq!(h.memory_bytes, Some(1 << 20));
+        h.apply(&TrainEvent::Finished {
+            iterations: 1,
+            cancelled: true,
+            final_loss: Some(2.5),
+        });
+        assert_eq!(h.status, "stopped after 1 steps; final loss 2.5000");
+    }
+
+    #[test]
+    fn run_folders_are_read_and_exported() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("runs/20260101-000000");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(
+            run.join("config.json"),
+            r#"{"train": {"preset": "cpu-fast", "epochs": 3}}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            run.join("metrics.csv"),
+            "epoch,iter,total,lr,val_segm_ap\n0,0,2.0,0.1,\n0,1,1.5,0.1,0.125\n",
+        )
+        .unwrap();
+        let runs = scan_runs(&dir.path().join("runs"));
+        assert_eq!(runs.len(), 1);
+        let r = &runs[0];
+        assert_eq!(r.id, "20260101-000000");
+        assert_eq!(
+            (r.preset.as_str(), r.epochs, r.steps),
+            ("cpu-fast", Some(3), 2)
+        );
+        assert_eq!(r.final_loss, Some(1.5));
+        assert_eq!(r.val_metrics, vec![("val_segm_ap".to_owned(), 0.125)]);
+        assert!(!r.has_bundle);
+        let err = export_run_bundle(r, &dir.path().join("out")).unwrap_err();
+        assert!(format!("{err:#}").contains("no usable bundle"), "{err:#}");
+        assert_eq!(fmt_secs(3725.0), "1h 02m");
+        assert_eq!(fmt_secs(65.0), "1m 05s");
+    }
+}

@@ -1,0 +1,289 @@
+//! The Predict panel driven through its real widgets (egui_kittest, by accessible label): load a
+//! bundle, drop an image (simulated drop), see the instances listed, move the score slider and
+//! see the count change, export, and drop a corrupt file and an unsupported one and see the
+//! error named while the rest keeps working.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable as _;
+use maskstudio::gui::predict_panel::PredictPanel;
+use maskstudio::gui::shared::{NoticeLevel, Notices, PanelCtx, Settings, ShellRequest};
+use maskstudio::infer::Predictor;
+use maskstudio::model::bundle::{Bundle, ModelSpec};
+use maskstudio::model::{Backbone, MaskRcnn};
+use tch::{Device, Tensor, nn};
+
+/// Tests that seed torch hold this (the pattern of tests/model_golden.rs).
+static RNG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[derive(Debug)]
+struct FakeDrop(PathBuf);
+
+impl eframe::egui::DroppedFile for FakeDrop {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+    fn bytes(&self) -> Result<Vec<u8>, String> {
+        std::fs::read(&self.0).map_err(|e| e.to_string())
+    }
+}
+
+struct State {
+    panel: PredictPanel,
+    settings: Settings,
+    notices: Notices,
+    requests: Vec<ShellRequest>,
+}
+
+fn harness(settings: Settings) -> Harness<'static, State> {
+    let state = State {
+        panel: PredictPanel::default(),
+        settings,
+        notices: Notices::default(),
+        requests: Vec::new(),
+    };
+    Harness::builder()
+        .with_size([1280.0, 800.0])
+        .build_ui_state(
+            |ui, s: &mut State| {
+                let mut cx = PanelCtx {
+                    project: None,
+                    settings: &mut s.settings,
+                    notices: &mut s.notices,
+                    requests: &mut s.requests,
+                };
+                s.panel.ui(ui, &mut cx);
+            },
+            state,
+        )
+}
+
+/// Steps frames until `done` holds (the worker threads run meanwhile).
+fn wait_for(h: &mut Harness<'_, State>, what: &str, done: impl Fn(&State) -> bool) {
+    let start = Instant::now();
+    while !done(h.state()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "timed out waiting for {what}"
+        );
+        h.step();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    h.step();
+}
+
+/// A textured test image: blocks of pseudo-random colours (proposals see different features).
+fn write_blocks(path: &Path, width: u32, height: u32) {
+    let mut state = 0x2545_f491_u32;
+    let mut colours = Vec::new();
+    for _ in 0..64 {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        colours.push(state.to_le_bytes());
+    }
+    let img = image::RgbImage::from_fn(width, height, |x, y| {
+        let c = colours[((y / 12) * 8 + x / 12) as usize % 64];
+        image::Rgb([c[0], c[1], c[2]])
+    });
+    img.save(path).unwrap();
+}
+
+/// A random MobileNetV2 bundle whose class logits are scaled until the scores on `image`
+/// spread over a useful range (torchvision's init gives every box about the same score).
+fn random_bundle(dir: &Path, image: &Path) -> PathBuf {
+    let _rng = RNG_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    tch::manual_seed(11);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let mut spec = ModelSpec::new(Backbone::MobilenetV2, 3);
+    spec.min_size = Some(96);
+    spec.max_size = Some(128);
+    let _model = MaskRcnn::new(&vs.root(), &spec.resolved().to_config()).unwrap();
+    let weights = vs
+        .variables()
+        .into_iter()
+        .find(|(n, _)| n.ends_with("cls_score.weight"))
+        .map(|(_, t)| t)
+        .unwrap();
+    let base = Tensor::randn(weights.size(), (weights.kind(), Device::Cpu));
+    let bundle = dir.join("bundle");
+    let pixels = maskstudio::infer::read_image(image).unwrap();
+    for scale in [0.5, 2.0, 8.0, 32.0, 128.0] {
+        let mut w = weights.shallow_clone();
+        tch::no_grad(|| w.copy_(&(&base * scale)));
+        Bundle::write(&bundle, &spec, &["cat".to_owned(), "dog".to_owned()], &vs).unwrap();
+        let p = Predictor::load(&bundle, Device::Cpu, Some(0.01)).unwrap();
+        let scores: Vec<f32> = p
+            .predict(&pixels)
+            .unwrap()
+            .iter()
+            .map(|d| d.score)
+            .collect();
+        let (lo, hi) = scores
+            .iter()
+            .fold((1.0f32, 0.0f32), |(lo, hi), &s| (lo.min(s), hi.max(s)));
+        eprintln!(
+            "cls_score scale {scale}: {} detections, {lo:.3}..{hi:.3}",
+            scores.len()
+        );
+        if scores.len() >= 3 && hi - lo > 0.1 {
+            return bundle;
+        }
+    }
+    panic!("no scale of the class weights gave varied scores");
+}
+
+#[test]
+fn drop_an_image_see_instances_move_the_slider_and_survive_a_corrupt_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.png");
+    write_blocks(&good, 120, 96);
+    let bundle = random_bundle(dir.path(), &good);
+
+    // The soft masks give the CLI's binary masks back at 0.5 (the CLI path is unchanged).
+    let predictor = Predictor::load(&bundle, Device::Cpu, Some(0.01)).unwrap();
+    let image = maskstudio::infer::read_image(&good).unwrap();
+    let hard = predictor.predict(&image).unwrap();
+    let soft = predictor.predict_soft(&image).unwrap();
+    assert_eq!(hard.len(), soft.len());
+    assert!(hard.len() >= 2, "the random bundle should detect something");
+    for (a, b) in hard.iter().zip(&soft) {
+        assert!(a.soft_mask.is_none());
+        assert_eq!(
+            (a.label, a.score, a.box_xyxy),
+            (b.label, b.score, b.box_xyxy)
+        );
+        assert_eq!(a.mask, b.mask);
+        let again = b.mask_at(0.5);
+        let differ = again
+            .data()
+            .iter()
+            .zip(a.mask.data())
+            .filter(|(x, y)| x != y)
+            .count();
+        assert_eq!(differ, 0, "re-thresholding at 0.5 changes the mask");
+    }
+    drop(predictor);
+
+    let settings = Settings {
+        score_threshold: 0.0,
+        ..Settings::default()
+    };
+    let mut h = harness(settings);
+    h.run();
+    h.get_by_label("Model bundle").focus();
+    h.step();
+    h.get_by_label("Model bundle")
+        .type_text(&bundle.display().to_string());
+    h.step();
+    h.get_by_label("Load model").click();
+    wait_for(&mut h, "the model", |s| s.panel.model_loaded());
+    h.get_by_label("Classes: cat, dog");
+
+    h.input_mut()
+        .dropped_files
+        .push(Arc::new(FakeDrop(good.clone())));
+    wait_for(&mut h, "the prediction", |s| {
+        s.panel.results().len() == 1 && !s.panel.busy()
+    });
+    h.run();
+    let mut scores: Vec<f32> = h.state().panel.results()[0]
+        .detections
+        .iter()
+        .map(|d| d.score)
+        .collect();
+    scores.sort_by(f32::total_cmp);
+    let n = scores.len();
+    h.get_by_label(&format!("Instances shown: {n}"));
+    let (lo, hi) = (scores[0], scores[n - 1]);
+    eprintln!("{n} detections, scores {lo:.3}..{hi:.3}");
+    assert!(hi - lo > 0.1, "scores do not vary: {scores:?}");
+
+    // Raise the score threshold to the middle of the range: fewer instances, no model run.
+    let mid = (lo + hi) / 2.0;
+    let expected = scores.iter().filter(|&&s| s >= mid).count();
+    assert!(expected < n && expected > 0);
+    h.get_by_role_and_label(eframe::egui::accesskit::Role::Slider, "Score threshold")
+        .set_value_accesskit(f64::from(mid));
+    h.run();
+    let shown_at = h.state().settings.score_threshold;
+    let expected = scores.iter().filter(|&&s| s >= shown_at).count();
+    assert!(expected < n, "threshold {shown_at} did not hide anything");
+    h.get_by_label(&format!("Instances shown: {expected}"));
+
+    // A stricter mask threshold shrinks the masks without re-running the model.
+    let before: u64 = maskstudio::gui::predict_panel::visible_detections(
+        &h.state().panel.results()[0].detections,
+        shown_at,
+        0.5,
+    )
+    .iter()
+    .map(|d| d.mask.area())
+    .sum();
+    h.get_by_role_and_label(eframe::egui::accesskit::Role::Slider, "Mask threshold")
+        .set_value_accesskit(0.9);
+    h.run();
+    let after: u64 = maskstudio::gui::predict_panel::visible_detections(
+        &h.state().panel.results()[0].detections,
+        shown_at,
+        h.state().settings.mask_threshold,
+    )
+    .iter()
+    .map(|d| d.mask.area())
+    .sum();
+    assert!(after <= before, "mask area grew: {before} -> {after}");
+
+    // Export overlays, masks and COCO results.
+    let out = dir.path().join("export");
+    h.get_by_label("Export folder").focus();
+    h.step();
+    h.get_by_label("Export folder")
+        .type_text(&out.display().to_string());
+    h.step();
+    h.get_by_label("Export results").click();
+    wait_for(&mut h, "the export", |s| {
+        s.notices
+            .items
+            .iter()
+            .any(|n| n.text.starts_with("exported") || n.text.starts_with("export failed"))
+    });
+    let results: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(results.len(), expected);
+    assert!(results.iter().all(|r| r["file_name"] == "good.png"));
+    assert!(out.join("good.overlay.png").is_file());
+    assert!(out.join("good_mask0_cat.png").is_file() || out.join("good_mask0_dog.png").is_file());
+
+    // A corrupt image and an unsupported file: named in an error, nothing else breaks.
+    let bad = dir.path().join("broken.jpg");
+    std::fs::write(&bad, b"this is not a jpeg").unwrap();
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, b"hello").unwrap();
+    h.input_mut().dropped_files.push(Arc::new(FakeDrop(bad)));
+    h.input_mut().dropped_files.push(Arc::new(FakeDrop(text)));
+    wait_for(&mut h, "the failures", |s| {
+        s.panel.failures().len() == 2 && !s.panel.busy()
+    });
+    h.run();
+    let errors: Vec<&str> = h
+        .state()
+        .notices
+        .items
+        .iter()
+        .filter(|n| n.level == NoticeLevel::Error)
+        .map(|n| n.text.as_str())
+        .collect();
+    assert!(
+        errors.iter().any(|e| e.contains("broken.jpg")),
+        "{errors:?}"
+    );
+    assert!(errors.iter().any(|e| e.contains("notes.txt")), "{errors:?}");
+    h.get_by_label("Problems (2)");
+    assert_eq!(h.state().panel.results().len(), 1);
+    h.get_by_label(&format!("Instances shown: {expected}"));
+}

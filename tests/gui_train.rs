@@ -1,0 +1,251 @@
+//! The Train panel driven through its real widgets (egui_kittest, by accessible label): start a
+//! short CPU run on a tiny synthetic project, see the loss plot receive points, stop it, see
+//! the run listed with its bundle and the watch images, export the bundle, and evaluate it in
+//! the Evaluate section, whose worst-image list opens an image in Review.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable as _;
+use maskstudio::dataset::store::{CancelToken, Project};
+use maskstudio::dataset::{
+    ClassDef, ImportImage, ImportInstance, ImportSet, Mask, Origin, Segmentation,
+};
+use maskstudio::gui::shared::{DeviceSetting, Notices, PanelCtx, Settings, ShellRequest};
+use maskstudio::gui::train_panel::TrainPanel;
+use maskstudio::train::TrainConfig;
+
+struct State {
+    panel: TrainPanel,
+    project: PathBuf,
+    settings: Settings,
+    notices: Notices,
+    requests: Vec<ShellRequest>,
+}
+
+/// Six 96 x 72 images, each with one bright square (the "box" class) on a gradient.
+fn tiny_project(dir: &Path) -> PathBuf {
+    let src = dir.join("src");
+    let mut images = Vec::new();
+    for k in 0..6u32 {
+        let (x0, y0, side) = (8 + 9 * k, 6 + 5 * k, 24 + 2 * k);
+        let img = image::RgbImage::from_fn(96, 72, |x, y| {
+            let inside = (x0..x0 + side).contains(&x) && (y0..y0 + side).contains(&y);
+            if inside {
+                image::Rgb([240, 200, 30])
+            } else {
+                image::Rgb([(x * 2) as u8, (y * 3) as u8, 90])
+            }
+        });
+        let name = format!("img{k}.png");
+        std::fs::create_dir_all(&src).unwrap();
+        img.save(src.join(&name)).unwrap();
+        let mut mask = Mask::new(96, 72);
+        for y in y0..y0 + side {
+            for x in x0..x0 + side {
+                mask.set(x, y, true);
+            }
+        }
+        images.push(ImportImage {
+            src_path: src.join(&name),
+            file_name: name,
+            width: 0,
+            height: 0,
+            split: None,
+            source: "test".into(),
+            attribution: Default::default(),
+            instances: vec![ImportInstance {
+                class: "box".into(),
+                segmentation: Segmentation::Bitmap(mask),
+                iscrowd: false,
+                origin: Origin::Import,
+                provenance: None,
+            }],
+        });
+    }
+    let set = ImportSet {
+        format: "test".into(),
+        classes: vec![ClassDef {
+            name: "box".into(),
+            mid: None,
+        }],
+        images,
+    };
+    let project = dir.join("project");
+    Project::create_or_open(&project)
+        .unwrap()
+        .import(&set, &src, &CancelToken::default(), &mut |_| {})
+        .unwrap();
+    project
+}
+
+fn wait_for(h: &mut Harness<'_, State>, what: &str, secs: u64, done: impl Fn(&State) -> bool) {
+    let start = Instant::now();
+    while !done(h.state()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}; notices: {:?}",
+            h.state()
+                .notices
+                .items
+                .iter()
+                .map(|n| &n.text)
+                .collect::<Vec<_>>()
+        );
+        h.step();
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    h.step();
+}
+
+#[test]
+fn start_a_cpu_run_see_points_stop_list_export_and_evaluate() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = tiny_project(dir.path());
+    let cfg = TrainConfig {
+        epochs: 30, // far more than the test lets it run
+        batch_size: 1,
+        image_size: Some(96),
+        warmup_iters: 2,
+        val_fraction: 0.3,
+        seed: 3,
+        ..TrainConfig::default()
+    };
+    let state = State {
+        panel: TrainPanel::new(cfg),
+        project: project.clone(),
+        settings: Settings {
+            device: DeviceSetting::Cpu,
+            score_threshold: 0.05,
+            ..Settings::default()
+        },
+        notices: Notices::default(),
+        requests: Vec::new(),
+    };
+    let mut h = Harness::builder()
+        .with_size([1280.0, 2000.0])
+        .build_ui_state(
+            |ui, s: &mut State| {
+                let mut cx = PanelCtx {
+                    project: Some(&s.project),
+                    settings: &mut s.settings,
+                    notices: &mut s.notices,
+                    requests: &mut s.requests,
+                };
+                s.panel.ui(ui, &mut cx);
+            },
+            state,
+        );
+    h.run();
+    h.get_by_label("Start training").click();
+    wait_for(&mut h, "three loss points", 180, |s| {
+        s.panel.history().total.len() >= 3
+    });
+    assert!(h.state().panel.running());
+    let points = h.state().panel.history().total.len();
+    h.get_by_label(&format!("Loss points: {points}"));
+    let hist = h.state().panel.history();
+    assert_eq!(
+        hist.losses.len(),
+        5,
+        "five loss components: {:?}",
+        hist.losses.keys()
+    );
+    assert!(hist.total.iter().all(|p| p[1].is_finite() && p[1] > 0.0));
+    assert!(
+        hist.lr.len() >= 3 && hist.lr[1][1] > hist.lr[0][1],
+        "warm-up raises the lr"
+    );
+    let planned = hist.total_iters;
+    assert!(
+        planned % 30 == 0 && (3..=5).contains(&(planned / 30)),
+        "30 epochs of the training images at batch 1: {planned}"
+    );
+
+    h.get_by_label("Stop training").click();
+    wait_for(&mut h, "the run to stop", 120, |s| !s.panel.running());
+    let status = h.state().panel.history().status.clone();
+    assert!(status.starts_with("stopped after"), "{status}");
+    let steps = h.state().panel.history().steps;
+    assert!(steps < planned, "stopped early: {steps}");
+
+    wait_for(&mut h, "the run list", 60, |s| s.panel.runs().len() == 1);
+    let run = h.state().panel.runs()[0].clone();
+    assert!(run.has_bundle, "a stopped run leaves a bundle");
+    assert_eq!(run.steps, steps, "metrics.csv has a row per step");
+    assert_eq!(run.preset, "cpu-fast");
+    wait_for(&mut h, "the watch images", 120, |s| {
+        s.panel.watch_count() > 0
+    });
+    assert!(h.state().panel.watch_count() <= maskstudio::gui::train_panel::WATCH_IMAGES);
+    // The watch thread may still predict the last checkpoint (its spinner keeps repainting).
+    wait_for(&mut h, "the background work", 120, |s| s.panel.idle());
+
+    // Export the selected run's bundle.
+    h.run();
+    h.get_by_label(&run.id).click_accesskit();
+    h.run();
+    let out = dir.path().join("exported");
+    h.get_by_label("Export to folder").focus();
+    h.step();
+    h.get_by_label("Export to folder")
+        .type_text(&out.display().to_string());
+    h.step();
+    h.get_by_label("Export model bundle").click_accesskit();
+    wait_for(&mut h, "the export", 60, |s| {
+        s.notices
+            .items
+            .iter()
+            .any(|n| n.text.contains("exported") || n.text.contains("export failed"))
+    });
+    let bundle = maskstudio::model::bundle::Bundle::read(&out.join(&run.id)).unwrap();
+    assert_eq!(bundle.labels, ["box"]);
+
+    // Evaluate the exported bundle on every image of the project.
+    h.get_by_label("Evaluate").click_accesskit();
+    h.run();
+    h.get_by_label("Bundle to evaluate").focus();
+    h.step();
+    h.get_by_label("Bundle to evaluate")
+        .type_text(&out.join(&run.id).display().to_string());
+    h.step();
+    h.get_by_label("Run evaluation").click_accesskit();
+    wait_for(&mut h, "the evaluation", 120, |s| {
+        s.panel.eval.report().is_some() && !s.panel.eval.running()
+    });
+    h.run();
+    let report = h.state().panel.eval.report().unwrap().clone();
+    assert_eq!(
+        report.gt_counts.get(&1),
+        Some(&6),
+        "six boxes in the project"
+    );
+    assert_eq!(report.eval.segm.image_ids.len(), 6);
+    let tp: usize = report.errors.iter().map(|e| e.counts.true_positives).sum();
+    let fneg: usize = report.errors.iter().map(|e| e.counts.false_negatives).sum();
+    assert!(tp + fneg <= 6);
+    // A barely trained model misses boxes, so the worst-image list is not empty; a click
+    // asks the shell to open the image in Review.
+    let worst = report
+        .errors
+        .first()
+        .expect("a barely trained model makes errors");
+    let link = format!(
+        "{}: {} false positives, {} missed, {} correct",
+        worst.file_name,
+        worst.counts.false_positives,
+        worst.counts.false_negatives,
+        worst.counts.true_positives
+    );
+    h.get_by_label(&link).click_accesskit();
+    h.run();
+    assert_eq!(
+        h.state().requests,
+        vec![ShellRequest::OpenImage {
+            image_id: worst.image_id
+        }]
+    );
+    // No torch thread may outlive the test (libtorch at process exit).
+    wait_for(&mut h, "the background work", 120, |s| s.panel.idle());
+}
