@@ -243,7 +243,7 @@ impl ClassesPanel {
             let mut remove = None;
             for (mid, name) in picked.iter() {
                 if ui
-                    .small_button(format!("{name} ✖"))
+                    .small_button(format!("{name} (remove)"))
                     .on_hover_text(format!("{mid}: remove from the request"))
                     .clicked()
                 {
@@ -260,7 +260,7 @@ impl ClassesPanel {
                 let est = cat.estimate(&mids, cat.indexed_splits(), None);
                 if !cat.indexed_splits().is_empty() {
                     ui.label(format!(
-                        "≈ {} images, {} masks, {} (all images of the indexed splits)",
+                        "~{} images, {} masks, {} (all images of the indexed splits)",
                         est.images,
                         est.masks,
                         human_bytes(est.total_bytes())
@@ -326,7 +326,7 @@ impl ClassesPanel {
                         }
                         if !splits.is_empty() && c.segmentable {
                             let est = cat.estimate(&[c.mid.as_str()], splits, None);
-                            ui.weak(format!("≈ {}", human_bytes(est.total_bytes())));
+                            ui.weak(format!("~{}", human_bytes(est.total_bytes())));
                         }
                         if !c.segmentable {
                             let below = cat.segmentable_descendants(&c.mid);

@@ -341,7 +341,7 @@ impl DownloadPanel {
                         let mut remove = None;
                         for (mid, name) in &self.picked {
                             if ui
-                                .small_button(format!("{name} ✖"))
+                                .small_button(format!("{name} (remove)"))
                                 .on_hover_text(format!("{mid}: remove"))
                                 .clicked()
                             {

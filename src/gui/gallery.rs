@@ -425,7 +425,7 @@ impl ReviewPanel {
             .map(|m| m.rel_path.clone())
             .unwrap_or_default();
         ui.horizontal(|ui| {
-            if ui.button("⬅ Gallery").clicked() || back {
+            if ui.button("Back to gallery").clicked() || back {
                 self.selected_image = None;
             }
             ui.strong(&name);
@@ -546,7 +546,7 @@ fn paint_cell(
         );
     }
     let badge = if item.edited {
-        format!("{} ✏", item.instances)
+        format!("{} edited", item.instances)
     } else {
         item.instances.to_string()
     };

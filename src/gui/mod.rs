@@ -657,7 +657,7 @@ impl StudioApp {
                 ui.add(bar);
                 if let Some(cancel) = &job.cancel
                     && ui
-                        .small_button("✖")
+                        .small_button("Cancel")
                         .on_hover_text(format!("Cancel {}", job.name))
                         .clicked()
                 {
@@ -843,9 +843,9 @@ impl StudioApp {
                     egui::Frame::popup(ui.style()).show(ui, |ui| {
                         ui.horizontal(|ui| {
                             let (icon, color) = match n.level {
-                                NoticeLevel::Info => ("ℹ", ui.visuals().text_color()),
-                                NoticeLevel::Warning => ("⚠", ui.visuals().warn_fg_color),
-                                NoticeLevel::Error => ("⛔", ui.visuals().error_fg_color),
+                                NoticeLevel::Info => ("Info", ui.visuals().text_color()),
+                                NoticeLevel::Warning => ("Warning", ui.visuals().warn_fg_color),
+                                NoticeLevel::Error => ("Error", ui.visuals().error_fg_color),
                             };
                             ui.colored_label(color, icon);
                             ui.add(egui::Label::new(&n.text).wrap());
