@@ -26,7 +26,7 @@ pub type Picked = BTreeMap<String, String>;
 
 enum Msg {
     Progress(String),
-    Loaded(Result<Catalogue, String>),
+    Loaded(Result<Box<Catalogue>, String>),
 }
 
 /// How the classes are listed.
@@ -126,6 +126,7 @@ impl ClassesPanel {
                     ctx.request_repaint();
                 };
                 let result = Catalogue::load_with_counts(&cfg, &splits, &token, &events)
+                    .map(Box::new)
                     .map_err(|e| format!("{e}"));
                 tx.send(Msg::Loaded(result)).ok();
                 ctx.request_repaint();
@@ -146,7 +147,7 @@ impl ClassesPanel {
                 Msg::Progress(text) => self.progress = text,
                 Msg::Loaded(Ok(cat)) => {
                     self.loading = None;
-                    self.catalogue = Some(Arc::new(cat));
+                    self.catalogue = Some(Arc::from(cat));
                 }
                 Msg::Loaded(Err(e)) => {
                     let cancelled = self.loading.take().is_some_and(|(c, _)| c.is_cancelled());

@@ -56,10 +56,9 @@ pub fn render_image(
                     continue;
                 }
                 let px = rgb.get_pixel_mut(i as u32 % w, i as u32 / w);
-                for c in 0..3 {
-                    let v =
-                        f32::from(px[c]) * (1.0 - FILL_ALPHA) + f32::from(color[c]) * FILL_ALPHA;
-                    px[c] = v.round() as u8;
+                for (v, &c) in px.0.iter_mut().zip(&color) {
+                    let blended = f32::from(*v) * (1.0 - FILL_ALPHA) + f32::from(c) * FILL_ALPHA;
+                    *v = blended.round() as u8;
                 }
             }
         }
