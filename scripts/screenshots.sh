@@ -19,10 +19,14 @@ for tool in Xvfb import; do
 done
 [ -d "$dataset" ] || { echo "screenshots: dataset $dataset not found" >&2; exit 1; }
 
-cargo build --bin maskstudio
-bin="${CARGO_TARGET_DIR:-target}/debug/maskstudio"
+# MASKSTUDIO_BIN: use this binary instead of building one.
+bin="${MASKSTUDIO_BIN:-}"
+if [ -z "$bin" ]; then
+  cargo build --bin maskstudio
+  bin="${CARGO_TARGET_DIR:-target}/debug/maskstudio"
+fi
 
-work="$(mktemp -d)"
+work="$(mktemp -d "${TMPDIR:-/tmp}/maskstudio-shots.XXXXXX")"
 xvfb_pid=""
 app_pid=""
 cleanup() {
@@ -50,7 +54,9 @@ for tab in classes download review train predict; do
   DISPLAY="$display" "$bin" gui --project "$project" --tab "$tab" >"$work/$tab.log" 2>&1 &
   app_pid=$!
   sleep "$wait_s"
-  DISPLAY="$display" import -window root "$out/$tab.png"
+  DISPLAY="$display" import -window root "$work/$tab.png"
+  # 256 colours keep the PNGs small enough to commit.
+  convert "$work/$tab.png" -colors 256 "PNG8:$out/$tab.png"
   kill "$app_pid" 2>/dev/null || true
   wait "$app_pid" 2>/dev/null || true
   app_pid=""
