@@ -250,7 +250,16 @@ fn open_a_project_and_filter_the_gallery() {
     h.get_by_label("Image img3.png").click();
     h.run_steps(2);
     assert!(h.state().review.selected_image.is_some());
-    h.get_by_label("Instances (1)");
+    // The preview (image + instances) loads on a worker thread.
+    let start = Instant::now();
+    while h.query_by_label("Instances (1)").is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the preview never loaded"
+        );
+        h.step();
+        std::thread::sleep(Duration::from_millis(10));
+    }
     h.key_press(eframe::egui::Key::Escape);
     h.run_steps(3);
     assert!(h.state().review.selected_image.is_none());
