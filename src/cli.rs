@@ -30,6 +30,9 @@ pub enum Command {
         /// A project folder to open at start.
         #[arg(long)]
         project: Option<PathBuf>,
+        /// The tab to start on: classes, download, review, train or predict.
+        #[arg(long, value_parser = ["classes", "download", "review", "train", "predict"])]
+        tab: Option<String>,
     },
     /// Import a dataset into a project (created if needed).
     Import {

@@ -8,7 +8,13 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         None => maskstudio::gui::run(None),
-        Some(Command::Gui { project }) => maskstudio::gui::run(project),
+        Some(Command::Gui { project, tab }) => {
+            let mut options = maskstudio::gui::StudioOptions::from_env(project);
+            if let Some(tab) = tab.as_deref().and_then(maskstudio::gui::parse_tab) {
+                options.start_tab = Some(tab);
+            }
+            maskstudio::gui::run_with(options)
+        }
         Some(command) => maskstudio::cli::run(command),
     };
     match result {

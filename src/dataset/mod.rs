@@ -7,6 +7,7 @@
 pub mod contour;
 pub mod export;
 pub mod formats;
+pub mod gallery;
 pub mod mask;
 pub mod maskops;
 pub mod paths;

@@ -1,0 +1,413 @@
+//! The Classes tab: search the 350 segmentable Open Images classes (or all 601), browse the
+//! hierarchy, see image/mask counts per indexed split with a download-size estimate, and pick
+//! classes into the download request.
+//!
+//! The catalogue comes from the Open Images cache index exactly as `maskstudio classes` gets it
+//! ([`Catalogue::load_with_counts`]), on a named worker thread.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+use eframe::egui;
+
+use crate::dataset::store::CancelToken;
+use crate::openimages::catalogue::{EdgeKind, ROOT_MID};
+use crate::openimages::cli::human_bytes;
+use crate::openimages::{Catalogue, ClassInfo, DownloadEvent, Split};
+
+use super::download_panel::oi_config;
+use super::shared::{JobView, PanelCtx, Tab};
+
+/// Classes picked for download: MID → display name.
+pub type Picked = BTreeMap<String, String>;
+
+enum Msg {
+    Progress(String),
+    Loaded(Result<Box<Catalogue>, String>),
+}
+
+/// How the classes are listed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum View {
+    /// Search results, one row per class with counts.
+    List,
+    /// The hierarchy (is-a and part-of edges).
+    Tree,
+}
+
+/// The Classes panel.
+pub struct ClassesPanel {
+    /// The Open Images cache folder (index, class files).
+    oi_cache: PathBuf,
+    catalogue: Option<Arc<Catalogue>>,
+    loading: Option<(CancelToken, Instant)>,
+    progress: String,
+    error: Option<String>,
+    requested: bool,
+    query: String,
+    show_all: bool,
+    view: View,
+    index_splits: [bool; 3],
+    tx: Sender<Msg>,
+    rx: Receiver<Msg>,
+}
+
+impl ClassesPanel {
+    /// A panel reading the catalogue from `oi_cache` (loaded when first shown).
+    pub fn new(oi_cache: PathBuf) -> Self {
+        let (tx, rx) = bounded(64);
+        Self {
+            oi_cache,
+            catalogue: None,
+            loading: None,
+            progress: String::new(),
+            error: None,
+            requested: false,
+            query: String::new(),
+            show_all: false,
+            view: View::List,
+            index_splits: [false, true, true],
+            tx,
+            rx,
+        }
+    }
+
+    /// The loaded catalogue.
+    pub fn catalogue(&self) -> Option<&Catalogue> {
+        self.catalogue.as_deref()
+    }
+
+    /// Whether the catalogue is loading.
+    pub fn is_loading(&self) -> bool {
+        self.loading.is_some()
+    }
+
+    /// The status-bar entry while loading or indexing.
+    pub fn job_view(&self) -> Option<JobView> {
+        self.loading.as_ref().map(|(cancel, _)| JobView {
+            name: "Class catalogue".into(),
+            fraction: None,
+            text: self.progress.clone(),
+            cancel: Some(cancel.clone()),
+        })
+    }
+
+    /// Starts loading the catalogue, first indexing `splits` for their counts.
+    fn load(&mut self, cx: &PanelCtx, splits: Vec<Split>, ctx: &egui::Context) {
+        if self.loading.is_some() {
+            return;
+        }
+        let cfg = oi_config(cx.settings, &self.oi_cache);
+        let cancel = CancelToken::default();
+        let (tx, token, ctx) = (self.tx.clone(), cancel.clone(), ctx.clone());
+        let spawned = std::thread::Builder::new()
+            .name("oi-catalogue".into())
+            .spawn(move || {
+                let events = |e: DownloadEvent| {
+                    let text = match e {
+                        DownloadEvent::Phase { phase, message } => {
+                            format!("{}: {message}", phase.as_str())
+                        }
+                        DownloadEvent::Progress {
+                            phase, done, total, ..
+                        } => format!(
+                            "{}: {} of {}",
+                            phase.as_str(),
+                            human_bytes(done),
+                            human_bytes(total)
+                        ),
+                        DownloadEvent::Warning(w) => w,
+                    };
+                    // Progress may be dropped when the GUI is behind; the next one replaces it.
+                    tx.try_send(Msg::Progress(text)).ok();
+                    ctx.request_repaint();
+                };
+                let result = Catalogue::load_with_counts(&cfg, &splits, &token, &events)
+                    .map(Box::new)
+                    .map_err(|e| format!("{e}"));
+                tx.send(Msg::Loaded(result)).ok();
+                ctx.request_repaint();
+            });
+        match spawned {
+            Ok(_) => {
+                self.loading = Some((cancel, Instant::now()));
+                self.progress = "reading the class lists".into();
+                self.error = None;
+            }
+            Err(e) => self.error = Some(format!("cannot start the catalogue loader: {e}")),
+        }
+    }
+
+    fn drain(&mut self, cx: &mut PanelCtx) {
+        while let Ok(msg) = self.rx.try_recv() {
+            match msg {
+                Msg::Progress(text) => self.progress = text,
+                Msg::Loaded(Ok(cat)) => {
+                    self.loading = None;
+                    self.catalogue = Some(Arc::from(cat));
+                }
+                Msg::Loaded(Err(e)) => {
+                    let cancelled = self.loading.take().is_some_and(|(c, _)| c.is_cancelled());
+                    if !cancelled {
+                        cx.notices
+                            .error(format!("Open Images classes could not be loaded: {e}"));
+                    }
+                    self.error = Some(e);
+                }
+            }
+        }
+    }
+
+    /// Draws the panel; `picked` is the download request's class set.
+    pub fn ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelCtx, picked: &mut Picked) {
+        self.drain(cx);
+        if !self.requested {
+            self.requested = true;
+            self.load(cx, Vec::new(), ui.ctx());
+        }
+        ui.horizontal(|ui| {
+            let label = ui.label("Search classes");
+            ui.add(egui::TextEdit::singleline(&mut self.query).desired_width(220.0))
+                .labelled_by(label.id);
+            ui.separator();
+            ui.selectable_value(&mut self.view, View::List, "List");
+            ui.selectable_value(&mut self.view, View::Tree, "Hierarchy");
+            ui.checkbox(&mut self.show_all, "Show classes without masks");
+        });
+        ui.horizontal(|ui| {
+            ui.label("Counts for:");
+            for (i, split) in Split::ALL.iter().enumerate() {
+                ui.checkbox(&mut self.index_splits[i], format!("index {split}"));
+            }
+            let busy = self.loading.is_some();
+            if ui
+                .add_enabled(!busy, egui::Button::new("Index counts"))
+                .on_hover_text("Downloads the segmentation CSVs of the ticked splits (validation 2.8 MiB, test 8.3 MiB, train 770 MiB) and indexes them")
+                .clicked()
+            {
+                let splits = Split::ALL
+                    .iter()
+                    .zip(self.index_splits)
+                    .filter(|(_, on)| *on)
+                    .map(|(s, _)| *s)
+                    .collect();
+                self.load(cx, splits, ui.ctx());
+            }
+            if let Some((cancel, started)) = &self.loading {
+                ui.spinner();
+                ui.label(format!(
+                    "{} ({:.0} s)",
+                    self.progress,
+                    started.elapsed().as_secs_f32()
+                ));
+                if ui.button("Cancel loading").clicked() {
+                    cancel.cancel();
+                }
+            }
+        });
+        if let Some(e) = self.error.clone() {
+            ui.horizontal(|ui| {
+                ui.colored_label(ui.visuals().error_fg_color, e);
+                if self.loading.is_none() && ui.button("Retry").clicked() {
+                    self.load(cx, Vec::new(), ui.ctx());
+                }
+            });
+        }
+        self.picked_ui(ui, cx, picked);
+        ui.separator();
+        let Some(cat) = self.catalogue.clone() else {
+            if self.loading.is_some() {
+                ui.label("Loading the Open Images class catalogue…");
+            }
+            return;
+        };
+        match self.view {
+            View::List => self.list_ui(ui, &cat, picked),
+            View::Tree => {
+                egui::ScrollArea::vertical()
+                    .id_salt("class_tree")
+                    .auto_shrink([false, false])
+                    .show(ui, |ui| {
+                        let mut path = Vec::new();
+                        tree_ui(ui, &cat, ROOT_MID, picked, self.show_all, &mut path);
+                    });
+            }
+        }
+    }
+
+    fn picked_ui(&self, ui: &mut egui::Ui, cx: &mut PanelCtx, picked: &mut Picked) {
+        ui.horizontal_wrapped(|ui| {
+            ui.strong(format!("Picked for download: {}", picked.len()));
+            let mut remove = None;
+            for (mid, name) in picked.iter() {
+                if ui
+                    .small_button(format!("{name} (remove)"))
+                    .on_hover_text(format!("{mid}: remove from the request"))
+                    .clicked()
+                {
+                    remove = Some(mid.clone());
+                }
+            }
+            if let Some(mid) = remove {
+                picked.remove(&mid);
+            }
+            if let Some(cat) = &self.catalogue
+                && !picked.is_empty()
+            {
+                let mids: Vec<&str> = picked.keys().map(String::as_str).collect();
+                let est = cat.estimate(&mids, cat.indexed_splits(), None);
+                if !cat.indexed_splits().is_empty() {
+                    ui.label(format!(
+                        "~{} images, {} masks, {} (all images of the indexed splits)",
+                        est.images,
+                        est.masks,
+                        human_bytes(est.total_bytes())
+                    ));
+                }
+                if ui.button("Go to Download").clicked() {
+                    cx.requests
+                        .push(super::shared::ShellRequest::ShowTab(Tab::Download));
+                }
+            }
+        });
+    }
+
+    fn list_ui(&self, ui: &mut egui::Ui, cat: &Catalogue, picked: &mut Picked) {
+        let hits: Vec<&ClassInfo> = cat
+            .search(&self.query)
+            .into_iter()
+            .filter(|c| self.show_all || c.segmentable)
+            .collect();
+        let splits = cat.indexed_splits();
+        ui.label(format!(
+            "{} classes{}",
+            hits.len(),
+            if splits.is_empty() {
+                " (no split indexed yet: tick splits and press Index counts to see counts)"
+                    .to_owned()
+            } else {
+                format!(
+                    "; counts are images/masks in {}",
+                    splits
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        ));
+        let row_h = ui.text_style_height(&egui::TextStyle::Body) + 4.0;
+        egui::ScrollArea::vertical()
+            .id_salt("class_list")
+            .auto_shrink([false, false])
+            .show_rows(ui, row_h, hits.len(), |ui, range| {
+                for c in &hits[range] {
+                    ui.horizontal(|ui| {
+                        ui.set_height(row_h);
+                        let mut on = picked.contains_key(&c.mid);
+                        let resp = ui.add_enabled(
+                            c.segmentable,
+                            egui::Checkbox::new(&mut on, c.name.as_str()),
+                        );
+                        if resp.changed() {
+                            toggle(picked, c, on);
+                        }
+                        let x = ui.min_rect().left() + 260.0;
+                        let cursor = ui.cursor().left();
+                        if cursor < x {
+                            ui.add_space(x - cursor);
+                        }
+                        ui.weak(&c.mid);
+                        for s in splits {
+                            let n = c.counts.get(s).copied().unwrap_or_default();
+                            ui.label(format!("{s}: {}/{}", n.images, n.masks));
+                        }
+                        if !splits.is_empty() && c.segmentable {
+                            let est = cat.estimate(&[c.mid.as_str()], splits, None);
+                            ui.weak(format!("~{}", human_bytes(est.total_bytes())));
+                        }
+                        if !c.segmentable {
+                            let below = cat.segmentable_descendants(&c.mid);
+                            if !below.is_empty()
+                                && ui
+                                    .small_button(format!("pick {} subclasses", below.len()))
+                                    .clicked()
+                            {
+                                for d in below {
+                                    picked.insert(d.mid.clone(), d.name.clone());
+                                }
+                            }
+                        }
+                    });
+                }
+            });
+    }
+}
+
+fn toggle(picked: &mut Picked, c: &ClassInfo, on: bool) {
+    if on {
+        picked.insert(c.mid.clone(), c.name.clone());
+    } else {
+        picked.remove(&c.mid);
+    }
+}
+
+/// One hierarchy node and (when expanded) its children; `path` guards against cycles and makes
+/// ids unique where the DAG repeats a class under several parents.
+fn tree_ui(
+    ui: &mut egui::Ui,
+    cat: &Catalogue,
+    mid: &str,
+    picked: &mut Picked,
+    show_all: bool,
+    path: &mut Vec<String>,
+) {
+    if path.iter().any(|m| m == mid) || path.len() > 12 {
+        return;
+    }
+    path.push(mid.to_owned());
+    for (child, kind) in cat.children(mid) {
+        let Some(info) = cat.get(child) else {
+            continue;
+        };
+        let has_children = !cat.children(child).is_empty();
+        if !show_all && !info.segmentable && cat.segmentable_descendants(child).is_empty() {
+            continue;
+        }
+        let suffix = if *kind == EdgeKind::Part {
+            " (part)"
+        } else {
+            ""
+        };
+        if has_children {
+            egui::CollapsingHeader::new(format!("{}{suffix}", info.name))
+                .id_salt(("class_tree", path.as_slice(), child))
+                .show(ui, |ui| {
+                    if info.segmentable {
+                        let mut on = picked.contains_key(&info.mid);
+                        if ui
+                            .checkbox(&mut on, format!("{} itself", info.name))
+                            .changed()
+                        {
+                            toggle(picked, info, on);
+                        }
+                    }
+                    tree_ui(ui, cat, child, picked, show_all, path);
+                });
+        } else if info.segmentable {
+            let mut on = picked.contains_key(&info.mid);
+            if ui
+                .checkbox(&mut on, format!("{}{suffix}", info.name))
+                .changed()
+            {
+                toggle(picked, info, on);
+            }
+        } else {
+            ui.weak(format!("{}{suffix} (no masks)", info.name));
+        }
+    }
+    path.pop();
+}

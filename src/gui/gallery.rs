@@ -1,0 +1,605 @@
+//! The Review tab: a virtualised thumbnail gallery of the project's images with mask overlays
+//! and filters (class, split, review status, edited, without masks). Clicking a thumbnail opens
+//! the image; [`ReviewPanel::image_view_placeholder`] shows it until the image view with
+//! zoom/pan and the mask editor (`image_view.rs`) takes its place.
+//!
+//! The listing is one query on a named thread ([`crate::dataset::gallery`]); only the visible
+//! rows are laid out (`ScrollArea::show_rows`) and their thumbnails come from [`ThumbCache`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+use eframe::egui;
+
+use crate::dataset::gallery::{GalleryFilter, GalleryListing, listing};
+use crate::dataset::store::{InstanceRow, Project, ReviewStatus};
+
+use super::shared::PanelCtx;
+use super::thumbs::{Thumb, ThumbCache, color_image, render_image};
+
+/// Side of a gallery cell, in points.
+const CELL: f32 = 136.0;
+/// Textures the gallery keeps at most.
+const CACHE_TEXTURES: usize = 600;
+/// Longest side of the image preview, in pixels.
+const PREVIEW_SIDE: u32 = 1600;
+
+const STATUSES: [ReviewStatus; 4] = [
+    ReviewStatus::Unreviewed,
+    ReviewStatus::Accepted,
+    ReviewStatus::Fixed,
+    ReviewStatus::Rejected,
+];
+
+/// What the preview loader sends back.
+struct PreviewData {
+    image_id: i64,
+    image: Result<egui::ColorImage, String>,
+    instances: Vec<InstanceRow>,
+    attribution: Vec<(String, String)>,
+}
+
+enum Msg {
+    Listing(PathBuf, Result<GalleryListing, String>),
+    Preview(Box<PreviewData>),
+}
+
+struct Preview {
+    image_id: i64,
+    texture: Option<egui::TextureHandle>,
+    error: Option<String>,
+    instances: Vec<InstanceRow>,
+    attribution: Vec<(String, String)>,
+    loading: bool,
+}
+
+/// The Review panel (gallery + image preview).
+pub struct ReviewPanel {
+    root: Option<PathBuf>,
+    listing: Option<Arc<GalleryListing>>,
+    loading: bool,
+    stale: bool,
+    filter: GalleryFilter,
+    shown: Vec<usize>,
+    shown_dirty: bool,
+    overlays: bool,
+    thumbs: Option<ThumbCache>,
+    /// The image open in the image view (store id), if any.
+    pub selected_image: Option<i64>,
+    preview: Option<Preview>,
+    scroll_to: Option<f32>,
+    tx: Sender<Msg>,
+    rx: Receiver<Msg>,
+}
+
+impl Default for ReviewPanel {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ReviewPanel {
+    /// An empty panel (it lists the open project when first shown).
+    pub fn new() -> Self {
+        let (tx, rx) = bounded(8);
+        Self {
+            root: None,
+            listing: None,
+            loading: false,
+            stale: true,
+            filter: GalleryFilter::default(),
+            shown: Vec::new(),
+            shown_dirty: true,
+            overlays: true,
+            thumbs: None,
+            selected_image: None,
+            preview: None,
+            scroll_to: None,
+            tx,
+            rx,
+        }
+    }
+
+    /// Lists the project again at the next frame (after a download, import or edit).
+    pub fn refresh(&mut self) {
+        self.stale = true;
+        if let Some(t) = &mut self.thumbs {
+            t.clear();
+        }
+    }
+
+    /// Opens an image in the image view.
+    pub fn open_image(&mut self, image_id: i64) {
+        self.selected_image = Some(image_id);
+    }
+
+    /// Images in the project (once listed).
+    pub fn total_count(&self) -> Option<usize> {
+        self.listing.as_ref().map(|l| l.items.len())
+    }
+
+    /// Images passing the filters (once listed).
+    pub fn shown_count(&self) -> Option<usize> {
+        self.listing.as_ref().map(|_| self.shown.len())
+    }
+
+    /// Thumbnails held as textures, and queued.
+    pub fn thumb_stats(&self) -> (usize, usize) {
+        self.thumbs
+            .as_ref()
+            .map_or((0, 0), |t| (t.len(), t.pending()))
+    }
+
+    /// Scrolls the gallery to this offset (points from the top) at the next frame.
+    pub fn scroll_to(&mut self, offset: f32) {
+        self.scroll_to = Some(offset);
+    }
+
+    fn start_listing(&mut self, root: &Path, ctx: &egui::Context) {
+        self.loading = true;
+        self.stale = false;
+        let (tx, root, ctx) = (self.tx.clone(), root.to_path_buf(), ctx.clone());
+        let spawned = std::thread::Builder::new()
+            .name("gallery-listing".into())
+            .spawn(move || {
+                let result = Project::open(&root)
+                    .and_then(|p| listing(&p))
+                    .map_err(|e| format!("{}: {e}", root.display()));
+                tx.send(Msg::Listing(root, result)).ok();
+                ctx.request_repaint();
+            });
+        if let Err(e) = spawned {
+            self.loading = false;
+            log::error!("cannot start the gallery listing: {e}");
+        }
+    }
+
+    fn drain(&mut self, cx: &mut PanelCtx, ctx: &egui::Context) {
+        while let Ok(msg) = self.rx.try_recv() {
+            match msg {
+                Msg::Listing(root, result) => {
+                    self.loading = false;
+                    if self.root.as_deref() != Some(root.as_path()) {
+                        continue; // a project closed since
+                    }
+                    match result {
+                        Ok(list) => {
+                            let colors: HashMap<i64, [u8; 3]> =
+                                list.classes.iter().map(|c| (c.id, c.color)).collect();
+                            let mut cache = ThumbCache::new(ctx, &root, colors, CACHE_TEXTURES);
+                            cache.set_overlay(self.overlays);
+                            self.thumbs = Some(cache);
+                            if self
+                                .filter
+                                .class_id
+                                .is_some_and(|c| !list.classes.iter().any(|k| k.id == c))
+                            {
+                                self.filter.class_id = None;
+                            }
+                            self.listing = Some(Arc::new(list));
+                            self.shown_dirty = true;
+                        }
+                        Err(e) => cx.notices.error(format!("Listing images failed: {e}")),
+                    }
+                }
+                Msg::Preview(data) => {
+                    let Some(p) = self
+                        .preview
+                        .as_mut()
+                        .filter(|p| p.image_id == data.image_id)
+                    else {
+                        continue;
+                    };
+                    p.loading = false;
+                    match data.image {
+                        Ok(img) => {
+                            p.texture = Some(ctx.load_texture(
+                                format!("preview-{}", data.image_id),
+                                img,
+                                egui::TextureOptions::LINEAR,
+                            ));
+                        }
+                        Err(e) => p.error = Some(e),
+                    }
+                    p.instances = data.instances;
+                    p.attribution = data.attribution;
+                }
+            }
+        }
+    }
+
+    /// Draws the panel.
+    pub fn ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelCtx) {
+        let ctx = ui.ctx().clone();
+        if self.root.as_deref() != cx.project {
+            self.root = cx.project.map(Path::to_path_buf);
+            self.listing = None;
+            self.thumbs = None;
+            self.selected_image = None;
+            self.preview = None;
+            self.stale = true;
+        }
+        self.drain(cx, &ctx);
+        let Some(root) = self.root.clone() else {
+            ui.label("Open a project to review its images.");
+            return;
+        };
+        if self.stale && !self.loading {
+            self.start_listing(&root, &ctx);
+        }
+        if let Some(t) = &mut self.thumbs {
+            t.begin_frame();
+        }
+        if let Some(image_id) = self.selected_image {
+            self.image_view_placeholder(ui, cx, image_id);
+            return;
+        }
+        let Some(list) = self.listing.clone() else {
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.label("Listing images…");
+            });
+            return;
+        };
+        if self.shown_dirty {
+            self.shown = self.filter.apply(&list.items);
+            self.shown_dirty = false;
+        }
+        self.filters_ui(ui, &list);
+        ui.separator();
+        self.grid_ui(ui, &list);
+    }
+
+    fn filters_ui(&mut self, ui: &mut egui::Ui, list: &GalleryListing) {
+        let before = self.filter.clone();
+        ui.horizontal_wrapped(|ui| {
+            let class_text = self
+                .filter
+                .class_id
+                .and_then(|id| list.classes.iter().find(|c| c.id == id))
+                .map_or_else(|| "Any class".to_owned(), |c| c.name.clone());
+            egui::ComboBox::from_label("Class")
+                .selected_text(class_text)
+                .show_ui(ui, |ui| {
+                    ui.selectable_value(&mut self.filter.class_id, None, "Any class");
+                    for c in &list.classes {
+                        ui.selectable_value(
+                            &mut self.filter.class_id,
+                            Some(c.id),
+                            format!("{} ({})", c.name, c.instances),
+                        );
+                    }
+                });
+            let split_text = self
+                .filter
+                .split
+                .clone()
+                .unwrap_or_else(|| "Any split".into());
+            egui::ComboBox::from_label("Split")
+                .selected_text(split_text)
+                .show_ui(ui, |ui| {
+                    ui.selectable_value(&mut self.filter.split, None, "Any split");
+                    for s in ["train", "validation", "test"] {
+                        ui.selectable_value(&mut self.filter.split, Some(s.to_owned()), s);
+                    }
+                });
+            let status_text = self
+                .filter
+                .status
+                .map_or("Any status", ReviewStatus::as_str);
+            egui::ComboBox::from_label("Review status")
+                .selected_text(status_text)
+                .show_ui(ui, |ui| {
+                    ui.selectable_value(&mut self.filter.status, None, "Any status");
+                    for s in STATUSES {
+                        ui.selectable_value(&mut self.filter.status, Some(s), s.as_str());
+                    }
+                });
+            ui.checkbox(&mut self.filter.edited_only, "Edited only");
+            ui.checkbox(&mut self.filter.no_masks_only, "Without masks only");
+            if ui.checkbox(&mut self.overlays, "Mask overlays").changed()
+                && let Some(t) = &mut self.thumbs
+            {
+                t.set_overlay(self.overlays);
+            }
+            ui.separator();
+            ui.label(format!(
+                "Showing {} of {} images",
+                self.shown.len(),
+                list.items.len()
+            ));
+        });
+        if self.filter != before {
+            self.shown = self.filter.apply(&list.items);
+            self.scroll_to = Some(0.0);
+            ui.ctx().request_repaint(); // the count label shows the new number next frame
+        }
+    }
+
+    fn grid_ui(&mut self, ui: &mut egui::Ui, list: &GalleryListing) {
+        if self.shown.is_empty() {
+            ui.label(if list.items.is_empty() {
+                "This project has no images yet: download some (Download tab) or import a dataset."
+            } else {
+                "No image matches these filters."
+            });
+            return;
+        }
+        let spacing = ui.spacing().item_spacing.x;
+        let cols = ((ui.available_width() + spacing) / (CELL + spacing))
+            .floor()
+            .max(1.0) as usize;
+        let rows = self.shown.len().div_ceil(cols);
+        let mut area = egui::ScrollArea::vertical()
+            .id_salt("gallery")
+            .auto_shrink([false, false]);
+        if let Some(offset) = self.scroll_to.take() {
+            area = area.vertical_scroll_offset(offset);
+        }
+        let mut clicked = None;
+        let (shown, thumbs) = (&self.shown, &mut self.thumbs);
+        area.show_rows(ui, CELL, rows, |ui, range| {
+            for row in range {
+                ui.horizontal(|ui| {
+                    for col in 0..cols {
+                        let Some(&at) = shown.get(row * cols + col) else {
+                            break;
+                        };
+                        let item = &list.items[at];
+                        let (rect, resp) =
+                            ui.allocate_exact_size(egui::vec2(CELL, CELL), egui::Sense::click());
+                        let name = item.rel_path.rsplit('/').next().unwrap_or(&item.rel_path);
+                        resp.widget_info(|| {
+                            egui::WidgetInfo::labeled(
+                                egui::Role::Button,
+                                true,
+                                format!("Image {name}"),
+                            )
+                        });
+                        if ui.is_rect_visible(rect) {
+                            paint_cell(ui, rect, item, thumbs.as_mut(), &list.images_dir);
+                        }
+                        let resp = resp.on_hover_text(format!(
+                            "{}\n{}×{} · {} · {} instance(s) · {}{}",
+                            item.rel_path,
+                            item.width,
+                            item.height,
+                            item.split.as_deref().unwrap_or("no split"),
+                            item.instances,
+                            item.status.as_str(),
+                            if item.edited { " · edited" } else { "" }
+                        ));
+                        if resp.clicked() {
+                            clicked = Some(item.id);
+                        }
+                    }
+                });
+            }
+        });
+        if let Some(id) = clicked {
+            self.selected_image = Some(id);
+        }
+    }
+
+    fn start_preview(&mut self, image_id: i64, ctx: &egui::Context) {
+        let Some((root, list)) = self.root.clone().zip(self.listing.clone()) else {
+            return;
+        };
+        self.preview = Some(Preview {
+            image_id,
+            texture: None,
+            error: None,
+            instances: Vec::new(),
+            attribution: Vec::new(),
+            loading: true,
+        });
+        let (tx, ctx) = (self.tx.clone(), ctx.clone());
+        let spawned = std::thread::Builder::new()
+            .name("image-preview".into())
+            .spawn(move || {
+                let data = load_preview(&root, &list, image_id);
+                tx.send(Msg::Preview(Box::new(data))).ok();
+                ctx.request_repaint();
+            });
+        if let Err(e) = spawned
+            && let Some(p) = &mut self.preview
+        {
+            p.loading = false;
+            p.error = Some(format!("cannot start the image loader: {e}"));
+        }
+    }
+
+    /// A simple preview of the selected image with its masks, instance list and attribution.
+    /// The lead replaces this function by `image_view::ImageView` (zoom/pan, mask editor).
+    fn image_view_placeholder(&mut self, ui: &mut egui::Ui, _cx: &mut PanelCtx, image_id: i64) {
+        if self.preview.as_ref().is_none_or(|p| p.image_id != image_id) {
+            self.start_preview(image_id, ui.ctx());
+        }
+        let back = ui.input(|i| i.key_pressed(egui::Key::Escape));
+        let name = self
+            .listing
+            .as_ref()
+            .and_then(|l| l.items.iter().find(|m| m.id == image_id))
+            .map(|m| m.rel_path.clone())
+            .unwrap_or_default();
+        ui.horizontal(|ui| {
+            if ui.button("Back to gallery").clicked() || back {
+                self.selected_image = None;
+            }
+            ui.strong(&name);
+        });
+        if self.selected_image.is_none() {
+            self.preview = None;
+            return;
+        }
+        let Some(p) = &self.preview else {
+            return;
+        };
+        let class_names: HashMap<i64, String> = self
+            .listing
+            .as_ref()
+            .map(|l| l.classes.iter().map(|c| (c.id, c.name.clone())).collect())
+            .unwrap_or_default();
+        egui::Panel::right("preview_side")
+            .resizable(true)
+            .default_size(260.0)
+            .show(ui, |ui| {
+                ui.heading(format!("Instances ({})", p.instances.len()));
+                egui::Grid::new("preview_instances")
+                    .striped(true)
+                    .show(ui, |ui| {
+                        ui.strong("Class");
+                        ui.strong("Area");
+                        ui.strong("Source");
+                        ui.end_row();
+                        for inst in &p.instances {
+                            ui.label(class_names.get(&inst.class_id).map_or("?", String::as_str));
+                            ui.label(inst.area.to_string());
+                            ui.label(format!(
+                                "{}{}",
+                                inst.origin.as_str(),
+                                if inst.edited { ", edited" } else { "" }
+                            ));
+                            ui.end_row();
+                        }
+                    });
+                if !p.attribution.is_empty() {
+                    ui.separator();
+                    ui.strong("Attribution");
+                    for (k, v) in &p.attribution {
+                        ui.label(format!("{k}: {v}"));
+                    }
+                }
+            });
+        egui::CentralPanel::default().show(ui, |ui| {
+            if p.loading {
+                ui.spinner();
+            }
+            if let Some(e) = &p.error {
+                ui.colored_label(ui.visuals().error_fg_color, e);
+            }
+            if let Some(tex) = &p.texture {
+                let avail = ui.available_size();
+                let size = tex.size_vec2();
+                let scale = (avail.x / size.x).min(avail.y / size.y).min(4.0);
+                ui.add(egui::Image::new((tex.id(), size * scale)));
+            }
+        });
+    }
+}
+
+fn paint_cell(
+    ui: &egui::Ui,
+    rect: egui::Rect,
+    item: &crate::dataset::gallery::GalleryItem,
+    thumbs: Option<&mut ThumbCache>,
+    images_dir: &Path,
+) {
+    let painter = ui.painter();
+    let visuals = ui.visuals();
+    painter.rect_filled(rect, 4.0, visuals.extreme_bg_color);
+    let inner = rect.shrink(4.0);
+    match thumbs.map(|t| t.get(item.id, &images_dir.join(&item.rel_path))) {
+        Some(Thumb::Ready(tex, size)) => {
+            let scale = (inner.width() / size.x).min(inner.height() / size.y);
+            let img_rect = egui::Rect::from_center_size(inner.center(), size * scale);
+            painter.image(
+                tex,
+                img_rect,
+                egui::Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0)),
+                egui::Color32::WHITE,
+            );
+        }
+        Some(Thumb::Failed(_)) => {
+            painter.text(
+                inner.center(),
+                egui::Align2::CENTER_CENTER,
+                "unreadable",
+                egui::FontId::proportional(12.0),
+                visuals.error_fg_color,
+            );
+        }
+        _ => {
+            painter.text(
+                inner.center(),
+                egui::Align2::CENTER_CENTER,
+                "…",
+                egui::FontId::proportional(16.0),
+                visuals.weak_text_color(),
+            );
+        }
+    }
+    let status_color = match item.status {
+        ReviewStatus::Unreviewed => None,
+        ReviewStatus::Accepted => Some(egui::Color32::from_rgb(60, 170, 80)),
+        ReviewStatus::Fixed => Some(egui::Color32::from_rgb(70, 130, 220)),
+        ReviewStatus::Rejected => Some(egui::Color32::from_rgb(210, 60, 60)),
+    };
+    if let Some(c) = status_color {
+        painter.rect_stroke(
+            rect.shrink(1.0),
+            4.0,
+            egui::Stroke::new(2.0, c),
+            egui::StrokeKind::Inside,
+        );
+    }
+    let badge = if item.edited {
+        format!("{} edited", item.instances)
+    } else {
+        item.instances.to_string()
+    };
+    painter.text(
+        rect.right_bottom() - egui::vec2(6.0, 4.0),
+        egui::Align2::RIGHT_BOTTOM,
+        badge,
+        egui::FontId::proportional(11.0),
+        egui::Color32::WHITE,
+    );
+}
+
+fn load_preview(root: &Path, list: &GalleryListing, image_id: i64) -> PreviewData {
+    let colors: HashMap<i64, [u8; 3]> = list.classes.iter().map(|c| (c.id, c.color)).collect();
+    let mut data = PreviewData {
+        image_id,
+        image: Err("not found".into()),
+        instances: Vec::new(),
+        attribution: Vec::new(),
+    };
+    let Some(item) = list.items.iter().find(|m| m.id == image_id) else {
+        return data;
+    };
+    let project = match Project::open(root) {
+        Ok(p) => p,
+        Err(e) => {
+            data.image = Err(format!("{}: {e}", root.display()));
+            return data;
+        }
+    };
+    let path = list.images_dir.join(&item.rel_path);
+    data.image = render_image(Some(&project), image_id, &path, PREVIEW_SIDE, &colors)
+        .map(|rgb| color_image(&rgb))
+        .map_err(|e| format!("{e:#}"));
+    data.instances = project.instances(image_id).unwrap_or_default();
+    let attribution = project.connection().query_row(
+        "SELECT author, title, license, original_url, source FROM images WHERE id = ?1",
+        [image_id],
+        |r| {
+            Ok([
+                ("Author", r.get::<_, Option<String>>(0)?),
+                ("Title", r.get::<_, Option<String>>(1)?),
+                ("Licence", r.get::<_, Option<String>>(2)?),
+                ("Original", r.get::<_, Option<String>>(3)?),
+                ("Source", r.get::<_, Option<String>>(4)?),
+            ])
+        },
+    );
+    if let Ok(fields) = attribution {
+        data.attribution = fields
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v)))
+            .collect();
+    }
+    data
+}

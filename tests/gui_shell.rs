@@ -1,0 +1,322 @@
+//! The studio shell driven through its real widgets by accessible label (egui_kittest, no
+//! window, no GPU): pick a class and download it from a loopback Open Images mirror, filter the
+//! gallery of an imported project, open a project from the path field, help and first run.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::oi_server::{FxOptions, HOT_DOG, OiServer, build_fixture};
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable as _;
+use maskstudio::dataset::store::{CancelToken, Project};
+use maskstudio::dataset::{
+    ClassDef, ImportImage, ImportInstance, ImportSet, Mask, Origin, Segmentation,
+};
+use maskstudio::gui::shared::{Settings, Tab};
+use maskstudio::gui::{StudioApp, StudioOptions};
+use maskstudio::openimages::Phase;
+
+fn studio(dir: &Path, project: Option<PathBuf>, tab: Tab) -> StudioApp {
+    StudioApp::with_options(StudioOptions {
+        project,
+        settings_path: dir.join("config/settings.json"),
+        oi_cache_dir: dir.join("oi-cache"),
+        start_tab: Some(tab),
+    })
+}
+
+fn harness(app: StudioApp) -> Harness<'static, StudioApp> {
+    Harness::builder()
+        .with_size([1280.0, 800.0])
+        .build_ui_state(
+            |ui, app: &mut StudioApp| {
+                app.logic(ui.ctx());
+                app.ui(ui);
+            },
+            app,
+        )
+}
+
+/// Steps frames (workers report in real time) until `done` holds.
+fn wait_until(h: &mut Harness<'_, StudioApp>, what: &str, done: impl Fn(&StudioApp) -> bool) {
+    let start = Instant::now();
+    while !done(h.state()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "timed out waiting for {what}"
+        );
+        h.step();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    h.run_steps(3);
+}
+
+#[test]
+fn pick_a_class_and_download_it_from_a_loopback_mirror() {
+    let fx = build_fixture(&FxOptions::default());
+    let expected = fx
+        .images
+        .iter()
+        .filter(|m| m.split == "train" && !m.truncated)
+        .filter(|m| m.instances.iter().any(|i| i.mid == HOT_DOG))
+        .count();
+    let server = OiServer::start(fx.files);
+    let dir = tempfile::tempdir().unwrap();
+    let project_dir = dir.path().join("project");
+    Project::create_or_open(&project_dir).unwrap();
+
+    let mut app = studio(dir.path(), Some(project_dir.clone()), Tab::Classes);
+    app.settings_mut().annotations_base_url = server.gcs_base.clone();
+    app.settings_mut().images_base_url = server.images_base.clone();
+    let mut h = harness(app);
+    wait_until(&mut h, "the project and the class catalogue", |a| {
+        a.project().is_some() && a.classes.catalogue().is_some()
+    });
+    assert_eq!(
+        h.state()
+            .classes
+            .catalogue()
+            .unwrap()
+            .get(HOT_DOG)
+            .unwrap()
+            .name,
+        "Hot dog"
+    );
+
+    h.get_by_label("Search classes").focus();
+    h.step();
+    h.get_by_label("Search classes").type_text("hot");
+    h.run_steps(3);
+    // The search narrowed the list: Tortoise is gone, Hot dog is there.
+    assert!(h.query_by_label("Tortoise").is_none());
+    h.get_by_label("Hot dog").click();
+    h.run_steps(3);
+    assert_eq!(
+        h.state().download.picked.keys().collect::<Vec<_>>(),
+        vec![HOT_DOG]
+    );
+    h.get_by_label("Picked for download: 1");
+
+    h.get_by_label("Download").click();
+    h.run_steps(3);
+    assert_eq!(h.state().tab(), Tab::Download);
+    h.get_by_label("Start download").click();
+    h.run_steps(2);
+    assert!(
+        h.state().download.is_running(),
+        "the download did not start"
+    );
+    wait_until(&mut h, "the download to finish", |a| {
+        !a.download.is_running()
+    });
+    assert_eq!(h.state().download.error(), None);
+
+    let summary = h.state().download.summary().unwrap().clone();
+    assert_eq!(summary.images_added, expected);
+    assert!(!summary.cancelled);
+    // Progress arrived per phase: images counted up to their total, with bytes.
+    let images = &h.state().download.phases[&Phase::Images];
+    assert_eq!(images.done, images.total);
+    assert!(images.total >= expected as u64 && images.bytes > 0);
+    assert!(h.state().download.phases.contains_key(&Phase::Index));
+    h.get_by_label_contains("Finished:");
+
+    // The images landed in the project, and the shell reloaded it.
+    let project = Project::open(&project_dir).unwrap();
+    let info = project.info().unwrap();
+    let total: u64 = info.splits.values().map(|s| s.images).sum();
+    assert_eq!(total, expected as u64);
+    assert_eq!(info.classes.len(), 1);
+    assert_eq!(info.classes[0].0.name, "Hot dog");
+    assert!(info.classes[0].1 >= expected as u64);
+    wait_until(&mut h, "the reloaded project", |a| {
+        a.project()
+            .is_some_and(|(_, i)| i.splits.values().map(|s| s.images).sum::<u64>() == total)
+    });
+
+    h.get_by_label("Review").click();
+    wait_until(&mut h, "the gallery listing", |a| {
+        a.review.shown_count() == Some(expected)
+    });
+    h.get_by_label(&format!("Showing {expected} of {expected} images"));
+}
+
+fn square(w: u32, h: u32, x0: u32, s: u32) -> Mask {
+    let mut m = Mask::new(w, h);
+    for y in 2..2 + s {
+        for x in x0..x0 + s {
+            m.set(x, y, true);
+        }
+    }
+    m
+}
+
+/// Five images: three with a cat (one also a dog), one dog only, one without masks.
+fn small_project(dir: &Path) -> PathBuf {
+    let src = dir.join("src");
+    let inst = |class: &str, x: u32| ImportInstance {
+        class: class.into(),
+        segmentation: Segmentation::Bitmap(square(40, 30, x, 10)),
+        iscrowd: false,
+        origin: Origin::Import,
+        provenance: None,
+    };
+    let specs: Vec<(&str, Vec<ImportInstance>)> = vec![
+        ("train", vec![inst("cat", 2)]),
+        ("train", vec![inst("cat", 5), inst("dog", 20)]),
+        ("train", vec![inst("dog", 8)]),
+        ("validation", vec![inst("cat", 12)]),
+        ("validation", vec![]),
+    ];
+    let mut images = Vec::new();
+    for (i, (split, instances)) in specs.into_iter().enumerate() {
+        let name = format!("img{i}.png");
+        common::write_png(&src.join(&name), 40, 30, i as u8 * 50);
+        images.push(ImportImage {
+            src_path: src.join(&name),
+            file_name: name,
+            width: 0,
+            height: 0,
+            split: Some(split.into()),
+            source: "test".into(),
+            attribution: Default::default(),
+            instances,
+        });
+    }
+    let set = ImportSet {
+        format: "test".into(),
+        classes: vec![
+            ClassDef {
+                name: "cat".into(),
+                mid: None,
+            },
+            ClassDef {
+                name: "dog".into(),
+                mid: None,
+            },
+        ],
+        images,
+    };
+    let root = dir.join("project");
+    Project::create_or_open(&root)
+        .unwrap()
+        .import(&set, &src, &CancelToken::default(), &mut |_| {})
+        .unwrap();
+    root
+}
+
+fn shown_cells(h: &Harness<'_, StudioApp>) -> usize {
+    h.query_all_by_label_contains("Image img").count()
+}
+
+#[test]
+fn open_a_project_and_filter_the_gallery() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = small_project(dir.path());
+    let mut h = harness(studio(dir.path(), Some(root), Tab::Review));
+    wait_until(&mut h, "the gallery listing", |a| {
+        a.review.shown_count() == Some(5)
+    });
+    h.get_by_label("Showing 5 of 5 images");
+    assert_eq!(shown_cells(&h), 5);
+    wait_until(&mut h, "the thumbnails", |a| a.review.thumb_stats().0 == 5);
+
+    h.get_by_label("Without masks only").click();
+    h.run_steps(3);
+    assert_eq!(h.state().review.shown_count(), Some(1));
+    h.get_by_label("Showing 1 of 5 images");
+    assert_eq!(shown_cells(&h), 1);
+    h.get_by_label("Without masks only").click();
+    h.run_steps(3);
+    assert_eq!(shown_cells(&h), 5);
+
+    h.get_by_label("Class").click();
+    h.run_steps(3);
+    h.get_by_label("cat (3)").click();
+    h.run_steps(3);
+    h.get_by_label("Showing 3 of 5 images");
+    assert_eq!(shown_cells(&h), 3);
+
+    h.get_by_label("Split").click();
+    h.run_steps(3);
+    h.get_by_label("validation").click();
+    h.run_steps(3);
+    h.get_by_label("Showing 1 of 5 images");
+    assert_eq!(shown_cells(&h), 1);
+
+    // Opening the image shows its instances in the preview; Esc goes back to the gallery.
+    h.get_by_label("Image img3.png").click();
+    h.run_steps(2);
+    assert!(h.state().review.selected_image.is_some());
+    // The preview (image + instances) loads on a worker thread.
+    let start = Instant::now();
+    while h.query_by_label("Instances (1)").is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the preview never loaded"
+        );
+        h.step();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    h.key_press(eframe::egui::Key::Escape);
+    h.run_steps(3);
+    assert!(h.state().review.selected_image.is_none());
+    assert_eq!(shown_cells(&h), 1);
+}
+
+#[test]
+fn path_field_recent_list_help_and_first_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = small_project(dir.path());
+    let mut h = harness(studio(dir.path(), None, Tab::Review));
+    h.run_steps(2);
+    // First run: no project, the welcome screen.
+    h.get_by_label("Welcome to Mask Studio");
+    h.get_by_label("Try the sample").click();
+    wait_until(&mut h, "the sample answer", |a| {
+        a.notices()
+            .items
+            .iter()
+            .any(|n| n.text.contains("sample not available in this build"))
+    });
+
+    h.get_by_label("Project folder").focus();
+    h.step();
+    h.get_by_label("Project folder")
+        .type_text(&root.display().to_string());
+    h.step();
+    h.get_by_label("Open").click();
+    wait_until(&mut h, "the project", |a| a.project().is_some());
+    assert_eq!(h.state().settings().recent_projects, vec![root.clone()]);
+    // Settings are saved (debounced) with the project in the recent list.
+    let path = dir.path().join("config/settings.json");
+    wait_until(&mut h, "settings.json", |_| {
+        Settings::load(&path).is_ok_and(|s| s.recent_projects == vec![root.clone()])
+    });
+
+    assert!(h.query_by_label("Keyboard shortcuts").is_none());
+    h.key_press(eframe::egui::Key::F1);
+    h.run_steps(3);
+    h.get_by_label("Keyboard shortcuts");
+    h.key_press(eframe::egui::Key::Escape);
+    h.run_steps(3);
+    assert!(h.query_by_label("Keyboard shortcuts").is_none());
+
+    // Opening something that is not a project says so in a toast.
+    h.get_by_label("Project folder").focus();
+    h.step();
+    h.key_combination_modifiers(eframe::egui::Modifiers::COMMAND, &[eframe::egui::Key::A]);
+    h.get_by_label("Project folder")
+        .type_text(&dir.path().join("nothing").display().to_string());
+    h.step();
+    h.get_by_label("Open").click();
+    wait_until(&mut h, "the error toast", |a| {
+        a.notices()
+            .items
+            .iter()
+            .any(|n| n.text.contains("nothing") && n.text.contains("failed"))
+    });
+    assert_eq!(h.state().project().unwrap().0, root);
+}
