@@ -246,13 +246,13 @@ fn open_a_project_and_filter_the_gallery() {
     h.get_by_label("Showing 1 of 5 images");
     assert_eq!(shown_cells(&h), 1);
 
-    // Opening the image shows its instances in the preview; Esc goes back to the gallery.
+    // Opening the image shows it in the image view with its instances; Esc goes back.
     h.get_by_label("Image img3.png").click();
     h.run_steps(2);
     assert!(h.state().review.selected_image.is_some());
-    // The preview (image + instances) loads on a worker thread.
+    // The image view loads on a worker thread.
     let start = Instant::now();
-    while h.query_by_label("Instances (1)").is_none() {
+    while h.query_by_label("1 instances, 0 edited").is_none() {
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "the preview never loaded"
@@ -270,17 +270,28 @@ fn open_a_project_and_filter_the_gallery() {
 fn path_field_recent_list_help_and_first_run() {
     let dir = tempfile::tempdir().unwrap();
     let root = small_project(dir.path());
+    // The data folder (where "Try the sample" creates its project) inside the temp dir.
+    let data_dir = dir.path().join("data");
+    let settings = Settings {
+        data_dir: data_dir.clone(),
+        ..Settings::default()
+    };
+    settings
+        .save(&dir.path().join("config/settings.json"))
+        .unwrap();
     let mut h = harness(studio(dir.path(), None, Tab::Review));
     h.run_steps(2);
     // First run: no project, the welcome screen.
     h.get_by_label("Welcome to Mask Studio");
     h.get_by_label("Try the sample").click();
-    wait_until(&mut h, "the sample answer", |a| {
-        a.notices()
-            .items
-            .iter()
-            .any(|n| n.text.contains("sample not available in this build"))
+    let sample = data_dir.join("sample");
+    wait_until(&mut h, "the sample project", |a| {
+        a.project().is_some_and(|(r, _)| *r == sample)
     });
+    let info = &h.state().project().unwrap().1;
+    let images: u64 = info.splits.values().map(|s| s.images).sum();
+    assert_eq!(images, 24, "the generated sample has 24 scenes");
+    assert_eq!(info.classes.len(), 3);
 
     h.get_by_label("Project folder").focus();
     h.step();
@@ -289,11 +300,12 @@ fn path_field_recent_list_help_and_first_run() {
     h.step();
     h.get_by_label("Open").click();
     wait_until(&mut h, "the project", |a| a.project().is_some());
-    assert_eq!(h.state().settings().recent_projects, vec![root.clone()]);
-    // Settings are saved (debounced) with the project in the recent list.
+    let recent = vec![root.clone(), sample.clone()];
+    assert_eq!(h.state().settings().recent_projects, recent);
+    // Settings are saved (debounced) with the projects in the recent list, newest first.
     let path = dir.path().join("config/settings.json");
     wait_until(&mut h, "settings.json", |_| {
-        Settings::load(&path).is_ok_and(|s| s.recent_projects == vec![root.clone()])
+        Settings::load(&path).is_ok_and(|s| s.recent_projects == recent)
     });
 
     assert!(h.query_by_label("Keyboard shortcuts").is_none());

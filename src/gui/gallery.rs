@@ -1,7 +1,6 @@
 //! The Review tab: a virtualised thumbnail gallery of the project's images with mask overlays
 //! and filters (class, split, review status, edited, without masks). Clicking a thumbnail opens
-//! the image; [`ReviewPanel::image_view_placeholder`] shows it until the image view with
-//! zoom/pan and the mask editor (`image_view.rs`) takes its place.
+//! the image in the [`ImageView`] (zoom/pan, instance list, mask editor, review status).
 //!
 //! The listing is one query on a named thread ([`crate::dataset::gallery`]); only the visible
 //! rows are laid out (`ScrollArea::show_rows`) and their thumbnails come from [`ThumbCache`].
@@ -14,17 +13,16 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use eframe::egui;
 
 use crate::dataset::gallery::{GalleryFilter, GalleryListing, listing};
-use crate::dataset::store::{InstanceRow, Project, ReviewStatus};
+use crate::dataset::store::{Project, ReviewStatus};
 
+use super::image_view::{ImageView, ImageViewAction};
 use super::shared::PanelCtx;
-use super::thumbs::{Thumb, ThumbCache, color_image, render_image};
+use super::thumbs::{Thumb, ThumbCache};
 
 /// Side of a gallery cell, in points.
 const CELL: f32 = 136.0;
 /// Textures the gallery keeps at most.
 const CACHE_TEXTURES: usize = 600;
-/// Longest side of the image preview, in pixels.
-const PREVIEW_SIDE: u32 = 1600;
 
 const STATUSES: [ReviewStatus; 4] = [
     ReviewStatus::Unreviewed,
@@ -33,26 +31,8 @@ const STATUSES: [ReviewStatus; 4] = [
     ReviewStatus::Rejected,
 ];
 
-/// What the preview loader sends back.
-struct PreviewData {
-    image_id: i64,
-    image: Result<egui::ColorImage, String>,
-    instances: Vec<InstanceRow>,
-    attribution: Vec<(String, String)>,
-}
-
 enum Msg {
     Listing(PathBuf, Result<GalleryListing, String>),
-    Preview(Box<PreviewData>),
-}
-
-struct Preview {
-    image_id: i64,
-    texture: Option<egui::TextureHandle>,
-    error: Option<String>,
-    instances: Vec<InstanceRow>,
-    attribution: Vec<(String, String)>,
-    loading: bool,
 }
 
 /// The Review panel (gallery + image preview).
@@ -68,7 +48,7 @@ pub struct ReviewPanel {
     thumbs: Option<ThumbCache>,
     /// The image open in the image view (store id), if any.
     pub selected_image: Option<i64>,
-    preview: Option<Preview>,
+    view: Option<ImageView>,
     scroll_to: Option<f32>,
     tx: Sender<Msg>,
     rx: Receiver<Msg>,
@@ -95,7 +75,7 @@ impl ReviewPanel {
             overlays: true,
             thumbs: None,
             selected_image: None,
-            preview: None,
+            view: None,
             scroll_to: None,
             tx,
             rx,
@@ -184,28 +164,6 @@ impl ReviewPanel {
                         Err(e) => cx.notices.error(format!("Listing images failed: {e}")),
                     }
                 }
-                Msg::Preview(data) => {
-                    let Some(p) = self
-                        .preview
-                        .as_mut()
-                        .filter(|p| p.image_id == data.image_id)
-                    else {
-                        continue;
-                    };
-                    p.loading = false;
-                    match data.image {
-                        Ok(img) => {
-                            p.texture = Some(ctx.load_texture(
-                                format!("preview-{}", data.image_id),
-                                img,
-                                egui::TextureOptions::LINEAR,
-                            ));
-                        }
-                        Err(e) => p.error = Some(e),
-                    }
-                    p.instances = data.instances;
-                    p.attribution = data.attribution;
-                }
             }
         }
     }
@@ -218,7 +176,7 @@ impl ReviewPanel {
             self.listing = None;
             self.thumbs = None;
             self.selected_image = None;
-            self.preview = None;
+            self.view = None;
             self.stale = true;
         }
         self.drain(cx, &ctx);
@@ -233,7 +191,7 @@ impl ReviewPanel {
             t.begin_frame();
         }
         if let Some(image_id) = self.selected_image {
-            self.image_view_placeholder(ui, cx, image_id);
+            self.image_view_ui(ui, cx, &root, image_id);
             return;
         }
         let Some(list) = self.listing.clone() else {
@@ -383,110 +341,37 @@ impl ReviewPanel {
         }
     }
 
-    fn start_preview(&mut self, image_id: i64, ctx: &egui::Context) {
-        let Some((root, list)) = self.root.clone().zip(self.listing.clone()) else {
-            return;
-        };
-        self.preview = Some(Preview {
-            image_id,
-            texture: None,
-            error: None,
-            instances: Vec::new(),
-            attribution: Vec::new(),
-            loading: true,
-        });
-        let (tx, ctx) = (self.tx.clone(), ctx.clone());
-        let spawned = std::thread::Builder::new()
-            .name("image-preview".into())
-            .spawn(move || {
-                let data = load_preview(&root, &list, image_id);
-                tx.send(Msg::Preview(Box::new(data))).ok();
-                ctx.request_repaint();
-            });
-        if let Err(e) = spawned
-            && let Some(p) = &mut self.preview
-        {
-            p.loading = false;
-            p.error = Some(format!("cannot start the image loader: {e}"));
-        }
-    }
-
-    /// A simple preview of the selected image with its masks, instance list and attribution.
-    /// The lead replaces this function by `image_view::ImageView` (zoom/pan, mask editor).
-    fn image_view_placeholder(&mut self, ui: &mut egui::Ui, _cx: &mut PanelCtx, image_id: i64) {
-        if self.preview.as_ref().is_none_or(|p| p.image_id != image_id) {
-            self.start_preview(image_id, ui.ctx());
-        }
-        let back = ui.input(|i| i.key_pressed(egui::Key::Escape));
-        let name = self
-            .listing
-            .as_ref()
-            .and_then(|l| l.items.iter().find(|m| m.id == image_id))
-            .map(|m| m.rel_path.clone())
-            .unwrap_or_default();
-        ui.horizontal(|ui| {
-            if ui.button("Back to gallery").clicked() || back {
-                self.selected_image = None;
-            }
-            ui.strong(&name);
-        });
-        if self.selected_image.is_none() {
-            self.preview = None;
-            return;
-        }
-        let Some(p) = &self.preview else {
-            return;
-        };
-        let class_names: HashMap<i64, String> = self
-            .listing
-            .as_ref()
-            .map(|l| l.classes.iter().map(|c| (c.id, c.name.clone())).collect())
-            .unwrap_or_default();
-        egui::Panel::right("preview_side")
-            .resizable(true)
-            .default_size(260.0)
-            .show(ui, |ui| {
-                ui.heading(format!("Instances ({})", p.instances.len()));
-                egui::Grid::new("preview_instances")
-                    .striped(true)
-                    .show(ui, |ui| {
-                        ui.strong("Class");
-                        ui.strong("Area");
-                        ui.strong("Source");
-                        ui.end_row();
-                        for inst in &p.instances {
-                            ui.label(class_names.get(&inst.class_id).map_or("?", String::as_str));
-                            ui.label(inst.area.to_string());
-                            ui.label(format!(
-                                "{}{}",
-                                inst.origin.as_str(),
-                                if inst.edited { ", edited" } else { "" }
-                            ));
-                            ui.end_row();
-                        }
-                    });
-                if !p.attribution.is_empty() {
-                    ui.separator();
-                    ui.strong("Attribution");
-                    for (k, v) in &p.attribution {
-                        ui.label(format!("{k}: {v}"));
-                    }
+    /// The open image in the [`ImageView`] (zoom/pan, instance list, mask editor); its actions
+    /// close the view or move to the next/previous unreviewed image.
+    fn image_view_ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelCtx, root: &Path, image_id: i64) {
+        if self.view.as_ref().is_none_or(|v| v.image_id() != image_id) {
+            match ImageView::open(root, image_id) {
+                Ok(view) => self.view = Some(view),
+                Err(e) => {
+                    cx.notices
+                        .error(format!("Opening image {image_id} failed: {e:#}"));
+                    self.selected_image = None;
+                    return;
                 }
-            });
-        egui::CentralPanel::default().show(ui, |ui| {
-            if p.loading {
-                ui.spinner();
             }
-            if let Some(e) = &p.error {
-                ui.colored_label(ui.visuals().error_fg_color, e);
+        }
+        let Some(view) = &mut self.view else {
+            return;
+        };
+        match view.ui(ui, cx) {
+            ImageViewAction::None => {}
+            ImageViewAction::Close => {
+                self.selected_image = None;
+                self.view = None;
+                self.refresh(); // edits and review status show in the thumbnails and filters
             }
-            if let Some(tex) = &p.texture {
-                let avail = ui.available_size();
-                let size = tex.size_vec2();
-                let scale = (avail.x / size.x).min(avail.y / size.y).min(4.0);
-                ui.add(egui::Image::new((tex.id(), size * scale)));
+            action @ (ImageViewAction::Next | ImageViewAction::Previous) => {
+                match view.neighbour_unreviewed(action == ImageViewAction::Next) {
+                    Some(id) => self.selected_image = Some(id),
+                    None => cx.notices.info("No other unreviewed image"),
+                }
             }
-        });
+        }
     }
 }
 
@@ -557,49 +442,4 @@ fn paint_cell(
         egui::FontId::proportional(11.0),
         egui::Color32::WHITE,
     );
-}
-
-fn load_preview(root: &Path, list: &GalleryListing, image_id: i64) -> PreviewData {
-    let colors: HashMap<i64, [u8; 3]> = list.classes.iter().map(|c| (c.id, c.color)).collect();
-    let mut data = PreviewData {
-        image_id,
-        image: Err("not found".into()),
-        instances: Vec::new(),
-        attribution: Vec::new(),
-    };
-    let Some(item) = list.items.iter().find(|m| m.id == image_id) else {
-        return data;
-    };
-    let project = match Project::open(root) {
-        Ok(p) => p,
-        Err(e) => {
-            data.image = Err(format!("{}: {e}", root.display()));
-            return data;
-        }
-    };
-    let path = list.images_dir.join(&item.rel_path);
-    data.image = render_image(Some(&project), image_id, &path, PREVIEW_SIDE, &colors)
-        .map(|rgb| color_image(&rgb))
-        .map_err(|e| format!("{e:#}"));
-    data.instances = project.instances(image_id).unwrap_or_default();
-    let attribution = project.connection().query_row(
-        "SELECT author, title, license, original_url, source FROM images WHERE id = ?1",
-        [image_id],
-        |r| {
-            Ok([
-                ("Author", r.get::<_, Option<String>>(0)?),
-                ("Title", r.get::<_, Option<String>>(1)?),
-                ("Licence", r.get::<_, Option<String>>(2)?),
-                ("Original", r.get::<_, Option<String>>(3)?),
-                ("Source", r.get::<_, Option<String>>(4)?),
-            ])
-        },
-    );
-    if let Ok(fields) = attribution {
-        data.attribution = fields
-            .into_iter()
-            .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v)))
-            .collect();
-    }
-    data
 }

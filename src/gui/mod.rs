@@ -28,9 +28,11 @@ use crate::dataset::store::{Project, ProjectInfo};
 use classes_panel::ClassesPanel;
 use download_panel::DownloadPanel;
 use gallery::ReviewPanel;
+use predict_panel::PredictPanel;
 use shared::{
     DeviceSetting, JobView, NoticeLevel, Notices, PanelCtx, Settings, ShellRequest, Tab, Theme,
 };
+use train_panel::TrainPanel;
 
 /// Set to a number of frames to close the window after that many (smoke tests under Xvfb).
 pub const EXIT_AFTER_FRAMES_ENV: &str = "MASKSTUDIO_EXIT_AFTER_FRAMES";
@@ -67,11 +69,12 @@ pub const SHORTCUTS: &[(&str, &str)] = &[
     ("Esc", "close the image view, help or settings"),
 ];
 
-/// Creates the sample project in `dir`. The one place the sample is wired; the packaging
-/// branch provides `crate::sample::create_sample_project`.
+/// Creates the offline sample project in `dir` ([`crate::sample`]); reopens it when it exists.
 fn create_sample(dir: &Path) -> anyhow::Result<()> {
-    let _ = dir;
-    anyhow::bail!("sample not available in this build")
+    if dir.join("project.sqlite").is_file() {
+        return Ok(());
+    }
+    crate::sample::create_sample_project(dir, &mut |_| {})
 }
 
 /// How the studio starts.
@@ -156,6 +159,10 @@ pub struct StudioApp {
     pub download: DownloadPanel,
     /// The Review tab.
     pub review: ReviewPanel,
+    /// The Train tab (with Evaluate).
+    pub train: TrainPanel,
+    /// The Predict tab.
+    pub predict: PredictPanel,
 }
 
 impl StudioApp {
@@ -211,6 +218,8 @@ impl StudioApp {
             classes: ClassesPanel::new(options.oi_cache_dir.clone()),
             download: DownloadPanel::new(options.oi_cache_dir),
             review: ReviewPanel::new(),
+            train: TrainPanel::default(),
+            predict: PredictPanel::default(),
         };
         if let Some(project) = options.project {
             app.open_project(project, false, None);
@@ -463,10 +472,13 @@ impl StudioApp {
     }
 
     fn jobs(&self) -> Vec<JobView> {
-        [self.classes.job_view(), self.download.job_view()]
+        let mut jobs: Vec<JobView> = [self.classes.job_view(), self.download.job_view()]
             .into_iter()
             .flatten()
-            .collect()
+            .collect();
+        jobs.extend(self.train.jobs());
+        jobs.extend(self.predict.jobs());
+        jobs
     }
 
     fn update_title(&mut self, ctx: &egui::Context) {
@@ -687,12 +699,8 @@ impl StudioApp {
             Tab::Classes => self.classes.ui(ui, &mut cx, &mut self.download.picked),
             Tab::Download => self.download.ui(ui, &mut cx),
             Tab::Review => self.review.ui(ui, &mut cx),
-            Tab::Train => {
-                ui.label("Train: training runs, live plots and evaluation (train panel).");
-            }
-            Tab::Predict => {
-                ui.label("Predict: drop images to see predicted masks (predict panel).");
-            }
+            Tab::Train => self.train.ui(ui, &mut cx),
+            Tab::Predict => self.predict.ui(ui, &mut cx),
         }
     }
 
@@ -743,6 +751,14 @@ impl StudioApp {
             .show(ctx, |ui| {
                 egui::Grid::new("shortcuts").striped(true).show(ui, |ui| {
                     for (keys, what) in SHORTCUTS {
+                        ui.strong(*keys);
+                        ui.label(*what);
+                        ui.end_row();
+                    }
+                    ui.end_row();
+                    ui.strong("Review image view");
+                    ui.end_row();
+                    for (keys, what) in image_view::shortcuts() {
                         ui.strong(*keys);
                         ui.label(*what);
                         ui.end_row();
@@ -886,6 +902,7 @@ pub fn run_with(options: StudioOptions) -> anyhow::Result<()> {
     let native = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title("Mask Studio")
+            .with_app_id("maskstudio")
             .with_inner_size([1200.0, 800.0])
             .with_drag_and_drop(true),
         ..Default::default()
@@ -907,7 +924,7 @@ mod tests {
         assert_eq!(parse_tab("review"), Some(Tab::Review));
         assert_eq!(parse_tab(" Predict "), Some(Tab::Predict));
         assert_eq!(parse_tab("gallery"), None);
-        let err = create_sample(Path::new("/nonexistent")).unwrap_err();
-        assert!(err.to_string().contains("sample not available"), "{err}");
+        let err = create_sample(Path::new("/proc/maskstudio-sample")).unwrap_err();
+        assert!(err.to_string().contains("maskstudio-sample"), "{err:#}");
     }
 }
