@@ -899,8 +899,14 @@ pub fn run(project: Option<PathBuf>) -> anyhow::Result<()> {
 
 /// Opens the studio window with explicit options and blocks until it is closed.
 pub fn run_with(options: StudioOptions) -> anyhow::Result<()> {
+    let mut viewport = egui::ViewportBuilder::default();
+    // The app icon (assets/maskstudio.svg rendered at 256 px); a bad PNG only loses the icon.
+    match eframe::icon_data::from_png_bytes(include_bytes!("../../assets/maskstudio-256.png")) {
+        Ok(icon) => viewport = viewport.with_icon(icon),
+        Err(e) => log::warn!("the window icon: {e}"),
+    }
     let native = eframe::NativeOptions {
-        viewport: egui::ViewportBuilder::default()
+        viewport: viewport
             .with_title("Mask Studio")
             .with_app_id("maskstudio")
             .with_inner_size([1200.0, 800.0])
