@@ -293,13 +293,18 @@ fn path_field_recent_list_help_and_first_run() {
     assert_eq!(images, 24, "the generated sample has 24 scenes");
     assert_eq!(info.classes.len(), 3);
 
+    // The field now holds the sample's path: select it all and type over it.
     h.get_by_label("Project folder").focus();
+    h.step();
+    h.key_combination_modifiers(eframe::egui::Modifiers::COMMAND, &[eframe::egui::Key::A]);
     h.step();
     h.get_by_label("Project folder")
         .type_text(&root.display().to_string());
     h.step();
     h.get_by_label("Open").click();
-    wait_until(&mut h, "the project", |a| a.project().is_some());
+    wait_until(&mut h, "the project", |a| {
+        a.project().is_some_and(|(r, _)| *r == root)
+    });
     let recent = vec![root.clone(), sample.clone()];
     assert_eq!(h.state().settings().recent_projects, recent);
     // Settings are saved (debounced) with the projects in the recent list, newest first.
