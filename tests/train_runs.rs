@@ -322,15 +322,8 @@ fn a_diverging_run_stops_naming_the_step_and_keeps_a_loadable_checkpoint() {
         None,
     )
     .unwrap();
-    let image = maskstudio::infer::read_image(
-        &std::fs::read_dir(project.join("images"))
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path(),
-    )
-    .unwrap();
+    let images = maskstudio::infer::collect_images(&[project.join("images")]).unwrap();
+    let image = maskstudio::infer::read_image(&images[0]).unwrap();
     predictor.predict(&image).unwrap();
     let log = std::fs::read_to_string(run_dir.join("train.log")).unwrap();
     assert!(log.contains("failed: the "), "{log}");
@@ -390,8 +383,8 @@ fn freeze_epochs_hold_the_backbone_then_adamw_trains_it() {
     )
     .into_iter()
     .collect();
-    // features.18 is trainable with trainable_backbone_layers = 3.
-    let key = "backbone.body.features.18.0.weight";
+    // Stage 18 (the last 1x1 conv) is trainable with trainable_backbone_layers = 3.
+    let key = "backbone.body.18.0.weight";
     let after0 = safetensors(&copies.join("0.safetensors"));
     let after1 = safetensors(&copies.join("1.safetensors"));
     let diff = |a: &tch::Tensor, b: &tch::Tensor| (a - b).abs().max().double_value(&[]);
@@ -403,7 +396,7 @@ fn freeze_epochs_hold_the_backbone_then_adamw_trains_it() {
     let fpn = "backbone.fpn.layer_blocks.0.0.weight";
     assert!(diff(&after0[fpn], &after1[fpn]) > 0.0);
     // A layer outside trainable_backbone_layers never moves.
-    let fixed = "backbone.body.features.1.conv.0.0.weight";
+    let fixed = "backbone.body.1.conv.0.0.weight";
     assert_eq!(diff(&after1[fixed], &imagenet[fixed]), 0.0);
     // AdamW state: both moments, and no state for the body before it trained.
     let opt0 = safetensors(&copies.join("opt0.safetensors"));
@@ -530,15 +523,8 @@ fn exported_run_loads_into_torchvision_and_predicts_the_same() {
     );
     assert_eq!(metrics["train_config"]["image_size"], 128);
 
-    let images: Vec<PathBuf> = {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(project.join("images"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        v.sort();
-        v.truncate(2);
-        v
-    };
+    let mut images = maskstudio::infer::collect_images(&[project.join("images")]).unwrap();
+    images.truncate(2);
     let mut py = Command::new(maskstudio::runtime::python());
     py.arg("-c").arg(PY_EXPORTED).arg(&out).args(&images);
     let output = py.output().expect("python from the torch venv");

@@ -276,6 +276,25 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     let control = TrainControl::default();
     let summary = match (&args.resume, &args.project) {
         (Some(run_dir), _) => {
+            // The run's config.json is the recipe of a resumed run; flags would be ignored.
+            let recipe_flags = [
+                (args.preset.is_some(), "--preset"),
+                (args.config.is_some(), "--config"),
+                (args.model_config.is_some(), "--model-config"),
+                (args.epochs.is_some(), "--epochs"),
+                (args.batch_size.is_some(), "--batch-size"),
+                (args.image_size.is_some(), "--image-size"),
+                (args.lr.is_some(), "--lr"),
+                (args.optimizer.is_some(), "--optimizer"),
+                (args.schedule.is_some(), "--schedule"),
+                (args.seed.is_some(), "--seed"),
+                (args.max_iters.is_some(), "--max-iters"),
+            ];
+            if let Some((_, flag)) = recipe_flags.iter().find(|f| f.0) {
+                anyhow::bail!(
+                    "{flag} cannot be combined with --resume: the run keeps its recipe (config.json)"
+                );
+            }
             crate::train::resume(run_dir, args.continue_epochs, &control, &mut observer)?
         }
         (None, Some(project)) => {

@@ -147,8 +147,15 @@ pub fn event_line(e: &TrainEvent) -> String {
             epoch,
             mean_loss,
             steps,
-            ..
-        } => format!("epoch {epoch} done: mean loss {mean_loss:.4} over {steps} steps"),
+            val_segm_ap,
+            val_bbox_ap,
+        } => {
+            let mut line = format!("epoch {epoch} done: mean loss {mean_loss:.4} over {steps} steps");
+            if let (Some(segm), Some(bbox)) = (val_segm_ap, val_bbox_ap) {
+                line.push_str(&format!("; validation mask AP {segm:.4}, box AP {bbox:.4}"));
+            }
+            line
+        }
         TrainEvent::CheckpointSaved { path } => format!("checkpoint saved: {}", path.display()),
         TrainEvent::Finished {
             iterations,

@@ -674,7 +674,13 @@ impl Session {
                     .iter()
                     .map(|s| to_device(&s.target, self.device))
                     .collect();
-                let losses = tch::autocast(amp, || self.model.forward_train(&images, &targets))?;
+                // The panic is caught inside `autocast` so its nesting is always restored.
+                let losses = tch::autocast(amp, || {
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        self.model.forward_train(&images, &targets)
+                    }))
+                })
+                .map_err(|p| anyhow::anyhow!("libtorch: {}", panic_text(&*p)))??;
                 let weight = chunk.len() as f64 / n;
                 let total_t = losses.total();
                 let total = total_t.double_value(&[]);
