@@ -150,7 +150,8 @@ pub fn event_line(e: &TrainEvent) -> String {
             val_segm_ap,
             val_bbox_ap,
         } => {
-            let mut line = format!("epoch {epoch} done: mean loss {mean_loss:.4} over {steps} steps");
+            let mut line =
+                format!("epoch {epoch} done: mean loss {mean_loss:.4} over {steps} steps");
             if let (Some(segm), Some(bbox)) = (val_segm_ap, val_bbox_ap) {
                 line.push_str(&format!("; validation mask AP {segm:.4}, box AP {bbox:.4}"));
             }
