@@ -67,12 +67,15 @@ fn tiny(epochs: usize) -> TrainConfig {
     }
 }
 
+/// Called with the folder of each checkpoint as it is saved.
+type OnCheckpoint = Box<dyn FnMut(&Path)>;
+
 #[derive(Default)]
 struct Collect {
     steps: Vec<(usize, f64)>,
     events: Vec<TrainEvent>,
     cancel_after: Option<(usize, TrainControl)>,
-    on_checkpoint: Option<Box<dyn FnMut(&Path)>>,
+    on_checkpoint: Option<OnCheckpoint>,
 }
 
 impl TrainObserver for Collect {

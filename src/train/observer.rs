@@ -9,6 +9,9 @@ use crossbeam_channel::{Sender, TrySendError};
 use crate::train::config::TrainConfig;
 
 /// What happened in a run.
+// `Started` carries the whole recipe; it is sent once per run, so boxing it would only make
+// every consumer's pattern noisier.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum TrainEvent {
     /// The run folder exists and the model is built.

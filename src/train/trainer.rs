@@ -1014,7 +1014,7 @@ impl Session {
         let every = self.cfg.eval_every;
         let due = every > 0
             && !self.val_set.images.is_empty()
-            && ((epoch + 1) % every == 0 || last_epoch);
+            && ((epoch + 1).is_multiple_of(every) || last_epoch);
         if due {
             let (segm, bbox) = self.validate(&dir)?;
             if let Some(r) = self.state.history.last_mut() {
