@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Backbone, MaskRcnnConfig};
 use crate::runtime::DeviceChoice;
+use crate::train::augment::AugmentConfig;
 
 /// Model and size preset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -72,6 +73,9 @@ pub struct TrainConfig {
     pub max_iters: Option<usize>,
     /// Start the backbone from the preset's ImageNet weights (`cpu-fast` only).
     pub pretrained_backbone: bool,
+    /// Augmentation, sampling and loader options; `None` takes the preset's
+    /// ([`AugmentConfig::for_preset`], resolved by [`AugmentConfig::resolve`]).
+    pub augment: Option<AugmentConfig>,
 }
 
 impl Default for TrainConfig {
@@ -92,6 +96,7 @@ impl Default for TrainConfig {
             device: DeviceChoice::Auto,
             max_iters: None,
             pretrained_backbone: true,
+            augment: None,
         }
     }
 }

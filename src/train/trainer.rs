@@ -9,17 +9,16 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context as _;
-use tch::Device;
 use tch::nn::{self, OptimizerConfig as _};
 
 use crate::dataset::ExportImage;
 use crate::dataset::store::CancelToken;
 use crate::model::bundle::{Bundle, ModelSpec};
 use crate::model::weights::{self, PartialLoad};
-use crate::model::{Backbone, MaskRcnn, MaskRcnnConfig, Target};
-use crate::rng::SplitMix64;
+use crate::model::{Backbone, MaskRcnn, MaskRcnnConfig};
 use crate::train::config::{Preset, TrainConfig};
-use crate::train::data::{self, Augment};
+use crate::train::data;
+use crate::train::loader::TrainLoader;
 use crate::train::observer::{TrainEvent, TrainObserver, event_line};
 
 /// Loss names in the order of `metrics.csv` (sorted, as `Losses::to_map` returns them).
@@ -259,8 +258,8 @@ fn run(
     }
     .build(&vs, cfg.lr)?;
 
-    let steps_per_epoch = train_images.len().div_ceil(cfg.batch_size);
-    let planned = cfg.epochs * steps_per_epoch;
+    let loader = TrainLoader::new(&train_images, &label_of, cfg)?;
+    let planned = loader.total_steps(cfg.epochs);
     let total_iters = cfg.max_iters.map_or(planned, |m| m.min(planned));
     let mut counts = vec![0u64; class_names.len()];
     for image in &train_images {
@@ -302,8 +301,6 @@ fn run(
         Ok(checkpoint_dir.clone())
     };
 
-    let image_size = cfg.resolved_image_size();
-    let mut flip_rng = SplitMix64::new(cfg.seed ^ 0x0000_464c_4950);
     let mut iter = 0usize;
     let mut epochs_completed = 0usize;
     let mut final_loss = None;
@@ -313,15 +310,9 @@ fn run(
         if iter >= total_iters {
             break;
         }
-        let mut order: Vec<usize> = (0..train_images.len()).collect();
-        SplitMix64::new(
-            cfg.seed
-                .wrapping_add(epoch as u64)
-                .wrapping_mul(0x9e37_79b9),
-        )
-        .shuffle(&mut order);
         let (mut loss_sum, mut steps) = (0.0, 0usize);
-        for batch in order.chunks(cfg.batch_size) {
+        let steps_per_epoch = loader.steps_in_epoch(epoch);
+        for batch in loader.epoch(epoch) {
             if iter >= total_iters {
                 break;
             }
@@ -335,19 +326,9 @@ fn run(
             let started = Instant::now();
             let lr = learning_rate(cfg, iter, total_iters);
             opt.set_lr(lr);
-            let mut images = Vec::with_capacity(batch.len());
-            let mut targets = Vec::with_capacity(batch.len());
-            for &k in batch {
-                let image = train_images[k];
-                let aug = Augment {
-                    image_size,
-                    hflip: flip_rng.next_f64() < cfg.hflip_prob,
-                };
-                let sample = data::load_sample(image, &label_of, aug)
-                    .with_context(|| format!("loading image {:?}", image.path))?;
-                images.push(sample.image.to_device(device));
-                targets.push(to_device(sample.target, device));
-            }
+            let batch = batch?;
+            let n_images = batch.len();
+            let (images, targets) = batch.to_device(device);
             let losses = model
                 .forward_train(&images, &targets)
                 .with_context(|| format!("forward pass at step {iter}"))?;
@@ -362,7 +343,7 @@ fn run(
                 );
             }
             opt.backward_step(&total_t);
-            let images_per_sec = batch.len() as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            let images_per_sec = n_images as f64 / started.elapsed().as_secs_f64().max(1e-9);
             let cols: Vec<String> = LOSS_NAMES
                 .iter()
                 .map(|n| parts.get(*n).copied().unwrap_or(f64::NAN).to_string())
@@ -417,17 +398,6 @@ fn run(
         final_loss,
         checkpoint,
     })
-}
-
-fn to_device(t: Target, device: Device) -> Target {
-    if device == Device::Cpu {
-        return t;
-    }
-    Target {
-        boxes: t.boxes.to_device(device),
-        labels: t.labels.to_device(device),
-        masks: t.masks.to_device(device),
-    }
 }
 
 /// Loads the ImageNet weights of the backbone (`BackboneOnly`) from the verified catalogue file.
