@@ -116,7 +116,7 @@ fn build_project(s: &Settings, dir: &Path) -> anyhow::Result<PathBuf> {
     );
     set.images.truncate(s.images);
     let mut order: Vec<usize> = (0..set.images.len()).collect();
-    SplitMix64::new(s.seed ^ 0x6265_6e63_68).shuffle(&mut order);
+    SplitMix64::new(s.seed ^ 0x0062_656e_6368).shuffle(&mut order);
     let n_val = ((s.images as f64) * s.val_fraction).round() as usize;
     for (rank, &k) in order.iter().enumerate() {
         set.images[k].split = Some(if rank < n_val { "validation" } else { "train" }.to_owned());
@@ -295,7 +295,7 @@ fn main() -> anyhow::Result<()> {
     let project = build_project(&s, dir.path())?;
     let augment = match s.augment.as_str() {
         "preset" => None,
-        "off" => Some(AugmentConfig::off()),
+        "off" => Some(Box::new(AugmentConfig::off())),
         other => anyhow::bail!("--augment {other:?}: use preset or off"),
     };
     let cfg = TrainConfig {

@@ -87,13 +87,13 @@ fn config() -> TrainConfig {
         seed: 3,
         device: DeviceChoice::Cpu,
         pretrained_backbone: false,
-        augment: Some(AugmentConfig {
+        augment: Some(Box::new(AugmentConfig {
             ssr_prob: 0.5,
             crop_prob: 0.5,
             repeat_threshold: Some(0.5),
             workers: 2,
             ..AugmentConfig::default()
-        }),
+        })),
         ..TrainConfig::default()
     }
 }
@@ -143,7 +143,10 @@ fn training_through_the_loader_repeats_exactly_with_the_seed() {
     let cfg = config();
     let run = |workers: usize| {
         let cfg = TrainConfig {
-            augment: cfg.augment.clone().map(|a| AugmentConfig { workers, ..a }),
+            augment: cfg
+                .augment
+                .clone()
+                .map(|a| Box::new(AugmentConfig { workers, ..*a })),
             ..cfg.clone()
         };
         let mut steps = Steps::default();

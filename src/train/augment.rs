@@ -149,7 +149,8 @@ impl AugmentConfig {
     /// The config's `augment`, or the preset's pipeline when it has none.
     pub fn resolve(cfg: &TrainConfig) -> Self {
         cfg.augment
-            .clone()
+            .as_deref()
+            .cloned()
             .unwrap_or_else(|| Self::for_preset(cfg.preset))
     }
 
@@ -281,7 +282,7 @@ impl AugSample {
 /// Seed of one sample's augmentation: a function of the run seed, the epoch and the sample's
 /// position in the epoch only (never of thread timing).
 pub fn sample_seed(seed: u64, epoch: usize, position: usize) -> u64 {
-    let mut r = SplitMix64::new(seed ^ 0x4155_474d_454e_54);
+    let mut r = SplitMix64::new(seed ^ 0x0041_5547_4d45_4e54);
     let a = r.next_u64();
     SplitMix64::new(
         a ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
@@ -577,7 +578,7 @@ pub fn rgb_shift(image: &mut RgbImage, shift: [f64; 3]) {
 /// Pixel box `[x0, y0, x1, y1)` (exclusive ends) of a mask, `None` when empty.
 fn pixel_box(m: &Mask) -> Option<[u32; 4]> {
     let [x, y, w, h] = m.bbox();
-    (w > 0.0).then(|| [x as u32, y as u32, (x + w) as u32, (y + h) as u32])
+    (w > 0.0).then_some([x as u32, y as u32, (x + w) as u32, (y + h) as u32])
 }
 
 /// Picks `[start, end)` inside `0..len` containing `[keep0, keep1)`, with `end - start` at least
@@ -1018,14 +1019,14 @@ mod tests {
         let cfg = TrainConfig {
             image_size: Some(48),
             hflip_prob: 0.5,
-            augment: Some(AugmentConfig {
+            augment: Some(Box::new(AugmentConfig {
                 ssr_prob: 0.7,
                 crop_prob: 0.5,
                 rgb_shift_prob: 0.5,
                 scale_min: 0.5,
                 scale_max: 1.5,
                 ..AugmentConfig::default()
-            }),
+            })),
             ..TrainConfig::default()
         };
         let aug = Augmenter::new(&cfg);

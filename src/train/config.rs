@@ -74,8 +74,9 @@ pub struct TrainConfig {
     /// Start the backbone from the preset's ImageNet weights (`cpu-fast` only).
     pub pretrained_backbone: bool,
     /// Augmentation, sampling and loader options; `None` takes the preset's
-    /// ([`AugmentConfig::for_preset`], resolved by [`AugmentConfig::resolve`]).
-    pub augment: Option<AugmentConfig>,
+    /// ([`AugmentConfig::for_preset`], resolved by [`AugmentConfig::resolve`]). Boxed to keep
+    /// `TrainConfig` (carried by `TrainEvent::Started`) small.
+    pub augment: Option<Box<AugmentConfig>>,
 }
 
 impl Default for TrainConfig {

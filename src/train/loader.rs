@@ -402,20 +402,23 @@ mod tests {
             batch_size: 2,
             image_size: Some(32),
             seed: 11,
-            augment: Some(AugmentConfig {
+            augment: Some(Box::new(AugmentConfig {
                 workers,
                 prefetch_batches: 2,
                 ssr_prob: 0.5,
                 crop_prob: 0.5,
                 repeat_threshold: Some(0.5),
                 ..AugmentConfig::default()
-            }),
+            })),
             ..TrainConfig::default()
         }
     }
 
-    /// `(ids, image bytes, boxes)` of every batch of `epoch`.
-    fn run(loader: &TrainLoader, epoch: usize) -> Vec<(Vec<i64>, Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+    /// Image ids, flattened image tensors and flattened boxes of one batch.
+    type BatchValues = (Vec<i64>, Vec<Vec<f32>>, Vec<Vec<f32>>);
+
+    /// The values of every batch of `epoch`.
+    fn run(loader: &TrainLoader, epoch: usize) -> Vec<BatchValues> {
         loader
             .epoch(epoch)
             .map(|b| {
