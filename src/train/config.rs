@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Backbone, MaskRcnnConfig};
 use crate::runtime::DeviceChoice;
+use crate::train::augment::AugmentConfig;
 
 /// Model and size preset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -105,6 +106,10 @@ pub struct TrainConfig {
     /// `MaskRcnnConfig` keys overriding the preset (a partial `model.json`); `num_classes`
     /// comes from the project and cannot be set here.
     pub model_overrides: serde_json::Map<String, serde_json::Value>,
+    /// Augmentation, sampling and loader options; `None` takes the preset's
+    /// ([`AugmentConfig::for_preset`], resolved by [`AugmentConfig::resolve`]). Boxed to keep
+    /// `TrainConfig` (carried by `TrainEvent::Started`) small.
+    pub augment: Option<Box<AugmentConfig>>,
 }
 
 /// Optimiser.
@@ -189,6 +194,7 @@ impl Default for TrainConfig {
             eval_every: 1,
             patience: None,
             model_overrides: serde_json::Map::new(),
+            augment: None,
         }
     }
 }

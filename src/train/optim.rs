@@ -16,17 +16,46 @@ use crate::train::config::{OptimizerKind, ScheduleKind, TrainConfig};
 
 /// The span of steps one schedule covers (a fresh run: all of it; `--continue-epochs`: the
 /// added epochs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Schedule {
     /// Global step at which the schedule starts.
     pub start: usize,
     /// Steps the schedule is planned for.
     pub total: usize,
-    /// Steps per epoch (for epoch milestones).
+    /// Steps per epoch (for epoch milestones) when `epoch_steps` is empty.
     pub steps_per_epoch: usize,
+    /// Steps of each epoch of the schedule, in order (the loader's plan: aspect-ratio grouping
+    /// and repeat factors make the count differ between epochs); empty: every epoch has
+    /// `steps_per_epoch`.
+    #[serde(default)]
+    pub epoch_steps: Vec<usize>,
 }
 
 impl Schedule {
+    /// Step (counted from `start`) at which epoch `m` of the schedule begins.
+    fn epoch_start(&self, m: usize) -> usize {
+        if self.epoch_steps.is_empty() {
+            m * self.steps_per_epoch.max(1)
+        } else {
+            self.epoch_steps[..m.min(self.epoch_steps.len())]
+                .iter()
+                .sum()
+        }
+    }
+
+    /// Number of epochs the schedule's `total` steps reach into.
+    fn epochs(&self) -> usize {
+        let total = self.total.max(1);
+        if self.epoch_steps.is_empty() {
+            total.div_ceil(self.steps_per_epoch.max(1))
+        } else {
+            (0..self.epoch_steps.len())
+                .filter(|&m| self.epoch_start(m) < total)
+                .count()
+                .max(1)
+        }
+    }
+
     /// Learning rate of global step `iter`.
     pub fn lr(&self, cfg: &TrainConfig, iter: usize) -> f64 {
         let total = self.total.max(1);
@@ -54,14 +83,16 @@ impl Schedule {
         }
         match cfg.schedule {
             ScheduleKind::Multistep => {
-                let spe = self.steps_per_epoch.max(1);
-                let epochs = total.div_ceil(spe);
+                let epochs = self.epochs();
                 let milestones: Vec<usize> = if cfg.lr_milestones.is_empty() {
                     vec![(epochs * 2).div_ceil(3), (epochs * 8).div_ceil(9)]
                 } else {
                     cfg.lr_milestones.clone()
                 };
-                let passed = milestones.iter().filter(|&&m| i >= m * spe).count();
+                let passed = milestones
+                    .iter()
+                    .filter(|&&m| i >= self.epoch_start(m))
+                    .count();
                 cfg.lr * cfg.lr_gamma.powi(passed as i32)
             }
             _ => {
@@ -465,6 +496,7 @@ mod tests {
             start: 0,
             total: 100,
             steps_per_epoch: 10,
+            epoch_steps: Vec::new(),
         };
         assert_eq!(s.lr(&base, 0), 0.0);
         assert!((s.lr(&base, 5) - 0.05).abs() < 1e-12);
@@ -478,6 +510,20 @@ mod tests {
         assert!((s.lr(&multi, 29) - 0.1).abs() < 1e-12);
         assert!((s.lr(&multi, 30) - 0.01).abs() < 1e-12);
         assert!((s.lr(&multi, 60) - 0.001).abs() < 1e-12);
+        // Epochs of different lengths (the loader's plan): milestones at the epochs' starts.
+        let uneven = Schedule {
+            epoch_steps: vec![12, 9, 11, 8, 10, 10, 10, 10, 10, 10],
+            ..s.clone()
+        };
+        assert!((uneven.lr(&multi, 31) - 0.1).abs() < 1e-12);
+        assert!((uneven.lr(&multi, 32) - 0.01).abs() < 1e-12);
+        // Default milestones: 10 epochs → epochs 7 and 9 (start at steps 70 and 90).
+        let default_multi = TrainConfig {
+            lr_milestones: Vec::new(),
+            ..multi.clone()
+        };
+        assert!((uneven.lr(&default_multi, 69) - 0.1).abs() < 1e-12);
+        assert!((uneven.lr(&default_multi, 70) - 0.01).abs() < 1e-12);
         let one = TrainConfig {
             schedule: ScheduleKind::OneCycle,
             ..base.clone()
@@ -486,7 +532,10 @@ mod tests {
         assert!((s.lr(&one, 25) - 0.1).abs() < 1e-12);
         assert!(s.lr(&one, 100) < 1e-6);
         // A continued schedule starts over at its own start.
-        let later = Schedule { start: 100, ..s };
+        let later = Schedule {
+            start: 100,
+            ..s.clone()
+        };
         assert_eq!(later.lr(&base, 105), s.lr(&base, 5));
     }
 

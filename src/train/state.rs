@@ -288,8 +288,9 @@ mod tests {
             start: 0,
             total: 10,
             steps_per_epoch: 1,
+            epoch_steps: Vec::new(),
         };
-        let mut s = TrainState::new(10, 10, sched, 1);
+        let mut s = TrainState::new(10, 10, sched.clone(), 1);
         assert!(s.record_validation(0, 0.1, Some(2)));
         assert!(s.record_validation(1, 0.2, Some(2)));
         assert!(
@@ -316,6 +317,7 @@ mod tests {
                 start: 0,
                 total: 30,
                 steps_per_epoch: 10,
+                epoch_steps: vec![10, 9, 11],
             },
             4,
         );

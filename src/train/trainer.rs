@@ -22,7 +22,8 @@ use crate::model::weights::{self, PartialLoad};
 use crate::model::{Backbone, MaskRcnn, MaskRcnnConfig, Target};
 use crate::rng::SplitMix64;
 use crate::train::config::{Preset, TrainConfig};
-use crate::train::data::{self, Augment, Sample};
+use crate::train::data;
+use crate::train::loader::{Batch, TrainLoader};
 use crate::train::observer::{TrainEvent, TrainObserver, event_line};
 use crate::train::optim::{LossScaler, Optimizer, Schedule};
 use crate::train::state::{self as run_state, EpochRecord, TrainState};
@@ -119,6 +120,7 @@ pub fn learning_rate(cfg: &TrainConfig, iter: usize, total: usize) -> f64 {
         start: 0,
         total,
         steps_per_epoch: 1,
+        epoch_steps: Vec::new(),
     }
     .lr(cfg, iter)
 }
@@ -327,6 +329,8 @@ struct Session {
     class_names: Vec<String>,
     label_of: HashMap<i64, i64>,
     train_images: Vec<ExportImage>,
+    /// Batches of the training images (plan, augmentation, prefetching).
+    loader: TrainLoader,
     val_set: ExportSet,
     spec: ModelSpec,
     device: Device,
@@ -410,8 +414,9 @@ fn start_fresh(
         classes: set.classes.clone(),
         images: pick_images(&set, &split.val)?,
     };
-    let steps_per_epoch = train_images.len().div_ceil(cfg.batch_size);
-    let planned = cfg.epochs * steps_per_epoch;
+    let loader = new_loader(&train_images, &label_of, cfg)?;
+    let epoch_steps: Vec<usize> = (0..cfg.epochs).map(|e| loader.steps_in_epoch(e)).collect();
+    let planned: usize = epoch_steps.iter().sum();
     let total_iters = cfg.max_iters.map_or(planned, |m| m.min(planned));
     let mut state = TrainState::new(
         cfg.epochs,
@@ -419,7 +424,8 @@ fn start_fresh(
         Schedule {
             start: 0,
             total: total_iters,
-            steps_per_epoch,
+            steps_per_epoch: epoch_steps.first().copied().unwrap_or(0),
+            epoch_steps,
         },
         cfg.batch_size,
     );
@@ -443,6 +449,7 @@ fn start_fresh(
         class_names,
         label_of,
         train_images,
+        loader,
         val_set,
         spec: model_spec(&model_cfg),
         device,
@@ -520,17 +527,23 @@ fn start_resumed(
         .with_context(|| format!("loading the weights of {checkpoint:?}"))?;
     opt.load(&checkpoint.join(run_state::OPTIMIZER_FILE))?;
 
+    let loader = new_loader(&train_images, &label_of, &cfg)?;
     if let Some(n) = continue_epochs {
-        let spe = train_images.len().div_ceil(cfg.batch_size);
+        // The added epochs keep their numbers (and so their batch plans and augmentations).
+        let epoch_steps: Vec<usize> = (state.epochs..state.epochs + n)
+            .map(|e| loader.steps_in_epoch(e))
+            .collect();
+        let steps: usize = epoch_steps.iter().sum();
         cfg.epochs = state.epochs + n;
         cfg.max_iters = None;
         state.epochs = cfg.epochs;
         state.schedule = Schedule {
             start: state.iter,
-            total: n * spe,
-            steps_per_epoch: spe,
+            total: steps,
+            steps_per_epoch: epoch_steps.first().copied().unwrap_or(0),
+            epoch_steps,
         };
-        state.total_iters = state.iter + n * spe;
+        state.total_iters = state.iter + steps;
         state.finished = false;
         state.stopped_early = false;
         state.evals_since_best = 0;
@@ -540,8 +553,7 @@ fn start_resumed(
             (serde_json::to_string_pretty(&config_json)? + "\n").as_bytes(),
         )?;
         reporter.note(&format!(
-            "continuing for {n} more epochs ({} steps) with a new schedule",
-            n * spe
+            "continuing for {n} more epochs ({steps} steps) with a new schedule"
         ));
     }
     if cfg.amp && device.is_cuda() && state.loss_scaler.is_none() {
@@ -555,6 +567,7 @@ fn start_resumed(
         class_names,
         label_of,
         train_images,
+        loader,
         val_set,
         spec: model_spec(&model_cfg),
         device,
@@ -587,41 +600,20 @@ fn reopen_metrics(path: &Path, iter: usize) -> anyhow::Result<BufWriter<File>> {
     Ok(BufWriter::new(f))
 }
 
-/// The seed of everything random in step `iter` (flips, RoI samplers, size choice): a pure
-/// function of the run seed and the step, so a resumed run draws the same numbers.
+/// The seed of the RoI samplers in step `iter`: a pure function of the run seed and the step,
+/// so a resumed run draws the same numbers (augmentation is seeded by the loader).
 fn step_seed(seed: u64, iter: usize) -> u64 {
     SplitMix64::new(seed ^ (iter as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)).next_u64()
 }
 
-/// The order of the training images in `epoch` (a pure function of the seed and the epoch).
-fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..n).collect();
-    SplitMix64::new(seed.wrapping_add(epoch as u64).wrapping_mul(0x9e37_79b9)).shuffle(&mut order);
-    order
-}
-
-/// Loads the samples of one batch; the only place the loop gets data.
-fn load_batch(
-    images: &[ExportImage],
+/// The loader over the training images (`cfg`'s batch size, seed and augmentation).
+fn new_loader(
+    train_images: &[ExportImage],
     label_of: &HashMap<i64, i64>,
     cfg: &TrainConfig,
-    batch: &[usize],
-    seed: u64,
-) -> anyhow::Result<Vec<Sample>> {
-    let mut rng = SplitMix64::new(seed ^ 0x0000_464c_4950);
-    let image_size = cfg.resolved_image_size();
-    batch
-        .iter()
-        .map(|&k| {
-            let image = &images[k];
-            let aug = Augment {
-                image_size,
-                hflip: rng.next_f64() < cfg.hflip_prob,
-            };
-            data::load_sample(image, label_of, aug)
-                .with_context(|| format!("loading image {:?}", image.path))
-        })
-        .collect()
+) -> anyhow::Result<TrainLoader> {
+    let refs: Vec<&ExportImage> = train_images.iter().collect();
+    TrainLoader::new(&refs, label_of, cfg)
 }
 
 /// Losses of one step (weighted over micro-batches).
@@ -647,33 +639,30 @@ fn is_out_of_memory(e: &anyhow::Error) -> bool {
 }
 
 impl Session {
-    /// Forward + backward over `samples` in micro-batches of `micro` images, the loss of each
+    /// Forward + backward over `batch` in micro-batches of `micro` images, the loss of each
     /// weighted by its share of the batch (gradients accumulate). Returns early, without a
     /// backward pass, when a loss is not finite. Libtorch errors that surface as panics (CUDA
     /// out of memory in `backward`) come back as errors.
     fn accumulate(
         &self,
-        samples: &[Sample],
+        batch: &Batch,
         micro: usize,
         loss_scale: f64,
     ) -> anyhow::Result<StepLosses> {
         let amp = self.state.loss_scaler.is_some();
         let run = || -> anyhow::Result<StepLosses> {
-            let n = samples.len() as f64;
+            let n = batch.len() as f64;
             let mut out = StepLosses {
                 total: 0.0,
                 parts: BTreeMap::new(),
                 non_finite: None,
             };
-            for chunk in samples.chunks(micro.max(1)) {
-                let images: Vec<Tensor> = chunk
-                    .iter()
-                    .map(|s| s.image.to_device(self.device))
-                    .collect();
-                let targets: Vec<Target> = chunk
-                    .iter()
-                    .map(|s| to_device(&s.target, self.device))
-                    .collect();
+            let micro = micro.max(1);
+            // The batch stays on the CPU so an out-of-memory retry can split it again.
+            for (images, targets) in batch.images.chunks(micro).zip(batch.targets.chunks(micro)) {
+                let images: Vec<Tensor> = images.iter().map(|t| t.to_device(self.device)).collect();
+                let targets: Vec<Target> =
+                    targets.iter().map(|t| to_device(t, self.device)).collect();
                 // The panic is caught inside `autocast` so its nesting is always restored.
                 let losses = tch::autocast(amp, || {
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -681,7 +670,7 @@ impl Session {
                     }))
                 })
                 .map_err(|p| anyhow::anyhow!("libtorch: {}", panic_text(&*p)))??;
-                let weight = chunk.len() as f64 / n;
+                let weight = images.len() as f64 / n;
                 let total_t = losses.total();
                 let total = total_t.double_value(&[]);
                 out.total += weight * total;
@@ -703,16 +692,16 @@ impl Session {
     }
 
     /// One optimiser step on `batch` (not applied when a value is not finite, or when mixed
-    /// precision overflowed).
-    fn step(&mut self, batch: &[usize], lr: f64) -> anyhow::Result<StepLosses> {
+    /// precision overflowed). The RoI samplers are seeded from the step; the batch's
+    /// augmentation was seeded by the loader from its epoch and position.
+    fn step(&mut self, batch: &Batch, lr: f64) -> anyhow::Result<StepLosses> {
         let iter = self.state.iter;
         let seed = step_seed(self.cfg.seed, iter);
-        let samples = load_batch(&self.train_images, &self.label_of, &self.cfg, batch, seed)?;
         let losses = loop {
             self.opt.zero_grad();
             self.model.seed(seed);
             let scale = self.state.loss_scaler.map_or(1.0, |s| s.scale);
-            match self.accumulate(&samples, self.state.micro_batch, scale) {
+            match self.accumulate(batch, self.state.micro_batch, scale) {
                 Ok(l) => break l,
                 Err(e)
                     if self.device.is_cuda()
@@ -845,7 +834,6 @@ impl Session {
         let mut cancelled = false;
         let mut checkpoint = None;
         let mut best = run_state::checkpoint_dir(&self.run_dir, BEST_CHECKPOINT);
-        let n = self.train_images.len();
         while !self.state.finished {
             if self.state.iter >= self.state.total_iters || self.state.epoch >= self.state.epochs {
                 self.state.finished = true;
@@ -857,9 +845,10 @@ impl Session {
             if epoch < self.cfg.freeze_epochs && self.state.partial.steps == 0 {
                 reporter.note(&format!("epoch {epoch}: backbone body frozen"));
             }
-            let order = epoch_order(self.cfg.seed, epoch, n);
-            let batches: Vec<&[usize]> = order.chunks(self.cfg.batch_size).collect();
-            for batch in &batches[self.state.partial.steps.min(batches.len())..] {
+            // A resumed epoch restarts at the batch after the last one taken; breaking out
+            // (cancel, step limit) drops the iterator, which stops its worker threads.
+            let first = self.state.partial.steps;
+            for batch in self.loader.epoch_from(epoch, first) {
                 if self.state.iter >= self.state.total_iters {
                     break;
                 }
@@ -877,7 +866,8 @@ impl Session {
                 let started = Instant::now();
                 let iter = self.state.iter;
                 let lr = self.state.schedule.lr(&self.cfg, iter);
-                let losses = self.step(batch, lr)?;
+                let batch = batch.with_context(|| format!("loading the batch of step {iter}"))?;
+                let losses = self.step(&batch, lr)?;
                 if let Some((what, value)) = losses.non_finite {
                     return Err(self.nan_error(what, value, epoch, &losses.parts));
                 }
@@ -960,7 +950,7 @@ impl Session {
                 .state
                 .history
                 .iter()
-                .filter(|r| r.steps == self.state.schedule.steps_per_epoch)
+                .filter(|r| r.steps == self.loader.steps_in_epoch(r.epoch))
                 .count(),
             cancelled,
             stopped_early: self.state.stopped_early,
@@ -1115,7 +1105,5 @@ mod tests {
         assert_eq!(step_seed(3, 10), step_seed(3, 10));
         assert_ne!(step_seed(3, 10), step_seed(3, 11));
         assert_ne!(step_seed(3, 10), step_seed(4, 10));
-        assert_eq!(epoch_order(1, 2, 9), epoch_order(1, 2, 9));
-        assert_ne!(epoch_order(1, 2, 9), epoch_order(1, 3, 9));
     }
 }
