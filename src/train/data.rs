@@ -81,34 +81,9 @@ pub struct Sample {
     pub target: Target,
 }
 
-/// Geometric choices for one sample.
-#[derive(Debug, Clone, Copy)]
-pub struct Augment {
-    /// Longer side after resizing.
-    pub image_size: u32,
-    /// Mirror left-right.
-    pub hflip: bool,
-}
-
 /// Output size keeping the aspect ratio with the longer side at `size` (each side at least 1).
 pub fn resized_dims(width: u32, height: u32, size: u32) -> (u32, u32) {
     augment::fitted_dims(width, height, size)
-}
-
-/// Loads one image with its instances: decode, resize (bilinear image, nearest masks), optional
-/// flip, boxes from the final masks. Crowd instances and empty masks are dropped; an image with
-/// no instance left gives empty targets. (The trainer's loader adds the rest of
-/// [`augment`]'s pipeline.)
-pub fn load_sample(
-    image: &ExportImage,
-    labels: &HashMap<i64, i64>,
-    aug: Augment,
-) -> anyhow::Result<Sample> {
-    let mut s = augment::load(image, labels, aug.image_size)?;
-    if aug.hflip {
-        s = augment::hflip(s);
-    }
-    Ok(s.into_sample(image.id))
 }
 
 /// Reads the project's images and instances once (`Project::export_set(None)`).
