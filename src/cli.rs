@@ -45,15 +45,19 @@ pub enum Command {
         #[arg(long, value_parser = parse_format)]
         format: Option<Format>,
     },
-    /// Export a project's images and masks.
+    /// Export a project's images and masks, or (with --run) a trained model bundle.
     Export {
         /// Project folder.
-        #[arg(long)]
-        project: PathBuf,
+        #[arg(long, required_unless_present = "run", conflicts_with = "run")]
+        project: Option<PathBuf>,
         /// coco | coco-polygons | voc | yolo-seg | png-masks | oid-layout (`<class>/images` +
         /// `<class>/segmentations/{ImageID}_{MID}_{BoxID}.png`, the classic downloader layout)
-        #[arg(long, value_parser = parse_export_format)]
-        format: CliExportFormat,
+        #[arg(long, value_parser = parse_export_format, required_unless_present = "run")]
+        format: Option<CliExportFormat>,
+        /// A training run folder: writes the bundle of its best (else last) checkpoint
+        /// (model.safetensors, labels.txt, model.json) plus metrics.json to --out.
+        #[arg(long, conflicts_with_all = ["format", "split"])]
+        run: Option<PathBuf>,
         /// Output folder (created).
         #[arg(long)]
         out: PathBuf,
@@ -168,7 +172,24 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             format,
             out,
             split,
-        } => export(&project, format, &out, split.as_deref()),
+            run,
+        } => match (run, project, format) {
+            (Some(run), _, _) => {
+                let done = crate::train::export::export_run(&run, &out)
+                    .with_context(|| format!("exporting run {run:?}"))?;
+                println!(
+                    "exported the {} checkpoint of {} to {} (best validation mask AP {})",
+                    done.checkpoint,
+                    run.display(),
+                    done.out.display(),
+                    done.best_segm_ap
+                        .map_or_else(|| "-".to_owned(), |a| format!("{a:.4}"))
+                );
+                Ok(())
+            }
+            (None, Some(project), Some(format)) => export(&project, format, &out, split.as_deref()),
+            _ => anyhow::bail!("export needs --project and --format, or --run"),
+        },
         Command::Info { project } => info(&project),
         Command::Sample { project } => sample(&project),
         Command::Train(args) => crate::train::cli::run(&args),

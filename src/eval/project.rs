@@ -6,6 +6,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
+use crate::dataset::ExportSet;
 use crate::dataset::store::Project;
 use crate::eval::coco_eval::{DtAnn, EvalParams, EvalResult, GtAnn, IouType, STAT_NAMES, evaluate};
 use crate::infer::{Predictor, read_image};
@@ -59,6 +60,17 @@ pub fn evaluate_project(
 ) -> anyhow::Result<ProjectEval> {
     let set = project.export_set(split)?;
     anyhow::ensure!(!set.images.is_empty(), "no images in split {split:?}");
+    evaluate_set(&set, predictor, progress)
+}
+
+/// Runs the bundle over the images of `set` and evaluates against their instances (classes
+/// matched by name, as in [`evaluate_project`]); the trainer's validation uses this directly.
+pub fn evaluate_set(
+    set: &ExportSet,
+    predictor: &Predictor,
+    progress: &mut dyn FnMut(usize, usize),
+) -> anyhow::Result<ProjectEval> {
+    anyhow::ensure!(!set.images.is_empty(), "no images to evaluate");
     let label_of: BTreeMap<&str, i64> = predictor
         .labels()
         .iter()

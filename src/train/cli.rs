@@ -1,27 +1,39 @@
-//! `maskstudio train`: flags → [`TrainConfig`] → [`train`](crate::train::train) with printed
-//! progress.
+//! `maskstudio train`: flags → [`TrainConfig`] → [`train`](crate::train::train) (or
+//! [`resume`](crate::train::resume)) with a progress bar, per-class instance counts at the
+//! start and a per-epoch table.
 
 use std::path::PathBuf;
 
 use anyhow::Context as _;
+use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::dataset::store::CancelToken;
 use crate::runtime::DeviceChoice;
-use crate::train::config::{Preset, TrainConfig};
-use crate::train::observer::PrintObserver;
+use crate::train::config::{OptimizerKind, Preset, ScheduleKind, TrainConfig};
+use crate::train::observer::{TrainEvent, TrainObserver, event_line};
+use crate::train::trainer::TrainControl;
 
 /// Arguments of `maskstudio train`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TrainArgs {
-    /// Project folder.
-    #[arg(long)]
-    pub project: PathBuf,
+    /// Project folder (not needed with --resume).
+    #[arg(long, required_unless_present = "resume")]
+    pub project: Option<PathBuf>,
+    /// Continue the run in this folder exactly where it stopped (cancel, crash).
+    #[arg(long, conflicts_with = "project")]
+    pub resume: Option<PathBuf>,
+    /// With --resume: extend a finished run by this many epochs (new schedule over them).
+    #[arg(long, requires = "resume")]
+    pub continue_epochs: Option<usize>,
     /// cpu-fast (MobileNetV2-FPN, 320 px) | quality (ResNet-50-FPN, 800/1333 px).
     #[arg(long)]
     pub preset: Option<Preset>,
     /// A training config JSON (any `TrainConfig` key); flags given here override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// A partial model.json (any `MaskRcnnConfig` key: anchor_sizes, box_detections_per_img,
+    /// rpn_post_nms_top_n_train, …) overriding the preset's model.
+    #[arg(long)]
+    pub model_config: Option<PathBuf>,
     /// Passes over the training images.
     #[arg(long)]
     pub epochs: Option<usize>,
@@ -34,6 +46,27 @@ pub struct TrainArgs {
     /// Peak learning rate.
     #[arg(long)]
     pub lr: Option<f64>,
+    /// sgd | adamw
+    #[arg(long)]
+    pub optimizer: Option<OptimizerKind>,
+    /// cosine | multistep | one-cycle
+    #[arg(long)]
+    pub schedule: Option<ScheduleKind>,
+    /// Epochs with the backbone body frozen before it trains too.
+    #[arg(long)]
+    pub freeze_epochs: Option<usize>,
+    /// Clip gradients to this global norm.
+    #[arg(long)]
+    pub clip_grad_norm: Option<f64>,
+    /// Evaluate on the validation images every N epochs (0 = never).
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    /// Stop when the validation mask AP has not improved for N evaluations.
+    #[arg(long)]
+    pub patience: Option<usize>,
+    /// Mixed precision on CUDA (ignored on the CPU).
+    #[arg(long)]
+    pub amp: bool,
     /// Seed of the split, order, flips and initial weights.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -46,7 +79,7 @@ pub struct TrainArgs {
     /// Where run folders are created.
     #[arg(long, default_value = "runs")]
     pub runs_dir: PathBuf,
-    /// Print a step line every this many steps.
+    /// Print a step line every this many steps when no progress bar is shown (not a terminal).
     #[arg(long, default_value_t = 10)]
     pub print_every: usize,
 }
@@ -65,6 +98,9 @@ impl TrainArgs {
         if let Some(v) = self.preset {
             cfg.preset = v;
         }
+        if let Some(path) = &self.model_config {
+            cfg.model_overrides = crate::train::config::read_model_overrides(path)?;
+        }
         if let Some(v) = self.epochs {
             cfg.epochs = v;
         }
@@ -76,6 +112,27 @@ impl TrainArgs {
         }
         if let Some(v) = self.lr {
             cfg.lr = v;
+        }
+        if let Some(v) = self.optimizer {
+            cfg.optimizer = v;
+        }
+        if let Some(v) = self.schedule {
+            cfg.schedule = v;
+        }
+        if let Some(v) = self.freeze_epochs {
+            cfg.freeze_epochs = v;
+        }
+        if self.clip_grad_norm.is_some() {
+            cfg.clip_grad_norm = self.clip_grad_norm;
+        }
+        if let Some(v) = self.eval_every {
+            cfg.eval_every = v;
+        }
+        if self.patience.is_some() {
+            cfg.patience = self.patience;
+        }
+        if self.amp {
+            cfg.amp = true;
         }
         if let Some(v) = self.seed {
             cfg.seed = v;
@@ -91,22 +148,178 @@ impl TrainArgs {
     }
 }
 
+/// The CLI observer: a progress bar with ETA on a terminal (step lines otherwise), the class
+/// counts at the start, a table row per epoch, and the final line.
+pub struct CliObserver {
+    bar: Option<ProgressBar>,
+    every: usize,
+    header_printed: bool,
+}
+
+impl std::fmt::Debug for CliObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CliObserver")
+            .field("every", &self.every)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CliObserver {
+    /// Step lines every `every` steps when stderr is not a terminal.
+    pub fn new(every: usize) -> Self {
+        Self {
+            bar: None,
+            every: every.max(1),
+            header_printed: false,
+        }
+    }
+
+    fn print(&self, text: &str) {
+        match &self.bar {
+            Some(bar) if !bar.is_hidden() => bar.println(text),
+            _ => println!("{text}"),
+        }
+    }
+}
+
+/// `0.1234` or `-` for a missing value.
+fn ap_cell(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.4}"))
+}
+
+impl TrainObserver for CliObserver {
+    fn on_event(&mut self, e: &TrainEvent) {
+        match e {
+            TrainEvent::Started {
+                run_id,
+                run_dir,
+                train_images,
+                val_images,
+                class_counts,
+                total_iters,
+                ..
+            } => {
+                println!(
+                    "run {run_id} in {}: {train_images} training / {val_images} validation images, {total_iters} steps",
+                    run_dir.display()
+                );
+                let width = class_counts
+                    .iter()
+                    .map(|(n, _)| n.chars().count())
+                    .max()
+                    .unwrap_or(5)
+                    .max(5);
+                println!("{:<width$}  training instances", "class");
+                for (name, count) in class_counts {
+                    println!("{name:<width$}  {count:>9}");
+                }
+                let bar = ProgressBar::new(*total_iters as u64);
+                let style = ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} steps {per_sec} ETA {eta} {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
+                bar.set_style(style);
+                self.bar = Some(bar);
+            }
+            TrainEvent::Step {
+                iter, total, lr, ..
+            } => {
+                if let Some(bar) = &self.bar {
+                    bar.set_position(*iter as u64 + 1);
+                    bar.set_message(format!("loss {total:.4} lr {lr:.2e}"));
+                    if bar.is_hidden() && iter % self.every == 0 {
+                        println!("{}", event_line(e));
+                    }
+                }
+            }
+            TrainEvent::EpochEnd {
+                epoch,
+                mean_loss,
+                steps,
+                val_segm_ap,
+                val_bbox_ap,
+            } => {
+                if !self.header_printed {
+                    self.print(&format!(
+                        "{:>5} {:>6} {:>10} {:>10} {:>10}",
+                        "epoch", "steps", "mean loss", "mask AP", "box AP"
+                    ));
+                    self.header_printed = true;
+                }
+                self.print(&format!(
+                    "{epoch:>5} {steps:>6} {mean_loss:>10.4} {:>10} {:>10}",
+                    ap_cell(*val_segm_ap),
+                    ap_cell(*val_bbox_ap)
+                ));
+            }
+            TrainEvent::CheckpointSaved { .. } => {}
+            TrainEvent::Finished { .. } => {
+                if let Some(bar) = self.bar.take() {
+                    bar.finish_and_clear();
+                }
+                println!("{}", event_line(e));
+            }
+            TrainEvent::Failed { .. } => {
+                if let Some(bar) = self.bar.take() {
+                    bar.abandon();
+                }
+                eprintln!("{}", event_line(e));
+            }
+        }
+    }
+}
+
 /// Runs `maskstudio train`.
 pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
-    let cfg = args.to_config()?;
-    let mut observer = PrintObserver {
-        every: args.print_every,
+    let mut observer = CliObserver::new(args.print_every);
+    let control = TrainControl::default();
+    let summary = match (&args.resume, &args.project) {
+        (Some(run_dir), _) => {
+            // The run's config.json is the recipe of a resumed run; flags would be ignored.
+            let recipe_flags = [
+                (args.preset.is_some(), "--preset"),
+                (args.config.is_some(), "--config"),
+                (args.model_config.is_some(), "--model-config"),
+                (args.epochs.is_some(), "--epochs"),
+                (args.batch_size.is_some(), "--batch-size"),
+                (args.image_size.is_some(), "--image-size"),
+                (args.lr.is_some(), "--lr"),
+                (args.optimizer.is_some(), "--optimizer"),
+                (args.schedule.is_some(), "--schedule"),
+                (args.seed.is_some(), "--seed"),
+                (args.max_iters.is_some(), "--max-iters"),
+            ];
+            if let Some((_, flag)) = recipe_flags.iter().find(|f| f.0) {
+                anyhow::bail!(
+                    "{flag} cannot be combined with --resume: the run keeps its recipe (config.json)"
+                );
+            }
+            crate::train::resume(run_dir, args.continue_epochs, &control, &mut observer)?
+        }
+        (None, Some(project)) => {
+            let cfg = args.to_config()?;
+            crate::train::train_with(project, &args.runs_dir, &cfg, &control, &mut observer)?
+        }
+        (None, None) => anyhow::bail!("give --project (a new run) or --resume RUN_DIR"),
     };
-    let summary = crate::train::train(
-        &args.project,
-        &args.runs_dir,
-        &cfg,
-        &CancelToken::default(),
-        &mut observer,
-    )?;
+    if summary.stopped_early {
+        println!("early stopping: the validation mask AP stopped improving");
+    }
     println!("run folder: {}", summary.run_dir.display());
     if let Some(bundle) = &summary.checkpoint {
-        println!("model bundle: {}", bundle.display());
+        println!("last checkpoint: {}", bundle.display());
     }
+    if let Some(best) = &summary.best_checkpoint {
+        println!(
+            "best checkpoint: {} (validation mask AP {})",
+            best.display(),
+            ap_cell(summary.best_segm_ap)
+        );
+    }
+    println!(
+        "loss curves: {}",
+        summary.run_dir.join("loss.png").display()
+    );
     Ok(())
 }

@@ -1,17 +1,17 @@
-//! Training data from a project: a seeded train/val split, and samples (image tensor + Mask R-CNN
-//! target) resized so the longer side is the configured size, with a seeded horizontal flip that
-//! moves masks and boxes together.
+//! Training data from a project: a seeded train/val split, the class → label map, and samples
+//! (image tensor + Mask R-CNN target). The augmentations live in [`augment`], batching and
+//! prefetching in [`crate::train::loader`].
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::Context as _;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
-use crate::dataset::{ExportImage, ExportSet, Mask};
+use crate::dataset::{ExportImage, ExportSet};
 use crate::model::Target;
-
 use crate::rng::SplitMix64;
+use crate::train::augment;
 
 /// Image ids of the training and validation sets.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -81,99 +81,9 @@ pub struct Sample {
     pub target: Target,
 }
 
-/// Geometric choices for one sample.
-#[derive(Debug, Clone, Copy)]
-pub struct Augment {
-    /// Longer side after resizing.
-    pub image_size: u32,
-    /// Mirror left-right.
-    pub hflip: bool,
-}
-
 /// Output size keeping the aspect ratio with the longer side at `size` (each side at least 1).
 pub fn resized_dims(width: u32, height: u32, size: u32) -> (u32, u32) {
-    let scale = f64::from(size) / f64::from(width.max(height).max(1));
-    let w = ((f64::from(width) * scale).round() as u32).max(1);
-    let h = ((f64::from(height) * scale).round() as u32).max(1);
-    (w, h)
-}
-
-fn flip_mask(mask: &Mask) -> anyhow::Result<Mask> {
-    let w = mask.width() as usize;
-    let mut data = mask.data().to_vec();
-    if w > 0 {
-        for row in data.chunks_exact_mut(w) {
-            row.reverse();
-        }
-    }
-    Ok(Mask::from_vec(mask.width(), mask.height(), data)?)
-}
-
-/// Loads one image with its instances: decode, resize (bilinear image, nearest masks), optional
-/// flip, boxes from the final masks. Crowd instances, empty masks and boxes thinner than one
-/// pixel are dropped; an image with no instance left gives empty targets.
-pub fn load_sample(
-    image: &ExportImage,
-    labels: &HashMap<i64, i64>,
-    aug: Augment,
-) -> anyhow::Result<Sample> {
-    let rgb = crate::infer::read_image(&image.path)?;
-    let (w0, h0) = rgb.dimensions();
-    let (w, h) = resized_dims(w0, h0, aug.image_size);
-    let mut rgb = if (w, h) == (w0, h0) {
-        rgb
-    } else {
-        image::imageops::resize(&rgb, w, h, image::imageops::FilterType::Triangle)
-    };
-    if aug.hflip {
-        image::imageops::flip_horizontal_in_place(&mut rgb);
-    }
-    let mut boxes: Vec<f32> = Vec::new();
-    let mut label_vec: Vec<i64> = Vec::new();
-    let mut mask_bits: Vec<u8> = Vec::new();
-    for inst in &image.instances {
-        if inst.iscrowd {
-            continue;
-        }
-        let Some(&label) = labels.get(&inst.class_id) else {
-            continue;
-        };
-        let mask = Mask::from_rle(&inst.rle)
-            .with_context(|| format!("instance {} of image {}", inst.id, image.id))?;
-        let mut mask = if (mask.width(), mask.height()) == (w, h) {
-            mask
-        } else {
-            mask.resize_nearest(w, h)
-        };
-        if aug.hflip {
-            mask = flip_mask(&mask)?;
-        }
-        let [x, y, bw, bh] = mask.bbox();
-        if bw < 1.0 || bh < 1.0 {
-            continue;
-        }
-        boxes.extend([x as f32, y as f32, (x + bw) as f32, (y + bh) as f32]);
-        label_vec.push(label);
-        mask_bits.extend_from_slice(mask.data());
-    }
-    let g = label_vec.len() as i64;
-    let (hi, wi) = (i64::from(h), i64::from(w));
-    let image_t = Tensor::from_slice(rgb.as_raw())
-        .view([hi, wi, 3])
-        .permute([2, 0, 1])
-        .to_kind(Kind::Float)
-        .divide_scalar(255.0)
-        .contiguous();
-    let target = Target {
-        boxes: Tensor::from_slice(&boxes).view([g, 4]),
-        labels: Tensor::from_slice(&label_vec),
-        masks: Tensor::from_slice(&mask_bits).view([g, hi, wi]),
-    };
-    Ok(Sample {
-        image_id: image.id,
-        image: image_t,
-        target,
-    })
+    augment::fitted_dims(width, height, size)
 }
 
 /// Reads the project's images and instances once (`Project::export_set(None)`).

@@ -1,12 +1,23 @@
-//! Training: recipe ([`config`]), project data ([`data`]), progress events ([`observer`]) and the
-//! loop that writes run folders ([`trainer`]).
+//! Training: recipe ([`config`]), project data ([`data`]), progress events ([`observer`]),
+//! optimisers and schedules ([`optim`]), run-folder state and checkpoints ([`state`]), the loop
+//! that writes run folders ([`trainer`]), the loss chart ([`plot`]) and run export ([`export`]);
+//! augmentation ([`augment`]), batch planning ([`sampler`]) and the prefetching loader
+//! ([`loader`]) supply the loop's batches.
 
+pub mod augment;
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod export;
+pub mod loader;
 pub mod observer;
+pub mod optim;
+pub mod plot;
+pub mod sampler;
+pub mod state;
 pub mod trainer;
 
+pub use augment::AugmentConfig;
 pub use config::{Preset, TrainConfig};
 pub use observer::{ChannelObserver, NullObserver, PrintObserver, TrainEvent, TrainObserver};
-pub use trainer::{RunSummary, train};
+pub use trainer::{RunSummary, TrainControl, resume, train, train_with};

@@ -9,6 +9,9 @@ use crossbeam_channel::{Sender, TrySendError};
 use crate::train::config::TrainConfig;
 
 /// What happened in a run.
+// `Started` carries the whole recipe; it is sent once per run, so boxing it would only make
+// every consumer's pattern noisier.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum TrainEvent {
     /// The run folder exists and the model is built.
@@ -147,8 +150,16 @@ pub fn event_line(e: &TrainEvent) -> String {
             epoch,
             mean_loss,
             steps,
-            ..
-        } => format!("epoch {epoch} done: mean loss {mean_loss:.4} over {steps} steps"),
+            val_segm_ap,
+            val_bbox_ap,
+        } => {
+            let mut line =
+                format!("epoch {epoch} done: mean loss {mean_loss:.4} over {steps} steps");
+            if let (Some(segm), Some(bbox)) = (val_segm_ap, val_bbox_ap) {
+                line.push_str(&format!("; validation mask AP {segm:.4}, box AP {bbox:.4}"));
+            }
+            line
+        }
         TrainEvent::CheckpointSaved { path } => format!("checkpoint saved: {}", path.display()),
         TrainEvent::Finished {
             iterations,
@@ -174,32 +185,88 @@ impl TrainObserver for PrintObserver {
     }
 }
 
-/// Sends events over a bounded channel with `try_send`: when the receiver lags, events are
-/// dropped (and counted) instead of blocking training.
+/// Sends events over a bounded channel without ever blocking on `Step` events: when the
+/// receiver lags, steps are dropped (and counted). Every other event is kept: it waits in a
+/// small queue that is flushed on the next event, and `Finished`/`Failed` (after which nothing
+/// flushes) block until the receiver takes them or is gone.
 #[derive(Debug)]
 pub struct ChannelObserver {
     tx: Sender<TrainEvent>,
+    pending: std::collections::VecDeque<TrainEvent>,
     dropped: u64,
 }
 
 impl ChannelObserver {
     /// An observer feeding `tx` (make it with `crossbeam_channel::bounded`).
     pub fn new(tx: Sender<TrainEvent>) -> Self {
-        Self { tx, dropped: 0 }
+        Self {
+            tx,
+            pending: std::collections::VecDeque::new(),
+            dropped: 0,
+        }
     }
 
-    /// Events dropped because the channel was full or closed.
+    /// `Step` events dropped because the channel was full or closed.
     pub fn dropped(&self) -> u64 {
         self.dropped
+    }
+
+    /// Important events still waiting for room in the channel.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Sends queued events while the channel has room; `false` when some remain.
+    fn flush(&mut self) -> bool {
+        while let Some(e) = self.pending.pop_front() {
+            match self.tx.try_send(e) {
+                Ok(()) => {}
+                Err(TrySendError::Full(e)) => {
+                    self.pending.push_front(e);
+                    return false;
+                }
+                // Nobody listens any more: nothing to keep.
+                Err(TrySendError::Disconnected(_)) => self.pending.clear(),
+            }
+        }
+        true
+    }
+
+    /// Blocks until every queued event is sent (or the receiver is gone).
+    pub fn flush_blocking(&mut self) {
+        while let Some(e) = self.pending.pop_front() {
+            if self.tx.send(e).is_err() {
+                self.pending.clear();
+            }
+        }
     }
 }
 
 impl TrainObserver for ChannelObserver {
     fn on_event(&mut self, e: &TrainEvent) {
-        match self.tx.try_send(e.clone()) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.dropped += 1,
+        let flushed = self.flush();
+        match e {
+            TrainEvent::Step { .. } => {
+                // A step may not overtake queued important events.
+                if !flushed || self.tx.try_send(e.clone()).is_err() {
+                    self.dropped += 1;
+                }
+            }
+            TrainEvent::Finished { .. } | TrainEvent::Failed { .. } => {
+                self.pending.push_back(e.clone());
+                self.flush_blocking();
+            }
+            _ => {
+                self.pending.push_back(e.clone());
+                self.flush();
+            }
         }
+    }
+}
+
+impl Drop for ChannelObserver {
+    fn drop(&mut self) {
+        self.flush_blocking();
     }
 }
 
@@ -208,19 +275,57 @@ mod tests {
     use super::*;
 
     #[test]
-    fn channel_observer_never_blocks() {
+    fn channel_observer_drops_only_steps() {
         let (tx, rx) = crossbeam_channel::bounded(2);
         let mut obs = ChannelObserver::new(tx);
+        let step = |iter| TrainEvent::Step {
+            epoch: 0,
+            iter,
+            losses: BTreeMap::new(),
+            total: 1.0,
+            lr: 0.1,
+            images_per_sec: 1.0,
+            memory_bytes: None,
+        };
+        let epoch_end = |epoch| TrainEvent::EpochEnd {
+            epoch,
+            mean_loss: 1.0,
+            steps: 1,
+            val_segm_ap: None,
+            val_bbox_ap: None,
+        };
         for i in 0..5 {
-            obs.on_event(&TrainEvent::EpochEnd {
-                epoch: i,
-                mean_loss: 1.0,
-                steps: 1,
-                val_segm_ap: None,
-                val_bbox_ap: None,
-            });
+            obs.on_event(&step(i));
         }
         assert_eq!(obs.dropped(), 3);
-        assert_eq!(rx.try_iter().count(), 2);
+        // The channel is full: epoch ends queue up instead of being lost, and steps after them
+        // are dropped so they never overtake.
+        obs.on_event(&epoch_end(0));
+        obs.on_event(&step(5));
+        obs.on_event(&epoch_end(1));
+        assert_eq!(obs.pending(), 2);
+        assert_eq!(obs.dropped(), 4);
+        let got: Vec<TrainEvent> = rx.try_iter().collect();
+        assert_eq!(got, vec![step(0), step(1)]);
+        obs.on_event(&step(6));
+        assert_eq!(obs.pending(), 0);
+        let got: Vec<TrainEvent> = rx.try_iter().collect();
+        assert_eq!(got, vec![epoch_end(0), epoch_end(1)]);
+        // Finished blocks until the GUI takes it: a reader thread drains the channel.
+        for i in 7..9 {
+            obs.on_event(&step(i));
+        }
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            rx.iter().collect::<Vec<_>>()
+        });
+        obs.on_event(&TrainEvent::Finished {
+            iterations: 9,
+            cancelled: false,
+            final_loss: None,
+        });
+        drop(obs);
+        let rest = reader.join().unwrap();
+        assert!(matches!(rest.last(), Some(TrainEvent::Finished { .. })));
     }
 }

@@ -1,0 +1,126 @@
+//! `maskstudio export --run RUN_DIR --out DIR`: the model bundle of a run's best checkpoint
+//! (else its last) plus `metrics.json` (validation AP per epoch, the best, classes, the
+//! training and model configs).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+use crate::model::bundle::Bundle;
+use crate::train::state::{self, BEST_CHECKPOINT, LAST_CHECKPOINT};
+
+/// What [`export_run`] wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunExport {
+    /// The bundle folder written.
+    pub out: PathBuf,
+    /// `"best"` or `"last"`.
+    pub checkpoint: &'static str,
+    /// Best validation mask AP, if the run evaluated.
+    pub best_segm_ap: Option<f64>,
+}
+
+const BUNDLE_FILES: [&str; 3] = ["model.safetensors", "labels.txt", "model.json"];
+
+/// Copies the best (else last) checkpoint's bundle to `out` and writes `metrics.json` beside
+/// it. `out` must not exist, be empty, or hold an earlier export (it is replaced as a whole).
+pub fn export_run(run_dir: &Path, out: &Path) -> anyhow::Result<RunExport> {
+    let (source, which) = match state::checkpoint_dir(run_dir, BEST_CHECKPOINT) {
+        Some(dir) => (dir, "best"),
+        None => (
+            state::checkpoint_dir(run_dir, LAST_CHECKPOINT)
+                .with_context(|| format!("{run_dir:?} has no checkpoint to export"))?,
+            "last",
+        ),
+    };
+    // Refuse a broken bundle before writing anything.
+    let bundle =
+        Bundle::read(&source).with_context(|| format!("reading the checkpoint {source:?}"))?;
+    let config_path = run_dir.join("config.json");
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&config_path)
+            .with_context(|| format!("reading {config_path:?}"))?,
+    )
+    .with_context(|| format!("{config_path:?}: not valid JSON"))?;
+    let train_state = state::read_state(run_dir).ok().map(|(s, _)| s);
+
+    if out.exists() {
+        let is_dir = out.is_dir();
+        let empty = is_dir
+            && std::fs::read_dir(out)
+                .with_context(|| format!("listing {out:?}"))?
+                .next()
+                .is_none();
+        anyhow::ensure!(
+            is_dir && (empty || out.join("metrics.json").is_file()),
+            "{out:?} exists and is not an earlier export; choose a new folder"
+        );
+    }
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).with_context(|| format!("creating {parent:?}"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(out.file_name().unwrap_or_default());
+    tmp_name.push(".export-tmp");
+    let tmp = parent.join(tmp_name);
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {tmp:?}"))?;
+    }
+    std::fs::create_dir(&tmp).with_context(|| format!("creating {tmp:?}"))?;
+    for f in BUNDLE_FILES {
+        std::fs::copy(source.join(f), tmp.join(f))
+            .with_context(|| format!("copying {:?}", source.join(f)))?;
+    }
+    let epochs: Vec<serde_json::Value> = train_state
+        .as_ref()
+        .map(|s| {
+            s.history
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "epoch": r.epoch,
+                        "mean_loss": r.mean_loss,
+                        "val_segm_ap": r.val_segm_ap,
+                        "val_bbox_ap": r.val_bbox_ap,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let best_segm_ap = train_state.as_ref().and_then(|s| s.best_segm_ap);
+    let best_bbox_ap = train_state.as_ref().and_then(|s| {
+        s.best_epoch
+            .and_then(|e| s.history.iter().find(|r| r.epoch == e))
+            .and_then(|r| r.val_bbox_ap)
+    });
+    let metrics = serde_json::json!({
+        "run_id": config.get("run_id"),
+        "checkpoint": which,
+        "classes": bundle.labels,
+        "best": {
+            "epoch": train_state.as_ref().and_then(|s| s.best_epoch),
+            "val_segm_ap": best_segm_ap,
+            "val_bbox_ap": best_bbox_ap,
+        },
+        "epochs": epochs,
+        "iterations": train_state.as_ref().map(|s| s.iter),
+        "train_config": config.get("train"),
+        "model_config": config.get("model"),
+    });
+    std::fs::write(
+        tmp.join("metrics.json"),
+        serde_json::to_string_pretty(&metrics)? + "\n",
+    )
+    .with_context(|| format!("writing {:?}", tmp.join("metrics.json")))?;
+    if out.exists() {
+        std::fs::remove_dir_all(out).with_context(|| format!("replacing {out:?}"))?;
+    }
+    std::fs::rename(&tmp, out).with_context(|| format!("renaming {tmp:?} to {out:?}"))?;
+    Ok(RunExport {
+        out: out.to_path_buf(),
+        checkpoint: which,
+        best_segm_ap,
+    })
+}

@@ -1,0 +1,287 @@
+#!/usr/bin/env python3
+"""Reference training run for `cargo bench --bench train`: torchvision's Mask R-CNN trained the
+way `maskstudio train` trains it, then evaluated on the validation images with pycocotools.
+
+Same preset (the model kwargs come from our `TrainConfig::model_config` as JSON, so the backbone,
+sizes, anchors and sampler settings are identical; MobileNetV2-FPN starts from the ImageNet file
+`mobilenet_v2-b0353104.pth`), same images and split (two COCO exports written by
+`maskstudio export --format coco`, one per split), same epochs, batch size, learning rate, SGD
+momentum and weight decay, linear warm-up then cosine (our `trainer::learning_rate`: the
+trainer's default `optimizer = sgd`, `schedule = cosine`, which the bench also sets explicitly,
+with no freezing, clipping or mixed precision), same thread count. Data follows torchvision's detection reference: images pre-resized so the longer side is
+`--image-size` (our loader does the same), random horizontal flip, batches grouped by aspect
+ratio (torchvision's `create_aspect_ratio_groups(k=3)` + `GroupedBatchSampler`, the leftovers at
+the end as in our sampler).
+
+Prints one JSON object: images_per_sec (training loop only), train_seconds, images_seen,
+val_segm_ap, val_bbox_ap (COCO AP@[.5:.95]), the 12 stats of each, and the mean loss of the last
+epoch. Prints {"error": ...} when torch, torchvision or pycocotools cannot be imported.
+
+Run: python tools/ref_train.py --train DIR --val DIR --model-json FILE [--backbone-weights PTH]
+     [--epochs 3 --batch-size 4 --image-size 320 --lr 0.01 --threads 2 ...]
+"""
+import argparse
+import bisect
+import json
+import math
+import os
+import sys
+import time
+from functools import partial
+
+try:
+    import numpy as np
+    import torch
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+    from torchvision.models import resnet50
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor, mobilenet_backbone
+    from torchvision.ops import misc as misc_nn_ops
+except ImportError as e:  # the benchmark reports this instead of numbers
+    print(json.dumps({"error": f"import failed: {e}"}))
+    sys.exit(0)
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--train", required=True, help="COCO export folder (annotations.json, images/)")
+    p.add_argument("--val", required=True, help="COCO export folder of the validation images")
+    p.add_argument("--model-json", required=True, help="our MaskRcnnConfig as JSON")
+    p.add_argument("--backbone-weights", default=None, help="ImageNet state dict of the backbone")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--image-size", type=int, default=320)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--warmup-iters", type=int, default=100)
+    p.add_argument("--warmup-factor", type=float, default=0.001)
+    p.add_argument("--hflip-prob", type=float, default=0.5)
+    p.add_argument("--no-grouping", action="store_true", help="plain shuffled batches")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args()
+
+
+def learning_rate(a, it, total):
+    """Our `trainer::learning_rate`: linear warm-up, then half cosine to 0 at `total`."""
+    warmup = min(a.warmup_iters, total)
+    if it < warmup:
+        alpha = it / warmup
+        return a.lr * (a.warmup_factor * (1 - alpha) + alpha)
+    span = max(total - warmup, 1)
+    progress = min((it - warmup) / span, 1.0)
+    return a.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def fitted(w, h, size):
+    s = size / max(w, h, 1)
+    return max(1, round(w * s)), max(1, round(h * s))
+
+
+def load_split(folder, size, label_of):
+    """Images resized (longer side `size`, bilinear) with masks (nearest), boxes from the masks."""
+    coco = COCO(os.path.join(folder, "annotations.json"))
+    samples = []
+    for img_id in sorted(coco.getImgIds()):
+        info = coco.loadImgs(img_id)[0]
+        img = Image.open(os.path.join(folder, "images", info["file_name"])).convert("RGB")
+        w, h = fitted(img.width, img.height, size)
+        img = img.resize((w, h), Image.BILINEAR)
+        masks, labels = [], []
+        for ann in coco.loadAnns(coco.getAnnIds(imgIds=img_id)):
+            if ann.get("iscrowd", 0):
+                continue
+            m = Image.fromarray(coco.annToMask(ann)).resize((w, h), Image.NEAREST)
+            m = np.asarray(m, dtype=np.uint8)
+            if m.sum() == 0:
+                continue
+            masks.append(m)
+            labels.append(label_of[ann["category_id"]])
+        image = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255
+        masks_t = torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, h, w), dtype=torch.uint8)
+        samples.append({"image": image, "masks": masks_t, "labels": torch.tensor(labels, dtype=torch.int64)})
+    return samples
+
+
+def boxes_from_masks(masks):
+    if masks.shape[0] == 0:
+        return torch.zeros((0, 4))
+    out = []
+    for m in masks:
+        ys, xs = torch.where(m > 0)
+        out.append([xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1])
+    return torch.tensor(out, dtype=torch.float32)
+
+
+def aspect_bin(w, h):
+    bins = [2 ** x for x in np.linspace(-1, 1, 7)]
+    return bisect.bisect_right(bins, w / h)
+
+
+def epoch_batches(n, bins, batch_size, gen):
+    order = torch.randperm(n, generator=gen).tolist()
+    if bins is None:
+        return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    buffers, batches = {}, []
+    for i in order:
+        buf = buffers.setdefault(bins[i], [])
+        buf.append(i)
+        if len(buf) == batch_size:
+            batches.append(buf[:])
+            buf.clear()
+    pos = {i: p for p, i in enumerate(order)}
+    rest = sorted((i for b in buffers.values() for i in b), key=pos.get)
+    batches += [rest[i : i + batch_size] for i in range(0, len(rest), batch_size)]
+    return batches
+
+
+def build_model(cfg, weights):
+    norm = partial(misc_nn_ops.FrozenBatchNorm2d, eps=cfg["frozen_bn_eps"])
+    if cfg["backbone"] == "mobilenet_v2":
+        backbone = mobilenet_backbone(
+            backbone_name="mobilenet_v2",
+            weights=None,
+            fpn=True,
+            trainable_layers=cfg["trainable_backbone_layers"],
+            returned_layers=cfg["returned_layers"],
+            norm_layer=norm,
+        )
+        prefix = "features."
+    else:
+        body = resnet50(weights=None, norm_layer=norm)
+        backbone = _resnet_fpn_extractor(body, cfg["trainable_backbone_layers"], returned_layers=cfg["returned_layers"])
+        prefix = ""
+    if weights:
+        sd = torch.load(weights, map_location="cpu", weights_only=True)
+        sd = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+        missing, _ = backbone.body.load_state_dict(sd, strict=False)
+        if missing:
+            raise SystemExit(f"{weights}: backbone keys missing: {missing[:5]}")
+    anchors = AnchorGenerator(
+        sizes=tuple(tuple(s) for s in cfg["anchor_sizes"]),
+        aspect_ratios=tuple(tuple(a) for a in cfg["aspect_ratios"]),
+    )
+    keys = [
+        "rpn_pre_nms_top_n_train", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_train",
+        "rpn_post_nms_top_n_test", "rpn_nms_thresh", "rpn_fg_iou_thresh", "rpn_bg_iou_thresh",
+        "rpn_batch_size_per_image", "rpn_positive_fraction", "rpn_score_thresh", "box_score_thresh",
+        "box_nms_thresh", "box_detections_per_img", "box_fg_iou_thresh", "box_bg_iou_thresh",
+        "box_batch_size_per_image", "box_positive_fraction", "image_mean", "image_std",
+        "max_size", "size_divisible",
+    ]
+    return MaskRCNN(
+        backbone,
+        num_classes=cfg["num_classes"],
+        min_size=tuple(cfg["min_size"]),
+        rpn_anchor_generator=anchors,
+        bbox_reg_weights=tuple(cfg["bbox_reg_weights"]),
+        **{k: cfg[k] for k in keys},
+    )
+
+
+def evaluate(model, folder, cat_of):
+    """Predictions on the original images (the model resizes), COCOeval segm and bbox."""
+    coco = COCO(os.path.join(folder, "annotations.json"))
+    results = []
+    model.eval()
+    with torch.no_grad():
+        for img_id in sorted(coco.getImgIds()):
+            info = coco.loadImgs(img_id)[0]
+            img = Image.open(os.path.join(folder, "images", info["file_name"])).convert("RGB")
+            x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255
+            out = model([x])[0]
+            masks = (out["masks"][:, 0] > 0.5).numpy().astype(np.uint8)
+            for k in range(len(out["scores"])):
+                x1, y1, x2, y2 = out["boxes"][k].tolist()
+                rle = mask_utils.encode(np.asfortranarray(masks[k]))
+                rle["counts"] = rle["counts"].decode("ascii")
+                results.append({
+                    "image_id": img_id,
+                    "category_id": cat_of[int(out["labels"][k])],
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "score": float(out["scores"][k]),
+                    "segmentation": rle,
+                })
+    stats = {}
+    for iou_type in ("segm", "bbox"):
+        if not results:
+            stats[iou_type] = [0.0] * 12
+            continue
+        ev = COCOeval(coco, coco.loadRes(results), iou_type)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+        stats[iou_type] = [float(v) for v in ev.stats]
+    return stats, len(results)
+
+
+def main():
+    a = parse_args()
+    # pycocotools prints progress to stdout; keep stdout for the JSON line only.
+    out, sys.stdout = sys.stdout, sys.stderr
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    cfg = json.load(open(a.model_json))
+    with open(os.path.join(a.train, "annotations.json")) as f:
+        cats = sorted(c["id"] for c in json.load(f)["categories"])
+    label_of = {c: i + 1 for i, c in enumerate(cats)}
+    cat_of = {i + 1: c for i, c in enumerate(cats)}
+    train = load_split(a.train, a.image_size, label_of)
+    model = build_model(cfg, a.backbone_weights)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay)
+    bins = None if a.no_grouping else [aspect_bin(s["image"].shape[2], s["image"].shape[1]) for s in train]
+    gen = torch.Generator().manual_seed(a.seed)
+    plans = [epoch_batches(len(train), bins, a.batch_size, gen) for _ in range(a.epochs)]
+    total = sum(len(p) for p in plans)
+    model.train()
+    it, seen, train_s, last_losses = 0, 0, 0.0, []
+    for epoch, plan in enumerate(plans):
+        last_losses = []
+        for batch in plan:
+            t0 = time.perf_counter()
+            for g in opt.param_groups:
+                g["lr"] = learning_rate(a, it, total)
+            images, targets = [], []
+            for i in batch:
+                s = train[i]
+                img, masks = s["image"], s["masks"]
+                if torch.rand(1, generator=gen).item() < a.hflip_prob:
+                    img, masks = img.flip(-1), masks.flip(-1)
+                images.append(img)
+                targets.append({"boxes": boxes_from_masks(masks), "labels": s["labels"], "masks": masks})
+            losses = model(images, targets)
+            loss = sum(losses.values())
+            if not math.isfinite(loss.item()):
+                raise SystemExit(f"loss {loss.item()} at step {it}")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            train_s += time.perf_counter() - t0
+            seen += len(batch)
+            last_losses.append(loss.item())
+            it += 1
+        print(f"epoch {epoch}: mean loss {np.mean(last_losses):.4f}", file=sys.stderr)
+    stats, n_dets = evaluate(model, a.val, cat_of)
+    print(json.dumps({
+        "images_per_sec": seen / max(train_s, 1e-9),
+        "train_seconds": train_s,
+        "images_seen": seen,
+        "steps": it,
+        "final_loss": float(np.mean(last_losses)) if last_losses else None,
+        "val_segm_ap": stats["segm"][0],
+        "val_bbox_ap": stats["bbox"][0],
+        "segm_stats": stats["segm"],
+        "bbox_stats": stats["bbox"],
+        "val_detections": n_dets,
+        "threads": torch.get_num_threads(),
+    }), file=out)
+
+
+if __name__ == "__main__":
+    main()
