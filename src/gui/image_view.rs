@@ -860,12 +860,12 @@ impl ImageView {
         // Brush / eraser strokes from raw pointer events (every move is painted).
         if matches!(self.tool, Tool::Brush | Tool::Eraser) && !space {
             self.stroke_input(ui, &response, cx);
-        } else if response.clicked() || response.double_clicked() {
-            if let Some(pos) = response.interact_pointer_pos() {
-                let p = self.screen_to_image(pos);
-                let shift = ui.input(|i| i.modifiers.shift);
-                self.click(p, response.double_clicked(), shift, cx);
-            }
+        } else if (response.clicked() || response.double_clicked())
+            && let Some(pos) = response.interact_pointer_pos()
+        {
+            let p = self.screen_to_image(pos);
+            let shift = ui.input(|i| i.modifiers.shift);
+            self.click(p, response.double_clicked(), shift, cx);
         }
 
         let Some(data) = self.data.as_ref() else {
@@ -1062,7 +1062,6 @@ impl ImageView {
                 }
                 self.refresh_meta();
                 self.refresh_overlay(region);
-                return;
             }
             None => {
                 if stroke.mask.area() == 0 {
@@ -1083,7 +1082,6 @@ impl ImageView {
                         // Re-read the rows so the new instance has its stored fields.
                         self.selected = Some(id);
                         self.reload(cx);
-                        return;
                     }
                     Err(e) => cx.notices.error(format!("new instance: {e}")),
                 }
