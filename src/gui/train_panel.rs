@@ -368,8 +368,8 @@ pub fn draw_preview(sample: &PreviewSample, classes: &[String]) -> image::RgbIma
             for x in 0..w {
                 if mask.get(x, y) {
                     let p = img.get_pixel_mut(x, y);
-                    for c in 0..3 {
-                        p.0[c] = ((u16::from(p.0[c]) + u16::from(color[c])) / 2) as u8;
+                    for (v, c) in p.0.iter_mut().zip(color) {
+                        *v = ((u16::from(*v) + u16::from(c)) / 2) as u8;
                     }
                 }
             }
