@@ -1,7 +1,8 @@
 //! The Train panel driven through its real widgets (egui_kittest, by accessible label): start a
 //! short CPU run on a tiny synthetic project, see the loss plot receive points, stop it, see
-//! the run listed with its bundle and the watch images, export the bundle, and evaluate it in
-//! the Evaluate section, whose worst-image list opens an image in Review.
+//! the run listed with its bundle and the watch images, resume it (more points, pause), preview
+//! the augmentations, export the bundle, and evaluate it in the Evaluate section, whose
+//! worst-image list opens an image in Review.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -181,6 +182,45 @@ fn start_a_cpu_run_see_points_stop_list_export_and_evaluate() {
     assert!(h.state().panel.watch_count() <= maskstudio::gui::train_panel::WATCH_IMAGES);
     // The watch thread may still predict the last checkpoint (its spinner keeps repainting).
     wait_for(&mut h, "the background work", 120, |s| s.panel.idle());
+
+    // Resume the stopped run: its steps continue the numbering and stream into the same plots;
+    // pause holds it, and it is stopped again.
+    let before = h.state().panel.history().total.len();
+    h.run();
+    h.get_by_label(&run.id).click_accesskit();
+    h.run();
+    h.get_by_label("Resume run").click_accesskit();
+    wait_for(&mut h, "two more loss points", 180, |s| {
+        s.panel.history().total.len() >= before + 2
+    });
+    let hist = h.state().panel.history();
+    assert_eq!(hist.run_id, run.id, "the same run goes on");
+    assert_eq!(
+        hist.total[before][0] as usize, steps,
+        "the resumed run starts at the step after the stop"
+    );
+    h.get_by_label("Pause training").click_accesskit();
+    h.run();
+    assert!(h.state().panel.paused());
+    h.get_by_label("Resume training").click_accesskit();
+    h.run();
+    assert!(!h.state().panel.paused());
+    h.get_by_label("Stop training").click_accesskit();
+    wait_for(&mut h, "the resumed run to stop", 120, |s| {
+        !s.panel.running()
+    });
+    let status = h.state().panel.history().status.clone();
+    assert!(status.starts_with("stopped after"), "{status}");
+    wait_for(&mut h, "the background work", 120, |s| s.panel.idle());
+
+    // The augmentation preview: one augmented sample per training image (fewer than eight).
+    h.get_by_label("Preview augmentations").click_accesskit();
+    wait_for(&mut h, "the augmentation preview", 60, |s| {
+        s.panel.preview_count() > 0 && s.panel.idle()
+    });
+    let n = h.state().panel.preview_count();
+    assert_eq!(n, planned / 30, "one sample per training image");
+    h.get_by_label(&format!("Augmented samples: {n}"));
 
     // Export the selected run's bundle.
     h.run();

@@ -16,13 +16,18 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use eframe::egui;
 use egui_plot::{Legend, Line, Plot, PlotPoints};
 
-use crate::dataset::store::{CancelToken, Project};
+use crate::dataset::store::Project;
 use crate::gui::eval_panel::EvalPanel;
 use crate::gui::predict_panel::device_choice;
 use crate::gui::shared::{DeviceSetting, JobView, PanelCtx};
 use crate::infer::{Predictor, overlay, read_image};
+use crate::train::augment::PreviewSample;
+use crate::train::config::{OptimizerKind, ScheduleKind};
 use crate::train::trainer::LAST_CHECKPOINT;
-use crate::train::{ChannelObserver, Preset, RunSummary, TrainConfig, TrainEvent, TrainObserver};
+use crate::train::{
+    AugmentConfig, ChannelObserver, Preset, RunSummary, TrainConfig, TrainControl, TrainEvent,
+    TrainObserver,
+};
 
 /// Folder of a project's training runs.
 pub fn runs_dir(project: &Path) -> PathBuf {
@@ -75,8 +80,10 @@ pub struct History {
     pub steps: usize,
     /// Current epoch (0-based).
     pub epoch: usize,
-    /// When the first step arrived (for the ETA).
+    /// When the first step of this session (fresh or resumed) arrived (for the ETA).
     pub first_step_at: Option<Instant>,
+    /// That step's index.
+    pub first_step: usize,
     /// The last line of status (finished, failed, ...).
     pub status: String,
 }
@@ -92,14 +99,22 @@ impl History {
                 val_images,
                 ..
             } => {
-                *self = Self {
-                    run_id: run_id.clone(),
-                    total_iters: *total_iters,
-                    status: format!(
-                        "run {run_id}: {train_images} training / {val_images} validation images"
-                    ),
-                    ..Self::default()
-                };
+                let status = format!(
+                    "run {run_id}: {train_images} training / {val_images} validation images"
+                );
+                if *run_id == self.run_id {
+                    // A resumed or continued run streams into the same plots.
+                    self.total_iters = *total_iters;
+                    self.first_step_at = None;
+                    self.status = status;
+                } else {
+                    *self = Self {
+                        run_id: run_id.clone(),
+                        total_iters: *total_iters,
+                        status,
+                        ..Self::default()
+                    };
+                }
             }
             TrainEvent::Step {
                 epoch,
@@ -120,7 +135,10 @@ impl History {
                 self.memory_bytes = memory_bytes.or(self.memory_bytes);
                 self.steps = iter + 1;
                 self.epoch = *epoch;
-                self.first_step_at.get_or_insert_with(Instant::now);
+                if self.first_step_at.is_none() {
+                    self.first_step_at = Some(Instant::now());
+                    self.first_step = *iter;
+                }
             }
             TrainEvent::EpochEnd {
                 epoch,
@@ -156,7 +174,10 @@ impl History {
     pub fn eta_secs(&self) -> Option<f64> {
         let started = self.first_step_at?;
         // The first step's own time is not in `elapsed`, so pace over steps - 1.
-        let done = self.steps.checked_sub(1).filter(|&d| d > 0)?;
+        let done = self
+            .steps
+            .checked_sub(self.first_step + 1)
+            .filter(|&d| d > 0)?;
         let per_step = started.elapsed().as_secs_f64() / done as f64;
         Some(per_step * self.total_iters.saturating_sub(self.steps) as f64)
     }
@@ -304,7 +325,7 @@ impl TrainObserver for RepaintObserver {
 struct ActiveRun {
     events: Receiver<TrainEvent>,
     done: Receiver<Result<RunSummary, String>>,
-    cancel: CancelToken,
+    control: TrainControl,
     handle: Option<JoinHandle<()>>,
     project: PathBuf,
     device: DeviceSetting,
@@ -318,6 +339,43 @@ enum WatchEvent {
 enum Background {
     Runs(Vec<RunInfo>),
     Exported(Result<PathBuf, String>),
+    Preview(Result<Vec<PreviewSample>, String>),
+}
+
+/// What the `train-run` thread does.
+enum RunJob {
+    /// A new run with this recipe.
+    Fresh(Box<TrainConfig>),
+    /// [`crate::train::resume`] of a run folder (`Some(n)`: continue by `n` epochs).
+    Resume(PathBuf, Option<usize>),
+}
+
+/// How many augmented samples the preview shows (fewer when the training split is smaller).
+pub const PREVIEW_SAMPLES: usize = 8;
+
+/// Draws the instance masks over the image, half-transparent in their class colours
+/// (`overlay::label_color` of the class's index among `classes` + 1).
+pub fn draw_preview(sample: &PreviewSample, classes: &[String]) -> image::RgbImage {
+    let mut img = sample.image.clone();
+    for (mask, name) in &sample.instances {
+        let label = classes.iter().position(|c| c == name).unwrap_or(0) as i64 + 1;
+        let color = overlay::label_color(label);
+        let (w, h) = (
+            mask.width().min(img.width()),
+            mask.height().min(img.height()),
+        );
+        for y in 0..h {
+            for x in 0..w {
+                if mask.get(x, y) {
+                    let p = img.get_pixel_mut(x, y);
+                    for (v, c) in p.0.iter_mut().zip(color) {
+                        *v = ((u16::from(*v) + u16::from(c)) / 2) as u8;
+                    }
+                }
+            }
+        }
+    }
+    img
 }
 
 /// How many validation images the watch panel shows.
@@ -392,6 +450,22 @@ pub struct TrainPanel {
     watch_rx: Receiver<WatchEvent>,
     /// The Evaluate section.
     pub eval: EvalPanel,
+    /// The form's augmentation pipeline (follows the preset until edited).
+    aug: AugmentConfig,
+    /// Multistep milestones as typed (comma-separated epochs).
+    milestones_text: String,
+    /// Whether gradient clipping is on, and its max norm.
+    clip_enabled: bool,
+    clip_value: f64,
+    /// Whether early stopping is on, and its patience in evaluations.
+    patience_enabled: bool,
+    patience_value: usize,
+    /// Epochs for "Continue N epochs".
+    continue_epochs: usize,
+    previewing: bool,
+    /// Bumped at each preview so a new click shows new draws.
+    preview_epoch: usize,
+    preview: Vec<(String, egui::TextureHandle)>,
 }
 
 impl Default for TrainPanel {
@@ -407,7 +481,6 @@ impl TrainPanel {
         let (watch_tx, watch_rx) = bounded(2);
         Self {
             max_steps: cfg.max_iters.unwrap_or(0),
-            cfg,
             run: None,
             history: History::default(),
             smoothing: 0.6,
@@ -427,6 +500,22 @@ impl TrainPanel {
             watch_tx,
             watch_rx,
             eval: EvalPanel::default(),
+            aug: AugmentConfig::resolve(&cfg),
+            milestones_text: cfg
+                .lr_milestones
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            clip_enabled: cfg.clip_grad_norm.is_some(),
+            clip_value: cfg.clip_grad_norm.unwrap_or(10.0),
+            patience_enabled: cfg.patience.is_some(),
+            patience_value: cfg.patience.unwrap_or(3),
+            continue_epochs: 5,
+            previewing: false,
+            preview_epoch: 0,
+            preview: Vec::new(),
+            cfg,
         }
     }
 
@@ -459,6 +548,17 @@ impl TrainPanel {
             && !self.scanning
             && !self.exporting
             && !self.eval.running()
+            && !self.previewing
+    }
+
+    /// Augmented samples shown by the preview.
+    pub fn preview_count(&self) -> usize {
+        self.preview.len()
+    }
+
+    /// Whether the live run is paused.
+    pub fn paused(&self) -> bool {
+        self.run.as_ref().is_some_and(|r| r.control.is_paused())
     }
 
     /// Validation images shown in the watch panel.
@@ -478,53 +578,103 @@ impl TrainPanel {
                 name: format!("Training {}", h.run_id),
                 fraction: (h.total_iters > 0).then(|| h.steps as f32 / h.total_iters as f32),
                 text: format!("step {} / {}{eta}", h.steps, h.total_iters),
-                cancel: Some(run.cancel.clone()),
+                cancel: Some(run.control.cancel_token().clone()),
             });
         }
         jobs
     }
 
+    /// The form's recipe as the trainer takes it (device from the settings), or what is wrong.
+    pub fn recipe(&self, device: DeviceSetting) -> anyhow::Result<TrainConfig> {
+        let mut cfg = self.cfg.clone();
+        cfg.max_iters = (self.max_steps > 0).then_some(self.max_steps);
+        cfg.device = device_choice(device);
+        cfg.clip_grad_norm = self.clip_enabled.then_some(self.clip_value);
+        cfg.patience = self.patience_enabled.then_some(self.patience_value);
+        cfg.lr_milestones = self
+            .milestones_text
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| {
+                t.parse::<usize>()
+                    .map_err(|_| anyhow::anyhow!("milestone {t:?} is not a whole number of epochs"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        cfg.augment = Some(Box::new(self.aug.clone()));
+        cfg.validate()?;
+        self.aug.validate()?;
+        Ok(cfg)
+    }
+
     /// Starts a run with the form's recipe on the `train-run` thread.
     pub fn start(&mut self, ctx: &egui::Context, cx: &mut PanelCtx) {
+        match self.recipe(cx.settings.device) {
+            Ok(cfg) => self.spawn_run(ctx, cx, RunJob::Fresh(Box::new(cfg))),
+            Err(e) => cx.notices.error(format!("training settings: {e:#}")),
+        }
+    }
+
+    /// Resumes the run in `run_dir` where it stopped (`None`) or extends it by `n` epochs.
+    pub fn resume_run(
+        &mut self,
+        ctx: &egui::Context,
+        cx: &mut PanelCtx,
+        run_dir: PathBuf,
+        continue_epochs: Option<usize>,
+    ) {
+        self.spawn_run(ctx, cx, RunJob::Resume(run_dir, continue_epochs));
+    }
+
+    fn spawn_run(&mut self, ctx: &egui::Context, cx: &mut PanelCtx, job: RunJob) {
         let Some(project) = cx.project.map(Path::to_path_buf) else {
             cx.notices.warn("open a project before training");
             return;
         };
-        let mut cfg = self.cfg.clone();
-        cfg.max_iters = (self.max_steps > 0).then_some(self.max_steps);
-        cfg.device = device_choice(cx.settings.device);
-        if let Err(e) = cfg.validate() {
-            cx.notices.error(format!("training settings: {e:#}"));
+        if self.run.is_some() {
+            cx.notices.warn("a training run is already going");
             return;
         }
         // Steps are frequent; a large bound keeps them all at GUI frame rates.
         let (tx, events) = bounded(4096);
         let (done_tx, done) = bounded(1);
-        let cancel = CancelToken::default();
+        let control = TrainControl::default();
         let mut observer = RepaintObserver {
             inner: ChannelObserver::new(tx),
             ctx: ctx.clone(),
         };
-        let (p, token, ctx2) = (project.clone(), cancel.clone(), ctx.clone());
+        let resuming = matches!(job, RunJob::Resume(..));
+        let (p, control2, ctx2) = (project.clone(), control.clone(), ctx.clone());
         let spawned = std::thread::Builder::new()
             .name("train-run".to_owned())
             .spawn(move || {
-                let result = crate::train::train(&p, &runs_dir(&p), &cfg, &token, &mut observer)
-                    .map_err(|e| format!("{e:#}"));
+                let result = match job {
+                    RunJob::Fresh(cfg) => {
+                        crate::train::train_with(&p, &runs_dir(&p), &cfg, &control2, &mut observer)
+                    }
+                    RunJob::Resume(dir, extra) => {
+                        crate::train::resume(&dir, extra, &control2, &mut observer)
+                    }
+                }
+                .map_err(|e| format!("{e:#}"));
                 done_tx.send(result).ok();
                 ctx2.request_repaint();
             });
         match spawned {
             Ok(handle) => {
-                self.history = History {
-                    status: "starting".to_owned(),
-                    ..History::default()
-                };
-                self.watch.clear();
+                if resuming {
+                    self.history.status = "resuming".to_owned();
+                } else {
+                    self.history = History {
+                        status: "starting".to_owned(),
+                        ..History::default()
+                    };
+                    self.watch.clear();
+                }
                 self.run = Some(ActiveRun {
                     events,
                     done,
-                    cancel,
+                    control,
                     handle: Some(handle),
                     project,
                     device: cx.settings.device,
@@ -536,10 +686,57 @@ impl TrainPanel {
         }
     }
 
+    /// Pauses the live run before its next step, or lets a paused one go on.
+    pub fn toggle_pause(&mut self) {
+        if let Some(run) = &self.run {
+            if run.control.is_paused() {
+                run.control.resume();
+                self.history.status = "resumed".to_owned();
+            } else {
+                run.control.pause();
+                self.history.status = "paused".to_owned();
+            }
+        }
+    }
+
+    /// Augments the first [`PREVIEW_SAMPLES`] training images with the form's recipe on the
+    /// `train-aug-preview` thread; each call draws a new epoch's random parameters.
+    pub fn start_preview(&mut self, ctx: &egui::Context, cx: &mut PanelCtx) {
+        let Some(project) = cx.project.map(Path::to_path_buf) else {
+            cx.notices.warn("open a project to preview augmentations");
+            return;
+        };
+        if self.previewing {
+            return;
+        }
+        let cfg = match self.recipe(cx.settings.device) {
+            Ok(c) => c,
+            Err(e) => {
+                cx.notices.error(format!("training settings: {e:#}"));
+                return;
+            }
+        };
+        let epoch = self.preview_epoch;
+        self.preview_epoch += 1;
+        let (tx, ctx) = (self.bg_tx.clone(), ctx.clone());
+        let spawned = std::thread::Builder::new()
+            .name("train-aug-preview".to_owned())
+            .spawn(move || {
+                let r = crate::train::augment::preview(&project, &cfg, epoch, PREVIEW_SAMPLES)
+                    .map_err(|e| format!("{e:#}"));
+                tx.send(Background::Preview(r)).ok();
+                ctx.request_repaint();
+            });
+        match spawned {
+            Ok(_) => self.previewing = true,
+            Err(e) => cx.notices.error(format!("cannot start the preview: {e}")),
+        }
+    }
+
     /// Asks the run to stop after the current step (it saves a checkpoint first).
     pub fn stop(&mut self) {
         if let Some(run) = &self.run {
-            run.cancel.cancel();
+            run.control.cancel();
             self.history.status = "stopping after this step".to_owned();
         }
     }
@@ -674,6 +871,46 @@ impl TrainPanel {
                         Err(e) => cx.notices.error(format!("export failed: {e}")),
                     }
                 }
+                Background::Preview(r) => {
+                    self.previewing = false;
+                    match r {
+                        Ok(samples) => {
+                            let mut classes: Vec<String> = samples
+                                .iter()
+                                .flat_map(|s| s.instances.iter().map(|(_, c)| c.clone()))
+                                .collect();
+                            classes.sort();
+                            classes.dedup();
+                            self.preview = samples
+                                .iter()
+                                .enumerate()
+                                .map(|(k, sample)| {
+                                    let img = draw_preview(sample, &classes);
+                                    let size = [img.width() as usize, img.height() as usize];
+                                    let color = egui::ColorImage::from_rgb(size, img.as_raw());
+                                    let tex = ctx.load_texture(
+                                        format!("train_aug_preview_{k}"),
+                                        color,
+                                        egui::TextureOptions::LINEAR,
+                                    );
+                                    let names: Vec<&str> =
+                                        sample.instances.iter().map(|(_, c)| c.as_str()).collect();
+                                    let caption = format!(
+                                        "image {}: {}",
+                                        sample.image_id,
+                                        if names.is_empty() {
+                                            "no instances".to_owned()
+                                        } else {
+                                            names.join(", ")
+                                        }
+                                    );
+                                    (caption, tex)
+                                })
+                                .collect();
+                        }
+                        Err(e) => cx.notices.error(format!("augmentation preview: {e}")),
+                    }
+                }
             }
         }
     }
@@ -718,6 +955,7 @@ impl TrainPanel {
                 .spacing([12.0, 4.0])
                 .show(ui, |ui| {
                     let cfg = &mut self.cfg;
+                    let preset_before = cfg.preset;
                     let label = ui.label("Preset");
                     egui::ComboBox::from_id_salt("train_preset")
                         .selected_text(match cfg.preset {
@@ -730,6 +968,9 @@ impl TrainPanel {
                         })
                         .response
                         .labelled_by(label.id);
+                    if cfg.preset != preset_before {
+                        self.aug = AugmentConfig::for_preset(cfg.preset);
+                    }
                     ui.label("Backbone");
                     ui.label(match cfg.preset {
                         Preset::CpuFast => "MobileNetV2-FPN (ImageNet)",
@@ -767,9 +1008,89 @@ impl TrainPanel {
                     ui.end_row();
 
                     let cfg = &mut self.cfg;
-                    ui.label("Schedule");
-                    ui.label("linear warm-up, then cosine to 0");
+                    let label = ui.label("Optimizer");
+                    egui::ComboBox::from_id_salt("train_optimizer")
+                        .selected_text(match cfg.optimizer {
+                            OptimizerKind::Sgd => "SGD",
+                            OptimizerKind::Adamw => "AdamW",
+                        })
+                        .show_ui(ui, |ui| {
+                            ui.selectable_value(&mut cfg.optimizer, OptimizerKind::Sgd, "SGD");
+                            ui.selectable_value(&mut cfg.optimizer, OptimizerKind::Adamw, "AdamW");
+                        })
+                        .response
+                        .labelled_by(label.id);
                     labelled_drag(ui, "Seed", &mut cfg.seed, 0..=u64::MAX, 1.0);
+                    ui.end_row();
+
+                    let label = ui.label("Schedule");
+                    egui::ComboBox::from_id_salt("train_schedule")
+                        .selected_text(match cfg.schedule {
+                            ScheduleKind::Cosine => "cosine",
+                            ScheduleKind::Multistep => "multistep",
+                            ScheduleKind::OneCycle => "one-cycle",
+                        })
+                        .show_ui(ui, |ui| {
+                            for (k, name) in [
+                                (ScheduleKind::Cosine, "cosine"),
+                                (ScheduleKind::Multistep, "multistep"),
+                                (ScheduleKind::OneCycle, "one-cycle"),
+                            ] {
+                                ui.selectable_value(&mut cfg.schedule, k, name);
+                            }
+                        })
+                        .response
+                        .labelled_by(label.id);
+                    labelled_drag(ui, "Freeze epochs", &mut cfg.freeze_epochs, 0..=1000, 0.1);
+                    ui.end_row();
+
+                    if cfg.schedule == ScheduleKind::Multistep {
+                        let label = ui.label("Milestones (epochs, comma-separated)");
+                        ui.add(
+                            egui::TextEdit::singleline(&mut self.milestones_text)
+                                .desired_width(140.0),
+                        )
+                        .labelled_by(label.id);
+                        let label = ui.label("LR gamma");
+                        ui.add(
+                            egui::DragValue::new(&mut cfg.lr_gamma)
+                                .range(0.0..=1.0)
+                                .speed(0.01),
+                        )
+                        .labelled_by(label.id);
+                        ui.end_row();
+                    }
+
+                    ui.checkbox(&mut self.clip_enabled, "Clip gradients");
+                    ui.add_enabled_ui(self.clip_enabled, |ui| {
+                        labelled_drag(
+                            ui,
+                            "Max gradient norm",
+                            &mut self.clip_value,
+                            0.01..=1e6,
+                            0.1,
+                        );
+                    });
+                    labelled_drag(
+                        ui,
+                        "Evaluate every N epochs",
+                        &mut cfg.eval_every,
+                        0..=1000,
+                        0.1,
+                    );
+                    ui.end_row();
+
+                    ui.checkbox(&mut self.patience_enabled, "Early stopping");
+                    ui.add_enabled_ui(self.patience_enabled, |ui| {
+                        labelled_drag(
+                            ui,
+                            "Patience (evaluations)",
+                            &mut self.patience_value,
+                            1..=1000,
+                            0.1,
+                        );
+                    });
+                    ui.checkbox(&mut cfg.amp, "Mixed precision (AMP, CUDA only)");
                     ui.end_row();
 
                     let label = ui.label("Validation fraction");
@@ -802,6 +1123,74 @@ impl TrainPanel {
                     ui.checkbox(&mut cfg.pretrained_backbone, "ImageNet backbone");
                     ui.end_row();
                 });
+            egui::CollapsingHeader::new("Augmentation")
+                .default_open(false)
+                .show(ui, |ui| {
+                    let aug = &mut self.aug;
+                    ui.checkbox(&mut aug.enabled, "Augment training images");
+                    ui.add_enabled_ui(aug.enabled, |ui| {
+                        egui::Grid::new("train_aug_form")
+                            .num_columns(4)
+                            .spacing([12.0, 4.0])
+                            .show(ui, |ui| {
+                                labelled_drag(
+                                    ui,
+                                    "Shift-scale-rotate probability",
+                                    &mut aug.ssr_prob,
+                                    0.0..=1.0,
+                                    0.01,
+                                );
+                                labelled_drag(
+                                    ui,
+                                    "Rotate limit (degrees)",
+                                    &mut aug.rotate_limit,
+                                    0.0..=180.0,
+                                    0.5,
+                                );
+                                ui.end_row();
+                                labelled_drag(
+                                    ui,
+                                    "Crop probability",
+                                    &mut aug.crop_prob,
+                                    0.0..=1.0,
+                                    0.01,
+                                );
+                                labelled_drag(
+                                    ui,
+                                    "Scale jitter min",
+                                    &mut aug.scale_min,
+                                    0.1..=1.0,
+                                    0.01,
+                                );
+                                ui.end_row();
+                                labelled_drag(
+                                    ui,
+                                    "Colour probability",
+                                    &mut aug.color_prob,
+                                    0.0..=1.0,
+                                    0.01,
+                                );
+                                labelled_drag(
+                                    ui,
+                                    "Scale jitter max",
+                                    &mut aug.scale_max,
+                                    1.0..=4.0,
+                                    0.01,
+                                );
+                                ui.end_row();
+                                labelled_drag(
+                                    ui,
+                                    "RGB shift probability",
+                                    &mut aug.rgb_shift_prob,
+                                    0.0..=1.0,
+                                    0.01,
+                                );
+                                ui.checkbox(&mut aug.pad_to_square, "Pad to square");
+                                ui.end_row();
+                            });
+                    });
+                    ui.label("The horizontal flip probability is in the form above.");
+                });
         });
         ui.horizontal(|ui| {
             let can_start = !running && cx.project.is_some();
@@ -811,7 +1200,7 @@ impl TrainPanel {
             {
                 self.start(ui.ctx(), cx);
             }
-            let stopping = self.run.as_ref().is_some_and(|r| r.cancel.is_cancelled());
+            let stopping = self.run.as_ref().is_some_and(|r| r.control.is_cancelled());
             if ui
                 .add_enabled(running && !stopping, egui::Button::new("Stop training"))
                 .clicked()
@@ -821,8 +1210,46 @@ impl TrainPanel {
             if cx.project.is_none() {
                 ui.label("Open a project to train on it.");
             }
+            let pause_text = if self.paused() {
+                "Resume training"
+            } else {
+                "Pause training"
+            };
+            if ui
+                .add_enabled(running && !stopping, egui::Button::new(pause_text))
+                .clicked()
+            {
+                self.toggle_pause();
+            }
             ui.checkbox(&mut self.watch_enabled, "Watch validation images");
         });
+        ui.horizontal(|ui| {
+            if ui
+                .add_enabled(
+                    !self.previewing && cx.project.is_some(),
+                    egui::Button::new("Preview augmentations"),
+                )
+                .clicked()
+            {
+                self.start_preview(ui.ctx(), cx);
+            }
+            if self.previewing {
+                ui.spinner();
+            }
+            if !self.preview.is_empty() {
+                ui.label(format!("Augmented samples: {}", self.preview.len()));
+            }
+        });
+        if !self.preview.is_empty() {
+            ui.horizontal_wrapped(|ui| {
+                for (caption, tex) in &self.preview {
+                    ui.vertical(|ui| {
+                        ui.add(egui::Image::new(tex).max_size(egui::vec2(160.0, 160.0)));
+                        ui.small(caption);
+                    });
+                }
+            });
+        }
     }
 
     fn progress_ui(&self, ui: &mut egui::Ui) {
@@ -1007,6 +1434,29 @@ impl TrainPanel {
             }
             if selected.is_none() {
                 ui.label("Select a run to export its bundle.");
+            }
+        });
+        ui.horizontal(|ui| {
+            let can = self.run.is_none() && selected.as_ref().is_some_and(|r| r.has_bundle);
+            if ui
+                .add_enabled(can, egui::Button::new("Resume run"))
+                .on_hover_text("Continue a stopped run exactly where it stopped")
+                .clicked()
+                && let Some(run) = &selected
+            {
+                self.resume_run(ui.ctx(), cx, run.dir.clone(), None);
+            }
+            labelled_drag(ui, "Extra epochs", &mut self.continue_epochs, 1..=1000, 0.1);
+            if ui
+                .add_enabled(
+                    can,
+                    egui::Button::new(format!("Continue {} epochs", self.continue_epochs)),
+                )
+                .on_hover_text("Extend a run by more epochs with a new schedule over them")
+                .clicked()
+                && let Some(run) = &selected
+            {
+                self.resume_run(ui.ctx(), cx, run.dir.clone(), Some(self.continue_epochs));
             }
         });
     }
