@@ -10,8 +10,8 @@ use anyhow::Context as _;
 use crate::dataset::Rle;
 use crate::dataset::store::{CancelToken, Project};
 use crate::eval::coco_eval::{DtAnn, EvalParams, GtAnn, IouType, evaluate};
-use crate::eval::project::ProjectEval;
-use crate::infer::{Predictor, read_image};
+use crate::eval::project::{Annotations, ProjectEval, predict_annotations};
+use crate::infer::Predictor;
 
 /// Match counts of one image.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -180,57 +180,14 @@ pub fn evaluate_with_errors(
     let predictor = Predictor::load(bundle, device, None)?;
     let set = project.export_set(split)?;
     anyhow::ensure!(!set.images.is_empty(), "no images in split {split:?}");
-    let label_of: BTreeMap<&str, i64> = predictor
-        .labels()
-        .iter()
-        .enumerate()
-        .map(|(i, name)| (name.as_str(), i as i64 + 1))
-        .collect();
-    let class_label: BTreeMap<i64, i64> = set
-        .classes
-        .iter()
-        .filter_map(|c| label_of.get(c.name.as_str()).map(|&l| (c.id, l)))
-        .collect();
-    let (mut gts, mut dts) = (Vec::new(), Vec::new());
+    let Annotations { gts, dts, .. } =
+        predict_annotations(&set, &predictor, Some(cancel), progress)?;
+    // Non-crowd ground-truth instances per label (every label listed, zeros included).
     let mut gt_counts: BTreeMap<i64, u64> = (1..=predictor.labels().len() as i64)
         .map(|k| (k, 0))
         .collect();
-    for (done, image) in set.images.iter().enumerate() {
-        anyhow::ensure!(!cancel.is_cancelled(), "evaluation cancelled");
-        for inst in &image.instances {
-            let Some(&category_id) = class_label.get(&inst.class_id) else {
-                continue;
-            };
-            if !inst.iscrowd {
-                *gt_counts.entry(category_id).or_default() += 1;
-            }
-            gts.push(GtAnn {
-                image_id: image.id,
-                category_id,
-                iscrowd: inst.iscrowd,
-                area: inst.rle.area() as f64,
-                bbox: inst.rle.to_bbox(),
-                rle: Some(inst.rle.clone()),
-            });
-        }
-        let pixels = read_image(&image.path)?;
-        for d in predictor
-            .predict(&pixels)
-            .with_context(|| format!("predicting {:?}", image.path))?
-        {
-            let rle = d.mask.to_rle();
-            let [x1, y1, x2, y2] = d.box_xyxy.map(f64::from);
-            let bbox = [x1, y1, x2 - x1, y2 - y1];
-            dts.push(DtAnn {
-                image_id: image.id,
-                category_id: d.label,
-                score: f64::from(d.score),
-                area: DtAnn::area_for(Some(&bbox), Some(&rle)),
-                bbox,
-                rle: Some(rle),
-            });
-        }
-        progress(done + 1, set.images.len());
+    for g in gts.iter().filter(|g| !g.iscrowd) {
+        *gt_counts.entry(g.category_id).or_default() += 1;
     }
     let image_ids: Vec<i64> = set.images.iter().map(|m| m.id).collect();
     let category_ids: Vec<i64> = (1..=predictor.labels().len() as i64).collect();

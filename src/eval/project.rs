@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::Context as _;
 
 use crate::dataset::ExportSet;
-use crate::dataset::store::Project;
+use crate::dataset::store::{CancelToken, Project};
 use crate::eval::coco_eval::{DtAnn, EvalParams, EvalResult, GtAnn, IouType, STAT_NAMES, evaluate};
 use crate::infer::{Predictor, read_image};
 
@@ -63,14 +63,24 @@ pub fn evaluate_project(
     evaluate_set(&set, predictor, progress)
 }
 
-/// Runs the bundle over the images of `set` and evaluates against their instances (classes
-/// matched by name, as in [`evaluate_project`]); the trainer's validation uses this directly.
-pub fn evaluate_set(
+/// Ground truth and detections of a set in COCOeval's form (classes matched by name).
+pub(crate) struct Annotations {
+    /// Ground-truth instances of the classes the model knows (crowd regions included).
+    pub gts: Vec<GtAnn>,
+    /// The model's detections, with boxes and RLE masks.
+    pub dts: Vec<DtAnn>,
+    /// Instances left out because the model does not know their class.
+    pub unknown: usize,
+}
+
+/// Predicts every image of `set` and collects ground truth and detections; `cancel` is checked
+/// before each image, `progress(done, total)` runs after each.
+pub(crate) fn predict_annotations(
     set: &ExportSet,
     predictor: &Predictor,
+    cancel: Option<&CancelToken>,
     progress: &mut dyn FnMut(usize, usize),
-) -> anyhow::Result<ProjectEval> {
-    anyhow::ensure!(!set.images.is_empty(), "no images to evaluate");
+) -> anyhow::Result<Annotations> {
     let label_of: BTreeMap<&str, i64> = predictor
         .labels()
         .iter()
@@ -85,6 +95,10 @@ pub fn evaluate_set(
     let (mut gts, mut dts) = (Vec::new(), Vec::new());
     let mut unknown = 0usize;
     for (done, image) in set.images.iter().enumerate() {
+        anyhow::ensure!(
+            !cancel.is_some_and(CancelToken::is_cancelled),
+            "evaluation cancelled"
+        );
         for inst in &image.instances {
             let Some(&category_id) = class_label.get(&inst.class_id) else {
                 unknown += 1;
@@ -119,6 +133,18 @@ pub fn evaluate_set(
         }
         progress(done + 1, set.images.len());
     }
+    Ok(Annotations { gts, dts, unknown })
+}
+
+/// Runs the bundle over the images of `set` and evaluates against their instances (classes
+/// matched by name, as in [`evaluate_project`]); the trainer's validation uses this directly.
+pub fn evaluate_set(
+    set: &ExportSet,
+    predictor: &Predictor,
+    progress: &mut dyn FnMut(usize, usize),
+) -> anyhow::Result<ProjectEval> {
+    anyhow::ensure!(!set.images.is_empty(), "no images to evaluate");
+    let Annotations { gts, dts, unknown } = predict_annotations(set, predictor, None, progress)?;
     if unknown > 0 {
         log::warn!("{unknown} instances belong to classes the model does not know; left out");
     }
