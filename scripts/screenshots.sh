@@ -38,6 +38,12 @@ trap cleanup EXIT
 
 project="$work/coco128-seg"
 "$bin" import --project "$project" "$dataset"
+# A short CPU training run so the Train tab lists a run with its metrics (SHOT_TRAIN_STEPS=0 skips).
+steps="${SHOT_TRAIN_STEPS:-6}"
+if [ "$steps" -gt 0 ]; then
+  "$bin" train --project "$project" --runs-dir "$project/runs" --epochs 1 --max-iters "$steps" \
+    --image-size 192 --batch-size 2 --device cpu
+fi
 
 # A private settings folder (recent list, theme) and runtime dir for this run only.
 export MASKSTUDIO_CONFIG="$work/config"
