@@ -21,20 +21,7 @@ from torchvision.ops import misc as misc_nn_ops
 bb = mobilenet_backbone(backbone_name="mobilenet_v2", fpn=True, returned_layers=[1, 2, 3, 4],
                         weights=None, norm_layer=misc_nn_ops.FrozenBatchNorm2d, trainable_layers=3)
 m = MaskRCNN(bb, num_classes=3)
-g = torch.Generator().manual_seed(11)
-with torch.no_grad():
-    for k, v in m.state_dict().items():
-        if k.endswith("running_var"):
-            v.copy_(torch.rand(v.shape, generator=g) * 0.5 + 0.75)
-        elif k.endswith("running_mean"):
-            v.copy_(torch.randn(v.shape, generator=g) * 0.1)
-        elif v.dim() == 1 and k.startswith("backbone.body.") and k.endswith("weight"):
-            v.copy_(torch.rand(v.shape, generator=g) * 0.5 + 0.25)
-        elif v.dim() == 1:
-            v.copy_(torch.randn(v.shape, generator=g) * (1.0 if "cls_score" in k else 0.01))
-        else:
-            fan_in = float(torch.tensor(v.shape[1:]).prod())
-            v.copy_(torch.randn(v.shape, generator=g) * (2.0 / fan_in) ** 0.5 * (8.0 if "cls_score" in k else 1.0))
+confident_init(m, 11)
 d = sys.argv[1]
 os.makedirs(d, exist_ok=True)
 save_file({k: v.contiguous() for k, v in m.state_dict().items()}, os.path.join(d, "model.safetensors"))
@@ -117,7 +104,7 @@ fn eval_scores_the_models_own_masks_perfectly_and_penalises_missing_ground_truth
     let bundle = dir.path().join("bundle");
     let output = Command::new(maskstudio::runtime::python())
         .arg("-c")
-        .arg(PY_BUNDLE)
+        .arg(format!("{}{PY_BUNDLE}", common::PY_TV_HELPERS))
         .arg(&bundle)
         .output()
         .expect("python from the torch venv (./test-all installs it)");

@@ -33,38 +33,14 @@ from safetensors.torch import save_file
 from pycocotools import mask as mu
 bundle, images = sys.argv[1], sys.argv[2:]
 m = build(3, min_size=160, max_size=224, box_detections_per_img=25).eval()
-g = torch.Generator().manual_seed(7)
-with torch.no_grad():
-    for k, v in m.state_dict().items():
-        if k.endswith("running_var"):
-            v.copy_(torch.rand(v.shape, generator=g) * 0.5 + 0.75)
-        elif k.endswith("running_mean"):
-            v.copy_(torch.randn(v.shape, generator=g) * 0.1)
-        elif v.dim() == 1 and k.startswith("backbone.body.") and k.endswith("weight"):
-            v.copy_(torch.rand(v.shape, generator=g) * 0.5 + 0.25)
-        elif v.dim() == 1:
-            v.copy_(torch.randn(v.shape, generator=g) * (1.0 if "cls_score" in k else 0.01))
-        else:
-            fan_in = float(np.prod(v.shape[1:]))
-            std = (2.0 / fan_in) ** 0.5 * (8.0 if "cls_score" in k else 1.0)
-            v.copy_(torch.randn(v.shape, generator=g) * std)
+confident_init(m, 7)
 os.makedirs(bundle, exist_ok=True)
 save_file({k: v.contiguous() for k, v in m.state_dict().items()}, os.path.join(bundle, "model.safetensors"))
 json.dump({"format": "maskstudio-model/1", "architecture": "maskrcnn", "backbone": "mobilenet_v2",
            "num_classes": 3, "min_size": 160, "max_size": 224, "box_detections_per_img": 25},
           open(os.path.join(bundle, "model.json"), "w"))
 open(os.path.join(bundle, "labels.txt"), "w").write("cat\ndog\n")
-out = {}
-with torch.no_grad():
-    for path in images:
-        x = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 255
-        d = m([x])[0]
-        masks = (d["masks"][:, 0] >= 0.5).numpy().astype(np.uint8)
-        out[os.path.basename(path)] = [
-            {"bbox": d["boxes"][i].tolist(), "score": float(d["scores"][i]), "label": int(d["labels"][i]),
-             "counts": mu.encode(np.asfortranarray(masks[i]))["counts"].decode()}
-            for i in range(len(d["scores"]))]
-print(json.dumps(out))
+print(json.dumps(predict_dump(m, images)))
 "#;
 
 const PY_LOAD: &str = r#"
@@ -76,7 +52,7 @@ print(m.load_state_dict(load_file(sys.argv[1]), strict=True))
 fn python(script: &str, args: &[&Path]) -> String {
     let output = Command::new(maskstudio::runtime::python())
         .arg("-c")
-        .arg(format!("{PY_MODEL}{script}"))
+        .arg(format!("{PY_MODEL}{}{script}", common::PY_TV_HELPERS))
         .args(args)
         .output()
         .expect("python from the torch venv (./test-all installs it)");

@@ -470,17 +470,7 @@ keys = ["min_size", "max_size", "image_mean", "image_std", "rpn_pre_nms_top_n_te
 m = MaskRCNN(bb, num_classes=spec["num_classes"], rpn_anchor_generator=anchors,
              **{k: spec[k] for k in keys if k in spec}).eval()
 print(m.load_state_dict(load_file(os.path.join(bundle, "model.safetensors")), strict=True))
-out = {}
-with torch.no_grad():
-    for path in images:
-        x = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 255
-        d = m([x])[0]
-        masks = (d["masks"][:, 0] >= 0.5).numpy().astype(np.uint8)
-        out[os.path.basename(path)] = [
-            {"bbox": d["boxes"][i].tolist(), "score": float(d["scores"][i]), "label": int(d["labels"][i]),
-             "counts": mu.encode(np.asfortranarray(masks[i]))["counts"].decode()}
-            for i in range(len(d["scores"]))]
-print(json.dumps(out))
+print(json.dumps(predict_dump(m, images)))
 "#;
 
 #[test]
@@ -529,7 +519,10 @@ fn exported_run_loads_into_torchvision_and_predicts_the_same() {
     let mut images = maskstudio::infer::collect_images(&[project.join("images")]).unwrap();
     images.truncate(2);
     let mut py = Command::new(maskstudio::runtime::python());
-    py.arg("-c").arg(PY_EXPORTED).arg(&out).args(&images);
+    py.arg("-c")
+        .arg(format!("{}{PY_EXPORTED}", common::PY_TV_HELPERS))
+        .arg(&out)
+        .args(&images);
     let output = py.output().expect("python from the torch venv");
     assert!(
         output.status.success(),

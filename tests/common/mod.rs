@@ -27,3 +27,42 @@ pub fn write_png(path: &std::path::Path, width: u32, height: u32, seed: u8) {
     img.save(path).unwrap();
 }
 pub mod oi_server;
+
+/// Python helpers prepended to the test scripts that build torchvision references:
+/// `confident_init(m, seed)` gives a Mask R-CNN random but confident weights (the classifier
+/// scaled 8×, BN statistics near identity) so detections are stable, and
+/// `predict_dump(m, images)` returns torchvision's detections per file name with masks as
+/// pycocotools RLE strings.
+pub const PY_TV_HELPERS: &str = r#"
+import os, numpy as np, torch
+from PIL import Image
+from pycocotools import mask as mu
+def confident_init(m, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for k, v in m.state_dict().items():
+            if k.endswith("running_var"):
+                v.copy_(torch.rand(v.shape, generator=g) * 0.5 + 0.75)
+            elif k.endswith("running_mean"):
+                v.copy_(torch.randn(v.shape, generator=g) * 0.1)
+            elif v.dim() == 1 and k.startswith("backbone.body.") and k.endswith("weight"):
+                v.copy_(torch.rand(v.shape, generator=g) * 0.5 + 0.25)
+            elif v.dim() == 1:
+                v.copy_(torch.randn(v.shape, generator=g) * (1.0 if "cls_score" in k else 0.01))
+            else:
+                fan_in = float(np.prod(v.shape[1:]))
+                std = (2.0 / fan_in) ** 0.5 * (8.0 if "cls_score" in k else 1.0)
+                v.copy_(torch.randn(v.shape, generator=g) * std)
+def predict_dump(m, images):
+    out = {}
+    with torch.no_grad():
+        for path in images:
+            x = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 255
+            d = m([x])[0]
+            masks = (d["masks"][:, 0] >= 0.5).numpy().astype(np.uint8)
+            out[os.path.basename(path)] = [
+                {"bbox": d["boxes"][i].tolist(), "score": float(d["scores"][i]), "label": int(d["labels"][i]),
+                 "counts": mu.encode(np.asfortranarray(masks[i]))["counts"].decode()}
+                for i in range(len(d["scores"]))]
+    return out
+"#;
