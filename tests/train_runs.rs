@@ -8,12 +8,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 
-use maskstudio::dataset::formats::{self, Format};
-use maskstudio::dataset::store::{CancelToken, Project};
+use maskstudio::dataset::store::CancelToken;
 use maskstudio::runtime::DeviceChoice;
 use maskstudio::train::config::{OptimizerKind, ScheduleKind};
 use maskstudio::train::state::{self, TrainState};
@@ -25,30 +24,6 @@ fn lock() -> MutexGuard<'static, ()> {
     TORCH
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-const CLASSES: [&str; 2] = ["person", "dog"];
-
-/// The first `n` coco128 images holding one of [`CLASSES`] (only those instances) as a project.
-fn subset_project(data: &Path, dir: &Path, n: usize) -> PathBuf {
-    let root = data.join("coco128-seg");
-    let mut set = formats::read(&root, Format::YoloSeg).unwrap();
-    set.classes.retain(|c| CLASSES.contains(&c.name.as_str()));
-    set.images.sort_by(|a, b| a.file_name.cmp(&b.file_name));
-    for image in &mut set.images {
-        image
-            .instances
-            .retain(|i| CLASSES.contains(&i.class.as_str()));
-    }
-    set.images.retain(|i| !i.instances.is_empty());
-    set.images.truncate(n);
-    assert_eq!(set.images.len(), n);
-    let project = dir.join("project");
-    Project::create_or_open(&project)
-        .unwrap()
-        .import(&set, &root, &CancelToken::default(), &mut |_| {})
-        .unwrap();
-    project
 }
 
 /// 128 px, batch 2, no validation, no warm-up surprises.
@@ -118,7 +93,7 @@ fn resume_continues_exactly_and_continue_epochs_extends() {
     };
     let _torch = lock();
     let dir = tempfile::tempdir().unwrap();
-    let project = subset_project(&data, dir.path(), 4);
+    let project = common::coco128_subset_project(&data, dir.path(), 4);
     let cfg = tiny(2); // 2 steps per epoch, 4 steps
 
     let mut full = Collect::default();
@@ -211,7 +186,7 @@ fn validation_ap_fills_epochs_and_keeps_the_best_checkpoint() {
     };
     let _torch = lock();
     let dir = tempfile::tempdir().unwrap();
-    let project = subset_project(&data, dir.path(), 6);
+    let project = common::coco128_subset_project(&data, dir.path(), 6);
     let mut cfg = tiny(2);
     cfg.val_fraction = 0.34; // 2 of 6 images
     cfg.model_overrides = serde_json::json!({"box_detections_per_img": 7})
@@ -280,7 +255,7 @@ fn a_diverging_run_stops_naming_the_step_and_keeps_a_loadable_checkpoint() {
     };
     let _torch = lock();
     let dir = tempfile::tempdir().unwrap();
-    let project = subset_project(&data, dir.path(), 4);
+    let project = common::coco128_subset_project(&data, dir.path(), 4);
     // Epoch 0 trains normally (2 steps, checkpoint); from epoch 1 the learning rate is 1e6:
     // the weights blow up for real and a later loss is NaN/inf.
     let cfg = TrainConfig {
@@ -339,7 +314,7 @@ fn freeze_epochs_hold_the_backbone_then_adamw_trains_it() {
     };
     let _torch = lock();
     let dir = tempfile::tempdir().unwrap();
-    let project = subset_project(&data, dir.path(), 2);
+    let project = common::coco128_subset_project(&data, dir.path(), 2);
     let cfg = TrainConfig {
         optimizer: OptimizerKind::Adamw,
         lr: 1e-3,
@@ -480,7 +455,7 @@ fn exported_run_loads_into_torchvision_and_predicts_the_same() {
     };
     let _torch = lock();
     let dir = tempfile::tempdir().unwrap();
-    let project = subset_project(&data, dir.path(), 6);
+    let project = common::coco128_subset_project(&data, dir.path(), 6);
     let mut cfg = tiny(1);
     cfg.val_fraction = 0.34;
     let run = train::train(
@@ -586,7 +561,7 @@ fn a_paused_run_takes_no_step_until_resumed() {
     };
     let _torch = lock();
     let dir = tempfile::tempdir().unwrap();
-    let project = subset_project(&data, dir.path(), 2);
+    let project = common::coco128_subset_project(&data, dir.path(), 2);
     let control = TrainControl::default();
     control.pause();
     let steps = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));

@@ -3,38 +3,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
-use maskstudio::dataset::formats::{self, Format};
-use maskstudio::dataset::store::{CancelToken, Project};
+use maskstudio::dataset::store::CancelToken;
 use maskstudio::runtime::DeviceChoice;
 use maskstudio::train::{self, TrainConfig, TrainEvent, TrainObserver};
-
-const CLASSES: [&str; 2] = ["person", "dog"];
-
-/// Imports the first `n` coco128 images that hold one of [`CLASSES`], keeping only those
-/// instances, into a new project under `dir`.
-fn subset_project(data: &Path, dir: &Path, n: usize) -> PathBuf {
-    let root = data.join("coco128-seg");
-    let mut set = formats::read(&root, Format::YoloSeg).unwrap();
-    set.classes.retain(|c| CLASSES.contains(&c.name.as_str()));
-    assert_eq!(set.classes.len(), 2, "coco128 names changed");
-    set.images.sort_by(|a, b| a.file_name.cmp(&b.file_name));
-    for image in &mut set.images {
-        image
-            .instances
-            .retain(|i| CLASSES.contains(&i.class.as_str()));
-    }
-    set.images.retain(|i| !i.instances.is_empty());
-    set.images.truncate(n);
-    assert_eq!(set.images.len(), n);
-    let project = dir.join("project");
-    Project::create_or_open(&project)
-        .unwrap()
-        .import(&set, &root, &CancelToken::default(), &mut |_| {})
-        .unwrap();
-    project
-}
 
 fn small_config() -> TrainConfig {
     TrainConfig {
@@ -82,7 +53,7 @@ fn losses_fall_and_every_step_is_logged() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let project = subset_project(&data, dir.path(), 8);
+    let project = common::coco128_subset_project(&data, dir.path(), 8);
     let runs = dir.path().join("runs");
     let mut obs = Collect::default();
     let started = std::time::Instant::now();
@@ -154,7 +125,7 @@ fn cancel_stops_within_a_step_and_leaves_a_loadable_bundle() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let project = subset_project(&data, dir.path(), 8);
+    let project = common::coco128_subset_project(&data, dir.path(), 8);
     let runs = dir.path().join("runs");
     let cancel = CancelToken::default();
     let mut obs = Collect {

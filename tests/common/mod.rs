@@ -66,3 +66,33 @@ def predict_dump(m, images):
                 for i in range(len(d["scores"]))]
     return out
 "#;
+
+/// The two coco128 classes the training tests keep.
+pub const TRAIN_CLASSES: [&str; 2] = ["person", "dog"];
+
+/// Imports the first `n` coco128 images (by file name) that hold one of [`TRAIN_CLASSES`],
+/// keeping only those instances, into `dir/project`; returns the project folder.
+pub fn coco128_subset_project(data: &std::path::Path, dir: &std::path::Path, n: usize) -> PathBuf {
+    use maskstudio::dataset::formats::{self, Format};
+    use maskstudio::dataset::store::{CancelToken, Project};
+    let root = data.join("coco128-seg");
+    let mut set = formats::read(&root, Format::YoloSeg).unwrap();
+    set.classes
+        .retain(|c| TRAIN_CLASSES.contains(&c.name.as_str()));
+    assert_eq!(set.classes.len(), 2, "coco128 names changed");
+    set.images.sort_by(|a, b| a.file_name.cmp(&b.file_name));
+    for image in &mut set.images {
+        image
+            .instances
+            .retain(|i| TRAIN_CLASSES.contains(&i.class.as_str()));
+    }
+    set.images.retain(|i| !i.instances.is_empty());
+    set.images.truncate(n);
+    assert_eq!(set.images.len(), n);
+    let project = dir.join("project");
+    Project::create_or_open(&project)
+        .unwrap()
+        .import(&set, &root, &CancelToken::default(), &mut |_| {})
+        .unwrap();
+    project
+}
