@@ -104,22 +104,14 @@ fn signed_area2(pts: &[(i64, i64)]) -> i64 {
 mod tests {
     use super::*;
 
-    fn mask(w: u32, h: u32, rows: &[&str]) -> Mask {
-        let data = rows
-            .iter()
-            .flat_map(|r| r.bytes().map(|b| u8::from(b == b'#')))
-            .collect();
-        Mask::from_vec(w, h, data).unwrap()
-    }
-
     #[test]
     fn single_pixel_and_square() {
-        let m = mask(3, 3, &["...", ".#.", "..."]);
+        let m = Mask::from_art(&["...", ".#.", "..."]);
         assert_eq!(
             outer_contours(&m),
             vec![vec![2.0, 1.0, 2.0, 2.0, 1.0, 2.0, 1.0, 1.0]]
         );
-        let m = mask(2, 2, &["##", "##"]);
+        let m = Mask::from_art(&["##", "##"]);
         assert_eq!(
             outer_contours(&m),
             vec![vec![2.0, 0.0, 2.0, 2.0, 0.0, 2.0, 0.0, 0.0]]
@@ -129,22 +121,18 @@ mod tests {
 
     #[test]
     fn holes_dropped_diagonals_split() {
-        let m = mask(5, 5, &["#####", "#...#", "#...#", "#...#", "#####"]);
+        let m = Mask::from_art(&["#####", "#...#", "#...#", "#...#", "#####"]);
         let c = outer_contours(&m);
         assert_eq!(c.len(), 1);
-        let m = mask(4, 4, &["#...", ".#..", "..#.", "...#"]);
+        let m = Mask::from_art(&["#...", ".#..", "..#.", "...#"]);
         assert_eq!(outer_contours(&m).len(), 4);
     }
 
     #[test]
     fn round_trip_through_rasteriser() {
-        let m = mask(
-            8,
-            6,
-            &[
-                "..####..", ".######.", "##.##.##", "########", ".##..##.", "..#..#..",
-            ],
-        );
+        let m = Mask::from_art(&[
+            "..####..", ".######.", "##.##.##", "########", ".##..##.", "..#..#..",
+        ]);
         let polys = outer_contours(&m);
         let back = Mask::from_polygons(&polys, 8, 6).unwrap();
         // Holes are filled, so compare against the mask with its single hole filled.

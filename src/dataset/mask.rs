@@ -106,6 +106,18 @@ impl fmt::Debug for Mask {
 }
 
 impl Mask {
+    /// A mask from rows of `#` (set) and `.` (unset), for tests.
+    #[cfg(test)]
+    pub(crate) fn from_art(rows: &[&str]) -> Mask {
+        let h = rows.len() as u32;
+        let w = rows.first().map_or(0, |r| r.len()) as u32;
+        let data = rows
+            .iter()
+            .flat_map(|r| r.bytes().map(|b| u8::from(b == b'#')))
+            .collect();
+        Mask::from_vec(w, h, data).expect("rows of equal length")
+    }
+
     /// An all-zero mask.
     pub fn new(width: u32, height: u32) -> Self {
         Mask {
@@ -485,14 +497,6 @@ fn fill_column_major_run(data: &mut [u8], w: usize, h: usize, start: usize, len:
 mod tests {
     use super::*;
 
-    fn mask(w: u32, h: u32, rows: &[&str]) -> Mask {
-        let data = rows
-            .iter()
-            .flat_map(|r| r.bytes().map(|b| u8::from(b == b'#')))
-            .collect();
-        Mask::from_vec(w, h, data).unwrap()
-    }
-
     #[test]
     fn from_vec_rejects_wrong_length_and_normalises_values() {
         let err = Mask::from_vec(2, 2, vec![0; 3]).unwrap_err();
@@ -510,7 +514,7 @@ mod tests {
 
     #[test]
     fn rle_runs_go_down_columns_first() {
-        let m = mask(3, 2, &["#..", "##."]);
+        let m = Mask::from_art(&["#..", "##."]);
         // Column-major: 1,1 | 0,1 | 0,0 -> runs 0,2,1,1,2.
         assert_eq!(m.to_rle().counts, vec![0, 2, 1, 1, 2]);
         assert_eq!(Mask::from_rle(&m.to_rle()).unwrap(), m);
@@ -573,7 +577,7 @@ mod tests {
 
     #[test]
     fn bbox_is_tight_around_set_pixels() {
-        let m = mask(4, 3, &["....", ".#..", "..#."]);
+        let m = Mask::from_art(&["....", ".#..", "..#."]);
         assert_eq!(m.bbox(), [1.0, 1.0, 2.0, 2.0]);
         assert_eq!(m.bbox(), m.to_rle().to_bbox());
         assert_eq!(Mask::new(4, 3).bbox(), [0.0; 4]);
@@ -581,7 +585,7 @@ mod tests {
 
     #[test]
     fn area_counts_set_pixels() {
-        assert_eq!(mask(3, 2, &["#.#", ".#."]).area(), 3);
+        assert_eq!(Mask::from_art(&["#.#", ".#."]).area(), 3);
     }
 
     #[test]
@@ -607,25 +611,25 @@ mod tests {
 
     #[test]
     fn upscaling_by_two_repeats_each_pixel() {
-        let m = mask(2, 1, &["#."]);
+        let m = Mask::from_art(&["#."]);
         assert_eq!(m.resize_nearest(4, 2).data(), &[1, 1, 0, 0, 1, 1, 0, 0]);
     }
 
     #[test]
     fn downscaling_by_two_samples_pixel_centres() {
         // PIL picks source 1 and 3 (centres 1.0 and 3.0), not 0 and 2 like OpenCV.
-        let m = mask(4, 1, &["#.#."]);
+        let m = Mask::from_art(&["#.#."]);
         assert_eq!(m.resize_nearest(2, 1).data(), &[0, 0]);
-        let m = mask(4, 1, &[".#.#"]);
+        let m = Mask::from_art(&[".#.#"]);
         assert_eq!(m.resize_nearest(2, 1).data(), &[1, 1]);
     }
 
     #[test]
     fn union_and_iou_work_pixelwise() {
-        let mut a = mask(3, 1, &["##."]);
-        let b = mask(3, 1, &[".##"]);
+        let mut a = Mask::from_art(&["##."]);
+        let b = Mask::from_art(&[".##"]);
         assert!((a.iou(&b) - 1.0 / 3.0).abs() < 1e-12);
-        assert_eq!(a.iou(&mask(3, 1, &["..#"])), 0.0);
+        assert_eq!(a.iou(&Mask::from_art(&["..#"])), 0.0);
         a.union_with(&b);
         assert_eq!(a.data(), &[1, 1, 1]);
         assert_eq!(a.iou(&Mask::new(2, 2)), 0.0);
@@ -636,7 +640,7 @@ mod tests {
         // pycocotools frPyObjects([[1,1, 3,1, 3,3, 1,3]], 5, 5) gives this 2x2 block: a
         // pixel is inside when its top-left corner is.
         let m = Mask::from_polygons(&[vec![1.0, 1.0, 3.0, 1.0, 3.0, 3.0, 1.0, 3.0]], 5, 5).unwrap();
-        let expected = mask(5, 5, &[".....", ".##..", ".##..", ".....", "....."]);
+        let expected = Mask::from_art(&[".....", ".##..", ".##..", ".....", "....."]);
         assert_eq!(m, expected);
     }
 
@@ -660,7 +664,7 @@ mod tests {
     #[test]
     fn debug_output_is_short() {
         assert_eq!(
-            format!("{:?}", mask(2, 1, &["#."])),
+            format!("{:?}", Mask::from_art(&["#."])),
             "Mask { 2x1, area: 1 }"
         );
     }

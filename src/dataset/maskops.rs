@@ -480,17 +480,6 @@ pub fn smooth(mask: &Mask) -> Mask {
 mod tests {
     use super::*;
 
-    /// A mask from rows of `#` (set) and `.` (unset).
-    fn parse(rows: &[&str]) -> Mask {
-        let h = rows.len() as u32;
-        let w = rows[0].len() as u32;
-        let data = rows
-            .iter()
-            .flat_map(|r| r.bytes().map(|b| u8::from(b == b'#')))
-            .collect();
-        Mask::from_vec(w, h, data).unwrap()
-    }
-
     fn show(m: &Mask) -> Vec<String> {
         m.data()
             .chunks(m.width() as usize)
@@ -619,7 +608,7 @@ mod tests {
             Mask::from_polygons(&[vec![1.0, 1.0, 7.0, 1.0, 7.0, 7.0, 1.0, 7.0]], 8, 8).unwrap();
         assert_eq!(full.area(), 36);
         // Subtract: a triangle cut out of a full square.
-        let mut m = parse(&["#####", "#####", "#####", "#####", "#####"]);
+        let mut m = Mask::from_art(&["#####", "#####", "#####", "#####", "#####"]);
         fill_polygons(&mut m, &[vec![[1.0, 1.0], [4.0, 1.0], [4.0, 4.0]]], false);
         let removed = 25 - m.area();
         assert!(removed > 0 && removed < 9, "removed {removed}");
@@ -638,7 +627,7 @@ mod tests {
 
     #[test]
     fn flood_fill_fills_a_closed_outline_and_refuses_an_open_one() {
-        let mut m = parse(&[
+        let mut m = Mask::from_art(&[
             ".......", ".#####.", ".#...#.", ".#...#.", ".#####.", ".......",
         ]);
         let dirty = flood_fill(&mut m, 3, 2).unwrap();
@@ -658,10 +647,10 @@ mod tests {
             }
         );
         // A diagonal wall closes a 4-connected fill.
-        let mut m = parse(&["......", "..#...", ".#.#..", "..#...", "......"]);
+        let mut m = Mask::from_art(&["......", "..#...", ".#.#..", "..#...", "......"]);
         flood_fill(&mut m, 2, 2).unwrap();
         assert!(m.get(2, 2) && m.area() == 5);
-        let mut open = parse(&[".......", ".##.##.", ".#...#.", ".#####.", "......."]);
+        let mut open = Mask::from_art(&[".......", ".##.##.", ".#...#.", ".#####.", "......."]);
         let before = open.clone();
         assert!(flood_fill(&mut open, 3, 2).is_none());
         assert_eq!(open, before);
@@ -670,7 +659,7 @@ mod tests {
 
     #[test]
     fn split_is_8_connected_and_merge_is_the_union() {
-        let m = parse(&["##...", "##...", "..#..", ".....", "...##"]);
+        let m = Mask::from_art(&["##...", "##...", "..#..", ".....", "...##"]);
         let parts = split_components(&m);
         assert_eq!(parts.len(), 2, "the diagonal pixel joins the first part");
         assert_mask(&parts[0], &["##...", "##...", "..#..", ".....", "....."]);
@@ -683,7 +672,7 @@ mod tests {
 
     #[test]
     fn fill_holes_fills_enclosed_background_only() {
-        let mut m = parse(&["#####..", "#..##..", "#####..", "....#..", "....#.#"]);
+        let mut m = Mask::from_art(&["#####..", "#..##..", "#####..", "....#..", "....#.#"]);
         let dirty = fill_holes(&mut m);
         assert_mask(&m, &["#####..", "#####..", "#####..", "....#..", "....#.#"]);
         assert_eq!(
@@ -700,18 +689,18 @@ mod tests {
 
     #[test]
     fn dilate_erode_and_smooth_by_one_pixel() {
-        let m = parse(&[".....", ".....", "..#..", ".....", "....."]);
+        let m = Mask::from_art(&[".....", ".....", "..#..", ".....", "....."]);
         let d = dilate(&m);
         assert_mask(&d, &[".....", ".###.", ".###.", ".###.", "....."]);
         assert_eq!(erode(&d), m);
         // Erosion keeps pixels on the image edge when their in-image window is full.
-        let edge = parse(&["###..", "###..", "###..", ".....", "....."]);
+        let edge = Mask::from_art(&["###..", "###..", "###..", ".....", "....."]);
         assert_mask(
             &erode(&edge),
             &["##...", "##...", ".....", ".....", "....."],
         );
         // Smoothing removes a spur and fills a notch.
-        let s = parse(&[
+        let s = Mask::from_art(&[
             ".......", ".####..", ".####.#", ".#.##..", ".####..", ".......",
         ]);
         assert_mask(
