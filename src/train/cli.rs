@@ -76,9 +76,9 @@ pub struct TrainArgs {
     /// auto | cpu | cuda
     #[arg(long)]
     pub device: Option<DeviceChoice>,
-    /// Where run folders are created.
-    #[arg(long, default_value = "runs")]
-    pub runs_dir: PathBuf,
+    /// Where run folders are created (default `<project>/runs`, where the Train tab lists them).
+    #[arg(long)]
+    pub runs_dir: Option<PathBuf>,
     /// Print a step line every this many steps when no progress bar is shown (not a terminal).
     #[arg(long, default_value_t = 10)]
     pub print_every: usize,
@@ -299,7 +299,11 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         }
         (None, Some(project)) => {
             let cfg = args.to_config()?;
-            crate::train::train_with(project, &args.runs_dir, &cfg, &control, &mut observer)?
+            let runs_dir = args
+                .runs_dir
+                .clone()
+                .unwrap_or_else(|| project.join("runs"));
+            crate::train::train_with(project, &runs_dir, &cfg, &control, &mut observer)?
         }
         (None, None) => anyhow::bail!("give --project (a new run) or --resume RUN_DIR"),
     };
