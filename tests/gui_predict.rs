@@ -94,10 +94,9 @@ fn write_blocks(path: &Path, width: u32, height: u32) {
 
 /// A random MobileNetV2 bundle whose class logits are scaled until the scores on `image`
 /// spread over a useful range (torchvision's init gives every box about the same score).
+/// The caller holds [`RNG_LOCK`] for its whole test: loading a bundle in the panel's worker
+/// builds a randomly initialised model first, which draws from the same global generator.
 fn random_bundle(dir: &Path, image: &Path) -> PathBuf {
-    let _rng = RNG_LOCK
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
     tch::manual_seed(11);
     let vs = nn::VarStore::new(Device::Cpu);
     let mut spec = ModelSpec::new(Backbone::MobilenetV2, 3);
@@ -140,6 +139,9 @@ fn random_bundle(dir: &Path, image: &Path) -> PathBuf {
 
 #[test]
 fn drop_an_image_see_instances_move_the_slider_and_survive_a_corrupt_file() {
+    let _rng = RNG_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.png");
     write_blocks(&good, 120, 96);
@@ -286,4 +288,106 @@ fn drop_an_image_see_instances_move_the_slider_and_survive_a_corrupt_file() {
     h.get_by_label("Problems (2)");
     assert_eq!(h.state().panel.results().len(), 1);
     h.get_by_label(&format!("Instances shown: {expected}"));
+}
+
+#[test]
+fn a_folder_larger_than_the_pixel_budget_keeps_only_the_shown_image_in_memory() {
+    let _rng = RNG_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("photos");
+    std::fs::create_dir(&folder).unwrap();
+    let names = ["a.png", "b.png", "c.png"];
+    for n in names {
+        write_blocks(&folder.join(n), 120, 96);
+    }
+    let bundle = random_bundle(dir.path(), &folder.join("a.png"));
+    let one = 120 * 96 * 3;
+
+    let settings = Settings {
+        score_threshold: 0.0,
+        ..Settings::default()
+    };
+    let mut h = harness(settings);
+    // Room for one image and a half: every image but the shown one gives its pixels back.
+    h.state_mut().panel.set_pixel_budget(one * 3 / 2);
+    h.run();
+    h.get_by_label("Model bundle").focus();
+    h.step();
+    h.get_by_label("Model bundle")
+        .type_text(&bundle.display().to_string());
+    h.step();
+    h.get_by_label("Load model").click();
+    wait_for(&mut h, "the model", |s| s.panel.model_loaded());
+    h.input_mut()
+        .dropped_files
+        .push(Arc::new(FakeDrop(folder.clone())));
+    wait_for(&mut h, "the folder", |s| {
+        s.panel.results().len() == 3 && !s.panel.busy()
+    });
+    let kept = |h: &Harness<'_, State>| -> Vec<bool> {
+        h.state()
+            .panel
+            .results()
+            .iter()
+            .map(|r| r.image.is_some())
+            .collect()
+    };
+    let shown = h.state().panel.selected();
+    let mut expected = vec![false; 3];
+    expected[shown] = true;
+    assert_eq!(kept(&h), expected, "only the selected image keeps pixels");
+    assert_eq!(h.state().panel.pixel_bytes(), one);
+    // No full-size binary mask is kept: the soft masks re-threshold.
+    for r in h.state().panel.results() {
+        assert!(
+            r.detections
+                .iter()
+                .all(|d| d.mask.area() == 0 && d.soft_mask.is_some())
+        );
+        assert_eq!(r.size, [120, 96]);
+    }
+
+    // Showing another image reads it again and lets the previous one go.
+    let other = (shown + 2) % 3;
+    h.state_mut().panel.select(other);
+    wait_for(&mut h, "the evicted image to be read again", |s| {
+        s.panel.results()[other].image.is_some()
+    });
+    let mut expected = vec![false; 3];
+    expected[other] = true;
+    assert_eq!(kept(&h), expected);
+    let n = h.state().panel.results()[other].detections.len();
+    h.get_by_label(&format!("Instances shown: {n}"));
+
+    // The export reads evicted images from disk: three overlays of the right size.
+    let out = dir.path().join("export");
+    h.get_by_label("Export folder").focus();
+    h.step();
+    h.get_by_label("Export folder")
+        .type_text(&out.display().to_string());
+    h.step();
+    h.get_by_label("Export results").click();
+    wait_for(&mut h, "the export", |s| {
+        s.notices
+            .items
+            .iter()
+            .any(|n| n.text.starts_with("exported") || n.text.starts_with("export failed"))
+    });
+    for n in names {
+        let stem = n.trim_end_matches(".png");
+        let overlay = image::open(out.join(format!("{stem}.overlay.png"))).unwrap();
+        assert_eq!((overlay.width(), overlay.height()), (120, 96), "{n}");
+    }
+    let results: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    let total: usize = h
+        .state()
+        .panel
+        .results()
+        .iter()
+        .map(|r| r.detections.len())
+        .sum();
+    assert_eq!(results.len(), total);
 }

@@ -3,7 +3,13 @@
 //! which keeps each mask's probabilities; the score and mask-threshold sliders re-render the
 //! overlay from them without running the model again. Results export as overlay PNGs,
 //! per-instance PNG masks and a COCO results JSON.
+//!
+//! Memory stays bounded on large folders: each result keeps its detections (soft masks cropped
+//! to their boxes, no full-size binary masks) but pixels only for the few images shown last
+//! ([`PIXEL_BUDGET`]); an evicted image is decoded again on a `predict-reload` thread when it is
+//! selected, and the export reads evicted images from disk.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,6 +24,10 @@ use crate::runtime::DeviceChoice;
 
 /// The model keeps detections down to this score, so the score slider can go as low.
 pub const LOAD_SCORE_FLOOR: f64 = 0.01;
+
+/// Decoded pixels kept in memory across results (bytes, RGB): about 20 12-megapixel photos. The
+/// selected image is always kept.
+pub const PIXEL_BUDGET: usize = 768 << 20;
 
 /// The torch device choice of a settings value.
 pub fn device_choice(d: DeviceSetting) -> DeviceChoice {
@@ -42,25 +52,69 @@ enum Command {
 
 /// What the prediction thread reports.
 enum Event {
-    Loaded { path: PathBuf, labels: Vec<String> },
-    LoadFailed { path: PathBuf, error: String },
-    Started { total: usize },
+    Loaded {
+        path: PathBuf,
+        labels: Vec<String>,
+    },
+    LoadFailed {
+        path: PathBuf,
+        error: String,
+    },
+    Started {
+        total: usize,
+    },
     Image(Box<PredictedImage>),
-    ImageFailed { path: PathBuf, error: String },
-    Done { cancelled: bool },
-    Exported { dir: PathBuf, detections: usize },
-    ExportFailed { error: String },
-    Picked { paths: Vec<PathBuf>, model: bool },
+    ImageFailed {
+        path: PathBuf,
+        error: String,
+    },
+    Done {
+        cancelled: bool,
+    },
+    Reloaded {
+        path: PathBuf,
+        image: Arc<image::RgbImage>,
+    },
+    ReloadFailed {
+        path: PathBuf,
+        error: String,
+    },
+    ExportProgress {
+        done: usize,
+        total: usize,
+    },
+    Exported {
+        dir: PathBuf,
+        detections: usize,
+        cancelled: bool,
+    },
+    ExportFailed {
+        error: String,
+    },
+    Picked {
+        paths: Vec<PathBuf>,
+        model: bool,
+    },
 }
 
-/// One predicted image: pixels and every detection the model kept (with soft masks).
+/// One predicted image: its file, its pixels while kept in memory, and every detection the model
+/// kept (with soft masks).
 pub struct PredictedImage {
     /// The file.
     pub path: PathBuf,
-    /// Its pixels.
-    pub image: Arc<image::RgbImage>,
-    /// Detections down to [`LOAD_SCORE_FLOOR`], best first.
+    /// Its pixels; `None` once evicted to stay within [`PIXEL_BUDGET`] (decoded again on demand).
+    pub image: Option<Arc<image::RgbImage>>,
+    /// Width and height in pixels.
+    pub size: [u32; 2],
+    /// Detections down to [`LOAD_SCORE_FLOOR`], best first, with soft masks and no full-size
+    /// binary masks.
     pub detections: Arc<Vec<Detection>>,
+}
+
+impl PredictedImage {
+    fn pixel_bytes(&self) -> usize {
+        self.image.as_ref().map_or(0, |i| i.as_raw().len())
+    }
 }
 
 /// The Predict tab.
@@ -72,11 +126,18 @@ pub struct PredictPanel {
     model_loading: bool,
     results: Vec<PredictedImage>,
     selected: usize,
+    /// Result indices with pixels in memory, least recently shown first.
+    kept: VecDeque<usize>,
+    /// The image being decoded again after eviction.
+    reloading: Option<PathBuf>,
+    /// Bytes of pixels kept across results ([`PIXEL_BUDGET`] unless set).
+    pixel_budget: usize,
     failures: Vec<String>,
     /// Inputs dropped before a model was loaded.
     pending: Vec<PathBuf>,
     batch: Option<Batch>,
-    exporting: bool,
+    /// The running export: images done, total, cancel.
+    exporting: Option<(usize, usize, CancelToken)>,
     worker: Option<Sender<Command>>,
     events_tx: Sender<Event>,
     events_rx: Receiver<Event>,
@@ -102,10 +163,13 @@ impl Default for PredictPanel {
             model_loading: false,
             results: Vec::new(),
             selected: 0,
+            kept: VecDeque::new(),
+            reloading: None,
+            pixel_budget: PIXEL_BUDGET,
             failures: Vec::new(),
             pending: Vec::new(),
             batch: None,
-            exporting: false,
+            exporting: None,
             worker: None,
             events_tx,
             events_rx,
@@ -187,12 +251,18 @@ fn worker_loop(rx: Receiver<Command>, tx: Sender<Event>, ctx: egui::Context) {
                         break;
                     }
                     let event = match read_image(&path).and_then(|img| {
-                        let d = p.predict_soft(&img)?;
+                        let mut d = p.predict_soft(&img)?;
+                        // The soft masks re-threshold; full-size binary masks would cost
+                        // width x height bytes per detection (100 per image at the floor).
+                        for det in d.iter_mut().filter(|d| d.soft_mask.is_some()) {
+                            det.mask = crate::dataset::Mask::new(0, 0);
+                        }
                         Ok((img, d))
                     }) {
                         Ok((image, detections)) => Event::Image(Box::new(PredictedImage {
                             path,
-                            image: Arc::new(image),
+                            size: [image.width(), image.height()],
+                            image: Some(Arc::new(image)),
                             detections: Arc::new(detections),
                         })),
                         Err(e) => Event::ImageFailed {
@@ -212,19 +282,34 @@ fn worker_loop(rx: Receiver<Command>, tx: Sender<Event>, ctx: egui::Context) {
     }
 }
 
-/// One image to export: file, pixels, detections.
-type ExportItem = (PathBuf, Arc<image::RgbImage>, Arc<Vec<Detection>>);
+/// One image to export: file, pixels if still in memory (else read again), detections.
+type ExportItem = (PathBuf, Option<Arc<image::RgbImage>>, Arc<Vec<Detection>>);
 
-/// Writes `<stem>.overlay.png`, `<stem>_mask<k>_<class>.png` and `results.json` into `dir`.
+/// Writes `<stem>.overlay.png`, `<stem>_mask<k>_<class>.png` and `results.json` into `dir`,
+/// calling `progress(done)` after each image; stops early (keeping what is written, with a
+/// `results.json` of those images) when `cancel` is set. Returns the detections written and
+/// whether it was cancelled.
 fn export(
     dir: &Path,
     items: &[ExportItem],
     score: f32,
     mask_threshold: f32,
-) -> anyhow::Result<usize> {
+    cancel: &CancelToken,
+    mut progress: impl FnMut(usize),
+) -> anyhow::Result<(usize, bool)> {
     std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     let mut results = Vec::new();
-    for (path, image, detections) in items {
+    let mut cancelled = false;
+    for (done, (path, pixels, detections)) in items.iter().enumerate() {
+        if cancel.is_cancelled() {
+            cancelled = true;
+            break;
+        }
+        let image = match pixels {
+            Some(p) => p.clone(),
+            None => Arc::new(read_image(path)?),
+        };
+        let image = &*image;
         let shown = visible_detections(detections, score, mask_threshold);
         let name = file_label(path);
         let stem = path
@@ -255,12 +340,13 @@ fn export(
             )?;
             results.push(coco_result(&name, d));
         }
+        progress(done + 1);
     }
     write_atomic(
         &dir.join("results.json"),
         &serde_json::to_vec_pretty(&results)?,
     )?;
-    Ok(results.len())
+    Ok((results.len(), cancelled))
 }
 
 impl PredictPanel {
@@ -279,6 +365,83 @@ impl PredictPanel {
         &self.results
     }
 
+    /// Bytes of decoded pixels held in memory now.
+    pub fn pixel_bytes(&self) -> usize {
+        self.results.iter().map(PredictedImage::pixel_bytes).sum()
+    }
+
+    /// The selected result (index into [`Self::results`]).
+    pub fn selected(&self) -> usize {
+        self.selected
+    }
+
+    /// Selects result `index` (clamped); its pixels are decoded again if they were evicted.
+    pub fn select(&mut self, index: usize) {
+        self.selected = index.min(self.results.len().saturating_sub(1));
+        self.touch(self.selected);
+    }
+
+    /// Sets the bytes of decoded pixels kept across results (low-memory machines, tests).
+    pub fn set_pixel_budget(&mut self, bytes: usize) {
+        self.pixel_budget = bytes;
+        self.touch(self.selected);
+    }
+
+    /// Marks `index` as just shown and drops the pixels of the least recently shown results
+    /// until the rest fit in the pixel budget (the selected one stays).
+    fn touch(&mut self, index: usize) {
+        self.kept.retain(|&i| i != index);
+        if self.results.get(index).is_some_and(|r| r.image.is_some()) {
+            self.kept.push_back(index);
+        }
+        let mut total = self.pixel_bytes();
+        while total > self.pixel_budget {
+            let Some(pos) = self.kept.iter().position(|&i| i != self.selected) else {
+                break;
+            };
+            if let Some(old) = self.kept.remove(pos)
+                && let Some(r) = self.results.get_mut(old)
+            {
+                total -= r.pixel_bytes();
+                r.image = None;
+            }
+        }
+    }
+
+    /// Decodes the selected image again on a thread when its pixels were evicted.
+    fn ensure_pixels(&mut self, ctx: &egui::Context, cx: &mut PanelCtx) {
+        let Some(item) = self.results.get(self.selected) else {
+            return;
+        };
+        if item.image.is_some() || self.reloading.as_ref() == Some(&item.path) {
+            return;
+        }
+        let path = item.path.clone();
+        let (tx, ctx2, path2) = (self.events_tx.clone(), ctx.clone(), path.clone());
+        let spawned = std::thread::Builder::new()
+            .name("predict-reload".to_owned())
+            .spawn(move || {
+                let event = match read_image(&path2) {
+                    Ok(img) => Event::Reloaded {
+                        path: path2,
+                        image: Arc::new(img),
+                    },
+                    Err(e) => Event::ReloadFailed {
+                        path: path2,
+                        error: format!("{e:#}"),
+                    },
+                };
+                tx.send(event).ok();
+                ctx2.request_repaint();
+            });
+        match spawned {
+            Ok(_) => self.reloading = Some(path),
+            Err(e) => cx
+                .notices
+                .error(format!("cannot start reading the image: {e}")),
+        }
+    }
+
     /// Files that could not be predicted, with the reason.
     pub fn failures(&self) -> &[String] {
         &self.failures
@@ -293,6 +456,14 @@ impl PredictPanel {
                 fraction: (b.total > 0).then(|| b.done as f32 / b.total as f32),
                 text: format!("{} / {} images", b.done, b.total),
                 cancel: Some(b.cancel.clone()),
+            });
+        }
+        if let Some((done, total, cancel)) = &self.exporting {
+            jobs.push(JobView {
+                name: "Export predictions".to_owned(),
+                fraction: (*total > 0).then(|| *done as f32 / *total as f32),
+                text: format!("{done} / {total} images"),
+                cancel: Some(cancel.clone()),
             });
         }
         if self.model_loading {
@@ -411,6 +582,25 @@ impl PredictPanel {
                     if self.results.len() == 1 {
                         self.selected = 0;
                     }
+                    self.touch(self.results.len() - 1);
+                }
+                Event::Reloaded { path, image } => {
+                    if self.reloading.as_ref() == Some(&path) {
+                        self.reloading = None;
+                    }
+                    // Results only grow, so the index of a path is stable.
+                    if let Some(i) = self.results.iter().position(|r| r.path == path) {
+                        self.results[i].image = Some(image);
+                        self.touch(i);
+                    }
+                }
+                Event::ReloadFailed { path, error } => {
+                    if self.reloading.as_ref() == Some(&path) {
+                        self.reloading = None;
+                    }
+                    let text = format!("{}: {error}", file_label(&path));
+                    cx.notices.error(format!("could not read {text} again"));
+                    self.failures.push(text);
                 }
                 Event::ImageFailed { path, error } => {
                     if let Some(b) = &mut self.batch {
@@ -430,15 +620,29 @@ impl PredictPanel {
                         ));
                     }
                 }
-                Event::Exported { dir, detections } => {
-                    self.exporting = false;
+                Event::ExportProgress { done, total } => {
+                    if let Some(e) = &mut self.exporting {
+                        (e.0, e.1) = (done, total);
+                    }
+                }
+                Event::Exported {
+                    dir,
+                    detections,
+                    cancelled,
+                } => {
+                    self.exporting = None;
+                    let verb = if cancelled {
+                        "export cancelled after"
+                    } else {
+                        "exported"
+                    };
                     cx.notices.info(format!(
-                        "exported {detections} detections to {}",
+                        "{verb} {detections} detections to {}",
                         dir.display()
                     ));
                 }
                 Event::ExportFailed { error } => {
-                    self.exporting = false;
+                    self.exporting = None;
                     cx.notices.error(format!("export failed: {error}"));
                 }
                 Event::Picked { paths, model } => {
@@ -499,11 +703,23 @@ impl PredictPanel {
         let (score, mask) = (cx.settings.score_threshold, cx.settings.mask_threshold);
         let tx = self.events_tx.clone();
         let ctx = ctx.clone();
+        let cancel = CancelToken::default();
+        let (cancel2, total) = (cancel.clone(), items.len());
         let spawned = std::thread::Builder::new()
             .name("predict-export".to_owned())
             .spawn(move || {
-                let event = match export(&dir, &items, score, mask) {
-                    Ok(detections) => Event::Exported { dir, detections },
+                let progress = |done| {
+                    // Progress is advisory: a full channel skips an update, never blocks.
+                    if tx.try_send(Event::ExportProgress { done, total }).is_ok() {
+                        ctx.request_repaint();
+                    }
+                };
+                let event = match export(&dir, &items, score, mask, &cancel2, progress) {
+                    Ok((detections, cancelled)) => Event::Exported {
+                        dir,
+                        detections,
+                        cancelled,
+                    },
                     Err(e) => Event::ExportFailed {
                         error: format!("{e:#}"),
                     },
@@ -512,7 +728,7 @@ impl PredictPanel {
                 ctx.request_repaint();
             });
         match spawned {
-            Ok(_) => self.exporting = true,
+            Ok(_) => self.exporting = Some((0, total, cancel)),
             Err(e) => cx.notices.error(format!("cannot start the export: {e}")),
         }
     }
@@ -606,15 +822,22 @@ impl PredictPanel {
             let label = ui.label("Export folder");
             ui.add(egui::TextEdit::singleline(&mut self.export_dir).desired_width(320.0))
                 .labelled_by(label.id);
-            let can = !self.exporting && !self.results.is_empty();
+            let can = self.exporting.is_none() && !self.results.is_empty();
             if ui
                 .add_enabled(can, egui::Button::new("Export results"))
                 .clicked()
             {
                 self.start_export(&ctx, cx);
             }
-            if self.exporting {
-                ui.spinner();
+            if let Some((done, total, cancel)) = &self.exporting {
+                ui.add(
+                    egui::ProgressBar::new(*done as f32 / (*total).max(1) as f32)
+                        .desired_width(160.0)
+                        .text(format!("{done} / {total}")),
+                );
+                if ui.button("Cancel export").clicked() {
+                    cancel.cancel();
+                }
             }
         });
         if !self.failures.is_empty() {
@@ -642,21 +865,45 @@ impl PredictPanel {
     fn results_ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelCtx) {
         let (score, mask_thr) = (cx.settings.score_threshold, cx.settings.mask_threshold);
         self.selected = self.selected.min(self.results.len() - 1);
+        let mut picked = None;
         egui::Panel::left("predict_files")
             .resizable(true)
             .default_size(180.0)
             .show(ui, |ui| {
-                egui::ScrollArea::vertical().show(ui, |ui| {
-                    for (i, r) in self.results.iter().enumerate() {
-                        let n = r.detections.iter().filter(|d| d.score >= score).count();
-                        let text = format!("{} ({n})", file_label(&r.path));
-                        if ui.selectable_label(i == self.selected, text).clicked() {
-                            self.selected = i;
+                // Virtualised: a folder of thousands of results lays out only the visible rows.
+                let row_h = ui.spacing().interact_size.y;
+                egui::ScrollArea::vertical().show_rows(
+                    ui,
+                    row_h,
+                    self.results.len(),
+                    |ui, rows| {
+                        for i in rows {
+                            let r = &self.results[i];
+                            let n = r.detections.iter().filter(|d| d.score >= score).count();
+                            let text = format!("{} ({n})", file_label(&r.path));
+                            if ui.selectable_label(i == self.selected, text).clicked() {
+                                picked = Some(i);
+                            }
                         }
-                    }
+                    },
+                );
+            });
+        if let Some(i) = picked
+            && i != self.selected
+        {
+            self.select(i);
+        }
+        self.ensure_pixels(ui.ctx(), cx);
+        let item = &self.results[self.selected];
+        let Some(pixels) = item.image.clone() else {
+            egui::CentralPanel::default().show(ui, |ui| {
+                ui.horizontal(|ui| {
+                    ui.spinner();
+                    ui.label(format!("Reading {} ...", file_label(&item.path)));
                 });
             });
-        let item = &self.results[self.selected];
+            return;
+        };
         let shown: Vec<&Detection> = item
             .detections
             .iter()
@@ -666,7 +913,7 @@ impl PredictPanel {
             if *i == self.selected && *s == score && *m == mask_thr);
         if stale {
             // Only the soft masks' rectangles are visited: cheap enough for slider drags.
-            let img = overlay::draw_thresholded(&item.image, &item.detections, score, mask_thr);
+            let img = overlay::draw_thresholded(&pixels, &item.detections, score, mask_thr);
             let size = [img.width() as usize, img.height() as usize];
             let color = egui::ColorImage::from_rgb(size, img.as_raw());
             let tex = ui
@@ -704,7 +951,7 @@ impl PredictPanel {
             let Some((_, _, _, tex)) = &self.overlay else {
                 return;
             };
-            let w = item.image.width();
+            let w = item.size[0];
             let response = ui.add(
                 egui::Image::new(tex)
                     .max_size(ui.available_size())
