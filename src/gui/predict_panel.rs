@@ -5,7 +5,7 @@
 //! per-instance PNG masks and a COCO results JSON.
 //!
 //! Memory stays bounded on large folders: each result keeps its detections (soft masks cropped
-//! to their boxes, no full-size binary masks) but pixels only for the few images shown last
+//! to their boxes, no full-size binary masks: [`Predictor::predict_soft`]) but pixels only for the few images shown last
 //! ([`PIXEL_BUDGET`]); an evicted image is decoded again on a `predict-reload` thread when it is
 //! selected, and the export reads evicted images from disk.
 
@@ -106,8 +106,8 @@ pub struct PredictedImage {
     pub image: Option<Arc<image::RgbImage>>,
     /// Width and height in pixels.
     pub size: [u32; 2],
-    /// Detections down to [`LOAD_SCORE_FLOOR`], best first, with soft masks and no full-size
-    /// binary masks.
+    /// Detections down to [`LOAD_SCORE_FLOOR`], best first, with soft masks (box-sized) and
+    /// no full-size binary masks.
     pub detections: Arc<Vec<Detection>>,
 }
 
@@ -251,12 +251,7 @@ fn worker_loop(rx: Receiver<Command>, tx: Sender<Event>, ctx: egui::Context) {
                         break;
                     }
                     let event = match read_image(&path).and_then(|img| {
-                        let mut d = p.predict_soft(&img)?;
-                        // The soft masks re-threshold; full-size binary masks would cost
-                        // width x height bytes per detection (100 per image at the floor).
-                        for det in d.iter_mut().filter(|d| d.soft_mask.is_some()) {
-                            det.mask = crate::dataset::Mask::new(0, 0);
-                        }
+                        let d = p.predict_soft(&img)?;
                         Ok((img, d))
                     }) {
                         Ok((image, detections)) => Event::Image(Box::new(PredictedImage {

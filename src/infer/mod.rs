@@ -27,7 +27,8 @@ pub struct Detection {
     pub score: f32,
     /// Box `[x1, y1, x2, y2]` in image pixels.
     pub box_xyxy: [f32; 4],
-    /// The mask at image size, thresholded at [`MASK_THRESHOLD`].
+    /// The mask at image size, thresholded at [`MASK_THRESHOLD`] (empty from
+    /// [`Predictor::predict_soft`]: see [`Detection::mask_at`]).
     pub mask: Mask,
     /// The mask probabilities, kept by [`Predictor::predict_soft`] so the mask can be
     /// re-thresholded without running the model again; `None` from [`Predictor::predict`].
@@ -114,6 +115,25 @@ impl SoftMask {
         }
     }
 
+    /// Like [`Self::from_quantised`] for a map that is zero outside the rectangle `[x0, y0,
+    /// width, height]`, given as that rectangle's row-major values.
+    pub fn from_quantised_region(
+        image_width: u32,
+        image_height: u32,
+        rect: [u32; 4],
+        region: &[u8],
+    ) -> Self {
+        let [x0, y0, rw, _] = rect;
+        let inner = Self::from_quantised(rw, (region.len() / rw.max(1) as usize) as u32, region);
+        Self {
+            image_width,
+            image_height,
+            x0: if inner.width > 0 { x0 + inner.x0 } else { 0 },
+            y0: if inner.width > 0 { y0 + inner.y0 } else { 0 },
+            ..inner
+        }
+    }
+
     /// The quantised level a probability threshold compares against: `q >= 255 * t`, with
     /// `q = round(255 p)`; a threshold of 0 still needs `p > 0`.
     pub fn level(threshold: f32) -> f32 {
@@ -143,6 +163,23 @@ impl SoftMask {
         Mask::from_vec(self.image_width, self.image_height, bits)
             .unwrap_or_else(|_| Mask::new(self.image_width, self.image_height))
     }
+}
+
+/// An image-size mask that is `bits` (row-major 0/1) inside the rectangle `[x0, y0, width,
+/// height]` and unset elsewhere.
+fn place_region(width: u32, height: u32, rect: [u32; 4], bits: &[u8]) -> anyhow::Result<Mask> {
+    let [x0, y0, rw, rh] = rect.map(|v| v as usize);
+    let w = width as usize;
+    anyhow::ensure!(
+        x0 + rw <= w && y0 + rh <= height as usize && bits.len() == rw * rh,
+        "mask rectangle {rect:?} does not fit a {width}x{height} image"
+    );
+    let mut full = vec![0u8; w * height as usize];
+    for (row, src) in bits.chunks_exact(rw.max(1)).enumerate() {
+        let start = (y0 + row) * w + x0;
+        full[start..start + rw].copy_from_slice(src);
+    }
+    Ok(Mask::from_vec(width, height, full)?)
 }
 
 /// A loaded bundle ready to predict.
@@ -201,8 +238,9 @@ impl Predictor {
         self.predict_impl(image, false)
     }
 
-    /// Like [`Predictor::predict`], and each detection keeps its mask probabilities
-    /// ([`Detection::soft_mask`]) for live re-thresholding.
+    /// Like [`Predictor::predict`], but each detection keeps its mask probabilities
+    /// ([`Detection::soft_mask`], box-sized) for live re-thresholding instead of a full-size
+    /// binary mask (`mask` is empty; use [`Detection::mask_at`]).
     pub fn predict_soft(&self, image: &image::RgbImage) -> anyhow::Result<Vec<Detection>> {
         self.predict_impl(image, true)
     }
@@ -216,42 +254,47 @@ impl Predictor {
             .to_kind(Kind::Float)
             .divide_scalar(255.0)
             .to_device(self.device);
-        let mut out = self.model.forward_eval(&[input])?;
+        // Masks stay box-sized crops: full [D, H, W] maps of a 12-megapixel photo with 100
+        // detections would take gigabytes.
+        let mut out = self.model.forward_eval_cropped(&[input])?;
         let det = out.pop().context("the model returned no result")?;
         let boxes = Vec::<f32>::try_from(det.boxes.to_device(Device::Cpu).reshape([-1]))?;
         let scores = Vec::<f32>::try_from(det.scores.to_device(Device::Cpu))?;
         let labels = Vec::<i64>::try_from(det.labels.to_device(Device::Cpu))?;
-        // [D, 1, H, W] probabilities -> [D, H, W] u8 0/1
-        let masks = det
-            .masks
-            .ge(MASK_THRESHOLD)
-            .to_kind(Kind::Uint8)
-            .to_device(Device::Cpu);
-        // [D, 1, H, W] probabilities -> [D, H, W] u8 round(p * 255)
-        let quantised = soft.then(|| {
-            det.masks
-                .multiply_scalar(255.0)
-                .round()
-                .clamp(0.0, 255.0)
-                .to_kind(Kind::Uint8)
-                .to_device(Device::Cpu)
-        });
         let mut detections = Vec::with_capacity(scores.len());
         for (i, (&score, &label)) in scores.iter().zip(&labels).enumerate() {
-            let bits = Vec::<u8>::try_from(masks.get(i as i64).reshape([-1]))?;
-            let mask = Mask::from_vec(w, h, bits)?;
+            let crop = det.masks.get(i).and_then(Option::as_ref);
+            let (mask, soft_mask) = match crop {
+                Some(c) => {
+                    let [x0, y0] = [c.x0 as u32, c.y0 as u32];
+                    let (ch, cw) = (c.probs.size()[0] as u32, c.probs.size()[1] as u32);
+                    let probs = c.probs.to_device(Device::Cpu);
+                    if soft {
+                        // [h, w] probabilities -> [h, w] u8 round(p * 255); the binary mask
+                        // comes from it on demand (`mask_at`).
+                        let q = probs
+                            .multiply_scalar(255.0)
+                            .round()
+                            .clamp(0.0, 255.0)
+                            .to_kind(Kind::Uint8);
+                        let q = Vec::<u8>::try_from(q.reshape([-1]))?;
+                        let s = SoftMask::from_quantised_region(w, h, [x0, y0, cw, ch], &q);
+                        (Mask::new(0, 0), Some(s))
+                    } else {
+                        // [h, w] probabilities -> u8 0/1 placed into the image-size mask.
+                        let bits = probs.ge(MASK_THRESHOLD).to_kind(Kind::Uint8);
+                        let bits = Vec::<u8>::try_from(bits.reshape([-1]))?;
+                        (place_region(w, h, [x0, y0, cw, ch], &bits)?, None)
+                    }
+                }
+                None if soft => (Mask::new(0, 0), Some(SoftMask::from_quantised(w, h, &[]))),
+                None => (Mask::new(w, h), None),
+            };
             let class_name = usize::try_from(label - 1)
                 .ok()
                 .and_then(|k| self.labels.get(k))
                 .cloned()
                 .unwrap_or_else(|| format!("class_{label}"));
-            let soft_mask = match &quantised {
-                Some(q) => {
-                    let full = Vec::<u8>::try_from(q.get(i as i64).reshape([-1]))?;
-                    Some(SoftMask::from_quantised(w, h, &full))
-                }
-                None => None,
-            };
             let b = &boxes[4 * i..4 * i + 4];
             detections.push(Detection {
                 label,

@@ -13,7 +13,9 @@ use crate::model::error::{ModelError, Result};
 use crate::model::fpn::FeaturePyramidNetwork;
 use crate::model::roi_heads::{RoiHeads, RoiHeadsParams};
 use crate::model::rpn::{RegionProposalNetwork, RpnParams};
-use crate::model::transform::{GeneralizedRcnnTransform, paste_masks_in_image, resize_boxes};
+use crate::model::transform::{
+    GeneralizedRcnnTransform, PastedMask, masks_on_canvas, paste_masks_cropped, resize_boxes,
+};
 
 /// FPN width (`backbone_utils.py:144` `out_channels = 256`).
 const FPN_OUT_CHANNELS: i64 = 256;
@@ -42,6 +44,42 @@ pub struct Detections {
     pub scores: Tensor,
     /// `[D, 1, H, W]` f32 mask probabilities (threshold at 0.5 for binary masks).
     pub masks: Tensor,
+}
+
+/// Detections of one image with each mask kept over its pasted rectangle only (see
+/// [`MaskRcnn::forward_eval_cropped`]).
+#[derive(Debug)]
+pub struct CroppedDetections {
+    /// `[D, 4]` f32 xyxy boxes.
+    pub boxes: Tensor,
+    /// `[D]` int64 labels.
+    pub labels: Tensor,
+    /// `[D]` f32 scores, descending.
+    pub scores: Tensor,
+    /// One per detection: its probabilities over the rectangle torchvision pastes into (0
+    /// elsewhere); `None` when the box lies outside the image.
+    pub masks: Vec<Option<PastedMask>>,
+    /// `(H, W)` of the original image.
+    pub image_size: (i64, i64),
+}
+
+impl CroppedDetections {
+    /// The same detections with full `[D, 1, H, W]` masks (torchvision's output).
+    pub fn into_full(self) -> Result<Detections> {
+        let kind = self
+            .masks
+            .iter()
+            .flatten()
+            .next()
+            .map_or(Kind::Float, |c| c.probs.kind());
+        let options = (kind, self.boxes.device());
+        Ok(Detections {
+            masks: masks_on_canvas(&self.masks, self.image_size, options)?,
+            boxes: self.boxes,
+            labels: self.labels,
+            scores: self.scores,
+        })
+    }
 }
 
 /// The five training losses under torchvision's names.
@@ -301,10 +339,22 @@ impl MaskRcnn {
     /// detections in original pixels, masks pasted to the image size.
     pub fn forward_eval(&self, images: &[Tensor]) -> Result<Vec<Detections>> {
         Self::check_images(images)?;
+        tch::no_grad(|| {
+            self.forward_eval_inner(images)?
+                .into_iter()
+                .map(CroppedDetections::into_full)
+                .collect()
+        })
+    }
+
+    /// Like [`Self::forward_eval`], but each mask stays a box-sized crop instead of a full
+    /// `[H, W]` map (memory grows with the boxes, not with detections x image size).
+    pub fn forward_eval_cropped(&self, images: &[Tensor]) -> Result<Vec<CroppedDetections>> {
+        Self::check_images(images)?;
         tch::no_grad(|| self.forward_eval_inner(images))
     }
 
-    fn forward_eval_inner(&self, images: &[Tensor]) -> Result<Vec<Detections>> {
+    fn forward_eval_inner(&self, images: &[Tensor]) -> Result<Vec<CroppedDetections>> {
         let original_sizes: Vec<(i64, i64)> =
             images.iter().map(|t| (t.size()[1], t.size()[2])).collect();
         let (image_list, _) = self.transform.forward(images, None, |n| n - 1)?;
@@ -318,12 +368,12 @@ impl MaskRcnn {
             .zip(image_list.image_sizes.iter().zip(&original_sizes))
             .map(|(d, (&resized, &original))| {
                 let boxes = resize_boxes(&d.boxes, resized, original)?;
-                let masks = paste_masks_in_image(&d.masks, &boxes, original, 1)?;
-                Ok(Detections {
+                Ok(CroppedDetections {
+                    masks: paste_masks_cropped(&d.masks, &boxes, original, 1)?,
                     boxes,
                     labels: d.labels,
                     scores: d.scores,
-                    masks,
+                    image_size: original,
                 })
             })
             .collect()

@@ -193,20 +193,33 @@ impl GeneralizedRcnnTransform {
     }
 }
 
-/// torchvision `paste_masks_in_image` (padding 1): `masks [D, 1, M, M]` probabilities in `boxes [D, 4]`
-/// (original image coordinates) pasted into `[D, 1, H, W]` zeros.
-pub fn paste_masks_in_image(
+/// One detection's pasted mask, kept only over the rectangle torchvision's paste writes
+/// (everything outside it is 0 in the full `[H, W]` map).
+#[derive(Debug)]
+pub struct PastedMask {
+    /// Left edge of the rectangle in image pixels.
+    pub x0: i64,
+    /// Top edge of the rectangle in image pixels.
+    pub y0: i64,
+    /// `[h, w]` probabilities of the rectangle.
+    pub probs: Tensor,
+}
+
+/// torchvision `paste_masks_in_image` (padding 1) without the full-size canvas: `masks
+/// [D, 1, M, M]` probabilities in `boxes [D, 4]` (original image coordinates) resized into their
+/// expanded boxes and clipped to `image_size`; `None` for a box entirely outside the image.
+/// A 12-megapixel photo with 100 detections needs box-sized crops here instead of 4.8 GB.
+pub fn paste_masks_cropped(
     masks: &Tensor,
     boxes: &Tensor,
     image_size: (i64, i64),
     padding: i64,
-) -> Result<Tensor> {
+) -> Result<Vec<Option<PastedMask>>> {
     let (im_h, im_w) = image_size;
     let size = masks.size();
     let (n, m) = (size[0], size[size.len() - 1]);
-    let out = Tensor::f_zeros([n, 1, im_h, im_w], (masks.kind(), masks.device()))?;
     if n == 0 {
-        return Ok(out);
+        return Ok(Vec::new());
     }
     // expand_masks (roi_heads.py:411-418)
     let scale = (m + 2 * padding) as f64 / m as f64;
@@ -231,6 +244,7 @@ pub fn paste_masks_in_image(
     .f_view([-1])?;
     let eb = Vec::<i64>::try_from(&expanded)?;
     // paste_mask_in_image (roi_heads.py:421-447), one detection at a time
+    let mut out = Vec::with_capacity(n as usize);
     for i in 0..n as usize {
         let (b0, b1, b2, b3) = (eb[4 * i], eb[4 * i + 1], eb[4 * i + 2], eb[4 * i + 3]);
         let w = (b2 - b0 + 1).max(1);
@@ -238,24 +252,53 @@ pub fn paste_masks_in_image(
         let (x0, x1) = (b0.max(0), (b2 + 1).min(im_w));
         let (y0, y1) = (b1.max(0), (b3 + 1).min(im_h));
         if x1 <= x0 || y1 <= y0 {
-            continue; // box entirely outside the image (torchvision would raise)
+            out.push(None); // box entirely outside the image (torchvision would raise)
+            continue;
         }
-        let mask = padded
+        let probs = padded
             .f_get(i as i64)?
             .f_unsqueeze(0)?
             .f_upsample_bilinear2d([h, w], false, None, None)? // [1, 1, h, w]
-            .f_view([h, w])?;
-        out.f_get(i as i64)?
-            .f_get(0)?
-            .f_narrow(0, y0, y1 - y0)?
-            .f_narrow(1, x0, x1 - x0)?
-            .f_copy_(
-                &mask
-                    .f_narrow(0, y0 - b1, y1 - y0)?
-                    .f_narrow(1, x0 - b0, x1 - x0)?,
-            )?;
+            .f_view([h, w])?
+            .f_narrow(0, y0 - b1, y1 - y0)?
+            .f_narrow(1, x0 - b0, x1 - x0)?
+            .f_contiguous()?;
+        out.push(Some(PastedMask { x0, y0, probs }));
     }
     Ok(out)
+}
+
+/// The full `[D, 1, H, W]` maps of pasted crops (zeros outside each crop), `kind` and
+/// `device` those of the mask probabilities.
+pub fn masks_on_canvas(
+    crops: &[Option<PastedMask>],
+    image_size: (i64, i64),
+    options: (Kind, tch::Device),
+) -> Result<Tensor> {
+    let out = Tensor::f_zeros([crops.len() as i64, 1, image_size.0, image_size.1], options)?;
+    for (i, crop) in crops.iter().enumerate() {
+        if let Some(c) = crop {
+            let (h, w) = (c.probs.size()[0], c.probs.size()[1]);
+            out.f_get(i as i64)?
+                .f_get(0)?
+                .f_narrow(0, c.y0, h)?
+                .f_narrow(1, c.x0, w)?
+                .f_copy_(&c.probs)?;
+        }
+    }
+    Ok(out)
+}
+
+/// torchvision `paste_masks_in_image` (padding 1): `masks [D, 1, M, M]` probabilities in `boxes [D, 4]`
+/// (original image coordinates) pasted into `[D, 1, H, W]` zeros.
+pub fn paste_masks_in_image(
+    masks: &Tensor,
+    boxes: &Tensor,
+    image_size: (i64, i64),
+    padding: i64,
+) -> Result<Tensor> {
+    let crops = paste_masks_cropped(masks, boxes, image_size, padding)?;
+    masks_on_canvas(&crops, image_size, (masks.kind(), masks.device()))
 }
 
 #[cfg(test)]
