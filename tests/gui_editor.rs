@@ -145,10 +145,11 @@ fn harness_with(root: &Path, image_id: i64, settings: Settings) -> Harness<'stat
 }
 
 /// Runs frames until the view's writer has saved every edit and the view shows the store's
-/// state (the writer thread works meanwhile).
+/// state (the writer thread works meanwhile). `run_ok`, not `run`: the writer's answers wake
+/// the GUI from its thread, so a burst of them may take more than `run`'s four frames.
 fn settle(h: &mut Harness<'_, State>) {
     let start = Instant::now();
-    h.run();
+    h.run_ok();
     while !h.state().view.is_idle() {
         assert!(
             start.elapsed() < Duration::from_secs(30),
@@ -158,7 +159,7 @@ fn settle(h: &mut Harness<'_, State>) {
         std::thread::sleep(Duration::from_millis(2));
         h.step();
     }
-    h.run();
+    h.run_ok();
 }
 
 fn errors(h: &Harness<'_, State>) -> Vec<String> {
@@ -217,13 +218,13 @@ fn drag(h: &mut Harness<'_, State>, points: &[[f64; 2]]) {
 fn drag_unsaved(h: &mut Harness<'_, State>, points: &[[f64; 2]]) {
     let first = screen(h, points[0]);
     h.hover_at(first);
-    h.run();
+    h.run_ok();
     press(h, first, true);
-    h.run();
+    h.run_ok();
     for &p in &points[1..] {
         let s = screen(h, p);
         h.hover_at(s);
-        h.run();
+        h.run_ok();
     }
     let last = screen(h, *points.last().unwrap());
     press(h, last, false);
@@ -234,11 +235,11 @@ fn drag_unsaved(h: &mut Harness<'_, State>, points: &[[f64; 2]]) {
 fn click(h: &mut Harness<'_, State>, p: [f64; 2]) {
     let s = screen(h, p);
     h.hover_at(s);
-    h.run();
+    h.run_ok();
     press(h, s, true);
-    h.run();
+    h.run_ok();
     press(h, s, false);
-    h.run();
+    h.run_ok();
     h.run_steps(30);
     settle(h);
 }
@@ -590,7 +591,7 @@ fn model_assist_proposes_masks_and_a_click_accepts_one_as_an_undoable_model_inst
     h.state_mut().view.set_model_path(&bundle);
     h.get_by_label("Propose masks").click();
     let start = Instant::now();
-    h.run();
+    h.step(); // the click; the spinner repaints until the worker answers
     while h.state().view.is_proposing() {
         assert!(
             start.elapsed() < Duration::from_secs(120),
