@@ -239,7 +239,10 @@ fn main() {
     stats("frame during drag (all strokes)", drag_frames);
     stats("release frame (mouse-up)", release_frames);
     if !saving_frames.is_empty() {
-        stats("frames while the writer saves (incl. answer)", saving_frames);
+        stats(
+            "frames while the writer saves (incl. answer)",
+            saving_frames,
+        );
     }
     stats("release -> saved and answered", saved);
     if let Some(n) = h

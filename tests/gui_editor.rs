@@ -521,11 +521,18 @@ fn edits_queued_back_to_back_are_saved_in_order_and_survive_closing_the_view() {
     settle(&mut h);
     assert!(errors(&h).is_empty(), "{:?}", errors(&h));
     let (area, edited) = stored(&root, CAT);
-    assert!((150..=175).contains(&area), "area after stroke, undo, redo: {area}");
+    assert!(
+        (150..=175).contains(&area),
+        "area after stroke, undo, redo: {area}"
+    );
     assert!(edited);
     let project = Project::open(&root).unwrap();
     assert_eq!(project.image(1).unwrap().review_status, ReviewStatus::Fixed);
-    assert_eq!(project.history_of(1).unwrap(), (true, false), "redo was last");
+    assert_eq!(
+        project.history_of(1).unwrap(),
+        (true, false),
+        "redo was last"
+    );
 
     // Closing the view right after a stroke (as navigating to another image does) still saves
     // it: the view's drop waits for its writer.
@@ -609,7 +616,10 @@ fn model_assist_proposes_masks_and_a_click_accepts_one_as_an_undoable_model_inst
     let (expected, class_name, pixel) = (0..view.proposal_count())
         .find_map(|k| {
             let d = view.proposal(k)?;
-            let earlier: Vec<&Mask> = (0..k).filter_map(|j| view.proposal(j)).map(|p| &p.mask).collect();
+            let earlier: Vec<&Mask> = (0..k)
+                .filter_map(|j| view.proposal(j))
+                .map(|p| &p.mask)
+                .collect();
             (0..H)
                 .flat_map(|y| (0..W).map(move |x| (x, y)))
                 .find(|&(x, y)| d.mask.get(x, y) && earlier.iter().all(|m| !m.get(x, y)))
@@ -619,10 +629,7 @@ fn model_assist_proposes_masks_and_a_click_accepts_one_as_an_undoable_model_inst
     let before = Project::open(&root).unwrap().instances(1).unwrap();
     assert_eq!(before.len(), 2);
     assert_eq!(h.state().view.tool(), Tool::Select);
-    click(
-        &mut h,
-        [f64::from(pixel.0) + 0.5, f64::from(pixel.1) + 0.5],
-    );
+    click(&mut h, [f64::from(pixel.0) + 0.5, f64::from(pixel.1) + 0.5]);
     assert!(errors(&h).is_empty(), "{:?}", errors(&h));
 
     let project = Project::open(&root).unwrap();

@@ -498,4 +498,3 @@ pub fn read_instances(project: &Project, image_id: i64) -> anyhow::Result<Vec<St
     }
     Ok(out)
 }
-

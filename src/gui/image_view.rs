@@ -1340,12 +1340,16 @@ impl ImageView {
             return;
         };
         let same = data.instances.len() == snapshot.instances.len()
-            && data.instances.iter().zip(&snapshot.instances).all(|(a, b)| {
-                (a.row.id == b.row.id || a.row.id < 0)
-                    && a.row.class_id == b.row.class_id
-                    && a.original.is_some() == b.original.is_some()
-                    && a.mask == b.mask
-            });
+            && data
+                .instances
+                .iter()
+                .zip(&snapshot.instances)
+                .all(|(a, b)| {
+                    (a.row.id == b.row.id || a.row.id < 0)
+                        && a.row.class_id == b.row.class_id
+                        && a.original.is_some() == b.original.is_some()
+                        && a.mask == b.mask
+                });
         let fresh = snapshot
             .instances
             .into_iter()
