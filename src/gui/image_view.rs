@@ -158,6 +158,10 @@ pub struct ImageView {
     overlay_stale: bool,
     /// Overlay pixels changed since the last upload.
     pending_dirty: Rect,
+    /// Overlay pixels still to recompose after a large change (the original's outline that
+    /// appears on an instance's first edit): a band of rows per frame, so no frame pays for
+    /// all of it.
+    deferred: Rect,
     model_path: String,
     assist_rx: Option<Receiver<AssistEvent>>,
     proposals: Vec<(Detection, Vec<Vec<[f64; 2]>>)>,
@@ -287,6 +291,7 @@ impl ImageView {
             overlay_tex: None,
             overlay_stale: true,
             pending_dirty: Rect::EMPTY,
+            deferred: Rect::EMPTY,
             model_path: String::new(),
             assist_rx: None,
             proposals: Vec::new(),
@@ -874,6 +879,19 @@ impl ImageView {
                 }
             }
             self.overlay_stale = false;
+            self.deferred = Rect::EMPTY;
+        } else if !self.deferred.is_empty() {
+            let rows = (DEFERRED_BAND_PIXELS / self.deferred.width().max(1)).max(1);
+            let band = Rect {
+                y1: (self.deferred.y0 + rows).min(self.deferred.y1),
+                ..self.deferred
+            };
+            self.deferred.y0 = band.y1;
+            if self.deferred.is_empty() {
+                self.deferred = Rect::EMPTY;
+            }
+            self.refresh_overlay(band);
+            ui.ctx().request_repaint();
         }
 
         // Zoom at the cursor, pan with the middle button or Space + drag.
@@ -1082,9 +1100,9 @@ impl ImageView {
         match stroke.target {
             Some(id) => {
                 // The overlay already shows the stroke; only a first edit adds the original's
-                // outline.
+                // outline, drawn over the next frames.
                 let outline = self.set_mask(id, stroke.mask, cx);
-                self.refresh_overlay(outline);
+                self.deferred = self.deferred.union(outline);
             }
             None => {
                 if !stroke.mask.data().contains(&1) {
@@ -1111,7 +1129,18 @@ impl ImageView {
         let old = std::mem::replace(&mut inst.mask, Arc::clone(&mask));
         let mut region = Rect::EMPTY;
         if !inst.row.edited {
-            region = maskops::bounds(&old).grow(1, old.width(), old.height());
+            // The stored bbox of an unedited instance is its original's (no full-mask scan).
+            let [x, y, w, h] = inst.row.bbox;
+            if w > 0.0 && h > 0.0 {
+                let (x0, y0) = (x.max(0.0) as u32, y.max(0.0) as u32);
+                region = Rect {
+                    x0,
+                    y0,
+                    x1: ((x + w).ceil() as u32).min(old.width()).max(x0),
+                    y1: ((y + h).ceil() as u32).min(old.height()).max(y0),
+                }
+                .grow(1, old.width(), old.height());
+            }
             inst.original = Some(old);
             inst.row.edited = true;
         }
@@ -1778,6 +1807,10 @@ impl ImageView {
         ColorImage::new([rw, rh], pixels)
     }
 }
+
+/// Overlay pixels recomposed per frame from [`ImageView`]'s deferred region (a 2000-pixel-wide
+/// region: 131 rows, a few milliseconds).
+const DEFERRED_BAND_PIXELS: u32 = 1 << 18;
 
 /// Whole-mask operations of the toolbar.
 #[derive(Debug, Clone, Copy)]
