@@ -4,7 +4,12 @@
 //! 2. whole editor frames: an `ImageView` driven by egui_kittest (no renderer) during a drag —
 //!    stroke apply + overlay re-composition and partial texture upload of the dirty rectangle,
 //!    plus egui's own layout of the view;
-//! 3. the store commit on release (`update_instance_mask`: RLE encode + one SQLite transaction).
+//! 3. the release (mouse-up) frame of each of [`STROKES`] strokes, p50/p95: the view hands the
+//!    stroke to its `edit-writer` thread, so this frame no longer encodes or commits; then the
+//!    frames until the writer has saved it and the view applied the answer (undo/redo state,
+//!    progress, area), and the time from release to saved;
+//! 4. the store commit alone (`update_instance_mask`: RLE encode + one SQLite transaction),
+//!    which is what the release frame used to pay for.
 //!
 //! Run: `cargo bench --bench brush`.
 
@@ -22,6 +27,9 @@ use maskstudio::gui::shared::{Notices, PanelCtx, Settings, ShellRequest};
 
 const W: u32 = 4000;
 const H: u32 = 3000;
+/// Strokes drawn in part 3 (the first edits the imported instance: its original's outline
+/// appears, a larger overlay refresh).
+const STROKES: usize = 12;
 
 fn stats(name: &str, mut ms: Vec<f64>) {
     ms.sort_by(f64::total_cmp);
@@ -33,6 +41,24 @@ fn stats(name: &str, mut ms: Vec<f64>) {
         p(0.95),
         ms[ms.len() - 1]
     );
+}
+
+/// Steps frames (1 ms apart, as a vsync'd GUI would be woken) until the view's writer has
+/// saved everything and its answer is applied; returns each frame's duration in ms.
+fn wait_saved(h: &mut Harness<'_, State>) -> Vec<f64> {
+    let start = Instant::now();
+    let mut frames = Vec::new();
+    while !h.state().view.is_idle() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the edit writer did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+        let t = Instant::now();
+        h.step();
+        frames.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    frames
 }
 
 fn big_instance() -> Mask {
@@ -166,13 +192,17 @@ fn main() {
         idle.push(t.elapsed().as_secs_f64() * 1e3);
     }
     stats("idle frame (view drawn, nothing changes)", idle);
-    for stroke in 0..3 {
+    let mut drag_frames = Vec::new();
+    let mut release_frames = Vec::new();
+    let mut saving_frames = Vec::new();
+    let mut saved = Vec::new();
+    for stroke in 0..STROKES {
         let screen: Vec<egui::Pos2> = path()
             .iter()
             .map(|&p| {
                 h.state()
                     .view
-                    .image_to_screen([p[0] + f64::from(stroke) * 40.0, p[1]])
+                    .image_to_screen([p[0] + stroke as f64 * 40.0, p[1]])
             })
             .collect();
         h.event(egui::Event::PointerMoved(screen[0]));
@@ -183,14 +213,12 @@ fn main() {
             modifiers: egui::Modifiers::NONE,
         });
         h.step();
-        let mut frames = Vec::new();
         for &p in &screen[1..] {
             h.event(egui::Event::PointerMoved(p));
             let t = Instant::now();
             h.step();
-            frames.push(t.elapsed().as_secs_f64() * 1e3);
+            drag_frames.push(t.elapsed().as_secs_f64() * 1e3);
         }
-        stats(&format!("stroke {stroke}: frame during drag"), frames);
         let last = *screen.last().expect("points");
         h.event(egui::Event::PointerButton {
             pos: last,
@@ -198,13 +226,25 @@ fn main() {
             pressed: false,
             modifiers: egui::Modifiers::NONE,
         });
-        let t = Instant::now();
+        let released = Instant::now();
         h.step();
-        println!(
-            "stroke {stroke}: release frame (store commit + overlay): {:.1} ms",
-            t.elapsed().as_secs_f64() * 1e3
+        let ms = released.elapsed().as_secs_f64() * 1e3;
+        if stroke == 0 {
+            println!("stroke 0 (first edit: original outline appears): release frame {ms:.1} ms");
+        }
+        release_frames.push(ms);
+        saving_frames.extend(wait_saved(&mut h));
+        saved.push(released.elapsed().as_secs_f64() * 1e3);
+    }
+    stats("frame during drag (all strokes)", drag_frames);
+    stats("release frame (mouse-up)", release_frames);
+    if !saving_frames.is_empty() {
+        stats(
+            "frames while the writer saves (incl. answer)",
+            saving_frames,
         );
     }
+    stats("release -> saved and answered", saved);
     if let Some(n) = h
         .state()
         .notices
@@ -215,7 +255,7 @@ fn main() {
         println!("ERROR during the bench: {}", n.text);
     }
 
-    // 3. The store commit alone.
+    // 4. The store commit alone.
     let mut project = Project::open(&root).expect("open project");
     let mut mask = big_instance();
     let mut commits = Vec::new();

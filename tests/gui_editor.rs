@@ -1,12 +1,17 @@
 //! The Review image view edits masks through the real store: paint a stroke and see the area
 //! grow, undo/redo, polygon subtract makes a hole, revert to the original, review status and
-//! next unreviewed image, and undo after reopening the project. Driven with egui_kittest
-//! (pointer and key events, no renderer).
+//! next unreviewed image, undo after reopening the project, edits queued back to back written
+//! in order and not lost when the view closes, and model assist (a real random bundle proposes
+//! masks, a click accepts one). Driven with egui_kittest (pointer and key events, no
+//! renderer).
+//!
+//! The view saves on its `edit-writer` thread: after an action the tests run frames until the
+//! view says it is idle ([`settle`]) before reading the store.
 
 mod common;
 
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use eframe::egui::{self, Key, Modifiers, Pos2};
 use egui_kittest::Harness;
@@ -16,7 +21,16 @@ use maskstudio::dataset::{
     Attribution, ClassDef, ImportImage, ImportInstance, ImportSet, Mask, Origin, Segmentation,
 };
 use maskstudio::gui::image_view::{ImageView, ImageViewAction, Tool};
-use maskstudio::gui::shared::{Notices, PanelCtx, Settings, ShellRequest};
+use maskstudio::gui::shared::{
+    DeviceSetting, NoticeLevel, Notices, PanelCtx, Settings, ShellRequest,
+};
+use maskstudio::infer::Predictor;
+use maskstudio::model::bundle::{Bundle, ModelSpec};
+use maskstudio::model::{Backbone, MaskRcnn};
+use tch::{Device, Tensor, nn};
+
+/// Tests that seed torch hold this (the pattern of tests/model_golden.rs).
+static RNG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 const W: u32 = 64;
 const H: u32 = 48;
@@ -96,11 +110,15 @@ struct State {
 }
 
 fn harness(root: &Path, image_id: i64) -> Harness<'static, State> {
+    harness_with(root, image_id, Settings::default())
+}
+
+fn harness_with(root: &Path, image_id: i64, settings: Settings) -> Harness<'static, State> {
     let mut view = ImageView::open(root, image_id).unwrap();
     view.wait_until_loaded(Duration::from_secs(20)).unwrap();
     let state = State {
         view,
-        settings: Settings::default(),
+        settings,
         notices: Notices::default(),
         requests: Vec::new(),
         last: ImageViewAction::None,
@@ -122,8 +140,36 @@ fn harness(root: &Path, image_id: i64) -> Harness<'static, State> {
             },
             state,
         );
-    h.run();
+    settle(&mut h);
     h
+}
+
+/// Runs frames until the view's writer has saved every edit and the view shows the store's
+/// state (the writer thread works meanwhile). `run_ok`, not `run`: the writer's answers wake
+/// the GUI from its thread, so a burst of them may take more than `run`'s four frames.
+fn settle(h: &mut Harness<'_, State>) {
+    let start = Instant::now();
+    h.run_ok();
+    while !h.state().view.is_idle() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the edit writer still has {} edits after 30 s",
+            h.state().view.pending_edits()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+        h.step();
+    }
+    h.run_ok();
+}
+
+fn errors(h: &Harness<'_, State>) -> Vec<String> {
+    h.state()
+        .notices
+        .items
+        .iter()
+        .filter(|n| n.level == NoticeLevel::Error)
+        .map(|n| n.text.clone())
+        .collect()
 }
 
 /// (area, edited) of an instance, read from the store.
@@ -162,33 +208,40 @@ fn press(h: &mut Harness<'_, State>, pos: Pos2, pressed: bool) {
     });
 }
 
-/// A brush drag through image points (one frame per point).
+/// A brush drag through image points (one frame per point), then the writer saves it.
 fn drag(h: &mut Harness<'_, State>, points: &[[f64; 2]]) {
+    drag_unsaved(h, points);
+    settle(h);
+}
+
+/// A brush drag; returns right after the release frame (the edit may still be queued).
+fn drag_unsaved(h: &mut Harness<'_, State>, points: &[[f64; 2]]) {
     let first = screen(h, points[0]);
     h.hover_at(first);
-    h.run();
+    h.run_ok();
     press(h, first, true);
-    h.run();
+    h.run_ok();
     for &p in &points[1..] {
         let s = screen(h, p);
         h.hover_at(s);
-        h.run();
+        h.run_ok();
     }
     let last = screen(h, *points.last().unwrap());
     press(h, last, false);
-    h.run();
+    h.step();
 }
 
 /// One click at an image point, then enough frames that the next is not a double click.
 fn click(h: &mut Harness<'_, State>, p: [f64; 2]) {
     let s = screen(h, p);
     h.hover_at(s);
-    h.run();
+    h.run_ok();
     press(h, s, true);
-    h.run();
+    h.run_ok();
     press(h, s, false);
-    h.run();
+    h.run_ok();
     h.run_steps(30);
+    settle(h);
 }
 
 const CAT: i64 = 1;
@@ -197,7 +250,7 @@ const CAT: i64 = 1;
 fn paint_right_of_cat(h: &mut Harness<'_, State>) {
     h.state_mut().view.select(Some(CAT));
     h.key_press(Key::B);
-    h.run();
+    settle(h);
     assert_eq!(h.state().view.tool(), Tool::Brush);
     h.state_mut().view.set_brush_size(3.0);
     drag(h, &[[22.0, 15.0], [26.0, 15.0], [30.0, 15.0], [35.0, 15.0]]);
@@ -225,25 +278,25 @@ fn a_brush_stroke_grows_the_instance_and_undo_redo_follow_it() {
     );
 
     h.key_press_modifiers(Modifiers::COMMAND, Key::Z);
-    h.run();
+    settle(&mut h);
     assert_eq!(stored(&root, CAT), (100, false));
     h.key_press_modifiers(Modifiers::COMMAND | Modifiers::SHIFT, Key::Z);
-    h.run();
+    settle(&mut h);
     assert_eq!(stored(&root, CAT), (area, true));
     h.key_press_modifiers(Modifiers::COMMAND, Key::Z);
-    h.run();
+    settle(&mut h);
     h.key_press_modifiers(Modifiers::COMMAND, Key::Y);
-    h.run();
+    settle(&mut h);
     assert_eq!(stored(&root, CAT), (area, true));
 
     // The eraser takes part of it back; a second undo restores the stroke.
     h.key_press(Key::E);
-    h.run();
+    settle(&mut h);
     drag(&mut h, &[[30.0, 10.0], [30.0, 20.0]]);
     let (erased, _) = stored(&root, CAT);
     assert!(erased < area, "{erased} < {area}");
     h.key_press_modifiers(Modifiers::COMMAND, Key::Z);
-    h.run();
+    settle(&mut h);
     assert_eq!(stored(&root, CAT).0, area);
     // Undo touched only this image's history.
     assert!(
@@ -263,12 +316,12 @@ fn polygon_subtract_cuts_a_hole_and_revert_restores_the_original() {
     let mut h = harness(&root, 1);
     h.state_mut().view.select(Some(CAT));
     h.key_press(Key::P);
-    h.run();
+    settle(&mut h);
     for p in [[13.0, 13.0], [17.0, 13.0], [17.0, 17.0], [13.0, 17.0]] {
         click(&mut h, p);
     }
     h.key_press_modifiers(Modifiers::SHIFT, Key::Enter);
-    h.run();
+    settle(&mut h);
     let m = stored_mask(&root, CAT);
     // pycocotools pixels of the 4×4 square at (13, 13): a hole of 16 pixels.
     assert_eq!(m.area(), 84);
@@ -281,12 +334,12 @@ fn polygon_subtract_cuts_a_hole_and_revert_restores_the_original() {
 
     // Revert (R) brings the original square back and clears the edited flag.
     h.key_press(Key::R);
-    h.run();
+    settle(&mut h);
     assert_eq!(stored(&root, CAT), (100, false));
     assert_eq!(stored_mask(&root, CAT), square(10, 10, 10));
     // ... and revert is itself undoable.
     h.key_press_modifiers(Modifiers::COMMAND, Key::Z);
-    h.run();
+    settle(&mut h);
     assert_eq!(stored(&root, CAT), (84, true));
 }
 
@@ -297,11 +350,11 @@ fn review_status_keys_and_next_unreviewed_image() {
     let root = dir.path().join("p");
     let mut h = harness(&root, 1);
     h.key_press(Key::Num2);
-    h.run();
+    settle(&mut h);
     let project = Project::open(&root).unwrap();
     assert_eq!(project.image(1).unwrap().review_status, ReviewStatus::Fixed);
     h.key_press(Key::D);
-    h.run();
+    settle(&mut h);
     assert_eq!(h.state().last, ImageViewAction::Next);
     let next = h.state().view.neighbour_unreviewed(true).unwrap();
     assert_eq!(next, 2);
@@ -314,9 +367,9 @@ fn review_status_keys_and_next_unreviewed_image() {
     let mut h2 = harness(&root, next);
     assert_eq!(h2.state().view.image_id(), 2);
     h2.key_press(Key::Num3);
-    h2.run();
+    settle(&mut h2);
     h2.key_press(Key::ArrowRight);
-    h2.run();
+    settle(&mut h2);
     assert_eq!(h2.state().last, ImageViewAction::Next);
     assert_eq!(h2.state().view.neighbour_unreviewed(true), Some(3));
     // Rejected images leave training: the training set no longer has image 2.
@@ -341,10 +394,10 @@ fn undo_still_works_after_reopening_the_project() {
     // A new view on the same folder (as after a restart).
     let mut h = harness(&root, 1);
     h.get_by_label("Undo").click();
-    h.run();
+    settle(&mut h);
     assert_eq!(stored(&root, CAT), (100, false));
     h.get_by_label("Redo").click();
-    h.run();
+    settle(&mut h);
     assert_eq!(stored(&root, CAT), (area, true));
 }
 
@@ -356,7 +409,7 @@ fn new_instance_split_merge_and_delete_through_the_view() {
     let mut h = harness(&root, 1);
     // N, then a stroke on empty ground: a new manual instance of the chosen class.
     h.key_press(Key::N);
-    h.run();
+    settle(&mut h);
     h.state_mut().view.set_brush_size(4.0);
     drag(&mut h, &[[5.0, 35.0], [25.0, 35.0]]);
     let project = Project::open(&root).unwrap();
@@ -368,29 +421,29 @@ fn new_instance_split_merge_and_delete_through_the_view() {
     // Merge (M): the new stroke into the cat, then split (S) gives them back apart.
     h.state_mut().view.select(Some(CAT));
     h.key_press(Key::M);
-    h.run();
+    settle(&mut h);
     click(&mut h, [15.0, 35.5]);
     let rows = project.instances(1).unwrap();
     assert_eq!(rows.len(), 2, "merged into one");
     assert!(rows[0].area > 100);
     h.key_press(Key::S);
-    h.run();
+    settle(&mut h);
     let rows = project.instances(1).unwrap();
     assert_eq!(rows.len(), 3, "split into components");
     assert_eq!(rows[0].area, 100);
     // One undo takes the whole split back, one more the whole merge.
     h.key_press_modifiers(Modifiers::COMMAND, Key::Z);
-    h.run();
+    settle(&mut h);
     assert_eq!(project.instances(1).unwrap().len(), 2);
     h.key_press_modifiers(Modifiers::COMMAND, Key::Z);
-    h.run();
+    settle(&mut h);
     let rows = project.instances(1).unwrap();
     assert_eq!(rows.len(), 3);
     assert_eq!(rows[0].area, 100);
     // Delete the dog.
     h.state_mut().view.select(Some(2));
     h.key_press(Key::Delete);
-    h.run();
+    settle(&mut h);
     assert_eq!(project.instances(1).unwrap().len(), 2);
     assert_eq!(project.edited_count(1).unwrap(), 0);
 }
@@ -441,4 +494,167 @@ fn store_counts_edits_per_image_and_class_and_refuses_cross_image_merges() {
         "nothing left to revert"
     );
     assert_eq!(project.history_of(1).unwrap(), (true, false));
+}
+
+#[test]
+fn edits_queued_back_to_back_are_saved_in_order_and_survive_closing_the_view() {
+    let dir = tempfile::tempdir().unwrap();
+    make_project(dir.path());
+    let root = dir.path().join("p");
+    let mut h = harness(&root, 1);
+    h.state_mut().view.select(Some(CAT));
+    h.key_press(Key::B);
+    settle(&mut h);
+    h.state_mut().view.set_brush_size(3.0);
+    // A stroke, undo, redo and a review status, each in the frame after the previous one,
+    // without waiting for the writer: the store must see them in this order.
+    drag_unsaved(
+        &mut h,
+        &[[22.0, 15.0], [26.0, 15.0], [30.0, 15.0], [35.0, 15.0]],
+    );
+    h.key_press_modifiers(Modifiers::COMMAND, Key::Z);
+    h.step();
+    h.key_press_modifiers(Modifiers::COMMAND | Modifiers::SHIFT, Key::Z);
+    h.step();
+    h.key_press(Key::Num2);
+    h.step();
+    settle(&mut h);
+    assert!(errors(&h).is_empty(), "{:?}", errors(&h));
+    let (area, edited) = stored(&root, CAT);
+    assert!(
+        (150..=175).contains(&area),
+        "area after stroke, undo, redo: {area}"
+    );
+    assert!(edited);
+    let project = Project::open(&root).unwrap();
+    assert_eq!(project.image(1).unwrap().review_status, ReviewStatus::Fixed);
+    assert_eq!(
+        project.history_of(1).unwrap(),
+        (true, false),
+        "redo was last"
+    );
+
+    // Closing the view right after a stroke (as navigating to another image does) still saves
+    // it: the view's drop waits for its writer.
+    drag_unsaved(&mut h, &[[12.0, 30.0], [18.0, 30.0]]);
+    drop(h);
+    let (after, _) = stored(&root, CAT);
+    assert!(after > area, "the last stroke was lost: {after} <= {area}");
+}
+
+/// A random MobileNetV2 bundle (cat, dog) whose class logits are scaled until it proposes at
+/// least one non-empty mask on `image` at `score` (a few CPU inferences at 96–128 px).
+fn assist_bundle(dir: &Path, image: &Path, score: f32) -> PathBuf {
+    let _rng = RNG_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    tch::manual_seed(5);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let mut spec = ModelSpec::new(Backbone::MobilenetV2, 3);
+    spec.min_size = Some(96);
+    spec.max_size = Some(128);
+    let _model = MaskRcnn::new(&vs.root(), &spec.resolved().to_config()).unwrap();
+    let weights = vs
+        .variables()
+        .into_iter()
+        .find(|(n, _)| n.ends_with("cls_score.weight"))
+        .map(|(_, t)| t)
+        .unwrap();
+    let base = Tensor::randn(weights.size(), (weights.kind(), Device::Cpu));
+    let bundle = dir.join("bundle");
+    let pixels = maskstudio::infer::read_image(image).unwrap();
+    for scale in [2.0, 8.0, 32.0, 128.0] {
+        let mut w = weights.shallow_clone();
+        tch::no_grad(|| w.copy_(&(&base * scale)));
+        Bundle::write(&bundle, &spec, &["cat".to_owned(), "dog".to_owned()], &vs).unwrap();
+        let p = Predictor::load(&bundle, Device::Cpu, Some(f64::from(score))).unwrap();
+        let detections = p.predict(&pixels).unwrap();
+        let non_empty = detections.iter().filter(|d| d.mask.area() > 0).count();
+        eprintln!(
+            "cls_score scale {scale}: {} detections, {non_empty} with pixels",
+            detections.len()
+        );
+        if non_empty > 0 {
+            return bundle;
+        }
+    }
+    panic!("no scale of the class weights gave a proposal with pixels");
+}
+
+#[test]
+fn model_assist_proposes_masks_and_a_click_accepts_one_as_an_undoable_model_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    make_project(dir.path());
+    let root = dir.path().join("p");
+    let image_path = Project::open(&root).unwrap().image(1).unwrap().path;
+    let score = 0.05;
+    let bundle = assist_bundle(dir.path(), &image_path, score);
+    let settings = Settings {
+        device: DeviceSetting::Cpu,
+        score_threshold: score,
+        ..Settings::default()
+    };
+    let mut h = harness_with(&root, 1, settings);
+    h.state_mut().view.set_model_path(&bundle);
+    h.get_by_label("Propose masks").click();
+    let start = Instant::now();
+    h.step(); // the click; the spinner repaints until the worker answers
+    while h.state().view.is_proposing() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "model assist took over 2 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        h.step();
+    }
+    settle(&mut h);
+    assert!(errors(&h).is_empty(), "{:?}", errors(&h));
+    let view = &h.state().view;
+    assert!(view.proposal_count() > 0, "the bundle proposed nothing");
+    // A pixel of the first proposal with pixels that no earlier proposal covers: a click
+    // there accepts exactly that proposal.
+    let (expected, class_name, pixel) = (0..view.proposal_count())
+        .find_map(|k| {
+            let d = view.proposal(k)?;
+            let earlier: Vec<&Mask> = (0..k)
+                .filter_map(|j| view.proposal(j))
+                .map(|p| &p.mask)
+                .collect();
+            (0..H)
+                .flat_map(|y| (0..W).map(move |x| (x, y)))
+                .find(|&(x, y)| d.mask.get(x, y) && earlier.iter().all(|m| !m.get(x, y)))
+                .map(|p| (d.mask.clone(), d.class_name.clone(), p))
+        })
+        .expect("a proposal with a pixel of its own");
+    let before = Project::open(&root).unwrap().instances(1).unwrap();
+    assert_eq!(before.len(), 2);
+    assert_eq!(h.state().view.tool(), Tool::Select);
+    click(&mut h, [f64::from(pixel.0) + 0.5, f64::from(pixel.1) + 0.5]);
+    assert!(errors(&h).is_empty(), "{:?}", errors(&h));
+
+    let project = Project::open(&root).unwrap();
+    let rows = project.instances(1).unwrap();
+    assert_eq!(rows.len(), 3, "the accepted proposal is a new instance");
+    let new = &rows[2];
+    assert_eq!(new.origin, Origin::Model);
+    assert!(!new.edited);
+    let stored = Mask::from_rle(&new.rle).unwrap();
+    assert_eq!(new.area, expected.area(), "exact pixel count");
+    assert_eq!(stored, expected, "the stored mask is the proposal's");
+    let class = project
+        .classes()
+        .unwrap()
+        .into_iter()
+        .find(|c| c.id == new.class_id)
+        .unwrap();
+    assert_eq!(class.name, class_name);
+    assert_eq!(h.state().view.selected(), Some(new.id));
+
+    // Undo removes it again.
+    h.key_press_modifiers(Modifiers::COMMAND, Key::Z);
+    settle(&mut h);
+    let rows = project.instances(1).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r.origin != Origin::Model));
+    assert_eq!(h.state().view.selected(), None);
 }

@@ -4,10 +4,15 @@
 //! holes, morphology, undo/redo, revert) plus model-assisted proposals.
 //!
 //! Loading (SQLite rows, image decode, mask decode) and model inference run on named threads.
-//! Edits are written through [`Project`] at once: one transaction per stroke (on mouse
-//! release), polygon, click or button, so nothing needs saving and undo/redo (kept in the
-//! project's edit log) survive a restart. A stroke in progress is painted into a local copy of
-//! the mask and only the stroke's dirty rectangle of the overlay texture is re-uploaded.
+//! Edits are saved at once, one store transaction per stroke (on mouse release), polygon,
+//! click or button, so nothing needs saving and undo/redo (kept in the project's edit log)
+//! survive a restart. The writes run on the view's `edit-writer` thread
+//! ([`crate::gui::edit_writer`]) in the order they were made; the view shows its own result at
+//! once (a stroke's pixels stay where they were painted) and applies what only the store knows
+//! (new instance ids, undo, split, merge) when the writer answers, re-reading the image from
+//! the store after a failure so the screen never lies. A stroke in progress is painted into a
+//! local copy of the mask and only the stroke's dirty rectangle of the overlay texture is
+//! re-uploaded.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,7 +25,8 @@ use egui::{Color32, ColorImage, Key, Modifiers, Pos2, Sense, Stroke, TextureHand
 
 use crate::dataset::maskops::{self, Rect};
 use crate::dataset::store::{ClassProgress, ImageMeta, InstanceRow, Project, ReviewStatus};
-use crate::dataset::{ExportClass, Mask, Origin};
+use crate::dataset::{ExportClass, Mask, Origin, Rle};
+use crate::gui::edit_writer::{EditCommand, EditOutcome, EditReply, EditWriter, Snapshot};
 use crate::gui::shared::PanelCtx;
 use crate::infer::Detection;
 
@@ -92,10 +98,12 @@ pub fn shortcuts() -> &'static [(&'static str, &'static str)] {
 
 /// One instance as the view holds it.
 struct Inst {
+    /// The row; `id` is negative for a new instance the writer has not answered for yet.
     row: InstanceRow,
-    mask: Mask,
+    /// Shared with the writer's queue (no copy of a whole mask per edit).
+    mask: Arc<Mask>,
     /// The mask before the first edit (edited instances only).
-    original: Option<Mask>,
+    original: Option<Arc<Mask>>,
     visible: bool,
 }
 
@@ -150,10 +158,26 @@ pub struct ImageView {
     overlay_stale: bool,
     /// Overlay pixels changed since the last upload.
     pending_dirty: Rect,
+    /// Overlay pixels still to recompose after a large change (the original's outline that
+    /// appears on an instance's first edit): a band of rows per frame, so no frame pays for
+    /// all of it.
+    deferred: Rect,
     model_path: String,
     assist_rx: Option<Receiver<AssistEvent>>,
     proposals: Vec<(Detection, Vec<Vec<[f64; 2]>>)>,
     class_filter: Option<i64>,
+    /// The store writer (its drop waits for the queued edits).
+    writer: EditWriter,
+    /// The view's instances may differ from the store in ways only the store knows (new ids,
+    /// undo, a failed write): a re-read is awaited, and edits that start from the view's own
+    /// masks wait for it.
+    stale: bool,
+    /// Id of the next not-yet-saved new instance (negative, counting down).
+    next_temp_id: i64,
+    /// Wakes the GUI when the writer answers.
+    ctx: Option<egui::Context>,
+    /// The writer thread's end was reported.
+    writer_stop_reported: bool,
 }
 
 impl std::fmt::Debug for ImageView {
@@ -211,25 +235,15 @@ fn load(root: &Path, image_id: i64) -> anyhow::Result<Box<Loaded>> {
 }
 
 fn read_instances(project: &Project, image_id: i64) -> anyhow::Result<Vec<Inst>> {
-    let originals = project.original_masks(image_id)?;
-    let mut out = Vec::new();
-    for row in project.instances(image_id)? {
-        let mask = Mask::from_rle(&row.rle)
-            .map_err(|e| anyhow::anyhow!("instance {}: stored mask is corrupt: {e}", row.id))?;
-        let original = match originals.get(&row.id) {
-            Some(rle) => Some(Mask::from_rle(rle).map_err(|e| {
-                anyhow::anyhow!("instance {}: stored original is corrupt: {e}", row.id)
-            })?),
-            None => None,
-        };
-        out.push(Inst {
-            row,
-            mask,
-            original,
+    Ok(crate::gui::edit_writer::read_instances(project, image_id)?
+        .into_iter()
+        .map(|s| Inst {
+            row: s.row,
+            mask: s.mask,
+            original: s.original,
             visible: true,
-        });
-    }
-    Ok(out)
+        })
+        .collect())
 }
 
 fn parse_hex(hex: &str) -> [u8; 3] {
@@ -246,6 +260,7 @@ impl ImageView {
     /// Starts loading image `image_id` of the project at `project_root` on a named thread and
     /// returns at once; the view shows a spinner until the image arrives.
     pub fn open(project_root: &Path, image_id: i64) -> anyhow::Result<Self> {
+        let writer = EditWriter::spawn(project_root, image_id)?;
         let (tx, rx) = bounded(1);
         let root = project_root.to_path_buf();
         let thread_root = root.clone();
@@ -276,10 +291,16 @@ impl ImageView {
             overlay_tex: None,
             overlay_stale: true,
             pending_dirty: Rect::EMPTY,
+            deferred: Rect::EMPTY,
             model_path: String::new(),
             assist_rx: None,
             proposals: Vec::new(),
             class_filter: None,
+            writer,
+            stale: false,
+            next_temp_id: -1,
+            ctx: None,
+            writer_stop_reported: false,
         })
     }
 
@@ -391,6 +412,28 @@ impl ImageView {
         self.proposals.len()
     }
 
+    /// The `index`-th model proposal shown (first = the one a click on overlapping proposals
+    /// accepts).
+    pub fn proposal(&self, index: usize) -> Option<&Detection> {
+        self.proposals.get(index).map(|(d, _)| d)
+    }
+
+    /// Whether "Propose masks" is running.
+    pub fn is_proposing(&self) -> bool {
+        self.assist_rx.is_some()
+    }
+
+    /// Edits queued for the store writer and not answered yet.
+    pub fn pending_edits(&self) -> usize {
+        self.writer.pending()
+    }
+
+    /// Whether every edit is saved and the view shows what the store holds (nothing queued,
+    /// no re-read from the store awaited). Tests and benchmarks run frames until it holds.
+    pub fn is_idle(&self) -> bool {
+        self.writer.pending() == 0 && !self.stale
+    }
+
     /// Draws the view and handles input; returns what the host should do.
     pub fn ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelCtx<'_>) -> ImageViewAction {
         if let Some(rx) = &self.load_rx {
@@ -411,7 +454,11 @@ impl ImageView {
                 }
             }
         }
+        if self.ctx.is_none() {
+            self.ctx = Some(ui.ctx().clone());
+        }
         self.poll_assist(cx);
+        self.poll_writer(ui.ctx(), cx);
         if let Some(error) = &self.error {
             ui.colored_label(ui.visuals().error_fg_color, error);
             if ui.button("Close").clicked() {
@@ -448,13 +495,9 @@ impl ImageView {
         let Some(data) = self.data.as_mut() else {
             return;
         };
-        match data.project.set_review_status(self.image_id, status) {
-            Ok(()) => {
-                data.meta.review_status = status;
-                data.progress = data.project.class_progress().unwrap_or_default();
-            }
-            Err(e) => cx.notices.error(format!("image {}: {e}", self.image_id)),
-        }
+        data.meta.review_status = status; // the progress follows with the writer's answer
+        let image = self.image_id;
+        self.send(EditCommand::Status { image, status }, cx);
     }
 
     fn keyboard(&mut self, ui: &mut egui::Ui, cx: &mut PanelCtx<'_>) -> ImageViewAction {
@@ -684,8 +727,7 @@ impl ImageView {
             if let (Some(id), Some(class_id)) = (self.selected, chosen)
                 && selected_class.is_some()
             {
-                let result = data.project.set_instance_class(id, class_id);
-                self.after_edit(result.map(|_| ()), cx);
+                self.set_class(id, class_id, cx);
             }
         }
         let Some(data) = self.data.as_mut() else {
@@ -837,6 +879,19 @@ impl ImageView {
                 }
             }
             self.overlay_stale = false;
+            self.deferred = Rect::EMPTY;
+        } else if !self.deferred.is_empty() {
+            let rows = (DEFERRED_BAND_PIXELS / self.deferred.width().max(1)).max(1);
+            let band = Rect {
+                y1: (self.deferred.y0 + rows).min(self.deferred.y1),
+                ..self.deferred
+            };
+            self.deferred.y0 = band.y1;
+            if self.deferred.is_empty() {
+                self.deferred = Rect::EMPTY;
+            }
+            self.refresh_overlay(band);
+            ui.ctx().request_repaint();
         }
 
         // Zoom at the cursor, pan with the middle button or Space + drag.
@@ -983,6 +1038,9 @@ impl ImageView {
         let Some(data) = self.data.as_ref() else {
             return;
         };
+        if self.stale {
+            return; // the masks on screen are about to be replaced by the store's
+        }
         let value = self.tool != Tool::Eraser;
         let target = self
             .selected
@@ -992,7 +1050,7 @@ impl ImageView {
         }
         let mask = target.map_or_else(
             || Mask::new(data.meta.width, data.meta.height),
-            |i| i.mask.clone(),
+            |i| Mask::clone(&i.mask),
         );
         self.stroke = Some(StrokeState {
             target: target.map(|i| i.row.id),
@@ -1033,127 +1091,333 @@ impl ImageView {
         }
     }
 
-    /// Writes the finished stroke to the store (one transaction) and keeps the local copy.
+    /// Shows the finished stroke as the instance's mask and queues it for the store (one
+    /// transaction on the writer); a stroke on empty ground becomes a new instance.
     fn commit_stroke(&mut self, cx: &mut PanelCtx<'_>) {
         let Some(stroke) = self.stroke.take() else {
             return;
         };
-        let Some(data) = self.data.as_mut() else {
-            return;
-        };
         match stroke.target {
             Some(id) => {
-                if let Err(e) = data.project.update_instance_mask(id, &stroke.mask) {
-                    cx.notices.error(format!("instance {id}: {e}"));
-                    self.overlay_stale = true;
-                    return;
-                }
-                let mut region = stroke.touched;
-                if let Some(inst) = data.instances.iter_mut().find(|i| i.row.id == id) {
-                    let old = std::mem::replace(&mut inst.mask, stroke.mask);
-                    if !inst.row.edited {
-                        // The original's outline appears: redraw around it too.
-                        region =
-                            region.union(maskops::bounds(&old).grow(1, old.width(), old.height()));
-                        inst.original = Some(old);
-                        inst.row.edited = true;
-                    }
-                    inst.row.area = inst.mask.area();
-                }
-                self.refresh_meta();
-                self.refresh_overlay(region);
+                // The overlay already shows the stroke; only a first edit adds the original's
+                // outline, drawn over the next frames.
+                let outline = self.set_mask(id, stroke.mask, cx);
+                self.deferred = self.deferred.union(outline);
             }
             None => {
-                if stroke.mask.area() == 0 {
+                if !stroke.mask.data().contains(&1) {
                     return;
                 }
-                let Some(class_id) = self.new_class.or(data.classes.first().map(|c| c.id)) else {
-                    cx.notices
-                        .warn("the project has no class yet; import a dataset first");
-                    return;
-                };
-                match data.project.add_instance(
-                    self.image_id,
-                    class_id,
-                    &stroke.mask,
-                    Origin::Manual,
-                ) {
-                    Ok(id) => {
-                        // Re-read the rows so the new instance has its stored fields.
-                        self.selected = Some(id);
-                        self.reload(cx);
-                    }
-                    Err(e) => cx.notices.error(format!("new instance: {e}")),
-                }
+                // The overlay already shows the stroke in the new instance's colour.
+                self.add_instance(stroke.mask, Origin::Manual, None, cx);
             }
         }
     }
 
-    fn refresh_meta(&mut self) {
-        if let Some(data) = self.data.as_mut() {
-            data.history = data
-                .project
-                .history_of(self.image_id)
-                .unwrap_or((false, false));
-            data.progress = data.project.class_progress().unwrap_or_default();
+    /// Makes `mask` instance `id`'s on screen at once and queues it for the store. Returns
+    /// the overlay region that changed besides the mask itself (the original's outline
+    /// appears on the first edit).
+    fn set_mask(&mut self, id: i64, mask: Mask, cx: &mut PanelCtx<'_>) -> Rect {
+        let mask = Arc::new(mask);
+        let Some(inst) = self
+            .data
+            .as_mut()
+            .and_then(|d| d.instances.iter_mut().find(|i| i.row.id == id))
+        else {
+            return Rect::EMPTY;
+        };
+        let old = std::mem::replace(&mut inst.mask, Arc::clone(&mask));
+        let mut region = Rect::EMPTY;
+        if !inst.row.edited {
+            // The stored bbox of an unedited instance is its original's (no full-mask scan).
+            let [x, y, w, h] = inst.row.bbox;
+            if w > 0.0 && h > 0.0 {
+                let (x0, y0) = (x.max(0.0) as u32, y.max(0.0) as u32);
+                region = Rect {
+                    x0,
+                    y0,
+                    x1: ((x + w).ceil() as u32).min(old.width()).max(x0),
+                    y1: ((y + h).ceil() as u32).min(old.height()).max(y0),
+                }
+                .grow(1, old.width(), old.height());
+            }
+            inst.original = Some(old);
+            inst.row.edited = true;
         }
+        self.send(EditCommand::UpdateMask { instance: id, mask }, cx);
+        region
     }
 
-    /// Re-reads the image's instances from the store (after undo, merge, split, ...).
-    fn reload(&mut self, cx: &mut PanelCtx<'_>) {
+    /// Shows `mask` as a new instance (selected) at once and queues it for the store; the
+    /// store's id replaces the temporary one when the writer answers. `class` defaults to the
+    /// class chosen for new instances.
+    fn add_instance(
+        &mut self,
+        mask: Mask,
+        origin: Origin,
+        class: Option<i64>,
+        cx: &mut PanelCtx<'_>,
+    ) {
         let Some(data) = self.data.as_mut() else {
             return;
         };
-        match read_instances(&data.project, self.image_id) {
-            Ok(mut fresh) => {
-                for inst in &mut fresh {
-                    if let Some(old) = data.instances.iter().find(|i| i.row.id == inst.row.id) {
-                        inst.visible = old.visible;
-                    }
-                }
-                data.instances = fresh;
-            }
-            Err(e) => cx.notices.error(format!("image {}: {e:#}", self.image_id)),
+        let Some(class_id) = class
+            .or(self.new_class)
+            .or(data.classes.first().map(|c| c.id))
+        else {
+            cx.notices
+                .warn("the project has no class yet; import a dataset first");
+            return;
+        };
+        let id = self.next_temp_id;
+        self.next_temp_id -= 1;
+        let (width, height) = (mask.width(), mask.height());
+        let mask = Arc::new(mask);
+        data.instances.push(Inst {
+            row: InstanceRow {
+                id,
+                image_id: self.image_id,
+                class_id,
+                // Not encoded here (that is the writer's work); the view never reads it.
+                rle: Rle {
+                    height,
+                    width,
+                    counts: vec![height * width],
+                },
+                bbox: [0.0; 4],
+                area: mask.area(),
+                iscrowd: false,
+                origin,
+                provenance: None,
+                edited: false,
+            },
+            mask: Arc::clone(&mask),
+            original: None,
+            visible: true,
+        });
+        self.selected = Some(id);
+        let image = self.image_id;
+        self.send(
+            EditCommand::AddInstance {
+                image,
+                class: class_id,
+                mask,
+                origin,
+            },
+            cx,
+        );
+    }
+
+    /// Changes an instance's class on screen and in the store.
+    fn set_class(&mut self, id: i64, class_id: i64, cx: &mut PanelCtx<'_>) {
+        if !self.ready(cx) {
+            return;
         }
+        let Some(inst) = self
+            .data
+            .as_mut()
+            .and_then(|d| d.instances.iter_mut().find(|i| i.row.id == id))
+        else {
+            return;
+        };
+        inst.row.class_id = class_id;
+        if !inst.row.edited {
+            inst.original = Some(Arc::clone(&inst.mask));
+            inst.row.edited = true;
+        }
+        self.overlay_stale = true;
+        self.send(
+            EditCommand::SetClass {
+                instance: id,
+                class: class_id,
+            },
+            cx,
+        );
+    }
+
+    /// Whether an edit may start from the view's own masks and ids: not while a re-read from
+    /// the store is awaited (they are about to be replaced). Says so when not.
+    fn ready(&self, cx: &mut PanelCtx<'_>) -> bool {
+        if self.stale {
+            cx.notices
+                .info("saving the previous edit; try again in a moment");
+        }
+        !self.stale
+    }
+
+    /// Queues a store mutation on the writer (never blocks). A refused one is reported and
+    /// the view re-reads the store so it shows what was really saved.
+    fn send(&mut self, command: EditCommand, cx: &mut PanelCtx<'_>) -> bool {
+        let subject = command.subject(self.image_id);
+        let reload = command.needs_reload();
+        let history_unknown = matches!(
+            command,
+            EditCommand::Status { .. }
+                | EditCommand::Undo { .. }
+                | EditCommand::Redo { .. }
+                | EditCommand::Reload
+        );
+        match self.writer.submit(command, reload, self.ctx.clone()) {
+            Ok(_) => {
+                self.stale |= reload;
+                if !history_unknown && let Some(data) = self.data.as_mut() {
+                    data.history = (true, false); // the writer's answer confirms it
+                }
+                true
+            }
+            Err(e) => {
+                cx.notices.error(format!("{subject}: {e}"));
+                self.stale = true;
+                false
+            }
+        }
+    }
+
+    /// Applies the writer's answers (never blocks); asks for a re-read once the queue is
+    /// empty when the view went out of date.
+    fn poll_writer(&mut self, ctx: &egui::Context, cx: &mut PanelCtx<'_>) {
+        while let Some(reply) = self.writer.try_recv() {
+            self.apply_reply(reply, cx);
+        }
+        if self.writer.is_stopped() {
+            // Only a panic ends it early; say so once rather than retrying every frame.
+            if !self.writer_stop_reported && (self.writer.pending() > 0 || self.stale) {
+                cx.notices.error(format!(
+                    "image {}: the store writer stopped; {} edits were not saved (close and reopen the image)",
+                    self.image_id,
+                    self.writer.pending()
+                ));
+                self.writer_stop_reported = true;
+            }
+            return;
+        }
+        if self.writer.pending() == 0 && self.stale && self.data.is_some() {
+            self.send(EditCommand::Reload, cx);
+        }
+        if self.writer.pending() > 0 {
+            // The writer wakes the GUI when it answers; this is only a fallback.
+            ctx.request_repaint_after(Duration::from_millis(50));
+        }
+    }
+
+    fn apply_reply(&mut self, reply: EditReply, cx: &mut PanelCtx<'_>) {
+        if let (Some(summary), Some(data)) = (reply.summary, self.data.as_mut()) {
+            data.history = summary.history;
+            data.progress = summary.progress;
+        }
+        match reply.outcome {
+            Err(e) => {
+                cx.notices.error(format!("{}: {e}", reply.subject));
+                self.stale = true;
+            }
+            Ok(EditOutcome::Updated { instance, area }) => {
+                if let Some(inst) = self
+                    .data
+                    .as_mut()
+                    .and_then(|d| d.instances.iter_mut().find(|i| i.row.id == instance))
+                {
+                    inst.row.area = area;
+                }
+            }
+            Ok(EditOutcome::Created { instance }) => {
+                if self.selected.is_none_or(|s| s < 0) {
+                    self.selected = Some(instance);
+                }
+            }
+            Ok(EditOutcome::Split { instance, ids }) => {
+                cx.notices.info(if ids.len() <= 1 {
+                    format!("instance {instance} has one component")
+                } else {
+                    format!("instance {instance} split into {} instances", ids.len())
+                });
+            }
+            Ok(EditOutcome::Reverted {
+                instance,
+                changed: false,
+            }) => cx
+                .notices
+                .info(format!("instance {instance} was never edited")),
+            Ok(EditOutcome::History {
+                undo,
+                touched: None,
+            }) => cx.notices.info(if undo {
+                "nothing to undo"
+            } else {
+                "nothing to redo"
+            }),
+            Ok(_) => {}
+        }
+        // A re-read is current only when nothing was queued after it.
+        if let Some(snapshot) = reply.snapshot
+            && self.writer.pending() == 0
+        {
+            match snapshot {
+                Ok(s) => self.apply_snapshot(s),
+                Err(e) => {
+                    cx.notices.error(e);
+                    self.stale = false; // no retry loop; the next edit tries again
+                }
+            }
+        }
+    }
+
+    /// Replaces the view's instances with the store's (visibility kept). The overlay is
+    /// recomposed only when something differs from what is on screen.
+    fn apply_snapshot(&mut self, snapshot: Snapshot) {
+        self.stale = false;
+        let Some(data) = self.data.as_mut() else {
+            return;
+        };
+        let same = data.instances.len() == snapshot.instances.len()
+            && data
+                .instances
+                .iter()
+                .zip(&snapshot.instances)
+                .all(|(a, b)| {
+                    (a.row.id == b.row.id || a.row.id < 0)
+                        && a.row.class_id == b.row.class_id
+                        && a.original.is_some() == b.original.is_some()
+                        && a.mask == b.mask
+                });
+        let fresh = snapshot
+            .instances
+            .into_iter()
+            .map(|s| {
+                let visible = data
+                    .instances
+                    .iter()
+                    .find(|i| i.row.id == s.row.id)
+                    .is_none_or(|i| i.visible);
+                Inst {
+                    row: s.row,
+                    mask: s.mask,
+                    original: s.original,
+                    visible,
+                }
+            })
+            .collect();
+        data.instances = fresh;
+        data.meta = snapshot.meta;
         if let Some(id) = self.selected
             && !data.instances.iter().any(|i| i.row.id == id)
         {
             self.selected = None;
         }
-        self.refresh_meta();
-        self.overlay_stale = true;
-    }
-
-    fn after_edit(
-        &mut self,
-        result: Result<(), crate::dataset::store::StoreError>,
-        cx: &mut PanelCtx<'_>,
-    ) {
-        if let Err(e) = result {
-            cx.notices.error(format!("image {}: {e}", self.image_id));
+        if !same {
+            self.overlay_stale = true;
         }
-        self.reload(cx);
     }
 
     fn history(&mut self, undo: bool, cx: &mut PanelCtx<'_>) {
-        let Some(data) = self.data.as_mut() else {
-            return;
-        };
-        let result = if undo {
-            data.project.undo_image(self.image_id)
-        } else {
-            data.project.redo_image(self.image_id)
-        };
-        match result {
-            Ok(None) => cx.notices.info(if undo {
-                "nothing to undo"
+        let image = self.image_id;
+        self.send(
+            if undo {
+                EditCommand::Undo { image }
             } else {
-                "nothing to redo"
-            }),
-            Ok(Some(_)) => {}
-            Err(e) => cx.notices.error(format!("image {}: {e}", self.image_id)),
-        }
-        self.reload(cx);
+                EditCommand::Redo { image }
+            },
+            cx,
+        );
     }
 
     fn new_instance(&mut self) {
@@ -1169,47 +1433,46 @@ impl ImageView {
         data.instances
             .iter()
             .find(|i| i.row.id == id)
-            .map(|i| (id, &i.mask))
+            .map(|i| (id, &*i.mask))
     }
 
     fn delete(&mut self, cx: &mut PanelCtx<'_>) {
-        let (Some(id), Some(data)) = (self.selected, self.data.as_mut()) else {
+        let (Some(id), true) = (self.selected, self.data.is_some()) else {
             return;
         };
-        let result = data.project.delete_instance(id);
+        if !self.ready(cx) {
+            return;
+        }
+        if let Some(data) = self.data.as_mut() {
+            data.instances.retain(|i| i.row.id != id);
+        }
         self.selected = None;
-        self.after_edit(result, cx);
+        self.overlay_stale = true;
+        self.send(EditCommand::Delete { instance: id }, cx);
     }
 
     fn revert(&mut self, cx: &mut PanelCtx<'_>) {
-        let (Some(id), Some(data)) = (self.selected, self.data.as_mut()) else {
+        let (Some(id), true) = (self.selected, self.data.is_some()) else {
             return;
         };
-        match data.project.revert_instance(id) {
-            Ok(true) => self.reload(cx),
-            Ok(false) => cx.notices.info(format!("instance {id} was never edited")),
-            Err(e) => cx.notices.error(format!("instance {id}: {e}")),
+        if self.ready(cx) {
+            self.send(EditCommand::Revert { instance: id }, cx);
         }
     }
 
     fn split(&mut self, cx: &mut PanelCtx<'_>) {
-        let (Some(id), Some(data)) = (self.selected, self.data.as_mut()) else {
+        let (Some(id), true) = (self.selected, self.data.is_some()) else {
             return;
         };
-        match data.project.split_instance(id) {
-            Ok(ids) if ids.len() == 1 => {
-                cx.notices.info(format!("instance {id} has one component"));
-            }
-            Ok(ids) => {
-                cx.notices
-                    .info(format!("instance {id} split into {} instances", ids.len()));
-                self.reload(cx);
-            }
-            Err(e) => cx.notices.error(format!("instance {id}: {e}")),
+        if self.ready(cx) {
+            self.send(EditCommand::Split { instance: id }, cx);
         }
     }
 
     fn morph(&mut self, op: MorphOp, cx: &mut PanelCtx<'_>) {
+        if self.selected.is_none() || !self.ready(cx) {
+            return;
+        }
         let Some((id, mask)) = self.selected_mask() else {
             return;
         };
@@ -1226,15 +1489,13 @@ impl ImageView {
             MorphOp::Erode => maskops::erode(mask),
             MorphOp::Smooth => maskops::smooth(mask),
         };
-        self.write_mask(id, &out, cx);
+        self.write_mask(id, out, cx);
     }
 
-    fn write_mask(&mut self, id: i64, mask: &Mask, cx: &mut PanelCtx<'_>) {
-        let Some(data) = self.data.as_mut() else {
-            return;
-        };
-        let result = data.project.update_instance_mask(id, mask);
-        self.after_edit(result, cx);
+    /// A whole-mask edit (polygon, fill, morphology): shown at once, saved by the writer.
+    fn write_mask(&mut self, id: i64, mask: Mask, cx: &mut PanelCtx<'_>) {
+        self.set_mask(id, mask, cx);
+        self.overlay_stale = true;
     }
 
     fn instance_at(&self, p: [f64; 2]) -> Option<i64> {
@@ -1277,6 +1538,9 @@ impl ImageView {
                 }
             }
             Tool::Fill => {
+                if self.selected.is_some() && !self.ready(cx) {
+                    return;
+                }
                 let Some((id, mask)) = self.selected_mask() else {
                     cx.notices
                         .info("select an instance first (V, then click it)");
@@ -1287,7 +1551,7 @@ impl ImageView {
                     return;
                 }
                 match maskops::flood_fill(&mut m, p[0] as u32, p[1] as u32) {
-                    Some(_) => self.write_mask(id, &m, cx),
+                    Some(_) => self.write_mask(id, m, cx),
                     None => cx
                         .notices
                         .warn("flood fill: click inside a closed outline of the selected instance"),
@@ -1299,14 +1563,10 @@ impl ImageView {
                         .info("merge: select an instance, then click the one to merge into it");
                     return;
                 };
-                if keep == other {
+                if keep == other || !self.ready(cx) {
                     return;
                 }
-                let Some(data) = self.data.as_mut() else {
-                    return;
-                };
-                let result = data.project.merge_instances(keep, other);
-                self.after_edit(result, cx);
+                self.send(EditCommand::Merge { keep, other }, cx);
                 self.set_tool(Tool::Select);
             }
             Tool::Brush | Tool::Eraser => {}
@@ -1322,9 +1582,12 @@ impl ImageView {
             }
             return;
         }
+        if !self.ready(cx) {
+            return; // the points stay; Enter again closes it
+        }
         let ring = std::mem::take(&mut self.polygon);
         let add = self.subtract == invert;
-        let Some(data) = self.data.as_mut() else {
+        let Some(data) = self.data.as_ref() else {
             return;
         };
         match self
@@ -1333,27 +1596,15 @@ impl ImageView {
         {
             Some(inst) => {
                 let id = inst.row.id;
-                let mut m = inst.mask.clone();
+                let mut m = Mask::clone(&inst.mask);
                 maskops::fill_polygons(&mut m, &[ring], add);
-                self.write_mask(id, &m, cx);
+                self.write_mask(id, m, cx);
             }
             None if add => {
                 let mut m = Mask::new(data.meta.width, data.meta.height);
                 maskops::fill_polygons(&mut m, &[ring], true);
-                let Some(class_id) = self.new_class.or(data.classes.first().map(|c| c.id)) else {
-                    cx.notices.warn("the project has no class yet");
-                    return;
-                };
-                match data
-                    .project
-                    .add_instance(self.image_id, class_id, &m, Origin::Manual)
-                {
-                    Ok(id) => {
-                        self.selected = Some(id);
-                        self.reload(cx);
-                    }
-                    Err(e) => cx.notices.error(format!("new instance: {e}")),
-                }
+                self.add_instance(m, Origin::Manual, None, cx);
+                self.overlay_stale = true;
             }
             None => cx.notices.info("subtract: select an instance first"),
         }
@@ -1444,7 +1695,10 @@ impl ImageView {
         else {
             return false;
         };
-        let Some(data) = self.data.as_mut() else {
+        if !self.ready(cx) {
+            return true; // the proposal stays; click it again
+        }
+        let Some(data) = self.data.as_ref() else {
             return false;
         };
         let (det, _) = self.proposals.remove(k);
@@ -1463,16 +1717,8 @@ impl ImageView {
                 .error("the proposal's mask size differs from the image");
             return true;
         }
-        match data
-            .project
-            .add_instance(self.image_id, class_id, &det.mask, Origin::Model)
-        {
-            Ok(id) => {
-                self.selected = Some(id);
-                self.reload(cx);
-            }
-            Err(e) => cx.notices.error(format!("accept proposal: {e}")),
-        }
+        self.add_instance(det.mask, Origin::Model, Some(class_id), cx);
+        self.overlay_stale = true;
         true
     }
 
@@ -1500,7 +1746,7 @@ impl ImageView {
                 .copied()
                 .unwrap_or([200; 3]);
             let is_selected = self.selected == Some(inst.row.id);
-            let mask = match (&self.stroke, stroke_target) {
+            let mask: &Mask = match (&self.stroke, stroke_target) {
                 (Some(s), Some(Some(t))) if t == inst.row.id => &s.mask,
                 _ => &inst.mask,
             };
@@ -1561,6 +1807,10 @@ impl ImageView {
         ColorImage::new([rw, rh], pixels)
     }
 }
+
+/// Overlay pixels recomposed per frame from [`ImageView`]'s deferred region (a 2000-pixel-wide
+/// region: 131 rows, a few milliseconds).
+const DEFERRED_BAND_PIXELS: u32 = 1 << 18;
 
 /// Whole-mask operations of the toolbar.
 #[derive(Debug, Clone, Copy)]

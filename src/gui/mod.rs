@@ -9,6 +9,7 @@
 
 pub mod classes_panel;
 pub mod download_panel;
+pub mod edit_writer;
 pub mod eval_panel;
 pub mod gallery;
 pub mod image_view;
