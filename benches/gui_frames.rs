@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 
 use eframe::egui;
 use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable as _;
 use maskstudio::dataset::store::{CancelToken, Project};
 use maskstudio::dataset::{
     ClassDef, ImportImage, ImportInstance, ImportSet, Mask, Origin, Segmentation,
 };
-use egui_kittest::kittest::Queryable as _;
 use maskstudio::gui::shared::{DeviceSetting, Tab};
 use maskstudio::gui::train_panel::TrainPanel;
 use maskstudio::gui::{StudioApp, StudioOptions};
@@ -281,7 +281,10 @@ fn main() {
     let mut loading = Vec::new();
     let start = Instant::now();
     while h.state().train.history().total.len() < replay_steps {
-        assert!(start.elapsed() < Duration::from_secs(60), "the replay never came");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the replay never came"
+        );
         let t = Instant::now();
         h.step();
         loading.push(t.elapsed());
@@ -351,7 +354,10 @@ fn main() {
     h.state_mut().train.stop();
     let start = Instant::now();
     while h.state().train.running() {
-        assert!(start.elapsed() < Duration::from_secs(300), "the run never stopped");
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "the run never stopped"
+        );
         h.step();
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -361,7 +361,11 @@ fn logged_warnings_from_any_thread_become_toasts_once() {
     let mut h = harness(app);
     // A panel's own toast (logged too) must not come back through the log.
     wait_until(&mut h, "the failed open", |a| {
-        !a.is_loading() && a.notices().items.iter().any(|n| n.text.contains("no-such-project"))
+        !a.is_loading()
+            && a.notices()
+                .items
+                .iter()
+                .any(|n| n.text.contains("no-such-project"))
     });
 
     let tag = std::process::id();

@@ -316,8 +316,13 @@ fn start_a_cpu_run_see_points_stop_list_export_and_evaluate() {
     h.get_by_label("Watch validation images").click_accesskit(); // off: keep the test short
     wait_for(&mut h, "the run list", 60, |s| s.panel.runs().len() == 1);
     assert!(h.state().panel.history().total.is_empty());
+    // Selecting the run shows its recorded steps (read on a worker thread)…
     h.get_by_label(&run.id).click_accesskit();
-    h.run();
+    wait_for(&mut h, "the recorded steps", 60, |s| {
+        s.panel.history().total.len() == recorded && s.panel.idle()
+    });
+    h.run_steps(8); // the plots' widgets appear
+    // …and resuming it continues them.
     h.get_by_label("Resume run").click_accesskit();
     wait_for(&mut h, "the old steps and two new ones", 180, |s| {
         s.panel.history().total.len() >= recorded + 2

@@ -32,8 +32,21 @@ pub const MAX_TOAST_CHARS: usize = 600;
 /// Log targets (crate prefixes) that never become toasts: the window and graphics stack
 /// reports driver and windowing details a user cannot act on; the terminal keeps them.
 pub const QUIET_TARGETS: &[&str] = &[
-    "wgpu", "naga", "winit", "eframe", "egui", "glutin", "glow", "sctk", "smithay", "calloop",
-    "zbus", "arboard", "accesskit", "rfd", "tracing",
+    "wgpu",
+    "naga",
+    "winit",
+    "eframe",
+    "egui",
+    "glutin",
+    "glow",
+    "sctk",
+    "smithay",
+    "calloop",
+    "zbus",
+    "arboard",
+    "accesskit",
+    "rfd",
+    "tracing",
 ];
 
 /// One forwarded record: its level and message (without the module target).
@@ -83,9 +96,9 @@ pub fn is_toasted(target: &str, level: Level) -> bool {
     level <= Level::Warn
         && target != NOTICE_LOG_TARGET
         && !QUIET_TARGETS.iter().any(|q| {
-            target
-                .strip_prefix(q)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with("::") || rest.starts_with('_'))
+            target.strip_prefix(q).is_some_and(|rest| {
+                rest.is_empty() || rest.starts_with("::") || rest.starts_with('_')
+            })
         })
 }
 
@@ -178,10 +191,7 @@ pub fn install(builder: &mut env_logger::Builder) -> Result<LogToasts, log::SetL
 
 /// The receiver of the installed logger, if [`install`] ran.
 pub fn installed() -> Option<LogToasts> {
-    INSTALLED
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone()
+    INSTALLED.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 /// The shell's side: the receiver plus what it needs to fold repeats and report drops.
@@ -368,7 +378,10 @@ mod tests {
         let before = notices.items.len();
         // A frame takes a bounded number of records and says more are waiting.
         assert!(shell.drain_into(&mut notices, now));
-        assert_eq!(notices.items[before].text.chars().count(), MAX_TOAST_CHARS + 1);
+        assert_eq!(
+            notices.items[before].text.chars().count(),
+            MAX_TOAST_CHARS + 1
+        );
         while shell.drain_into(&mut notices, now) {}
         let drops: Vec<&str> = notices
             .items

@@ -128,7 +128,10 @@ impl SmoothedSeries {
         let grew = self.alpha.to_bits() == alpha.to_bits()
             && n <= raw.len()
             && same_point(raw.first(), self.first.as_ref())
-            && same_point(n.checked_sub(1).and_then(|i| raw.get(i)), self.last.as_ref());
+            && same_point(
+                n.checked_sub(1).and_then(|i| raw.get(i)),
+                self.last.as_ref(),
+            );
         if !grew {
             self.out.clear();
             self.alpha = alpha;
@@ -392,7 +395,10 @@ pub fn read_history(run_dir: &Path) -> anyhow::Result<History> {
             .and_then(|c| v.get(c))
             .and_then(|s| s.parse::<u64>().ok())
             .or(h.memory_bytes);
-        if let Some(e) = epoch_col.and_then(|c| v.get(c)).and_then(|s| s.parse().ok()) {
+        if let Some(e) = epoch_col
+            .and_then(|c| v.get(c))
+            .and_then(|s| s.parse().ok())
+        {
             h.epoch = e;
         }
         h.steps = iter + 1;
@@ -935,7 +941,12 @@ impl TrainPanel {
         if self.run.is_some() || self.history.run_id == run_id {
             return;
         }
-        let Some(dir) = self.runs.iter().find(|r| r.id == run_id).map(|r| r.dir.clone()) else {
+        let Some(dir) = self
+            .runs
+            .iter()
+            .find(|r| r.id == run_id)
+            .map(|r| r.dir.clone())
+        else {
             return;
         };
         self.history = History {
@@ -1664,7 +1675,9 @@ impl TrainPanel {
         ui.label(format!("Loss points: {}", h.total.len()));
         let ppp = ui.ctx().pixels_per_point();
         let pixels = (ui.available_width() * ppp) as usize;
-        cache.smoothed.retain(|name, _| name == "total" || h.losses.contains_key(name));
+        cache
+            .smoothed
+            .retain(|name, _| name == "total" || h.losses.contains_key(name));
         Plot::new("train_losses")
             .height(220.0)
             .legend(Legend::default())
@@ -1681,7 +1694,11 @@ impl TrainPanel {
                         .or_default()
                         .update(raw, alpha);
                     let line = Line::new(name, PlotPoints::from(decimate(smooth, range, pixels)));
-                    p.line(if name == "total" { line.width(2.5) } else { line });
+                    p.line(if name == "total" {
+                        line.width(2.5)
+                    } else {
+                        line
+                    });
                 }
             });
         ui.columns(2, |cols| {
@@ -1924,7 +1941,10 @@ mod tests {
         assert!(d.windows(2).all(|w| w[0][0] < w[1][0]), "x order");
         // Few points per pixel: unchanged. A zoomed range: that slice plus one each side.
         assert_eq!(decimate(&raw[..150], None, 100), raw[..150].to_vec());
-        assert_eq!(decimate(&raw, Some((10.5, 20.5)), 100), raw[10..=21].to_vec());
+        assert_eq!(
+            decimate(&raw, Some((10.5, 20.5)), 100),
+            raw[10..=21].to_vec()
+        );
         assert!(decimate(&raw, Some((2000.0, 3000.0)), 100).len() <= 1);
     }
 
@@ -1958,7 +1978,11 @@ mod tests {
         live.merge_older(older);
         let xs: Vec<f64> = live.total.iter().map(|p| p[0]).collect();
         assert_eq!(xs, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
-        assert_eq!(live.total[4], [4.0, 104.0], "older points before the live ones");
+        assert_eq!(
+            live.total[4],
+            [4.0, 104.0],
+            "older points before the live ones"
+        );
         assert_eq!(live.total[5], [5.0, 5.0], "the live point wins");
         assert_eq!(live.losses["loss_mask"].len(), 7);
         assert_eq!((live.steps, live.total_iters), (7, 20));
@@ -2006,8 +2030,13 @@ mod tests {
 
         std::fs::write(run.join("metrics.csv"), "epoch,step\n0,0\n").unwrap();
         let err = read_history(&run).unwrap_err().to_string();
-        assert!(err.contains("metrics.csv") && err.contains("no iter and total"), "{err}");
-        let err = read_history(&dir.path().join("gone")).unwrap_err().to_string();
+        assert!(
+            err.contains("metrics.csv") && err.contains("no iter and total"),
+            "{err}"
+        );
+        let err = read_history(&dir.path().join("gone"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("gone") && err.contains("metrics.csv"), "{err}");
     }
 
