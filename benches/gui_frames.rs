@@ -306,7 +306,11 @@ fn main() {
     // 3. A real CPU run on the train-run thread, started with the panel's button.
     h.get_by_label("Start training").click_accesskit();
     let start = Instant::now();
-    while h.state().train.history().steps < 3 {
+    // The plots still show the recorded run until the click's frame starts the new one.
+    while !h.state().train.running()
+        || h.state().train.history().run_id == replay_id
+        || h.state().train.history().steps < 3
+    {
         assert!(
             start.elapsed() < Duration::from_secs(300),
             "the training run made no steps; notices: {:?}",
@@ -345,7 +349,7 @@ fn main() {
     let hist = h.state().train.history();
     println!(
         "training went on: {} steps in {:.1} s during the measured frames ({} loss points)",
-        hist.steps - steps_before,
+        hist.steps.saturating_sub(steps_before),
         t_run.elapsed().as_secs_f64(),
         hist.total.len()
     );
