@@ -10,7 +10,9 @@
 //!    started with its button; tiny images, batch 1) while the Train tab shows its live
 //!    plots, then while the Review gallery scrolls.
 //!
-//! Each case prints p50 / p95 / max of the frames.
+//! Each case prints p50 / p95 / max of the frames' wall time, and of the GUI thread's time
+//! on a CPU and waiting for one (`/proc/thread-self/schedstat`): on a machine with fewer
+//! cores than busy threads, a long frame is often a wait for a core, not work.
 //!
 //! `cargo bench --bench gui_frames` (env `GUI_BENCH_IMAGES`, `GUI_BENCH_FRAMES`,
 //! `GUI_BENCH_REPLAY_STEPS` to change sizes).
@@ -151,6 +153,44 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// This thread's time on a CPU and waiting for one (run queue), from
+/// `/proc/thread-self/schedstat` (nanoseconds; `None` where the kernel has no schedstats).
+fn sched_ns() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let mut it = text.split_whitespace();
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+/// Frame times of one case: wall clock, and the GUI thread's on-CPU and run-queue time.
+#[derive(Default)]
+struct Frames {
+    wall: Vec<Duration>,
+    cpu: Vec<Duration>,
+    waiting: Vec<Duration>,
+}
+
+impl Frames {
+    fn measure(&mut self, frame: impl FnOnce()) {
+        let before = sched_ns();
+        let t = Instant::now();
+        frame();
+        self.wall.push(t.elapsed());
+        if let (Some(a), Some(b)) = (before, sched_ns()) {
+            self.cpu.push(Duration::from_nanos(b.0.saturating_sub(a.0)));
+            self.waiting.push(Duration::from_nanos(b.1.saturating_sub(a.1)));
+        }
+    }
+
+    /// p50/p95/max of the wall time, then of the on-CPU and run-queue time when known.
+    fn report(self, what: &str) {
+        report(what, self.wall);
+        if !self.cpu.is_empty() {
+            report("  of which on a CPU", self.cpu);
+            report("  of which waiting for a CPU", self.waiting);
+        }
+    }
+}
+
 fn report(what: &str, mut times: Vec<Duration>) {
     if times.is_empty() {
         println!("{what:<34} no frames");
@@ -234,16 +274,14 @@ fn main() {
         });
     };
 
-    let mut ui_times = Vec::with_capacity(frames);
+    let mut ui_times = Frames::default();
     for _ in 0..frames {
         wheel(&mut h);
-        let t = Instant::now();
-        h.step();
-        ui_times.push(t.elapsed());
+        ui_times.measure(|| h.step());
     }
     let (held, pending) = h.state().review.thumb_stats();
     println!("after {frames} scrolled frames: {held} thumbnail textures held, {pending} queued");
-    report("gallery scroll: ui pass", ui_times);
+    ui_times.report("gallery scroll: ui pass");
 
     let mut render_times = Vec::with_capacity(frames);
     let mut render_only = Vec::with_capacity(frames);
@@ -278,30 +316,26 @@ fn main() {
     }
     let ctx = h.ctx.clone();
     h.state_mut().train.select_run(&ctx, replay_id);
-    let mut loading = Vec::new();
+    let mut loading = Frames::default();
     let start = Instant::now();
     while h.state().train.history().total.len() < replay_steps {
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "the replay never came"
         );
-        let t = Instant::now();
-        h.step();
-        loading.push(t.elapsed());
+        loading.measure(|| h.step());
     }
     println!(
         "{replay_steps} recorded steps in the plots after {:.2} s",
         start.elapsed().as_secs_f64()
     );
-    report("train tab, reading the run back", loading);
-    let mut replayed = Vec::with_capacity(frames);
+    loading.report("train tab, reading the run back");
+    let mut replayed = Frames::default();
     for _ in 0..frames {
         h.hover_at(egui::pos2(640.0, 300.0));
-        let t = Instant::now();
-        h.step();
-        replayed.push(t.elapsed());
+        replayed.measure(|| h.step());
     }
-    report(&format!("train tab, {replay_steps}-step plots"), replayed);
+    replayed.report(&format!("train tab, {replay_steps}-step plots"));
 
     // 3. A real CPU run on the train-run thread, started with the panel's button.
     h.get_by_label("Start training").click_accesskit();
@@ -330,21 +364,23 @@ fn main() {
     );
     let steps_before = h.state().train.history().steps;
     let t_run = Instant::now();
-    let mut train_tab = Vec::with_capacity(frames);
+    // Frames at 60 Hz (as a vsynced window draws) so training steps land between them.
+    let paced = |h: &mut Harness<'_, StudioApp>, into: &mut Frames| {
+        let t = Instant::now();
+        into.measure(|| h.step());
+        std::thread::sleep(Duration::from_micros(16_667).saturating_sub(t.elapsed()));
+    };
+    let mut train_tab = Frames::default();
     for _ in 0..frames {
         h.hover_at(egui::pos2(640.0, 300.0));
-        let t = Instant::now();
-        h.step();
-        train_tab.push(t.elapsed());
+        paced(&mut h, &mut train_tab);
     }
     h.state_mut().set_tab(Tab::Review);
     h.run_steps(3);
-    let mut train_gallery = Vec::with_capacity(frames);
+    let mut train_gallery = Frames::default();
     for _ in 0..frames {
         wheel(&mut h);
-        let t = Instant::now();
-        h.step();
-        train_gallery.push(t.elapsed());
+        paced(&mut h, &mut train_gallery);
     }
     let hist = h.state().train.history();
     println!(
@@ -353,8 +389,8 @@ fn main() {
         t_run.elapsed().as_secs_f64(),
         hist.total.len()
     );
-    report("training: train tab, live plots", train_tab);
-    report("training: gallery scroll", train_gallery);
+    train_tab.report("training: train tab, live plots");
+    train_gallery.report("training: gallery scroll");
     h.state_mut().train.stop();
     let start = Instant::now();
     while h.state().train.running() {
