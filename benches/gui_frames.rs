@@ -10,9 +10,9 @@
 //!    started with its button; tiny images, batch 1) while the Train tab shows its live
 //!    plots, then while the Review gallery scrolls.
 //!
-//! Each case prints p50 / p95 / max of the frames' wall time, and of the GUI thread's time
-//! on a CPU and waiting for one (`/proc/thread-self/schedstat`): on a machine with fewer
-//! cores than busy threads, a long frame is often a wait for a core, not work.
+//! Each case prints p50 / p95 / max of the frames' wall time, and which share of it the GUI
+//! thread spent on a CPU and waiting for one (`/proc/thread-self/schedstat`): on a machine
+//! with fewer cores than busy threads, a long frame is often a wait for a core, not work.
 //!
 //! `cargo bench --bench gui_frames` (env `GUI_BENCH_IMAGES`, `GUI_BENCH_FRAMES`,
 //! `GUI_BENCH_REPLAY_STEPS` to change sizes).
@@ -177,16 +177,27 @@ impl Frames {
         self.wall.push(t.elapsed());
         if let (Some(a), Some(b)) = (before, sched_ns()) {
             self.cpu.push(Duration::from_nanos(b.0.saturating_sub(a.0)));
-            self.waiting.push(Duration::from_nanos(b.1.saturating_sub(a.1)));
+            self.waiting
+                .push(Duration::from_nanos(b.1.saturating_sub(a.1)));
         }
     }
 
-    /// p50/p95/max of the wall time, then of the on-CPU and run-queue time when known.
+    /// p50/p95/max of the wall time, then the shares of it the GUI thread spent on a CPU and
+    /// waiting for one (summed: the kernel may count them in scheduler ticks, too coarse for
+    /// single frames).
     fn report(self, what: &str) {
+        let wall: Duration = self.wall.iter().sum();
         report(what, self.wall);
-        if !self.cpu.is_empty() {
-            report("  of which on a CPU", self.cpu);
-            report("  of which waiting for a CPU", self.waiting);
+        if !self.cpu.is_empty() && !wall.is_zero() {
+            let share = |v: &[Duration]| {
+                100.0 * v.iter().sum::<Duration>().as_secs_f64() / wall.as_secs_f64()
+            };
+            println!(
+                "{:<34} on a CPU {:>5.1} % of it, waiting for a CPU {:>5.1} %",
+                "",
+                share(&self.cpu),
+                share(&self.waiting)
+            );
         }
     }
 }
@@ -391,6 +402,7 @@ fn main() {
     );
     train_tab.report("training: train tab, live plots");
     train_gallery.report("training: gallery scroll");
+    h.state_mut().set_tab(Tab::Train);
     h.state_mut().train.stop();
     let start = Instant::now();
     while h.state().train.running() {

@@ -740,6 +740,10 @@ impl StudioApp {
             Tab::Train => self.train.ui(ui, &mut cx),
             Tab::Predict => self.predict.ui(ui, &mut cx),
         }
+        if self.tab != Tab::Train {
+            // A run goes on behind other tabs: keep its events flowing.
+            self.train.poll(ui.ctx(), &mut cx);
+        }
     }
 
     fn welcome_ui(&mut self, ui: &mut egui::Ui) {

@@ -1144,6 +1144,12 @@ impl TrainPanel {
         self.watch_busy = spawned.is_ok();
     }
 
+    /// Applies what the run and the panel's workers reported; the shell calls it every frame
+    /// the tab is hidden, so a run's progress (status bar, notices) keeps up.
+    pub fn poll(&mut self, ctx: &egui::Context, cx: &mut PanelCtx) {
+        self.drain(ctx, cx);
+    }
+
     fn drain(&mut self, ctx: &egui::Context, cx: &mut PanelCtx) {
         let mut checkpoints = Vec::new();
         let mut finished = None;
