@@ -1,6 +1,7 @@
 //! The studio shell driven through its real widgets by accessible label (egui_kittest, no
 //! window, no GPU): pick a class and download it from a loopback Open Images mirror, filter the
-//! gallery of an imported project, open a project from the path field, help and first run.
+//! gallery of an imported project, open a project from the path field, help and first run,
+//! and warnings logged on another thread shown as toasts.
 
 mod common;
 
@@ -14,7 +15,7 @@ use maskstudio::dataset::store::{CancelToken, Project};
 use maskstudio::dataset::{
     ClassDef, ImportImage, ImportInstance, ImportSet, Mask, Origin, Segmentation,
 };
-use maskstudio::gui::shared::{Settings, Tab};
+use maskstudio::gui::shared::{NoticeLevel, Settings, Tab};
 use maskstudio::gui::{StudioApp, StudioOptions};
 use maskstudio::openimages::Phase;
 
@@ -24,6 +25,7 @@ fn studio(dir: &Path, project: Option<PathBuf>, tab: Tab) -> StudioApp {
         settings_path: dir.join("config/settings.json"),
         oi_cache_dir: dir.join("oi-cache"),
         start_tab: Some(tab),
+        log_toasts: None,
     })
 }
 
@@ -336,4 +338,75 @@ fn path_field_recent_list_help_and_first_run() {
             .any(|n| n.text.contains("nothing") && n.text.contains("failed"))
     });
     assert_eq!(h.state().project().unwrap().0, root);
+}
+
+#[test]
+fn logged_warnings_from_any_thread_become_toasts_once() {
+    // The logger main installs; its terminal side writes through the test harness.
+    let feed = maskstudio::gui::log_toasts::install(
+        env_logger::Builder::new()
+            .filter_level(log::LevelFilter::Info)
+            .is_test(true),
+    )
+    .expect("no other logger in this test binary");
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-project");
+    let app = StudioApp::with_options(StudioOptions {
+        project: Some(missing.clone()),
+        settings_path: dir.path().join("config/settings.json"),
+        oi_cache_dir: dir.path().join("oi-cache"),
+        start_tab: Some(Tab::Review),
+        log_toasts: Some(feed),
+    });
+    let mut h = harness(app);
+    // A panel's own toast (logged too) must not come back through the log.
+    wait_until(&mut h, "the failed open", |a| {
+        !a.is_loading()
+            && a.notices()
+                .items
+                .iter()
+                .any(|n| n.text.contains("no-such-project"))
+    });
+
+    let tag = std::process::id();
+    let warning = format!("disk almost full on volume {tag}");
+    let info = format!("an info line {tag}");
+    let error = format!("bundle {tag} is broken");
+    let (w, i, e) = (warning.clone(), info.clone(), error.clone());
+    std::thread::Builder::new()
+        .name("log-from-worker".into())
+        .spawn(move || {
+            log::info!("{i}");
+            log::warn!("{w}");
+            log::warn!("{w}"); // a repeat within seconds folds into the first toast
+            log::error!(target: "maskstudio::model::bundle", "{e}");
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    wait_until(&mut h, "the logged toasts", |a| {
+        a.notices().items.iter().any(|n| n.text == error)
+    });
+    h.get_by_label(&warning);
+    h.get_by_label(&error); // the module target stays in the terminal, out of the text
+    assert!(h.query_by_label_contains(&info).is_none());
+    let count = |a: &StudioApp, f: &dyn Fn(&str) -> bool| {
+        a.notices().items.iter().filter(|n| f(&n.text)).count()
+    };
+    let a = h.state();
+    assert_eq!(count(a, &|t| t == warning), 1, "the repeat was folded");
+    assert_eq!(count(a, &|t| t.contains(&info)), 0, "info is not a toast");
+    assert_eq!(
+        count(a, &|t| t.contains("no-such-project")),
+        1,
+        "the panel's toast came back through the log"
+    );
+    let levels: Vec<NoticeLevel> = a
+        .notices()
+        .items
+        .iter()
+        .filter(|n| n.text == warning || n.text == error)
+        .map(|n| n.level)
+        .collect();
+    assert_eq!(levels, [NoticeLevel::Warning, NoticeLevel::Error]);
 }

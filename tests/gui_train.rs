@@ -2,7 +2,8 @@
 //! short CPU run on a tiny synthetic project, see the loss plot receive points, stop it, see
 //! the run listed with its bundle and the watch images, resume it (more points, pause), preview
 //! the augmentations, export the bundle, and evaluate it in the Evaluate section, whose
-//! worst-image list opens an image in Review.
+//! worst-image list opens an image in Review; then a fresh panel resumes the run and its loss
+//! plot holds the recorded steps before the new ones.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -81,6 +82,23 @@ fn tiny_project(dir: &Path) -> PathBuf {
     project
 }
 
+fn panel_harness(state: State) -> Harness<'static, State> {
+    Harness::builder()
+        .with_size([1280.0, 2000.0])
+        .build_ui_state(
+            |ui, s: &mut State| {
+                let mut cx = PanelCtx {
+                    project: Some(&s.project),
+                    settings: &mut s.settings,
+                    notices: &mut s.notices,
+                    requests: &mut s.requests,
+                };
+                s.panel.ui(ui, &mut cx);
+            },
+            state,
+        )
+}
+
 fn wait_for(h: &mut Harness<'_, State>, what: &str, secs: u64, done: impl Fn(&State) -> bool) {
     let start = Instant::now();
     while !done(h.state()) {
@@ -124,20 +142,7 @@ fn start_a_cpu_run_see_points_stop_list_export_and_evaluate() {
         notices: Notices::default(),
         requests: Vec::new(),
     };
-    let mut h = Harness::builder()
-        .with_size([1280.0, 2000.0])
-        .build_ui_state(
-            |ui, s: &mut State| {
-                let mut cx = PanelCtx {
-                    project: Some(&s.project),
-                    settings: &mut s.settings,
-                    notices: &mut s.notices,
-                    requests: &mut s.requests,
-                };
-                s.panel.ui(ui, &mut cx);
-            },
-            state,
-        );
+    let mut h = panel_harness(state);
     h.run();
     h.get_by_label("Start training").click();
     wait_for(&mut h, "three loss points", 180, |s| {
@@ -287,5 +292,53 @@ fn start_a_cpu_run_see_points_stop_list_export_and_evaluate() {
         }]
     );
     // No torch thread may outlive the test (libtorch at process exit).
+    wait_for(&mut h, "the background work", 120, |s| s.panel.idle());
+    drop(h);
+
+    // A fresh panel (the studio restarted) resumes the run: its plots start with the steps
+    // recorded in metrics.csv, and the new steps follow them.
+    let recorded = maskstudio::gui::train_panel::read_history(&run.dir)
+        .unwrap()
+        .total
+        .len();
+    assert!(recorded > steps, "the first resume added steps: {recorded}");
+    let mut h = panel_harness(State {
+        panel: TrainPanel::new(TrainConfig::default()),
+        project: project.clone(),
+        settings: Settings {
+            device: DeviceSetting::Cpu,
+            ..Settings::default()
+        },
+        notices: Notices::default(),
+        requests: Vec::new(),
+    });
+    h.run();
+    h.get_by_label("Watch validation images").click_accesskit(); // off: keep the test short
+    wait_for(&mut h, "the run list", 60, |s| s.panel.runs().len() == 1);
+    assert!(h.state().panel.history().total.is_empty());
+    // Selecting the run shows its recorded steps (read on a worker thread)…
+    h.get_by_label(&run.id).click_accesskit();
+    wait_for(&mut h, "the recorded steps", 60, |s| {
+        s.panel.history().total.len() == recorded && s.panel.idle()
+    });
+    h.run_steps(8); // the plots' widgets appear
+    // …and resuming it continues them.
+    h.get_by_label("Resume run").click_accesskit();
+    wait_for(&mut h, "the old steps and two new ones", 180, |s| {
+        s.panel.history().total.len() >= recorded + 2
+    });
+    h.get_by_label("Stop training").click_accesskit();
+    let hist = h.state().panel.history().clone();
+    assert_eq!(hist.run_id, run.id);
+    let xs: Vec<usize> = hist.total.iter().map(|p| p[0] as usize).collect();
+    assert_eq!(
+        xs[..recorded + 2],
+        (0..recorded + 2).collect::<Vec<_>>(),
+        "recorded steps 0..{recorded}, then the new ones"
+    );
+    assert!(hist.losses.values().all(|pts| pts.len() >= recorded + 2));
+    let n = hist.total.len();
+    h.get_by_label(&format!("Loss points: {n}"));
+    wait_for(&mut h, "the run to stop", 120, |s| !s.panel.running());
     wait_for(&mut h, "the background work", 120, |s| s.panel.idle());
 }

@@ -13,6 +13,7 @@ pub mod edit_writer;
 pub mod eval_panel;
 pub mod gallery;
 pub mod image_view;
+pub mod log_toasts;
 pub mod predict_panel;
 pub mod shared;
 pub mod thumbs;
@@ -29,6 +30,7 @@ use crate::dataset::store::{Project, ProjectInfo};
 use classes_panel::ClassesPanel;
 use download_panel::DownloadPanel;
 use gallery::ReviewPanel;
+use log_toasts::{LogFeed, LogToasts};
 use predict_panel::PredictPanel;
 use shared::{
     DeviceSetting, JobView, NoticeLevel, Notices, PanelCtx, Settings, ShellRequest, Tab, Theme,
@@ -89,17 +91,21 @@ pub struct StudioOptions {
     pub oi_cache_dir: PathBuf,
     /// The tab to start on (default: Review with a project, else Classes).
     pub start_tab: Option<Tab>,
+    /// Warnings and errors logged anywhere, shown as toasts ([`log_toasts::install`]).
+    pub log_toasts: Option<LogToasts>,
 }
 
 impl StudioOptions {
     /// Defaults from the environment: [`Settings::default_path`] (`MASKSTUDIO_CONFIG`), the
-    /// per-user cache's `openimages/`, and [`TAB_ENV`].
+    /// per-user cache's `openimages/`, [`TAB_ENV`], and the log feed when
+    /// [`log_toasts::install`] ran.
     pub fn from_env(project: Option<PathBuf>) -> Self {
         Self {
             project,
             settings_path: Settings::default_path(),
             oi_cache_dir: crate::runtime::cache_dir().join("openimages"),
             start_tab: std::env::var(TAB_ENV).ok().and_then(|t| parse_tab(&t)),
+            log_toasts: log_toasts::installed(),
         }
     }
 }
@@ -138,6 +144,10 @@ pub struct StudioApp {
     settings_writable: bool,
     settings_changed_at: Option<Instant>,
     notices: Notices,
+    /// Logged warnings and errors on their way to `notices`.
+    log_feed: Option<LogFeed>,
+    /// Whether the log feed wakes this window yet.
+    log_waker_set: bool,
     tab: Tab,
     /// Text of the project path field.
     project_path: String,
@@ -196,6 +206,8 @@ impl StudioApp {
             settings_writable,
             settings_changed_at: None,
             notices,
+            log_feed: options.log_toasts.map(LogFeed::new),
+            log_waker_set: false,
             tab,
             project_path: options
                 .project
@@ -362,6 +374,7 @@ impl StudioApp {
         while let Ok(event) = self.events_rx.try_recv() {
             self.handle_event(event, ctx);
         }
+        self.drain_log(ctx);
         self.apply_theme(ctx);
         self.save_settings_when_idle(ctx);
         self.update_title(ctx);
@@ -424,6 +437,28 @@ impl StudioApp {
                 self.notices.error(format!("Saving settings failed: {e}"))
             }
             Event::SettingsSaved(Ok(())) => {}
+        }
+    }
+
+    /// Moves logged warnings and errors into the toasts (repeats folded).
+    fn drain_log(&mut self, ctx: &egui::Context) {
+        let Some(feed) = &mut self.log_feed else {
+            return;
+        };
+        if !self.log_waker_set {
+            // Only other threads wake the window: a record logged on this thread may be
+            // inside an egui closure that holds the context lock; `ui` checks the queue at
+            // the end of the frame instead.
+            let (ctx, gui_thread) = (ctx.clone(), std::thread::current().id());
+            feed.set_waker(move || {
+                if std::thread::current().id() != gui_thread {
+                    ctx.request_repaint();
+                }
+            });
+            self.log_waker_set = true;
+        }
+        if feed.drain_into(&mut self.notices, Instant::now()) {
+            ctx.request_repaint();
         }
     }
 
@@ -564,6 +599,9 @@ impl StudioApp {
         self.help_window(&ctx);
         self.settings_window(&ctx);
         self.toasts_ui(&ctx);
+        if self.log_feed.as_ref().is_some_and(LogFeed::pending) {
+            ctx.request_repaint(); // logged on this thread during the frame
+        }
         for request in requests {
             match request {
                 ShellRequest::ShowTab(tab) => self.tab = tab,
@@ -702,6 +740,10 @@ impl StudioApp {
             Tab::Review => self.review.ui(ui, &mut cx),
             Tab::Train => self.train.ui(ui, &mut cx),
             Tab::Predict => self.predict.ui(ui, &mut cx),
+        }
+        if self.tab != Tab::Train {
+            // A run goes on behind other tabs: keep its events flowing.
+            self.train.poll(ui.ctx(), &mut cx);
         }
     }
 

@@ -137,6 +137,11 @@ fn home_dir() -> PathBuf {
     std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from)
 }
 
+/// Log target of the lines [`Notices::push`] writes: the terminal shows them, the
+/// log-to-toast path ([`crate::gui::log_toasts`]) skips them (the toast exists already).
+/// It starts with the crate name so `RUST_LOG=maskstudio=…` filters cover it.
+pub const NOTICE_LOG_TARGET: &str = "maskstudio::gui::notice";
+
 /// How serious a notice is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoticeLevel {
@@ -170,17 +175,23 @@ impl Notices {
     /// How long info and warning toasts stay.
     pub const TTL: Duration = Duration::from_secs(6);
 
-    /// Posts a notice (also logged).
+    /// Posts a notice (also logged, under [`NOTICE_LOG_TARGET`] so the log-to-toast path
+    /// does not show it a second time).
     pub fn push(&mut self, level: NoticeLevel, text: impl Into<String>) {
         let text = text.into();
         match level {
-            NoticeLevel::Info => log::info!("{text}"),
-            NoticeLevel::Warning => log::warn!("{text}"),
-            NoticeLevel::Error => log::error!("{text}"),
+            NoticeLevel::Info => log::info!(target: NOTICE_LOG_TARGET, "{text}"),
+            NoticeLevel::Warning => log::warn!(target: NOTICE_LOG_TARGET, "{text}"),
+            NoticeLevel::Error => log::error!(target: NOTICE_LOG_TARGET, "{text}"),
         }
+        self.post_logged(level, text);
+    }
+
+    /// Posts a notice whose text was already logged (the log-to-toast path).
+    pub fn post_logged(&mut self, level: NoticeLevel, text: impl Into<String>) {
         self.items.push(Notice {
             level,
-            text,
+            text: text.into(),
             at: Instant::now(),
         });
     }

@@ -37,20 +37,130 @@ pub fn runs_dir(project: &Path) -> PathBuf {
 /// Exponential moving average of the y values (`s = a * s + (1 - a) * y`, starting at the
 /// first value); `alpha = 0` returns the points unchanged.
 pub fn ema(points: &[[f64; 2]], alpha: f64) -> Vec<[f64; 2]> {
+    let mut out = Vec::with_capacity(points.len());
+    ema_extend(points, alpha, &mut out);
+    out
+}
+
+/// Continues [`ema`]: `out` holds the smoothed first `out.len()` points of `points`; the
+/// rest are smoothed and appended (same values as `ema(points, alpha)`).
+pub fn ema_extend(points: &[[f64; 2]], alpha: f64, out: &mut Vec<[f64; 2]>) {
     let alpha = alpha.clamp(0.0, 0.999);
-    let mut s: Option<f64> = None;
-    points
-        .iter()
-        .map(|&[x, y]| {
-            let v = match s {
-                Some(prev) if y.is_finite() => alpha * prev + (1.0 - alpha) * y,
-                Some(prev) => prev,
-                None => y,
-            };
-            s = Some(v);
-            [x, v]
-        })
-        .collect()
+    let mut s = out.last().map(|p| p[1]);
+    for &[x, y] in points.iter().skip(out.len()) {
+        let v = match s {
+            Some(prev) if y.is_finite() => alpha * prev + (1.0 - alpha) * y,
+            Some(prev) => prev,
+            None => y,
+        };
+        s = Some(v);
+        out.push([x, v]);
+    }
+}
+
+/// The points a plot `pixels` wide needs to draw `points` (sorted by x) between `x_range`
+/// (all of them when `None`): each of about `pixels` buckets keeps its lowest and highest point
+/// in x order, so spikes survive; the ends and one point beyond each side of the range are
+/// kept. A series with at most two points per pixel is returned as it is.
+pub fn decimate(points: &[[f64; 2]], x_range: Option<(f64, f64)>, pixels: usize) -> Vec<[f64; 2]> {
+    let (lo, hi) = match x_range {
+        Some((a, b)) => (
+            points.partition_point(|p| p[0] < a).saturating_sub(1),
+            (points.partition_point(|p| p[0] <= b) + 1).min(points.len()),
+        ),
+        None => (0, points.len()),
+    };
+    let slice = &points[lo..hi.max(lo)];
+    let buckets = pixels.max(1);
+    if slice.len() <= 2 * buckets {
+        return slice.to_vec();
+    }
+    let per = slice.len().div_ceil(buckets);
+    let mut out = Vec::with_capacity(2 * buckets + 2);
+    out.push(slice[0]);
+    for chunk in slice.chunks(per) {
+        let (mut lowest, mut highest) = (0, 0);
+        for (i, p) in chunk.iter().enumerate() {
+            if p[1] < chunk[lowest][1] {
+                lowest = i;
+            }
+            if p[1] > chunk[highest][1] {
+                highest = i;
+            }
+        }
+        for i in [lowest.min(highest), lowest.max(highest)] {
+            if out.last() != Some(&chunk[i]) {
+                out.push(chunk[i]);
+            }
+        }
+    }
+    let last = slice[slice.len() - 1];
+    if out.last() != Some(&last) {
+        out.push(last);
+    }
+    out
+}
+
+/// Same point, NaN included (a NaN loss must not look like a changed series every frame).
+fn same_point(a: Option<&[f64; 2]>, b: Option<&[f64; 2]>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a[0].to_bits() == b[0].to_bits() && a[1].to_bits() == b[1].to_bits(),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// A series smoothed by [`ema`], extended as points arrive instead of recomputed per frame;
+/// recomputed when the smoothing changes or the series was replaced, rewound or prepended.
+#[derive(Debug, Default, Clone)]
+pub struct SmoothedSeries {
+    alpha: f64,
+    /// The raw first point and the raw point at `out.len() - 1` when `out` was made.
+    first: Option<[f64; 2]>,
+    last: Option<[f64; 2]>,
+    out: Vec<[f64; 2]>,
+}
+
+impl SmoothedSeries {
+    /// `ema(raw, alpha)`, reusing the previous call's work when `raw` only grew.
+    pub fn update(&mut self, raw: &[[f64; 2]], alpha: f64) -> &[[f64; 2]] {
+        let n = self.out.len();
+        let grew = self.alpha.to_bits() == alpha.to_bits()
+            && n <= raw.len()
+            && same_point(raw.first(), self.first.as_ref())
+            && same_point(
+                n.checked_sub(1).and_then(|i| raw.get(i)),
+                self.last.as_ref(),
+            );
+        if !grew {
+            self.out.clear();
+            self.alpha = alpha;
+        }
+        ema_extend(raw, alpha, &mut self.out);
+        self.first = raw.first().copied();
+        self.last = raw.last().copied();
+        &self.out
+    }
+}
+
+/// Smoothed loss series of the plots, by name (`total` and the components).
+#[derive(Debug, Default)]
+struct PlotCache {
+    smoothed: BTreeMap<String, SmoothedSeries>,
+}
+
+/// Truncates a series sorted by x to the points before `x`.
+fn cut_at(points: &mut Vec<[f64; 2]>, x: f64) {
+    points.truncate(points.partition_point(|p| p[0] < x));
+}
+
+/// Puts the points of `older` before `x` (the first point of `points`) in front of `points`.
+fn prepend_older(points: &mut Vec<[f64; 2]>, mut older: Vec<[f64; 2]>) {
+    cut_at(&mut older, points.first().map_or(f64::INFINITY, |p| p[0]));
+    if !older.is_empty() {
+        older.append(points);
+        *points = older;
+    }
 }
 
 /// What the plots show of the current (or last) run.
@@ -126,6 +236,14 @@ impl History {
                 memory_bytes,
             } => {
                 let x = *iter as f64;
+                if self.total.last().is_some_and(|p| p[0] >= x) {
+                    // A resumed run restarts at its last checkpoint: later points are redone.
+                    cut_at(&mut self.total, x);
+                    cut_at(&mut self.lr, x);
+                    for pts in self.losses.values_mut() {
+                        cut_at(pts, x);
+                    }
+                }
                 for (name, v) in losses {
                     self.losses.entry(name.clone()).or_default().push([x, *v]);
                 }
@@ -148,6 +266,13 @@ impl History {
                 ..
             } => {
                 let x = *epoch as f64 + 1.0;
+                for pts in [
+                    &mut self.epoch_loss,
+                    &mut self.val_segm_ap,
+                    &mut self.val_bbox_ap,
+                ] {
+                    cut_at(pts, x);
+                }
                 self.epoch_loss.push([x, *mean_loss]);
                 if let Some(ap) = val_segm_ap {
                     self.val_segm_ap.push([x, *ap]);
@@ -170,6 +295,29 @@ impl History {
         }
     }
 
+    /// Puts the points of `older` (this run read back from its files, [`read_history`]) in front
+    /// of the points this history received live; where both have a step, the live one stays.
+    pub fn merge_older(&mut self, older: History) {
+        let live = !self.total.is_empty();
+        prepend_older(&mut self.total, older.total);
+        prepend_older(&mut self.lr, older.lr);
+        for (name, pts) in older.losses {
+            prepend_older(self.losses.entry(name).or_default(), pts);
+        }
+        prepend_older(&mut self.epoch_loss, older.epoch_loss);
+        prepend_older(&mut self.val_segm_ap, older.val_segm_ap);
+        prepend_older(&mut self.val_bbox_ap, older.val_bbox_ap);
+        self.steps = self.steps.max(older.steps);
+        if self.total_iters == 0 {
+            self.total_iters = older.total_iters;
+        }
+        if !live {
+            self.epoch = older.epoch;
+            self.images_per_sec = older.images_per_sec;
+            self.memory_bytes = older.memory_bytes;
+        }
+    }
+
     /// Seconds left at the mean pace since the first step.
     pub fn eta_secs(&self) -> Option<f64> {
         let started = self.first_step_at?;
@@ -181,6 +329,134 @@ impl History {
         let per_step = started.elapsed().as_secs_f64() / done as f64;
         Some(per_step * self.total_iters.saturating_sub(self.steps) as f64)
     }
+}
+
+/// Reads a run's plots back from its folder: every step of `metrics.csv` (losses, learning
+/// rate) and every epoch of `epochs.csv` (mean loss, validation AP), for a run opened after
+/// it ran. Rows that do not parse (a crash mid-write) are left out with one warning.
+pub fn read_history(run_dir: &Path) -> anyhow::Result<History> {
+    let path = run_dir.join("metrics.csv");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| anyhow::anyhow!("{}: cannot read the run's steps: {e}", path.display()))?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .collect();
+    let col = |name: &str| header.iter().position(|h| *h == name);
+    let (Some(iter_col), Some(total_col)) = (col("iter"), col("total")) else {
+        anyhow::bail!(
+            "{}: the header has no iter and total columns: {:?}",
+            path.display(),
+            header.join(",")
+        );
+    };
+    let (epoch_col, lr_col) = (col("epoch"), col("lr"));
+    let (speed_col, memory_col) = (col("images_per_sec"), col("memory_bytes"));
+    let loss_cols: Vec<(String, usize)> = header
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| h.starts_with("loss_"))
+        .map(|(i, h)| ((*h).to_owned(), i))
+        .collect();
+    let mut h = History {
+        run_id: run_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        ..History::default()
+    };
+    let mut skipped = 0usize;
+    for line in lines.filter(|l| !l.trim().is_empty()) {
+        let v: Vec<&str> = line.split(',').map(str::trim).collect();
+        let num = |c: Option<usize>| c.and_then(|c| v.get(c)).and_then(|s| s.parse::<f64>().ok());
+        let iter = v.get(iter_col).and_then(|s| s.parse::<usize>().ok());
+        let (Some(iter), Some(total)) = (iter, num(Some(total_col))) else {
+            skipped += 1;
+            continue;
+        };
+        let x = iter as f64;
+        if v.len() != header.len() || h.total.last().is_some_and(|p| p[0] >= x) {
+            skipped += 1; // cut short, or out of order
+            continue;
+        }
+        h.total.push([x, total]);
+        for (name, c) in &loss_cols {
+            let y = num(Some(*c)).unwrap_or(f64::NAN);
+            h.losses.entry(name.clone()).or_default().push([x, y]);
+        }
+        if let Some(lr) = num(lr_col) {
+            h.lr.push([x, lr]);
+        }
+        h.images_per_sec = num(speed_col).or(h.images_per_sec);
+        h.memory_bytes = memory_col
+            .and_then(|c| v.get(c))
+            .and_then(|s| s.parse::<u64>().ok())
+            .or(h.memory_bytes);
+        if let Some(e) = epoch_col
+            .and_then(|c| v.get(c))
+            .and_then(|s| s.parse().ok())
+        {
+            h.epoch = e;
+        }
+        h.steps = iter + 1;
+    }
+    if skipped > 0 {
+        log::warn!(
+            "{}: {skipped} rows could not be read; the plots leave them out",
+            path.display()
+        );
+    }
+    let epochs_path = run_dir.join("epochs.csv");
+    match std::fs::read_to_string(&epochs_path) {
+        Ok(text) => {
+            let mut lines = text.lines();
+            let header: Vec<&str> = lines
+                .next()
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .collect();
+            let col = |name: &str| header.iter().position(|h| *h == name);
+            let (epoch_col, loss_col) = (col("epoch"), col("mean_loss"));
+            let (segm_col, bbox_col) = (col("val_segm_ap"), col("val_bbox_ap"));
+            for line in lines.filter(|l| !l.trim().is_empty()) {
+                let v: Vec<&str> = line.split(',').map(str::trim).collect();
+                let num =
+                    |c: Option<usize>| c.and_then(|c| v.get(c)).and_then(|s| s.parse::<f64>().ok());
+                let Some(epoch) = num(epoch_col) else {
+                    continue;
+                };
+                let x = epoch + 1.0;
+                if h.epoch_loss.last().is_some_and(|p| p[0] >= x) {
+                    continue;
+                }
+                if let Some(l) = num(loss_col) {
+                    h.epoch_loss.push([x, l]);
+                }
+                if let Some(ap) = num(segm_col) {
+                    h.val_segm_ap.push([x, ap]);
+                }
+                if let Some(ap) = num(bbox_col) {
+                    h.val_bbox_ap.push([x, ap]);
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => log::warn!("{}: {e}", epochs_path.display()),
+    }
+    let state_path = run_dir
+        .join(LAST_CHECKPOINT)
+        .join(crate::train::state::STATE_FILE);
+    h.total_iters = std::fs::read(&state_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v.get("total_iters").and_then(serde_json::Value::as_u64))
+        .map_or(h.steps, |t| t as usize);
+    h.status = format!("run {}: {} steps recorded", h.run_id, h.steps);
+    Ok(h)
 }
 
 /// One run folder as the run list shows it.
@@ -340,6 +616,11 @@ enum Background {
     Runs(Vec<RunInfo>),
     Exported(Result<PathBuf, String>),
     Preview(Result<Vec<PreviewSample>, String>),
+    /// A run's plots read back from its folder.
+    Replay {
+        run_id: String,
+        history: Result<Box<History>, String>,
+    },
 }
 
 /// What the `train-run` thread does.
@@ -466,6 +747,10 @@ pub struct TrainPanel {
     /// Bumped at each preview so a new click shows new draws.
     preview_epoch: usize,
     preview: Vec<(String, egui::TextureHandle)>,
+    /// The run whose files are being read back into the plots.
+    replaying: Option<String>,
+    /// Smoothed loss series, extended per step rather than recomputed per frame.
+    plot_cache: PlotCache,
 }
 
 impl Default for TrainPanel {
@@ -515,6 +800,8 @@ impl TrainPanel {
             previewing: false,
             preview_epoch: 0,
             preview: Vec::new(),
+            replaying: None,
+            plot_cache: PlotCache::default(),
             cfg,
         }
     }
@@ -549,6 +836,7 @@ impl TrainPanel {
             && !self.exporting
             && !self.eval.running()
             && !self.previewing
+            && self.replaying.is_none()
     }
 
     /// Augmented samples shown by the preview.
@@ -623,7 +911,82 @@ impl TrainPanel {
         run_dir: PathBuf,
         continue_epochs: Option<usize>,
     ) {
+        if self.run.is_some() {
+            cx.notices.warn("a training run is already going");
+            return;
+        }
+        let run_id = run_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if self.history.run_id != run_id {
+            // A fresh panel: the plots start with the run's recorded steps.
+            self.history = History {
+                run_id,
+                ..History::default()
+            };
+            self.watch.clear();
+        }
+        let recorded = self.runs.iter().find(|r| r.dir == run_dir).map(|r| r.steps);
+        if recorded.is_none_or(|n| self.history.total.len() < n) {
+            self.replay(ctx, &run_dir);
+        }
         self.spawn_run(ctx, cx, RunJob::Resume(run_dir, continue_epochs));
+    }
+
+    /// Shows a listed run in the plots (read back from its files on a worker thread); a live
+    /// run keeps the plots.
+    pub fn select_run(&mut self, ctx: &egui::Context, run_id: &str) {
+        self.selected_run = Some(run_id.to_owned());
+        if self.run.is_some() || self.history.run_id == run_id {
+            return;
+        }
+        let Some(dir) = self
+            .runs
+            .iter()
+            .find(|r| r.id == run_id)
+            .map(|r| r.dir.clone())
+        else {
+            return;
+        };
+        self.history = History {
+            run_id: run_id.to_owned(),
+            status: format!("reading run {run_id}"),
+            ..History::default()
+        };
+        self.watch.clear();
+        self.replay(ctx, &dir);
+    }
+
+    /// Reads `run_dir`'s recorded steps and epochs on the `train-replay` thread (a long run's
+    /// `metrics.csv` has tens of thousands of rows); [`Self::drain`] merges them in.
+    fn replay(&mut self, ctx: &egui::Context, run_dir: &Path) {
+        let run_id = run_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if self.replaying.as_deref() == Some(run_id.as_str()) {
+            return;
+        }
+        let (tx, ctx, dir) = (self.bg_tx.clone(), ctx.clone(), run_dir.to_path_buf());
+        let id = run_id.clone();
+        let spawned = std::thread::Builder::new()
+            .name("train-replay".to_owned())
+            .spawn(move || {
+                let history = read_history(&dir)
+                    .map(Box::new)
+                    .map_err(|e| format!("{e:#}"));
+                tx.send(Background::Replay {
+                    run_id: id,
+                    history,
+                })
+                .ok();
+                ctx.request_repaint();
+            });
+        match spawned {
+            Ok(_) => self.replaying = Some(run_id),
+            Err(e) => log::error!("cannot start reading run {run_id}: {e}"),
+        }
     }
 
     fn spawn_run(&mut self, ctx: &egui::Context, cx: &mut PanelCtx, job: RunJob) {
@@ -781,6 +1144,12 @@ impl TrainPanel {
         self.watch_busy = spawned.is_ok();
     }
 
+    /// Applies what the run and the panel's workers reported; the shell calls it every frame
+    /// the tab is hidden, so a run's progress (status bar, notices) keeps up.
+    pub fn poll(&mut self, ctx: &egui::Context, cx: &mut PanelCtx) {
+        self.drain(ctx, cx);
+    }
+
     fn drain(&mut self, ctx: &egui::Context, cx: &mut PanelCtx) {
         let mut checkpoints = Vec::new();
         let mut finished = None;
@@ -861,6 +1230,24 @@ impl TrainPanel {
                 Background::Runs(runs) => {
                     self.scanning = false;
                     self.runs = runs;
+                }
+                Background::Replay { run_id, history } => {
+                    if self.replaying.as_deref() == Some(run_id.as_str()) {
+                        self.replaying = None;
+                    }
+                    if run_id != self.history.run_id {
+                        continue; // another run was chosen since
+                    }
+                    match history {
+                        Ok(older) => {
+                            let status = older.status.clone();
+                            self.history.merge_older(*older);
+                            if self.run.is_none() {
+                                self.history.status = status;
+                            }
+                        }
+                        Err(e) => cx.notices.warn(format!("the plots of run {run_id}: {e}")),
+                    }
                 }
                 Background::Exported(r) => {
                     self.exporting = false;
@@ -1281,33 +1668,55 @@ impl TrainPanel {
         });
     }
 
+    /// The live plots. Per frame they cost about the plot's pixel width, not the run's length:
+    /// smoothing is extended per new step ([`SmoothedSeries`]) and each series is decimated
+    /// to the visible x range at two points per pixel ([`decimate`]).
     fn plots_ui(&mut self, ui: &mut egui::Ui) {
-        let h = &self.history;
+        let (h, cache) = (&self.history, &mut self.plot_cache);
         if h.total.is_empty() {
             return;
         }
         ui.add(egui::Slider::new(&mut self.smoothing, 0.0..=0.99).text("Loss smoothing"));
         let alpha = f64::from(self.smoothing);
         ui.label(format!("Loss points: {}", h.total.len()));
+        let ppp = ui.ctx().pixels_per_point();
+        let pixels = (ui.available_width() * ppp) as usize;
+        cache
+            .smoothed
+            .retain(|name, _| name == "total" || h.losses.contains_key(name));
         Plot::new("train_losses")
             .height(220.0)
             .legend(Legend::default())
             .x_axis_label("step")
             .allow_scroll(false)
             .show(ui, |p| {
-                p.line(Line::new("total", PlotPoints::from(ema(&h.total, alpha))).width(2.5));
-                for (name, pts) in &h.losses {
-                    p.line(Line::new(name.as_str(), PlotPoints::from(ema(pts, alpha))));
+                let range = visible_x(p);
+                let series = std::iter::once(("total", &h.total))
+                    .chain(h.losses.iter().map(|(n, pts)| (n.as_str(), pts)));
+                for (name, raw) in series {
+                    let smooth = cache
+                        .smoothed
+                        .entry(name.to_owned())
+                        .or_default()
+                        .update(raw, alpha);
+                    let line = Line::new(name, PlotPoints::from(decimate(smooth, range, pixels)));
+                    p.line(if name == "total" {
+                        line.width(2.5)
+                    } else {
+                        line
+                    });
                 }
             });
         ui.columns(2, |cols| {
+            let pixels = (cols[0].available_width() * ppp) as usize;
             Plot::new("train_lr")
                 .height(140.0)
                 .legend(Legend::default())
                 .x_axis_label("step")
                 .allow_scroll(false)
                 .show(&mut cols[0], |p| {
-                    p.line(Line::new("learning rate", PlotPoints::from(h.lr.clone())));
+                    let lr = decimate(&h.lr, visible_x(p), pixels);
+                    p.line(Line::new("learning rate", PlotPoints::from(lr)));
                 });
             if h.val_segm_ap.is_empty() && h.val_bbox_ap.is_empty() {
                 cols[1].label("Validation AP appears here after each epoch the trainer evaluates.");
@@ -1362,6 +1771,7 @@ impl TrainPanel {
                 ui.spinner();
             }
         });
+        let mut clicked = None;
         egui::Grid::new("train_runs").striped(true).show(ui, |ui| {
             for h in [
                 "Run",
@@ -1378,7 +1788,7 @@ impl TrainPanel {
             for r in &self.runs {
                 let selected = self.selected_run.as_deref() == Some(r.id.as_str());
                 if ui.selectable_label(selected, &r.id).clicked() {
-                    self.selected_run = Some(r.id.clone());
+                    clicked = Some(r.id.clone());
                 }
                 ui.label(&r.preset);
                 ui.label(r.epochs.map_or_else(|| "-".to_owned(), |e| e.to_string()));
@@ -1401,6 +1811,9 @@ impl TrainPanel {
                 ui.end_row();
             }
         });
+        if let Some(id) = clicked {
+            self.select_run(ui.ctx(), &id);
+        }
         let selected = self
             .selected_run
             .as_ref()
@@ -1462,6 +1875,16 @@ impl TrainPanel {
     }
 }
 
+/// The x range the plot showed last frame when the user zoomed or panned it (`None` while it
+/// fits the data: every point then takes part in the automatic bounds).
+fn visible_x(p: &egui_plot::PlotUi<'_>) -> Option<(f64, f64)> {
+    if p.auto_bounds().x {
+        return None;
+    }
+    let b = p.plot_bounds();
+    Some((b.min()[0], b.max()[0]))
+}
+
 /// A label and a drag value labelled by it (kittest and screen readers find it by name).
 fn labelled_drag<T: egui::emath::Numeric>(
     ui: &mut egui::Ui,
@@ -1498,6 +1921,129 @@ mod tests {
         // A NaN step keeps the previous smoothed value.
         let s = ema(&[[0.0, 1.0], [1.0, f64::NAN]], 0.5);
         assert_eq!(s[1], [1.0, 1.0]);
+    }
+
+    #[test]
+    fn smoothing_extends_and_decimation_keeps_spikes() {
+        let raw: Vec<[f64; 2]> = (0..1000)
+            .map(|i| [i as f64, if i == 613 { 50.0 } else { (i % 7) as f64 }])
+            .collect();
+        let mut s = SmoothedSeries::default();
+        assert_eq!(s.update(&raw[..400], 0.6), ema(&raw[..400], 0.6).as_slice());
+        // Grown: extended, identical to a full recompute.
+        assert_eq!(s.update(&raw, 0.6), ema(&raw, 0.6).as_slice());
+        // Other smoothing, or a replaced series: recomputed.
+        assert_eq!(s.update(&raw, 0.3), ema(&raw, 0.3).as_slice());
+        let shifted: Vec<[f64; 2]> = raw.iter().map(|p| [p[0], p[1] + 1.0]).collect();
+        assert_eq!(s.update(&shifted, 0.3), ema(&shifted, 0.3).as_slice());
+        let mut rewound = shifted[..500].to_vec();
+        rewound.push([500.0, -3.0]);
+        assert_eq!(s.update(&rewound, 0.3), ema(&rewound, 0.3).as_slice());
+
+        let d = decimate(&raw, None, 100);
+        assert!(d.len() <= 202, "{}", d.len());
+        assert_eq!((d[0], *d.last().unwrap()), (raw[0], raw[999]));
+        assert!(d.contains(&[613.0, 50.0]), "the spike survives");
+        assert!(d.windows(2).all(|w| w[0][0] < w[1][0]), "x order");
+        // Few points per pixel: unchanged. A zoomed range: that slice plus one each side.
+        assert_eq!(decimate(&raw[..150], None, 100), raw[..150].to_vec());
+        assert_eq!(
+            decimate(&raw, Some((10.5, 20.5)), 100),
+            raw[10..=21].to_vec()
+        );
+        assert!(decimate(&raw, Some((2000.0, 3000.0)), 100).len() <= 1);
+    }
+
+    #[test]
+    fn resumed_steps_replace_later_points_and_older_points_merge_in_front() {
+        let step = |iter: usize, total: f64| TrainEvent::Step {
+            epoch: 0,
+            iter,
+            losses: [("loss_mask".to_owned(), total / 2.0)].into(),
+            total,
+            lr: 0.1,
+            images_per_sec: 1.0,
+            memory_bytes: None,
+        };
+        let mut live = History {
+            run_id: "r".into(),
+            ..History::default()
+        };
+        for i in 5..8 {
+            live.apply(&step(i, i as f64));
+        }
+        // Resuming from a checkpoint at step 6 redoes steps 6 and 7.
+        live.apply(&step(6, 60.0));
+        assert_eq!(live.total, vec![[5.0, 5.0], [6.0, 60.0]]);
+        assert_eq!(live.losses["loss_mask"], vec![[5.0, 2.5], [6.0, 30.0]]);
+        let mut older = History::default();
+        for i in 0..7 {
+            older.apply(&step(i, 100.0 + i as f64));
+        }
+        older.total_iters = 20;
+        live.merge_older(older);
+        let xs: Vec<f64> = live.total.iter().map(|p| p[0]).collect();
+        assert_eq!(xs, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        assert_eq!(
+            live.total[4],
+            [4.0, 104.0],
+            "older points before the live ones"
+        );
+        assert_eq!(live.total[5], [5.0, 5.0], "the live point wins");
+        assert_eq!(live.losses["loss_mask"].len(), 7);
+        assert_eq!((live.steps, live.total_iters), (7, 20));
+    }
+
+    #[test]
+    fn run_files_replay_into_a_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("20260101-000000");
+        std::fs::create_dir_all(&run).unwrap();
+        let mut csv = String::from(
+            "epoch,iter,loss_box_reg,loss_classifier,loss_mask,loss_objectness,loss_rpn_box_reg,total,lr,images_per_sec,memory_bytes\n",
+        );
+        for i in 0..30_000 {
+            csv.push_str(&format!(
+                "{},{i},0.1,0.2,0.3,0.4,0.5,{},0.01,2.5,{}\n",
+                i / 10_000,
+                1.5 + (i % 3) as f64,
+                1000 + i
+            ));
+        }
+        csv.push_str("2,30000,0.1,0.2"); // cut short by a crash
+        std::fs::write(run.join("metrics.csv"), csv).unwrap();
+        std::fs::write(
+            run.join("epochs.csv"),
+            "epoch,steps,mean_loss,loss_box_reg,loss_classifier,loss_mask,loss_objectness,loss_rpn_box_reg,lr,val_segm_ap,val_bbox_ap,seconds\n\
+             0,10000,2.5,0.1,0.2,0.3,0.4,0.5,0.01,0.25,0.5,12\n\
+             1,10000,2.4,0.1,0.2,0.3,0.4,0.5,0.01,,,12\n",
+        )
+        .unwrap();
+        let start = Instant::now();
+        let h = read_history(&run).unwrap();
+        assert!(start.elapsed().as_secs_f64() < 5.0, "{:?}", start.elapsed());
+        assert_eq!(h.run_id, "20260101-000000");
+        assert_eq!((h.total.len(), h.steps, h.epoch), (30_000, 30_000, 2));
+        assert_eq!(h.total[4], [4.0, 2.5]);
+        assert_eq!(h.losses.len(), 5);
+        assert_eq!(h.losses["loss_mask"][29_999], [29_999.0, 0.3]);
+        assert_eq!(h.lr.len(), 30_000);
+        assert_eq!(h.memory_bytes, Some(30_999));
+        assert_eq!(h.epoch_loss, vec![[1.0, 2.5], [2.0, 2.4]]);
+        assert_eq!(h.val_segm_ap, vec![[1.0, 0.25]]);
+        assert_eq!(h.val_bbox_ap, vec![[1.0, 0.5]]);
+        assert_eq!(h.total_iters, 30_000, "no state.json: the recorded steps");
+
+        std::fs::write(run.join("metrics.csv"), "epoch,step\n0,0\n").unwrap();
+        let err = read_history(&run).unwrap_err().to_string();
+        assert!(
+            err.contains("metrics.csv") && err.contains("no iter and total"),
+            "{err}"
+        );
+        let err = read_history(&dir.path().join("gone"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("gone") && err.contains("metrics.csv"), "{err}");
     }
 
     #[test]
