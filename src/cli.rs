@@ -415,7 +415,9 @@ fn predict(
                 .unwrap_or_default();
             let png = dir.join(format!("{stem}.overlay.png"));
             let mut bytes = Vec::new();
-            overlay::draw(&image, &detections).write_to(
+            let mut over = overlay::draw(&image, &detections);
+            overlay::draw_labels(&mut over, &detections);
+            over.write_to(
                 &mut std::io::Cursor::new(&mut bytes),
                 image::ImageFormat::Png,
             )?;

@@ -160,7 +160,11 @@ fn drop_an_image_see_instances_move_the_slider_and_survive_a_corrupt_file() {
             (a.label, a.score, a.box_xyxy),
             (b.label, b.score, b.box_xyxy)
         );
-        assert_eq!(b.mask.area(), 0, "predict_soft keeps no full-size binary mask");
+        assert_eq!(
+            b.mask.area(),
+            0,
+            "predict_soft keeps no full-size binary mask"
+        );
         let again = b.mask_at(0.5);
         let differ = again
             .data()

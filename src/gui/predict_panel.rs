@@ -318,7 +318,8 @@ fn export(
             )?;
             Ok(bytes)
         };
-        let over = overlay::draw(image, &shown);
+        let mut over = overlay::draw(image, &shown);
+        overlay::draw_labels(&mut over, &shown);
         write_atomic(
             &dir.join(format!("{stem}.overlay.png")),
             &png(image::DynamicImage::ImageRgb8(over))?,

@@ -1,5 +1,7 @@
 //! Detections drawn over an image (a plain `image::RgbImage`; the GUI makes textures of it).
 
+use font8x8::UnicodeFonts as _;
+
 use crate::dataset::store::class_color;
 use crate::infer::{Detection, SoftMask};
 
@@ -96,6 +98,61 @@ pub fn draw_thresholded(
     out
 }
 
+/// Text height in font pixels (`font8x8`'s glyphs are 8x8, bit 0 = leftmost column).
+const GLYPH: u32 = 8;
+
+/// Burns `"<class> <score>"` above each detection's box (inside the image) in white on its class
+/// colour, for exported overlays; glyphs scale with the image (1 px per font pixel up to 640 px
+/// on the short side, then larger). Characters outside the font print as `?`.
+pub fn draw_labels(out: &mut image::RgbImage, detections: &[Detection]) {
+    let (w, h) = out.dimensions();
+    let scale = (w.min(h) / 640).max(1);
+    let cell = GLYPH * scale;
+    for d in detections {
+        let text = format!("{} {:.2}", d.class_name, d.score);
+        let glyphs: Vec<[u8; 8]> = text
+            .chars()
+            .map(|c| {
+                font8x8::BASIC_FONTS
+                    .get(c)
+                    .or_else(|| font8x8::LATIN_FONTS.get(c))
+                    .or_else(|| font8x8::BASIC_FONTS.get('?'))
+                    .unwrap_or([0; 8])
+            })
+            .collect();
+        let (tw, th) = (glyphs.len() as u32 * cell + 2 * scale, cell + 2 * scale);
+        if tw > w || th > h {
+            continue;
+        }
+        // Above the box when there is room, else just inside its top edge; kept in the image.
+        let x0 = (d.box_xyxy[0].max(0.0) as u32).min(w - tw);
+        let top = d.box_xyxy[1].max(0.0) as u32;
+        let y0 = if top >= th { top - th } else { top }.min(h - th);
+        let color = image::Rgb(label_color(d.label));
+        for y in y0..y0 + th {
+            for x in x0..x0 + tw {
+                out.put_pixel(x, y, color);
+            }
+        }
+        for (k, rows) in glyphs.iter().enumerate() {
+            for (row, bits) in rows.iter().enumerate() {
+                for col in 0..GLYPH {
+                    if bits >> col & 1 == 0 {
+                        continue;
+                    }
+                    let gx = x0 + scale + k as u32 * cell + col * scale;
+                    let gy = y0 + scale + row as u32 * scale;
+                    for dy in 0..scale {
+                        for dx in 0..scale {
+                            out.put_pixel(gx + dx, gy + dy, image::Rgb([255, 255, 255]));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,5 +190,57 @@ mod tests {
         }
         // Below the score threshold nothing is drawn.
         assert_eq!(draw_thresholded(&image, &[d], 0.8, 0.5), image);
+    }
+
+    #[test]
+    fn labels_are_drawn_above_the_box_in_the_class_colour() {
+        let image = image::RgbImage::from_pixel(200, 100, image::Rgb([0, 0, 0]));
+        let d = Detection {
+            label: 1,
+            class_name: "cat".into(),
+            score: 0.5,
+            box_xyxy: [20.0, 40.0, 120.0, 90.0],
+            mask: Mask::new(200, 100),
+            soft_mask: None,
+        };
+        let mut out = image.clone();
+        draw_labels(&mut out, std::slice::from_ref(&d));
+        // "cat 0.50": 8 glyphs of 8 px + 1 px margins = 66 x 10 px ending just above the box.
+        let color = image::Rgb(label_color(1));
+        let (mut bg, mut white) = (0, 0);
+        for (x, y, p) in out.enumerate_pixels() {
+            let inside = (20..86).contains(&x) && (30..40).contains(&y);
+            match (*p == color, *p == image::Rgb([255, 255, 255])) {
+                (true, _) => bg += 1,
+                (_, true) => white += 1,
+                _ => assert!(!inside, "unpainted pixel ({x}, {y}) in the label"),
+            }
+            if !inside {
+                assert_eq!(*p, image::Rgb([0, 0, 0]), "({x}, {y}) outside the label");
+            }
+        }
+        assert_eq!(bg + white, 66 * 10);
+        // Ink of the glyphs as font8x8 has them.
+        let ink: u32 = "cat 0.50"
+            .chars()
+            .map(|c| {
+                font8x8::BASIC_FONTS
+                    .get(c)
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.count_ones())
+                    .sum::<u32>()
+            })
+            .sum();
+        assert_eq!(white, ink);
+        // A box at the top edge: the label goes inside it.
+        let top = Detection {
+            box_xyxy: [0.0, 0.0, 50.0, 50.0],
+            ..d
+        };
+        let mut out = image.clone();
+        draw_labels(&mut out, &[top]);
+        assert_eq!(*out.get_pixel(0, 0), color);
+        assert_eq!(*out.get_pixel(0, 10), image::Rgb([0, 0, 0]));
     }
 }
