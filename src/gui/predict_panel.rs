@@ -25,9 +25,31 @@ use crate::runtime::DeviceChoice;
 /// The model keeps detections down to this score, so the score slider can go as low.
 pub const LOAD_SCORE_FLOOR: f64 = 0.01;
 
-/// Decoded pixels kept in memory across results (bytes, RGB): about 20 12-megapixel photos. The
-/// selected image is always kept.
+/// Decoded display pixels kept in memory across results (bytes, RGB): about 80 display copies
+/// of big photos. The selected image is always kept.
 pub const PIXEL_BUDGET: usize = 768 << 20;
+
+/// Longer side of the display copy kept of each predicted image: bigger photos are shown (and
+/// re-rendered on slider changes) at this size, their masks sampled at full resolution.
+pub const MAX_DISPLAY: u32 = 2048;
+
+/// The display copy of `image` and its scale (display / full size, 1 when already small).
+pub fn display_copy(image: image::RgbImage) -> (image::RgbImage, f32) {
+    let (w, h) = image.dimensions();
+    let long = w.max(h);
+    if long <= MAX_DISPLAY {
+        return (image, 1.0);
+    }
+    let scale = MAX_DISPLAY as f32 / long as f32;
+    let size = |v: u32| ((v as f32 * scale).round() as u32).clamp(1, MAX_DISPLAY);
+    let small = image::imageops::resize(
+        &image,
+        size(w),
+        size(h),
+        image::imageops::FilterType::Triangle,
+    );
+    (small, scale)
+}
 
 /// The torch device choice of a settings value.
 pub fn device_choice(d: DeviceSetting) -> DeviceChoice {
@@ -102,10 +124,13 @@ enum Event {
 pub struct PredictedImage {
     /// The file.
     pub path: PathBuf,
-    /// Its pixels; `None` once evicted to stay within [`PIXEL_BUDGET`] (decoded again on demand).
+    /// Its display copy ([`display_copy`]); `None` once evicted to stay within
+    /// [`PIXEL_BUDGET`] (decoded again on demand).
     pub image: Option<Arc<image::RgbImage>>,
-    /// Width and height in pixels.
+    /// Width and height of the file's image in pixels.
     pub size: [u32; 2],
+    /// Display copy size / full size (1 for images up to [`MAX_DISPLAY`]).
+    pub scale: f32,
     /// Detections down to [`LOAD_SCORE_FLOOR`], best first, with soft masks (box-sized) and
     /// no full-size binary masks.
     pub detections: Arc<Vec<Detection>>,
@@ -254,12 +279,17 @@ fn worker_loop(rx: Receiver<Command>, tx: Sender<Event>, ctx: egui::Context) {
                         let d = p.predict_soft(&img)?;
                         Ok((img, d))
                     }) {
-                        Ok((image, detections)) => Event::Image(Box::new(PredictedImage {
-                            path,
-                            size: [image.width(), image.height()],
-                            image: Some(Arc::new(image)),
-                            detections: Arc::new(detections),
-                        })),
+                        Ok((image, detections)) => {
+                            let size = [image.width(), image.height()];
+                            let (display, scale) = display_copy(image);
+                            Event::Image(Box::new(PredictedImage {
+                                path,
+                                size,
+                                scale,
+                                image: Some(Arc::new(display)),
+                                detections: Arc::new(detections),
+                            }))
+                        }
                         Err(e) => Event::ImageFailed {
                             path,
                             error: format!("{e:#}"),
@@ -277,7 +307,7 @@ fn worker_loop(rx: Receiver<Command>, tx: Sender<Event>, ctx: egui::Context) {
     }
 }
 
-/// One image to export: file, pixels if still in memory (else read again), detections.
+/// One image to export: file, full-size pixels if in memory (else read again), detections.
 type ExportItem = (PathBuf, Option<Arc<image::RgbImage>>, Arc<Vec<Detection>>);
 
 /// Writes `<stem>.overlay.png`, `<stem>_mask<k>_<class>.png` and `results.json` into `dir`,
@@ -420,7 +450,7 @@ impl PredictPanel {
                 let event = match read_image(&path2) {
                     Ok(img) => Event::Reloaded {
                         path: path2,
-                        image: Arc::new(img),
+                        image: Arc::new(display_copy(img).0),
                     },
                     Err(e) => Event::ReloadFailed {
                         path: path2,
@@ -694,7 +724,11 @@ impl PredictPanel {
         let items: Vec<_> = self
             .results
             .iter()
-            .map(|r| (r.path.clone(), r.image.clone(), r.detections.clone()))
+            .map(|r| {
+                // A display copy is smaller than the file: the export reads the file again.
+                let full = r.image.clone().filter(|_| r.scale >= 1.0);
+                (r.path.clone(), full, r.detections.clone())
+            })
             .collect();
         let (score, mask) = (cx.settings.score_threshold, cx.settings.mask_threshold);
         let tx = self.events_tx.clone();
@@ -909,7 +943,13 @@ impl PredictPanel {
             if *i == self.selected && *s == score && *m == mask_thr);
         if stale {
             // Only the soft masks' rectangles are visited: cheap enough for slider drags.
-            let img = overlay::draw_thresholded(&pixels, &item.detections, score, mask_thr);
+            let img = overlay::draw_thresholded_scaled(
+                &pixels,
+                item.scale,
+                &item.detections,
+                score,
+                mask_thr,
+            );
             let size = [img.width() as usize, img.height() as usize];
             let color = egui::ColorImage::from_rgb(size, img.as_raw());
             let tex = ui
@@ -977,5 +1017,21 @@ impl PredictPanel {
                 painter.galley(bg.min + egui::vec2(2.0, 0.0), galley, egui::Color32::WHITE);
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn big_photos_get_a_display_copy_small_ones_stay() {
+        let (small, scale) = display_copy(image::RgbImage::new(640, 480));
+        assert_eq!((small.dimensions(), scale), ((640, 480), 1.0));
+        let (copy, scale) = display_copy(image::RgbImage::new(4000, 3000));
+        assert_eq!(copy.dimensions(), (2048, 1536));
+        assert!((scale - 0.512).abs() < 1e-6, "{scale}");
+        let (tall, _) = display_copy(image::RgbImage::new(1000, 5000));
+        assert_eq!(tall.dimensions(), (410, 2048));
     }
 }

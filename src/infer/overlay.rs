@@ -98,6 +98,67 @@ pub fn draw_thresholded(
     out
 }
 
+/// [`draw_thresholded`] onto `display`, a copy of the image resized by `scale` (≤ 1): masks and
+/// boxes keep their full-resolution coordinates and are sampled at each display pixel's centre
+/// (nearest source pixel). At `scale == 1` this is [`draw_thresholded`]. The Predict tab draws
+/// big photos this way, so a slider change costs display pixels, not megapixels.
+pub fn draw_thresholded_scaled(
+    display: &image::RgbImage,
+    scale: f32,
+    detections: &[Detection],
+    score: f32,
+    mask_threshold: f32,
+) -> image::RgbImage {
+    if scale >= 1.0 {
+        return draw_thresholded(display, detections, score, mask_threshold);
+    }
+    let mut out = display.clone();
+    let (dw, dh) = out.dimensions();
+    // Display pixel d covers source pixel floor((d + 0.5) / scale).
+    let src = |d: u32| ((d as f32 + 0.5) / scale) as u32;
+    let span = |a: u32, len: u32, max: u32| {
+        let lo = (a as f32 * scale).floor() as u32;
+        let hi = (((a + len) as f32 * scale).ceil() as u32).min(max);
+        lo.min(hi)..hi
+    };
+    let level = SoftMask::level(mask_threshold);
+    for d in detections.iter().filter(|d| d.score >= score) {
+        let color = label_color(d.label);
+        match &d.soft_mask {
+            Some(s) if s.width > 0 => {
+                for y in span(s.y0, s.height, dh) {
+                    let Some(row) = src(y).checked_sub(s.y0).filter(|&r| r < s.height) else {
+                        continue;
+                    };
+                    for x in span(s.x0, s.width, dw) {
+                        let Some(col) = src(x).checked_sub(s.x0).filter(|&c| c < s.width) else {
+                            continue;
+                        };
+                        let q = s.data[(row * s.width + col) as usize];
+                        if f32::from(q) >= level {
+                            blend(&mut out, x, y, color);
+                        }
+                    }
+                }
+            }
+            Some(_) => {}
+            None if d.mask.area() > 0 => {
+                let m = &d.mask;
+                for y in (0..dh).filter(|&y| src(y) < m.height()) {
+                    for x in (0..dw).filter(|&x| src(x) < m.width()) {
+                        if m.get(src(x), src(y)) {
+                            blend(&mut out, x, y, color);
+                        }
+                    }
+                }
+            }
+            None => {}
+        }
+        outline(&mut out, d.box_xyxy.map(|v| v * scale), color);
+    }
+    out
+}
+
 /// Text height in font pixels (`font8x8`'s glyphs are 8x8, bit 0 = leftmost column).
 const GLYPH: u32 = 8;
 
@@ -242,5 +303,46 @@ mod tests {
         draw_labels(&mut out, &[top]);
         assert_eq!(*out.get_pixel(0, 0), color);
         assert_eq!(*out.get_pixel(0, 10), image::Rgb([0, 0, 0]));
+    }
+
+    #[test]
+    fn scaled_drawing_samples_the_full_resolution_masks() {
+        // Full resolution = the display image with every pixel doubled, soft mask doubled too.
+        let small =
+            image::RgbImage::from_fn(6, 5, |x, y| image::Rgb([x as u8 * 40, y as u8 * 50, 7]));
+        #[rustfmt::skip]
+        let q: Vec<u8> = vec![
+            0,   0,   0,   0, 0, 0,
+            0,  40, 200, 200, 0, 0,
+            0, 140, 255,  90, 0, 0,
+            0,   0, 130,   0, 0, 0,
+            0,   0,   0,   0, 0, 0,
+        ];
+        let big_q: Vec<u8> = (0..10)
+            .flat_map(|y| (0..12).map(move |x| (x, y)))
+            .map(|(x, y)| q[(y / 2) * 6 + x / 2])
+            .collect();
+        let det = |w, h, q: &[u8], b: [f32; 4]| Detection {
+            label: 3,
+            class_name: "bird".into(),
+            score: 0.9,
+            box_xyxy: b,
+            mask: Mask::new(0, 0),
+            soft_mask: Some(SoftMask::from_quantised(w, h, q)),
+        };
+        let on_small = det(6, 5, &q, [1.0, 1.0, 4.0, 3.0]);
+        let on_big = det(12, 10, &big_q, [2.0, 2.0, 8.0, 6.0]);
+        for t in [0.1, 0.5, 0.9] {
+            assert_eq!(
+                draw_thresholded_scaled(&small, 0.5, std::slice::from_ref(&on_big), 0.5, t),
+                draw_thresholded(&small, std::slice::from_ref(&on_small), 0.5, t),
+                "threshold {t}"
+            );
+        }
+        // Scale 1 is the plain drawing.
+        assert_eq!(
+            draw_thresholded_scaled(&small, 1.0, std::slice::from_ref(&on_small), 0.5, 0.5),
+            draw_thresholded(&small, &[on_small], 0.5, 0.5)
+        );
     }
 }
