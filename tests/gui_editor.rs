@@ -24,10 +24,6 @@ use maskstudio::gui::image_view::{ImageView, ImageViewAction, Tool};
 use maskstudio::gui::shared::{
     DeviceSetting, NoticeLevel, Notices, PanelCtx, Settings, ShellRequest,
 };
-use maskstudio::infer::Predictor;
-use maskstudio::model::bundle::{Bundle, ModelSpec};
-use maskstudio::model::{Backbone, MaskRcnn};
-use tch::{Device, Tensor, nn};
 
 /// Tests that seed torch hold this (the pattern of tests/model_golden.rs).
 static RNG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -542,43 +538,19 @@ fn edits_queued_back_to_back_are_saved_in_order_and_survive_closing_the_view() {
     assert!(after > area, "the last stroke was lost: {after} <= {area}");
 }
 
-/// A random MobileNetV2 bundle (cat, dog) whose class logits are scaled until it proposes at
-/// least one non-empty mask on `image` at `score` (a few CPU inferences at 96–128 px).
+/// A random bundle that proposes at least one non-empty mask on `image` at `score`.
 fn assist_bundle(dir: &Path, image: &Path, score: f32) -> PathBuf {
     let _rng = RNG_LOCK
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    tch::manual_seed(5);
-    let vs = nn::VarStore::new(Device::Cpu);
-    let mut spec = ModelSpec::new(Backbone::MobilenetV2, 3);
-    spec.min_size = Some(96);
-    spec.max_size = Some(128);
-    let _model = MaskRcnn::new(&vs.root(), &spec.resolved().to_config()).unwrap();
-    let weights = vs
-        .variables()
-        .into_iter()
-        .find(|(n, _)| n.ends_with("cls_score.weight"))
-        .map(|(_, t)| t)
-        .unwrap();
-    let base = Tensor::randn(weights.size(), (weights.kind(), Device::Cpu));
-    let bundle = dir.join("bundle");
-    let pixels = maskstudio::infer::read_image(image).unwrap();
-    for scale in [2.0, 8.0, 32.0, 128.0] {
-        let mut w = weights.shallow_clone();
-        tch::no_grad(|| w.copy_(&(&base * scale)));
-        Bundle::write(&bundle, &spec, &["cat".to_owned(), "dog".to_owned()], &vs).unwrap();
-        let p = Predictor::load(&bundle, Device::Cpu, Some(f64::from(score))).unwrap();
-        let detections = p.predict(&pixels).unwrap();
-        let non_empty = detections.iter().filter(|d| d.mask.area() > 0).count();
-        eprintln!(
-            "cls_score scale {scale}: {} detections, {non_empty} with pixels",
-            detections.len()
-        );
-        if non_empty > 0 {
-            return bundle;
-        }
-    }
-    panic!("no scale of the class weights gave a proposal with pixels");
+    common::scaled_random_bundle(
+        dir,
+        image,
+        5,
+        &[2.0, 8.0, 32.0, 128.0],
+        f64::from(score),
+        |d| d.iter().any(|d| d.mask.area() > 0),
+    )
 }
 
 #[test]

@@ -3,6 +3,8 @@
 //! see the count change, export, and drop a corrupt file and an unsupported one and see the
 //! error named while the rest keeps working.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,9 +14,7 @@ use egui_kittest::kittest::Queryable as _;
 use maskstudio::gui::predict_panel::PredictPanel;
 use maskstudio::gui::shared::{NoticeLevel, Notices, PanelCtx, Settings, ShellRequest};
 use maskstudio::infer::Predictor;
-use maskstudio::model::bundle::{Bundle, ModelSpec};
-use maskstudio::model::{Backbone, MaskRcnn};
-use tch::{Device, Tensor, nn};
+use tch::Device;
 
 /// Tests that seed torch hold this (the pattern of tests/model_golden.rs).
 static RNG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -92,49 +92,16 @@ fn write_blocks(path: &Path, width: u32, height: u32) {
     img.save(path).unwrap();
 }
 
-/// A random MobileNetV2 bundle whose class logits are scaled until the scores on `image`
-/// spread over a useful range (torchvision's init gives every box about the same score).
-/// The caller holds [`RNG_LOCK`] for its whole test: loading a bundle in the panel's worker
-/// builds a randomly initialised model first, which draws from the same global generator.
+/// A random bundle whose scores on `image` spread over a useful range. The caller holds
+/// [`RNG_LOCK`] for its whole test: loading a bundle in the panel's worker builds a randomly
+/// initialised model first, which draws from the same global generator.
 fn random_bundle(dir: &Path, image: &Path) -> PathBuf {
-    tch::manual_seed(11);
-    let vs = nn::VarStore::new(Device::Cpu);
-    let mut spec = ModelSpec::new(Backbone::MobilenetV2, 3);
-    spec.min_size = Some(96);
-    spec.max_size = Some(128);
-    let _model = MaskRcnn::new(&vs.root(), &spec.resolved().to_config()).unwrap();
-    let weights = vs
-        .variables()
-        .into_iter()
-        .find(|(n, _)| n.ends_with("cls_score.weight"))
-        .map(|(_, t)| t)
-        .unwrap();
-    let base = Tensor::randn(weights.size(), (weights.kind(), Device::Cpu));
-    let bundle = dir.join("bundle");
-    let pixels = maskstudio::infer::read_image(image).unwrap();
-    for scale in [0.5, 2.0, 8.0, 32.0, 128.0] {
-        let mut w = weights.shallow_clone();
-        tch::no_grad(|| w.copy_(&(&base * scale)));
-        Bundle::write(&bundle, &spec, &["cat".to_owned(), "dog".to_owned()], &vs).unwrap();
-        let p = Predictor::load(&bundle, Device::Cpu, Some(0.01)).unwrap();
-        let scores: Vec<f32> = p
-            .predict(&pixels)
-            .unwrap()
-            .iter()
-            .map(|d| d.score)
-            .collect();
-        let (lo, hi) = scores
-            .iter()
-            .fold((1.0f32, 0.0f32), |(lo, hi), &s| (lo.min(s), hi.max(s)));
-        eprintln!(
-            "cls_score scale {scale}: {} detections, {lo:.3}..{hi:.3}",
-            scores.len()
-        );
-        if scores.len() >= 3 && hi - lo > 0.1 {
-            return bundle;
-        }
-    }
-    panic!("no scale of the class weights gave varied scores");
+    common::scaled_random_bundle(dir, image, 11, &[0.5, 2.0, 8.0, 32.0, 128.0], 0.01, |d| {
+        let (lo, hi) = d.iter().fold((1.0f32, 0.0f32), |(lo, hi), d| {
+            (lo.min(d.score), hi.max(d.score))
+        });
+        d.len() >= 3 && hi - lo > 0.1
+    })
 }
 
 #[test]

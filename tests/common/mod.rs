@@ -96,3 +96,55 @@ pub fn coco128_subset_project(data: &std::path::Path, dir: &std::path::Path, n: 
         .unwrap();
     project
 }
+
+/// A random MobileNetV2 bundle (cat, dog; 96–128 px) at `dir/bundle` whose class-score weights
+/// are scaled, step by step through `scales`, until its detections on `image` (kept down to
+/// `score`) satisfy `good` (torchvision's init gives every box about the same score). The
+/// caller holds its torch RNG mutex for the whole test when anything else may draw from torch's
+/// global generator meanwhile (a panel's worker building a model does).
+pub fn scaled_random_bundle(
+    dir: &std::path::Path,
+    image: &std::path::Path,
+    seed: i64,
+    scales: &[f64],
+    score: f64,
+    good: impl Fn(&[maskstudio::infer::Detection]) -> bool,
+) -> PathBuf {
+    use maskstudio::model::bundle::{Bundle, ModelSpec};
+    use maskstudio::model::{Backbone, MaskRcnn};
+    use tch::{Device, Tensor, nn};
+    tch::manual_seed(seed);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let mut spec = ModelSpec::new(Backbone::MobilenetV2, 3);
+    spec.min_size = Some(96);
+    spec.max_size = Some(128);
+    let _model = MaskRcnn::new(&vs.root(), &spec.resolved().to_config()).unwrap();
+    let weights = vs
+        .variables()
+        .into_iter()
+        .find(|(n, _)| n.ends_with("cls_score.weight"))
+        .map(|(_, t)| t)
+        .unwrap();
+    let base = Tensor::randn(weights.size(), (weights.kind(), Device::Cpu));
+    let bundle = dir.join("bundle");
+    let pixels = maskstudio::infer::read_image(image).unwrap();
+    for &scale in scales {
+        let mut w = weights.shallow_clone();
+        tch::no_grad(|| w.copy_(&(&base * scale)));
+        Bundle::write(&bundle, &spec, &["cat".to_owned(), "dog".to_owned()], &vs).unwrap();
+        let p = maskstudio::infer::Predictor::load(&bundle, Device::Cpu, Some(score)).unwrap();
+        let detections = p.predict(&pixels).unwrap();
+        let (lo, hi) = detections.iter().fold((1.0f32, 0.0f32), |(lo, hi), d| {
+            (lo.min(d.score), hi.max(d.score))
+        });
+        let with_pixels = detections.iter().filter(|d| d.mask.area() > 0).count();
+        eprintln!(
+            "cls_score scale {scale}: {} detections ({with_pixels} with pixels), scores {lo:.3}..{hi:.3}",
+            detections.len()
+        );
+        if good(&detections) {
+            return bundle;
+        }
+    }
+    panic!("no scale of the class weights gave the detections the test needs");
+}
