@@ -75,6 +75,33 @@ fn wait_for(h: &mut Harness<'_, State>, what: &str, done: impl Fn(&State) -> boo
     h.step();
 }
 
+/// Types the bundle path, clicks Load model and waits for it.
+fn load_model(h: &mut Harness<'_, State>, bundle: &Path) {
+    h.get_by_label("Model bundle").focus();
+    h.step();
+    h.get_by_label("Model bundle")
+        .type_text(&bundle.display().to_string());
+    h.step();
+    h.get_by_label("Load model").click();
+    wait_for(h, "the model", |s| s.panel.model_loaded());
+}
+
+/// Types the export folder, clicks Export results and waits for its toast.
+fn export_to(h: &mut Harness<'_, State>, out: &Path) {
+    h.get_by_label("Export folder").focus();
+    h.step();
+    h.get_by_label("Export folder")
+        .type_text(&out.display().to_string());
+    h.step();
+    h.get_by_label("Export results").click();
+    wait_for(h, "the export", |s| {
+        s.notices
+            .items
+            .iter()
+            .any(|n| n.text.starts_with("exported") || n.text.starts_with("export failed"))
+    });
+}
+
 /// A textured test image: blocks of pseudo-random colours (proposals see different features).
 fn write_blocks(path: &Path, width: u32, height: u32) {
     let mut state = 0x2545_f491_u32;
@@ -149,13 +176,7 @@ fn drop_an_image_see_instances_move_the_slider_and_survive_a_corrupt_file() {
     };
     let mut h = harness(settings);
     h.run();
-    h.get_by_label("Model bundle").focus();
-    h.step();
-    h.get_by_label("Model bundle")
-        .type_text(&bundle.display().to_string());
-    h.step();
-    h.get_by_label("Load model").click();
-    wait_for(&mut h, "the model", |s| s.panel.model_loaded());
+    load_model(&mut h, &bundle);
     h.get_by_label("Classes: cat, dog");
 
     h.input_mut()
@@ -213,18 +234,7 @@ fn drop_an_image_see_instances_move_the_slider_and_survive_a_corrupt_file() {
 
     // Export overlays, masks and COCO results.
     let out = dir.path().join("export");
-    h.get_by_label("Export folder").focus();
-    h.step();
-    h.get_by_label("Export folder")
-        .type_text(&out.display().to_string());
-    h.step();
-    h.get_by_label("Export results").click();
-    wait_for(&mut h, "the export", |s| {
-        s.notices
-            .items
-            .iter()
-            .any(|n| n.text.starts_with("exported") || n.text.starts_with("export failed"))
-    });
+    export_to(&mut h, &out);
     let results: Vec<serde_json::Value> =
         serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
     assert_eq!(results.len(), expected);
@@ -284,13 +294,7 @@ fn a_folder_larger_than_the_pixel_budget_keeps_only_the_shown_image_in_memory() 
     // Room for one image and a half: every image but the shown one gives its pixels back.
     h.state_mut().panel.set_pixel_budget(one * 3 / 2);
     h.run();
-    h.get_by_label("Model bundle").focus();
-    h.step();
-    h.get_by_label("Model bundle")
-        .type_text(&bundle.display().to_string());
-    h.step();
-    h.get_by_label("Load model").click();
-    wait_for(&mut h, "the model", |s| s.panel.model_loaded());
+    load_model(&mut h, &bundle);
     h.input_mut()
         .dropped_files
         .push(Arc::new(FakeDrop(folder.clone())));
@@ -334,18 +338,7 @@ fn a_folder_larger_than_the_pixel_budget_keeps_only_the_shown_image_in_memory() 
 
     // The export reads evicted images from disk: three overlays of the right size.
     let out = dir.path().join("export");
-    h.get_by_label("Export folder").focus();
-    h.step();
-    h.get_by_label("Export folder")
-        .type_text(&out.display().to_string());
-    h.step();
-    h.get_by_label("Export results").click();
-    wait_for(&mut h, "the export", |s| {
-        s.notices
-            .items
-            .iter()
-            .any(|n| n.text.starts_with("exported") || n.text.starts_with("export failed"))
-    });
+    export_to(&mut h, &out);
     for n in names {
         let stem = n.trim_end_matches(".png");
         let overlay = image::open(out.join(format!("{stem}.overlay.png"))).unwrap();
