@@ -219,17 +219,20 @@ mod tests {
     use super::*;
     use crate::dataset::Mask;
 
+    /// A 6x5 soft mask, quantised (0..=255), shared by the drawing tests.
+    #[rustfmt::skip]
+    const SOFT_6X5: [u8; 30] = [
+        0,   0,   0,   0, 0, 0,
+        0,  40, 200, 200, 0, 0,
+        0, 140, 255,  90, 0, 0,
+        0,   0, 130,   0, 0, 0,
+        0,   0,   0,   0, 0, 0,
+    ];
+
     #[test]
     fn thresholded_drawing_matches_drawing_the_thresholded_masks() {
         let image = image::RgbImage::from_pixel(6, 5, image::Rgb([10, 20, 30]));
-        #[rustfmt::skip]
-        let full: Vec<u8> = vec![
-            0,   0,   0,   0, 0, 0,
-            0,  40, 200, 200, 0, 0,
-            0, 140, 255,  90, 0, 0,
-            0,   0, 130,   0, 0, 0,
-            0,   0,   0,   0, 0, 0,
-        ];
+        let full = SOFT_6X5.to_vec();
         let soft = SoftMask::from_quantised(6, 5, &full);
         let d = Detection {
             label: 2,
@@ -310,14 +313,7 @@ mod tests {
         // Full resolution = the display image with every pixel doubled, soft mask doubled too.
         let small =
             image::RgbImage::from_fn(6, 5, |x, y| image::Rgb([x as u8 * 40, y as u8 * 50, 7]));
-        #[rustfmt::skip]
-        let q: Vec<u8> = vec![
-            0,   0,   0,   0, 0, 0,
-            0,  40, 200, 200, 0, 0,
-            0, 140, 255,  90, 0, 0,
-            0,   0, 130,   0, 0, 0,
-            0,   0,   0,   0, 0, 0,
-        ];
+        let q = SOFT_6X5.to_vec();
         let big_q: Vec<u8> = (0..10)
             .flat_map(|y| (0..12).map(move |x| (x, y)))
             .map(|(x, y)| q[(y / 2) * 6 + x / 2])
