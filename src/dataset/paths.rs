@@ -26,6 +26,9 @@ pub enum PathError {
         /// The folder it had to stay in.
         root: PathBuf,
     },
+    /// Not a single plain file name: a separator, a leading `.`, or too long.
+    #[error("{0:?} is not a plain file name (one path component, no leading '.')")]
+    NotAFileName(String),
     /// The root could not be resolved.
     #[error("cannot resolve folder {root:?}: {source}")]
     Root {
@@ -88,6 +91,34 @@ pub fn resolve_inside(root: &Path, name: &str) -> Result<PathBuf, PathError> {
     }
 }
 
+/// Longest file name accepted by [`safe_file_name`] (the usual file-system limit, in bytes).
+pub const MAX_FILE_NAME_BYTES: usize = 255;
+
+/// Checks that `name` (from a data file or a server) is one plain path component: not empty,
+/// at most [`MAX_FILE_NAME_BYTES`], no `/`, `\`, `:`, NUL or other control character, and no
+/// leading `.` (which also refuses `.` and `..`). Such a name joined onto a folder stays in it.
+pub fn safe_file_name(name: &str) -> Result<&str, PathError> {
+    if name.is_empty() {
+        return Err(PathError::Empty);
+    }
+    if name.chars().any(char::is_control) {
+        return Err(PathError::ControlChar(name.to_owned()));
+    }
+    if name.len() > MAX_FILE_NAME_BYTES || name.starts_with('.') || name.contains(['/', '\\', ':'])
+    {
+        return Err(PathError::NotAFileName(name.to_owned()));
+    }
+    Ok(name)
+}
+
+/// Joins a single file name (checked by [`safe_file_name`]) onto `folder`; if the result
+/// exists, its real path must still be inside `folder` (no symlink out), as in
+/// [`resolve_inside`]. The one place where a name from outside becomes a path to read, write or
+/// delete.
+pub fn join_file_name(folder: &Path, name: &str) -> Result<PathBuf, PathError> {
+    resolve_inside(folder, safe_file_name(name)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +153,36 @@ mod tests {
         ] {
             assert!(safe_relative_path(bad).is_err(), "{bad:?} was accepted");
         }
+    }
+
+    #[test]
+    fn single_file_names_only() {
+        assert_eq!(
+            safe_file_name("0a1b_m01b9xk_1234abcd.png").unwrap(),
+            "0a1b_m01b9xk_1234abcd.png"
+        );
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden.png",
+            "a/b.png",
+            "../b.png",
+            "/etc/passwd",
+            "a\\b.png",
+            "C:x.png",
+            "a\0b.png",
+            "a\nb.png",
+        ] {
+            assert!(safe_file_name(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert!(safe_file_name(&"a".repeat(MAX_FILE_NAME_BYTES + 1)).is_err());
+        let root = tempfile::tempdir().unwrap();
+        assert_eq!(
+            join_file_name(root.path(), "x.png").unwrap(),
+            root.path().join("x.png")
+        );
+        assert!(join_file_name(root.path(), "../x.png").is_err());
     }
 
     #[cfg(unix)]

@@ -198,16 +198,27 @@ impl Bars {
     }
 }
 
-/// Prints a summary.
+/// Prints a summary ([`summary_text`]).
 pub fn print_summary(s: &DownloadSummary) {
+    print!("{}", summary_text(s));
+}
+
+/// The summary of a download as lines of text: classes, counts, bytes, and what was left out
+/// by reason (at most 20 ids each, escaped as the failures hold them).
+pub fn summary_text(s: &DownloadSummary) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
     let names: Vec<&str> = s.classes.iter().map(|(_, n)| n.as_str()).collect();
-    println!("classes: {}", names.join(", "));
-    println!(
+    writeln!(out, "classes: {}", names.join(", ")).ok();
+    writeln!(
+        out,
         "images: {} selected, {} already in the project, {} added; instances added: {}",
         s.selected, s.already_present, s.images_added, s.instances_added
-    );
+    )
+    .ok();
     let b = &s.bytes;
-    println!(
+    writeln!(
+        out,
         "transferred {}: index {}, metadata {}, masks {} by range reads{}, images {}",
         human_bytes(b.total()),
         human_bytes(b.index_bytes),
@@ -219,13 +230,16 @@ pub fn print_summary(s: &DownloadSummary) {
             String::new()
         },
         human_bytes(b.image_bytes),
-    );
+    )
+    .ok();
     if b.shard_sizes > 0 {
-        println!(
+        writeln!(
+            out,
             "mask shards touched: {} (range reads fetched {:.2} % of that)",
             human_bytes(b.shard_sizes),
             100.0 * (b.mask_range_bytes + b.mask_shard_bytes) as f64 / b.shard_sizes as f64
-        );
+        )
+        .ok();
     }
     for (kind, ids) in s.failures_by_kind() {
         let shown: Vec<&str> = ids.iter().take(20).copied().collect();
@@ -234,16 +248,23 @@ pub fn print_summary(s: &DownloadSummary) {
         } else {
             String::new()
         };
-        println!(
+        writeln!(
+            out,
             "left out, {} ({}): {}{more}",
             kind.as_str(),
             ids.len(),
             shown.join(", ")
-        );
+        )
+        .ok();
     }
     if s.cancelled {
-        println!("cancelled: what was committed stays; run the same command again to resume");
+        writeln!(
+            out,
+            "cancelled: what was committed stays; run the same command again to resume"
+        )
+        .ok();
     }
+    out
 }
 
 /// Runs `maskstudio download`; `cache_dir` is the Open Images cache (e.g.

@@ -132,6 +132,9 @@ pub enum FailureKind {
     MaskCorrupt,
     /// A mask with no foreground pixels at image size (skipped).
     EmptyMask,
+    /// A `MaskPath` that is not a plain Open Images mask name (`../x`, `/home/u/x`, ...):
+    /// never joined onto a folder, so nothing outside the cache is read, written or deleted.
+    UnsafeMaskPath,
     /// The project refused the image.
     Import,
 }
@@ -146,6 +149,7 @@ impl FailureKind {
             FailureKind::MaskMissing => "mask missing",
             FailureKind::MaskCorrupt => "mask corrupt",
             FailureKind::EmptyMask => "empty mask",
+            FailureKind::UnsafeMaskPath => super::UNSAFE_MASK_PATH,
             FailureKind::Import => "import",
         }
     }
@@ -318,6 +322,13 @@ pub(crate) fn ensure_split_index(
             stats.bad_rows
         )));
     }
+    if stats.unsafe_mask_paths > 0 {
+        events(DownloadEvent::Warning(format!(
+            "{key}: refused {} rows whose MaskPath is not a plain mask file name ({})",
+            stats.unsafe_mask_paths,
+            super::UNSAFE_MASK_PATH
+        )));
+    }
     log::info!("{key}: indexed {} masks", stats.rows);
     Ok(())
 }
@@ -466,10 +477,13 @@ fn build(
     let clicks_csv = ctx.cfg.file_path(&p.split.segmentation_csv());
     let mut instances = Vec::new();
     for m in &p.masks {
-        let mask_file = masks::staged_mask(ctx.cfg, p.split, &m.mask_path);
+        // An unsafe name or a missing file: the mask phase already recorded the failure.
+        let Ok(mask_file) = masks::staged_mask(ctx.cfg, p.split, &m.mask_path) else {
+            continue;
+        };
         let Ok(bytes) = std::fs::read(&mask_file) else {
             continue;
-        }; // failure already recorded
+        };
         staged.push(mask_file);
         let gray = match decode_png(&bytes) {
             Ok(g) => rotate_ccw(&g, deg),
@@ -714,6 +728,16 @@ fn run(
             if req.only_matching {
                 masks.retain(|m| wanted_classes.contains(&m.class));
             }
+            // Rows the index refused (MaskPath not a plain mask name): reported, never fetched.
+            for (class, mask_path, reason) in index.rejected_masks(split, id)? {
+                if !req.only_matching || wanted_classes.contains(&class) {
+                    summary.failures.push(Failure {
+                        kind: FailureKind::UnsafeMaskPath,
+                        id: mask_path,
+                        message: reason,
+                    });
+                }
+            }
             pending.push(Pending { split, id, masks });
         }
     }
@@ -887,7 +911,9 @@ fn run(
                 if matches!(kind, FailureKind::NotFound | FailureKind::CorruptImage) {
                     index.record_failure(job.split, job.id, kind.as_str(), &message)?;
                     for m in &by_key[&(job.split, job.id)].masks {
-                        std::fs::remove_file(masks::staged_mask(cfg, job.split, &m.mask_path)).ok();
+                        if let Ok(staged) = masks::staged_mask(cfg, job.split, &m.mask_path) {
+                            std::fs::remove_file(staged).ok();
+                        }
                     }
                 }
                 events(DownloadEvent::Warning(format!(

@@ -103,6 +103,7 @@ impl Http {
         url: &str,
         head: bool,
         range: Option<String>,
+        if_range: Option<&str>,
     ) -> Result<ureq::http::Response<ureq::Body>, Failed> {
         let result = if head {
             self.agent.head(url).call()
@@ -110,6 +111,9 @@ impl Http {
             let mut req = self.agent.get(url);
             if let Some(r) = range {
                 req = req.header("Range", r);
+                if let Some(v) = if_range {
+                    req = req.header("If-Range", v);
+                }
             }
             req.call()
         };
@@ -136,7 +140,7 @@ impl Http {
     /// `HEAD url`: length and ETag.
     pub(crate) fn head(&self, url: &str, cancel: &CancelToken) -> Result<Head, Error> {
         self.retry(url, cancel, || {
-            let resp = self.send(url, true, None)?;
+            let resp = self.send(url, true, None, None)?;
             Ok(Some(Head {
                 len: header(&resp, "content-length").and_then(|v| v.parse().ok()),
                 etag: header(&resp, "etag"),
@@ -158,7 +162,7 @@ impl Http {
         }
         let end = start + len - 1;
         self.retry(url, cancel, || {
-            let resp = self.send(url, false, Some(format!("bytes={start}-{end}")))?;
+            let resp = self.send(url, false, Some(format!("bytes={start}-{end}")), None)?;
             match resp.status().as_u16() {
                 200 => return Ok(Some(RangeReply::Ignored)),
                 206 => {}
@@ -211,6 +215,12 @@ impl Http {
     /// Downloads `url` to `dest` through `dest.part`, resuming a partial file with
     /// `Range: bytes=N-` and renaming it when complete (length checked against the server's).
     /// `progress` gets (bytes on disk, total when known). Returns the file size.
+    ///
+    /// A resume never splices two versions of the object: when the `.part` file is started, the
+    /// response's validator (strong ETag, else Last-Modified) is written next to it
+    /// ([`validator_path`]), and a resume sends it as `If-Range`; a server whose object changed
+    /// answers 200 with the whole new body, which restarts the file from zero. A `.part` without
+    /// a recorded validator is started over rather than resumed.
     pub(crate) fn download_file(
         &self,
         url: &str,
@@ -227,10 +237,22 @@ impl Http {
             let p = p.to_path_buf();
             move |e: std::io::Error| Failed::Fatal(Error::Io { path: p, source: e })
         };
+        let sidecar = validator_path(&part);
         let total = self.retry(url, cancel, || {
-            let have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+            let mut have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+            let validator = if have > 0 {
+                read_validator(&sidecar)
+            } else {
+                None
+            };
+            if have > 0 && validator.is_none() {
+                // Nothing says these bytes are the object the server has now: start over.
+                log::debug!("{url}: partial file without a validator; starting over");
+                std::fs::remove_file(&part).map_err(fatal_io(&part))?;
+                have = 0;
+            }
             let range = (have > 0).then(|| format!("bytes={have}-"));
-            let resp = self.send(url, false, range)?;
+            let resp = self.send(url, false, range, validator.as_deref())?;
             let status = resp.status().as_u16();
             let (mut file, offset, total) = match status {
                 206 => {
@@ -263,6 +285,15 @@ impl Http {
                     ));
                 }
                 _ => {
+                    // The whole object (fresh, or changed since the `.part` began): the file
+                    // restarts from zero, and the validator of these bytes is recorded first.
+                    if have > 0 {
+                        log::debug!("{url}: 200 to a resume; the object changed, starting over");
+                    }
+                    match response_validator(&resp) {
+                        Some(v) => write_validator(&sidecar, &v).map_err(fatal_io(&sidecar))?,
+                        None => remove_if_present(&sidecar).map_err(fatal_io(&sidecar))?,
+                    }
                     let f = std::fs::File::create(&part).map_err(fatal_io(&part))?;
                     let len = header(&resp, "content-length").and_then(|v| v.parse::<u64>().ok());
                     (f, 0, len)
@@ -316,7 +347,54 @@ impl Http {
             }
         })?;
         std::fs::rename(&part, dest).map_err(Error::io(dest))?;
+        remove_if_present(&sidecar).map_err(Error::io(&sidecar))?;
         Ok(total)
+    }
+}
+
+/// Longest validator kept (real ETags are tens of bytes, HTTP dates 29).
+const MAX_VALIDATOR_BYTES: usize = 256;
+
+/// `file.ext.part` → `file.ext.part.validator`: the ETag or Last-Modified of the response the
+/// part file's bytes came from, sent as `If-Range` on resume.
+pub(crate) fn validator_path(part: &Path) -> PathBuf {
+    let mut name = part
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".validator");
+    part.with_file_name(name)
+}
+
+/// A header value fit to send back: visible ASCII and spaces, bounded.
+fn usable_validator(v: &str) -> bool {
+    !v.is_empty() && v.len() <= MAX_VALIDATOR_BYTES && v.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
+/// The validator of a response for `If-Range`: a strong ETag (weak ones may not be used there,
+/// RFC 9110 §13.1.5), else Last-Modified.
+fn response_validator(resp: &ureq::http::Response<ureq::Body>) -> Option<String> {
+    header(resp, "etag")
+        .filter(|e| !e.starts_with("W/") && usable_validator(e))
+        .or_else(|| header(resp, "last-modified").filter(|v| usable_validator(v)))
+}
+
+fn read_validator(sidecar: &Path) -> Option<String> {
+    let bytes = std::fs::read(sidecar).ok()?;
+    let v = std::str::from_utf8(&bytes).ok()?.trim();
+    usable_validator(v).then(|| v.to_owned())
+}
+
+fn write_validator(sidecar: &Path, v: &str) -> std::io::Result<()> {
+    let mut f = std::fs::File::create(sidecar)?;
+    f.write_all(v.as_bytes())?;
+    f.sync_all()
+}
+
+fn remove_if_present(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -384,5 +462,24 @@ mod tests {
             part_path(Path::new("/a/b.csv")),
             PathBuf::from("/a/b.csv.part")
         );
+        assert_eq!(
+            validator_path(Path::new("/a/b.csv.part")),
+            PathBuf::from("/a/b.csv.part.validator")
+        );
+    }
+
+    #[test]
+    fn validators_round_trip_and_bad_ones_are_not_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let side = dir.path().join("x.part.validator");
+        assert_eq!(read_validator(&side), None);
+        write_validator(&side, "\"abc123\"").unwrap();
+        assert_eq!(read_validator(&side).as_deref(), Some("\"abc123\""));
+        std::fs::write(&side, b"\"a\"\r\nX-Evil: 1").unwrap();
+        assert_eq!(read_validator(&side), None);
+        std::fs::write(&side, vec![b'a'; MAX_VALIDATOR_BYTES + 1]).unwrap();
+        assert_eq!(read_validator(&side), None);
+        remove_if_present(&side).unwrap();
+        remove_if_present(&side).unwrap();
     }
 }

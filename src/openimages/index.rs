@@ -21,6 +21,10 @@ pub const INDEX_FILE: &str = "index.sqlite";
 /// Exact header of the segmentation CSVs.
 pub const SEGMENTATION_HEADER: &str =
     "MaskPath,ImageID,LabelName,BoxID,BoxXMin,BoxXMax,BoxYMin,BoxYMax,PredictedIoU,Clicks";
+/// Longest line accepted in a segmentation CSV (the parser's whole buffer). Real rows are about
+/// 300 bytes (train, with Clicks); a longer "line" is a broken or hostile file and stops the
+/// parse instead of growing the buffer without bound.
+pub const MAX_LINE_BYTES: usize = 4 << 20;
 /// Rows per batch sent from the parser thread to the SQLite writer.
 const BATCH_ROWS: usize = 16_384;
 /// Files larger than this drop and rebuild the mask indexes around the bulk insert.
@@ -85,6 +89,14 @@ CREATE TABLE IF NOT EXISTS image_failures (
     PRIMARY KEY (split, image)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rejected_masks (
+    split     INTEGER NOT NULL,
+    image     INTEGER NOT NULL,
+    class     INTEGER NOT NULL,
+    mask_path TEXT NOT NULL,          -- escaped and cut (shown, never used as a path)
+    reason    TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rejected_masks_image ON rejected_masks(split, image);
 "#;
 
 /// One mask of the index.
@@ -134,6 +146,10 @@ pub struct LoadStats {
     pub bad_rows: u64,
     /// Rows that needed the quote-aware slow path.
     pub quoted_rows: u64,
+    /// Rows refused because their MaskPath is not a plain Open Images mask name
+    /// ([`super::check_mask_name`]); kept aside and reported as failures when their image is
+    /// selected.
+    pub unsafe_mask_paths: u64,
 }
 
 /// The cache index.
@@ -240,6 +256,7 @@ impl Index {
             let tx = self.conn.transaction()?;
             tx.execute("DELETE FROM masks WHERE split = ?1", [code])?;
             tx.execute("DELETE FROM counts WHERE split = ?1", [code])?;
+            tx.execute("DELETE FROM rejected_masks WHERE split = ?1", [code])?;
             tx.execute(
                 "DELETE FROM files WHERE key = ?1",
                 [split.segmentation_csv()],
@@ -257,6 +274,10 @@ impl Index {
                                         clicks_at, clicks_len, mask_path)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 )?;
+                let mut reject = tx.prepare(
+                    "INSERT INTO rejected_masks (split, image, class, mask_path, reason)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
                 for batch in rx.iter() {
                     if cancel.is_cancelled() {
                         return Err(Error::Cancelled);
@@ -265,6 +286,16 @@ impl Index {
                         class_map.push(Index::class_id(&tx, mid)?);
                     }
                     for r in &batch.rows {
+                        if let Some(reason) = &r.rejected {
+                            reject.execute(params![
+                                code,
+                                r.image as i64,
+                                class_map[r.class as usize],
+                                r.mask_path.as_deref().unwrap_or(""),
+                                reason,
+                            ])?;
+                            continue;
+                        }
                         insert.execute(params![
                             code,
                             r.image as i64,
@@ -352,6 +383,23 @@ impl Index {
                 predicted_iou: r.get(6)?,
                 clicks: at.zip(len).map(|(a, l)| (a as u64, l as u64)),
             })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Masks of one image that the index refused (unsafe MaskPath): (class, MaskPath as shown,
+    /// reason).
+    pub(crate) fn rejected_masks(
+        &self,
+        split: Split,
+        image: u64,
+    ) -> Result<Vec<(i64, String, String)>, Error> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT class, mask_path, reason FROM rejected_masks
+             WHERE split = ?1 AND image = ?2 ORDER BY rowid",
+        )?;
+        let rows = stmt.query_map(params![split.code(), image as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -563,7 +611,10 @@ struct Rec {
     iou: Option<f64>,
     clicks_at: Option<u64>,
     clicks_len: Option<u32>,
+    /// MaskPath when not canonical; for a refused row, the MaskPath as shown.
     mask_path: Option<String>,
+    /// Why the row's MaskPath was refused (the row goes to `rejected_masks`).
+    rejected: Option<String>,
 }
 
 struct Batch {
@@ -586,12 +637,16 @@ fn parse_to_batches(
         bytes: 0,
     };
     let mut bad = 0u64;
+    let mut refused = 0u64;
     let mut stopped = false;
     let mut stats = parse_segmentation_csv(file, name, cancel, &mut |row| {
         let Some(rec) = to_rec(row, &mut mids, &mut batch.new_mids) else {
             bad += 1;
             return Ok(());
         };
+        if rec.rejected.is_some() {
+            refused += 1;
+        }
         batch.rows.push(rec);
         if batch.rows.len() >= BATCH_ROWS {
             let full = std::mem::replace(
@@ -620,11 +675,19 @@ fn parse_to_batches(
     tx.send(batch).map_err(|_| Error::Cancelled)?;
     stats.bad_rows += bad;
     stats.rows -= bad.min(stats.rows);
+    stats.unsafe_mask_paths = refused;
+    stats.rows -= refused.min(stats.rows);
     Ok(stats)
 }
 
+/// A finite number (NaN and infinities would reach SQLite as NULL and break later reads).
 fn parse_f64(b: &[u8]) -> Option<f64> {
-    std::str::from_utf8(b).ok()?.trim().parse().ok()
+    std::str::from_utf8(b)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|v: &f64| v.is_finite())
 }
 
 fn to_rec(
@@ -655,6 +718,26 @@ fn to_rec(
     } else {
         parse_f64(row.predicted_iou)
     };
+    let rejected = match std::str::from_utf8(row.mask_path) {
+        Ok(p) => super::check_mask_name(p).err(),
+        Err(_) => Some(format!(
+            "MaskPath \"{}\" is not UTF-8",
+            super::shown_mask_path(row.mask_path)
+        )),
+    };
+    if let Some(reason) = rejected {
+        return Some(Rec {
+            image,
+            class,
+            box_id,
+            bbox,
+            iou,
+            clicks_at: None,
+            clicks_len: None,
+            mask_path: Some(super::shown_mask_path(row.mask_path)),
+            rejected: Some(reason),
+        });
+    }
     let canonical = is_canonical_mask_path(row);
     Some(Rec {
         image,
@@ -666,6 +749,7 @@ fn to_rec(
         clicks_len: (!row.clicks.is_empty() && row.clicks_offset > 0)
             .then_some(row.clicks.len() as u32),
         mask_path: (!canonical).then(|| String::from_utf8_lossy(row.mask_path).into_owned()),
+        rejected: None,
     })
 }
 
@@ -800,7 +884,7 @@ pub fn parse_segmentation_csv<R: Read>(
     cancel: &CancelToken,
     f: &mut dyn FnMut(&SegmentationRow<'_>) -> Result<(), Error>,
 ) -> Result<LoadStats, Error> {
-    let mut buf = vec![0u8; 4 << 20];
+    let mut buf = vec![0u8; MAX_LINE_BYTES];
     let mut filled = 0usize;
     let mut base = 0u64; // file offset of buf[0]
     let mut stats = LoadStats::default();
@@ -811,7 +895,14 @@ pub fn parse_segmentation_csv<R: Read>(
             return Err(Error::Cancelled);
         }
         if filled == buf.len() {
-            buf.resize(buf.len() * 2, 0); // a line longer than the buffer
+            // The buffer holds no newline at all: one line longer than the cap.
+            return Err(Error::Format {
+                file: name.to_owned(),
+                message: format!(
+                    "line at byte {base} is longer than {} MiB; not a segmentation CSV",
+                    MAX_LINE_BYTES >> 20
+                ),
+            });
         }
         let n = loop {
             match reader.read(&mut buf[filled..]) {
@@ -922,7 +1013,7 @@ mod tests {
     const SAMPLE: &str = "MaskPath,ImageID,LabelName,BoxID,BoxXMin,BoxXMax,BoxYMin,BoxYMax,PredictedIoU,Clicks\n\
 677c122b0eaa5d16_m04yx4_9a041d52.png,677c122b0eaa5d16,/m/04yx4,9a041d52,0.8875,0.960938,0.454167,0.720833,0.86864,0.95498 0.65197 1;0.89370 0.56579 1\n\
 05529ae018130c68_m09j2d_b1115fd0.png,05529ae018130c68,/m/09j2d,b1115fd0,0.086875,0.254375,0.504708,0.79096,,\r\n\
-\"0552_x.png\",05529ae018130c68,/m/09j2d,00000001,0.1,0.2,0.3,0.4,,\n\
+\"05529ae018130c68_mx_00000001.png\",05529ae018130c68,/m/09j2d,00000001,0.1,0.2,0.3,0.4,,\n\
 bad,zz,/m/1,1,1,1,1,1,,\n\
 96e7ee70b428a54e_m04yx4_05580497.png,96e7ee70b428a54e,/m/04yx4,05580497,0.45625,0.603125,0.222013,0.903104,0.5585,0.52271 0.46625 0";
 
@@ -950,7 +1041,7 @@ bad,zz,/m/1,1,1,1,1,1,,\n\
         let off = rows[0].2 as usize;
         assert_eq!(&SAMPLE[off..off + rows[0].1.len()], rows[0].1);
         assert!(rows[0].3 && rows[1].3 && !rows[2].3);
-        assert_eq!(rows[2].0, "0552_x.png");
+        assert_eq!(rows[2].0, "05529ae018130c68_mx_00000001.png");
         assert_eq!(rows[4].1, "0.52271 0.46625 0");
     }
 
@@ -983,6 +1074,80 @@ bad,zz,/m/1,1,1,1,1,1,,\n\
         })
         .unwrap();
         assert_eq!(offs, offs2);
+    }
+
+    #[test]
+    fn unsafe_mask_paths_are_refused_counted_and_kept_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("v.csv");
+        let rows = [
+            "../../../../home/u/thesis.tex",
+            "/home/u/abs.png",
+            "05529ae018130c68_m09j2d_0000000a.png/../../x.png",
+            ".05529ae018130c68_m09j2d_0000000b.png",
+            "05529ae018130c68_m0..2d_0000000c.png",
+            "\"05529ae018130c68_m09j2d_0000000d.png\0\"",
+        ];
+        let mut text = String::from(SEGMENTATION_HEADER);
+        text.push('\n');
+        text.push_str(
+            "05529ae018130c68_m09j2d_b1115fd0.png,05529ae018130c68,/m/09j2d,b1115fd0,0.1,0.2,0.3,0.4,,\n",
+        );
+        for (i, p) in rows.iter().enumerate() {
+            text.push_str(&format!(
+                "{p},05529ae018130c68,/m/09j2d,0000000{i},0.1,0.2,0.3,0.4,,\n"
+            ));
+        }
+        // Not finite: a malformed row, not a NULL in the index.
+        text.push_str("05529ae018130c68_m09j2d_00000009.png,05529ae018130c68,/m/09j2d,00000009,NaN,0.2,0.3,inf,,\n");
+        std::fs::write(&csv, text).unwrap();
+        let mut index = Index::open(dir.path()).unwrap();
+        let stats = index
+            .load_segmentations(
+                Split::Validation,
+                &csv,
+                "u",
+                None,
+                &CancelToken::default(),
+                &mut |_, _| {},
+            )
+            .unwrap();
+        assert_eq!(stats.rows, 1);
+        assert_eq!(stats.unsafe_mask_paths, rows.len() as u64);
+        assert_eq!(stats.bad_rows, 1);
+        let masks = index
+            .image_masks(Split::Validation, 0x05529ae018130c68)
+            .unwrap();
+        assert_eq!(masks.len(), 1);
+        assert_eq!(masks[0].mask_path, "05529ae018130c68_m09j2d_b1115fd0.png");
+        let refused = index
+            .rejected_masks(Split::Validation, 0x05529ae018130c68)
+            .unwrap();
+        assert_eq!(refused.len(), rows.len());
+        assert_eq!(refused[0].1, "../../../../home/u/thesis.tex");
+        assert_eq!(refused[5].1, "05529ae018130c68_m09j2d_0000000d.png\\0");
+        assert!(refused.iter().all(|r| r.2.contains("MaskPath")));
+    }
+
+    #[test]
+    fn a_line_longer_than_the_cap_is_an_error_not_a_bigger_buffer() {
+        struct Endless(u64);
+        impl Read for Endless {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = (buf.len() as u64).min(self.0) as usize;
+                buf[..n].fill(b'a');
+                self.0 -= n as u64;
+                Ok(n)
+            }
+        }
+        let mut data = SEGMENTATION_HEADER.as_bytes().to_vec();
+        data.push(b'\n');
+        let reader = data.as_slice().chain(Endless(3 * MAX_LINE_BYTES as u64));
+        let err = parse_segmentation_csv(reader, "long", &CancelToken::default(), &mut |_| Ok(()));
+        assert!(
+            matches!(&err, Err(Error::Format { message, .. }) if message.contains("longer than")),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -1022,7 +1187,7 @@ bad,zz,/m/1,1,1,1,1,1,,\n\
             .image_masks(Split::Validation, 0x05529ae018130c68)
             .unwrap();
         assert_eq!(masks.len(), 2);
-        assert_eq!(masks[0].mask_path, "0552_x.png");
+        assert_eq!(masks[0].mask_path, "05529ae018130c68_mx_00000001.png");
         assert_eq!(masks[1].mask_path, "05529ae018130c68_m09j2d_b1115fd0.png");
         let m = &index
             .image_masks(Split::Validation, 0x677c122b0eaa5d16)

@@ -32,9 +32,23 @@ pub(crate) struct MaskFailure {
     pub message: String,
 }
 
-/// Where a staged mask lives.
-pub(crate) fn staged_mask(cfg: &Config, split: Split, mask_path: &str) -> PathBuf {
-    cfg.staging_dir(split).join("masks").join(mask_path)
+/// Where a staged mask lives. The name is checked again here, where it becomes a path (the
+/// index refuses such rows too, but an index built by an older version may hold them): it must
+/// be a plain Open Images mask name ([`super::check_mask_name`]) and, if the file exists, really
+/// inside the staging folder (no symlink out). `Err` is the reason, for an
+/// [`FailureKind::UnsafeMaskPath`] failure.
+pub(crate) fn staged_mask(cfg: &Config, split: Split, mask_path: &str) -> Result<PathBuf, String> {
+    super::check_mask_name(mask_path)?;
+    crate::dataset::paths::join_file_name(&cfg.staging_dir(split).join("masks"), mask_path)
+        .map_err(|e| e.to_string())
+}
+
+fn unsafe_failure(mask_path: &str, message: String) -> MaskFailure {
+    MaskFailure {
+        mask_path: super::shown_mask_path(mask_path.as_bytes()),
+        kind: FailureKind::UnsafeMaskPath,
+        message,
+    }
 }
 
 struct HttpSource<'a> {
@@ -132,18 +146,52 @@ fn extract_all(
             }),
         }
     }
-    let spans: Vec<(u64, u64)> = found.iter().map(|e| dir.span(e)).collect();
+    // Entries whose record cannot be where the directory says (too big, past the end,
+    // overflowing) are failures of their own, never reads.
+    let mut placed = Vec::new();
+    let mut spans: Vec<(u64, u64)> = Vec::new();
+    for e in found {
+        match dir.span(e) {
+            Ok(span) => {
+                placed.push(e);
+                spans.push(span);
+            }
+            Err(err) => {
+                failures.push(MaskFailure {
+                    mask_path: e.name.clone(),
+                    kind: FailureKind::MaskCorrupt,
+                    message: err.to_string(),
+                });
+                on_done(1);
+            }
+        }
+    }
     for (start, end, members) in zip::coalesce(&spans, cfg.coalesce_gap, cfg.max_range_bytes) {
         if cancel.is_cancelled() {
             return Err(Error::Cancelled);
         }
         let bytes = src.read_at(start, end - start)?;
         for &i in &members {
-            let entry = found[i];
+            let entry = placed[i];
             let (s, e) = spans[i];
-            let record = &bytes[(s - start) as usize..((e - start) as usize).min(bytes.len())];
+            // Spans lie inside [start, end); a short read leaves a short (or empty) record,
+            // which `extract` refuses.
+            let from = usize::try_from(s - start)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len());
+            let to = usize::try_from(e - start)
+                .unwrap_or(usize::MAX)
+                .clamp(from, bytes.len());
+            let record = &bytes[from..to];
+            let dest = match staged_mask(cfg, split, &entry.name) {
+                Ok(dest) => dest,
+                Err(message) => {
+                    failures.push(unsafe_failure(&entry.name, message));
+                    continue;
+                }
+            };
             match zip::extract(record, entry, &src.name()) {
-                Ok(png) => write_atomic(&staged_mask(cfg, split, &entry.name), &png)?,
+                Ok(png) => write_atomic(&dest, &png)?,
                 Err(err) => failures.push(MaskFailure {
                     mask_path: entry.name.clone(),
                     kind: FailureKind::MaskCorrupt,
@@ -169,13 +217,18 @@ pub(crate) fn fetch_shard(
     counters: &MaskCounters,
     on_done: &mut dyn FnMut(usize),
 ) -> Result<Vec<MaskFailure>, Error> {
-    let todo: Vec<String> = wanted
-        .iter()
-        .filter(|m| !staged_mask(cfg, split, m).is_file())
-        .cloned()
-        .collect();
-    on_done(wanted.len() - todo.len());
     let mut failures = Vec::new();
+    let mut todo: Vec<String> = Vec::new();
+    for m in wanted {
+        match staged_mask(cfg, split, m) {
+            Ok(path) if path.is_file() => on_done(1),
+            Ok(_) => todo.push(m.clone()),
+            Err(message) => {
+                failures.push(unsafe_failure(m, message));
+                on_done(1);
+            }
+        }
+    }
     if todo.is_empty() {
         return Ok(failures);
     }
@@ -229,7 +282,7 @@ pub(crate) fn fetch_shard(
                 Err(e) if !src.ignored.load(Ordering::Relaxed) => return Err(e),
                 Err(_) => {
                     log::warn!("{url}: the server ignores Range; downloading the whole shard");
-                    failures.clear();
+                    failures.retain(|f| f.kind == FailureKind::UnsafeMaskPath);
                 }
             }
         }
@@ -242,7 +295,7 @@ pub(crate) fn fetch_shard(
     }
     let todo: Vec<String> = todo
         .into_iter()
-        .filter(|m| !staged_mask(cfg, split, m).is_file())
+        .filter(|m| staged_mask(cfg, split, m).is_ok_and(|p| !p.is_file()))
         .collect();
     let src = FileSource::open(&whole)?;
     let (dir, _) = CentralDirectory::read(&src)?;

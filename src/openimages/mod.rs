@@ -164,3 +164,62 @@ pub(crate) fn mask_file_name(image: u64, mid: &str, box_id: &str) -> String {
         box_id
     )
 }
+
+/// Failure reason of a `MaskPath` that is not a plain Open Images mask name.
+pub const UNSAFE_MASK_PATH: &str = "unsafe mask path";
+
+/// Longest `MaskPath` shown in a failure (longer names are cut; all are escaped).
+const SHOWN_MASK_PATH_CHARS: usize = 200;
+
+/// Checks a `MaskPath` (from a segmentation CSV, the index, or about to be joined onto the
+/// staging folder): it must be one plain file name ([`crate::dataset::paths::safe_file_name`]:
+/// no `/`, `\`, NUL or control character, no leading `.`) of the Open Images form
+/// `{ImageID}_{LabelName without '/'}_{BoxID}.png` (16 and 8 hex digits; the label part ASCII
+/// letters, digits and `_`, e.g. `0a9e4fa5b0806fc2_m0663v_2aa2bf3a.png`). Anything else is
+/// refused with the reason, so a mirror's CSV can never name a file outside the staging folder.
+pub fn check_mask_name(name: &str) -> Result<(), String> {
+    let refuse = |why: &str| {
+        Err(format!(
+            "MaskPath \"{}\" {why}",
+            shown_mask_path(name.as_bytes())
+        ))
+    };
+    if let Err(e) = crate::dataset::paths::safe_file_name(name) {
+        return refuse(&format!("is refused: {e}"));
+    }
+    let form = "is not an Open Images mask name ({ImageID}_{label}_{BoxID}.png)";
+    let Some(stem) = name.strip_suffix(".png") else {
+        return refuse(form);
+    };
+    let b = stem.as_bytes();
+    // 16 hex + '_' + at least one label byte + '_' + 8 hex.
+    if b.len() < 16 + 1 + 1 + 1 + 8 {
+        return refuse(form);
+    }
+    let (id, rest) = b.split_at(16);
+    let (middle, box_id) = rest.split_at(rest.len() - 8);
+    let label_ok =
+        |l: &[u8]| !l.is_empty() && l.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'_');
+    let ok = parse_image_id(id).is_some()
+        && parse_hex(box_id).is_some()
+        && middle.first() == Some(&b'_')
+        && middle.last() == Some(&b'_')
+        && middle.len() >= 3
+        && label_ok(&middle[1..middle.len() - 1]);
+    if ok { Ok(()) } else { refuse(form) }
+}
+
+/// A `MaskPath` for messages and failure lists: escaped (no control characters reach a terminal
+/// or the GUI) and cut to [`SHOWN_MASK_PATH_CHARS`].
+pub(crate) fn shown_mask_path(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    let mut out: String = text
+        .chars()
+        .take(SHOWN_MASK_PATH_CHARS)
+        .flat_map(char::escape_debug)
+        .collect();
+    if text.chars().count() > SHOWN_MASK_PATH_CHARS {
+        out.push('…');
+    }
+    out
+}

@@ -18,6 +18,20 @@ const LOCAL_SIG: u32 = 0x0403_4b50;
 pub const TAIL_BYTES: u64 = 65_536 + 22 + 20;
 /// The first, small tail read (enough when the archive has no comment).
 const SMALL_TAIL_BYTES: u64 = 1_024;
+/// Largest entry (compressed or uncompressed) that is read or inflated. A mask PNG is small: a
+/// real 1-bit 1600 px mask is 2–3 KB, and even an 8-bit, uncompressed 4096 × 4096 PNG is 16 MiB.
+/// Anything claiming more is a broken or hostile shard, refused before any byte is inflated (a
+/// 4 GiB claim must not mean a 4 GiB buffer).
+pub const MAX_ENTRY_BYTES: u64 = 64 << 20;
+/// Largest central directory read. The biggest real shard (`train-masks-0`, about 230 k
+/// entries of about 100 bytes) has a directory of about 25 MB; five times that is still a
+/// mask shard, more is not.
+pub const MAX_CENTRAL_DIR_BYTES: u64 = 128 << 20;
+/// Size of a central header without its variable fields (so a directory of `n` bytes holds at
+/// most `n / 46` entries, whatever the end record claims).
+const CENTRAL_HEADER_BYTES: u64 = 46;
+/// Size of a local header without its variable fields.
+const LOCAL_HEADER_BYTES: u64 = 30;
 
 /// Random access to an archive's bytes (an HTTP object via Range, or a local file).
 pub trait RangeSource {
@@ -59,11 +73,15 @@ impl RangeSource for FileSource {
     }
     fn read_at(&self, start: u64, len: u64) -> Result<Vec<u8>, Error> {
         let len = len.min(self.len.saturating_sub(start));
+        let len = usize::try_from(len).map_err(|_| Error::Zip {
+            url: self.name(),
+            message: format!("read of {len} bytes does not fit in memory"),
+        })?;
         let mut file = self.file.lock().map_err(|_| Error::Zip {
             url: self.name(),
             message: "file lock poisoned".into(),
         })?;
-        let mut out = vec![0u8; len as usize];
+        let mut out = vec![0u8; len];
         file.seek(SeekFrom::Start(start))
             .map_err(Error::io(&self.path))?;
         file.read_exact(&mut out).map_err(Error::io(&self.path))?;
@@ -79,9 +97,12 @@ impl RangeSource for Vec<u8> {
         Vec::len(self) as u64
     }
     fn read_at(&self, start: u64, len: u64) -> Result<Vec<u8>, Error> {
-        let s = (start as usize).min(Vec::len(self));
-        let e = (start.saturating_add(len) as usize).min(Vec::len(self));
-        Ok(self[s..e].to_vec())
+        let n = Vec::len(self);
+        let s = usize::try_from(start).unwrap_or(usize::MAX).min(n);
+        let e = usize::try_from(start.saturating_add(len))
+            .unwrap_or(usize::MAX)
+            .min(n);
+        Ok(self[s..e.max(s)].to_vec())
     }
     fn name(&self) -> String {
         "<memory>".into()
@@ -130,6 +151,8 @@ pub struct CentralDirectory {
     by_name: HashMap<String, usize>,
     /// Sorted local header offsets (to find where each entry's record ends).
     offsets: Vec<u64>,
+    /// The archive (URL or path), for error messages.
+    archive: String,
 }
 
 fn zerr(name: &str, message: impl Into<String>) -> Error {
@@ -196,11 +219,21 @@ pub fn locate(src: &dyn RangeSource) -> Result<DirLocation, Error> {
         });
     }
     let record_at = u64_at(&tail, pos - 20 + 8);
-    let record = if record_at >= tail_start && record_at + 56 <= tail_start + tail.len() as u64 {
-        let s = (record_at - tail_start) as usize;
-        tail[s..s + 56].to_vec()
-    } else {
+    let tail_end = tail_start.saturating_add(tail.len() as u64);
+    let in_tail =
+        record_at >= tail_start && record_at.checked_add(56).is_some_and(|e| e <= tail_end);
+    let record = if in_tail {
+        let s = usize::try_from(record_at - tail_start).unwrap_or(usize::MAX);
+        tail.get(s..s.saturating_add(56))
+            .unwrap_or_default()
+            .to_vec()
+    } else if record_at.checked_add(56).is_some_and(|e| e <= total) {
         src.read_at(record_at, 56)?
+    } else {
+        return Err(zerr(
+            &name,
+            format!("ZIP64 end record offset {record_at} lies past the end ({total} bytes)"),
+        ));
     };
     if record.len() < 56 || u32_at(&record, 0) != ZIP64_EOCD_SIG {
         return Err(zerr(
@@ -220,10 +253,29 @@ impl CentralDirectory {
     /// Reads and parses the central directory; also returns its raw bytes (to cache).
     pub fn read(src: &dyn RangeSource) -> Result<(Self, Vec<u8>), Error> {
         let location = locate(src)?;
-        if location.offset.saturating_add(location.size) > src.len() {
+        if location
+            .offset
+            .checked_add(location.size)
+            .is_none_or(|end| end > src.len())
+        {
             return Err(zerr(
                 &src.name(),
-                "central directory lies beyond the end of the file",
+                format!(
+                    "central directory ({} bytes at {}) lies beyond the end of the file ({} bytes)",
+                    location.size,
+                    location.offset,
+                    src.len()
+                ),
+            ));
+        }
+        if location.size > MAX_CENTRAL_DIR_BYTES {
+            return Err(zerr(
+                &src.name(),
+                format!(
+                    "central directory of {} bytes is over the {} MiB limit for a mask shard",
+                    location.size,
+                    MAX_CENTRAL_DIR_BYTES >> 20
+                ),
             ));
         }
         let raw = src.read_at(location.offset, location.size)?;
@@ -243,7 +295,18 @@ impl CentralDirectory {
                 ),
             ));
         }
-        let mut entries = Vec::with_capacity(location.entries.min(1 << 22) as usize);
+        // The count is only a claim: a directory of n bytes holds at most n / 46 entries.
+        let most = location.size / CENTRAL_HEADER_BYTES;
+        if location.entries > most {
+            return Err(zerr(
+                name,
+                format!(
+                    "end record claims {} entries; a {}-byte directory holds at most {most}",
+                    location.entries, location.size
+                ),
+            ));
+        }
+        let mut entries = Vec::with_capacity(usize::try_from(location.entries).unwrap_or(0));
         let mut at = 0usize;
         while at + 46 <= raw.len() {
             if u32_at(raw, at) != CENTRAL_SIG {
@@ -321,6 +384,7 @@ impl CentralDirectory {
             location,
             by_name,
             offsets,
+            archive: name.to_owned(),
         })
     }
 
@@ -330,43 +394,100 @@ impl CentralDirectory {
     }
 
     /// Byte span `[start, end)` of an entry's record (local header, data, descriptor): it ends
-    /// where the next record (or the central directory) begins.
-    pub fn span(&self, entry: &Entry) -> (u64, u64) {
+    /// where the next record (or the central directory) begins. Refuses (naming the archive and
+    /// the entry) an entry over [`MAX_ENTRY_BYTES`] or whose record would not lie before the
+    /// central directory; all offset arithmetic is checked.
+    pub fn span(&self, entry: &Entry) -> Result<(u64, u64), Error> {
+        let err = |m: String| zerr(&self.archive, format!("{}: {m}", entry.name));
+        check_sizes(entry).map_err(err)?;
         let start = entry.header_offset;
+        let data_limit = self.location.offset;
+        // The smallest record: local header, the name again, the data.
+        let min = start
+            .checked_add(LOCAL_HEADER_BYTES)
+            .and_then(|v| v.checked_add(entry.name.len() as u64))
+            .and_then(|v| v.checked_add(entry.compressed_size))
+            .filter(|&end| end <= data_limit)
+            .ok_or_else(|| {
+                err(format!(
+                    "local record at {start} with {} compressed bytes does not fit before the \
+                     central directory at {data_limit}",
+                    entry.compressed_size
+                ))
+            })?;
         let next = match self.offsets.binary_search(&start) {
             Ok(i) | Err(i) => self.offsets[i..].iter().copied().find(|&o| o > start),
         };
-        let natural = next.unwrap_or(self.location.offset).max(start);
+        let natural = next.unwrap_or(data_limit).clamp(start, data_limit);
         // Never more than the largest possible record (local name and extra ≤ 64 KiB each,
-        // data descriptor ≤ 24 bytes).
-        let cap = start + 30 + 2 * 65_535 + entry.compressed_size + 24;
-        let min = start + 30 + entry.name.len() as u64 + entry.compressed_size;
-        (start, natural.min(cap).max(min))
+        // data descriptor ≤ 24 bytes); `min` ≤ the directory offset, so no overflow below.
+        let cap = min.saturating_add(2 * 65_535 + 24);
+        Ok((start, natural.min(cap).max(min)))
     }
+}
+
+/// An entry's declared sizes against [`MAX_ENTRY_BYTES`].
+fn check_sizes(entry: &Entry) -> Result<(), String> {
+    for (what, v) in [
+        ("uncompressed", entry.size),
+        ("compressed", entry.compressed_size),
+    ] {
+        if v > MAX_ENTRY_BYTES {
+            return Err(format!(
+                "{what} size {v} is over the {} MiB limit for a mask entry",
+                MAX_ENTRY_BYTES >> 20
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Reads and decodes one entry (its record by one read, then [`extract`]).
+pub fn read_entry(
+    src: &dyn RangeSource,
+    dir: &CentralDirectory,
+    entry: &Entry,
+) -> Result<Vec<u8>, Error> {
+    let (start, end) = dir.span(entry)?;
+    let record = src.read_at(start, end - start)?;
+    extract(&record, entry, &src.name())
 }
 
 /// Decodes one entry from its record bytes (starting at the local header); checks the CRC.
 pub fn extract(record: &[u8], entry: &Entry, archive: &str) -> Result<Vec<u8>, Error> {
     let err = |m: String| zerr(archive, format!("{}: {m}", entry.name));
+    check_sizes(entry).map_err(err)?;
     if record.len() < 30 || u32_at(record, 0) != LOCAL_SIG {
         return Err(err("no local header at the directory's offset".into()));
     }
     if entry.flags & 1 != 0 {
         return Err(err("entry is encrypted".into()));
     }
-    let data_at = 30 + u16_at(record, 26) as usize + u16_at(record, 28) as usize;
+    let data_at = 30 + usize::from(u16_at(record, 26)) + usize::from(u16_at(record, 28));
+    // Both terms are bounded (64 KiB·2 + 30, MAX_ENTRY_BYTES), so this cannot overflow.
     let data_end = data_at as u64 + entry.compressed_size;
-    if data_end > record.len() as u64 {
+    let Some(data) = usize::try_from(data_end)
+        .ok()
+        .and_then(|end| record.get(data_at..end))
+    else {
         return Err(err(format!(
             "record is {} bytes, data needs {data_end}",
             record.len()
         )));
-    }
-    let data = &record[data_at..data_end as usize];
+    };
     let out = match entry.method {
+        0 if entry.compressed_size != entry.size => {
+            return Err(err(format!(
+                "stored entry with {} compressed and {} uncompressed bytes",
+                entry.compressed_size, entry.size
+            )));
+        }
         0 => data.to_vec(),
         8 => {
-            let mut out = Vec::with_capacity(entry.size.min(64 << 20) as usize);
+            // Bounded twice: the declared size is at most MAX_ENTRY_BYTES, and the inflater
+            // stops one byte past it (so a stream longer than declared is caught, not read).
+            // Reserve for a typical mask only; a lying size must not become a big buffer.
+            let mut out = Vec::with_capacity(usize::try_from(entry.size.min(1 << 20)).unwrap_or(0));
             flate2::read::DeflateDecoder::new(data)
                 .take(entry.size + 1)
                 .read_to_end(&mut out)
