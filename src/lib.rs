@@ -6,6 +6,8 @@ pub mod bench;
 pub mod cli;
 pub mod dataset;
 pub mod eval;
+#[doc(hidden)]
+pub mod fault;
 pub mod gui;
 pub mod infer;
 pub mod model;

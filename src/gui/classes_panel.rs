@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender, bounded};
 use eframe::egui;
 
 use crate::dataset::store::CancelToken;
@@ -20,6 +19,7 @@ use crate::openimages::{Catalogue, ClassInfo, DownloadEvent, Split};
 
 use super::download_panel::oi_config;
 use super::shared::{JobView, PanelCtx, Tab};
+use super::worker::{Polled, Worker};
 
 /// Classes picked for download: MID → display name.
 pub type Picked = BTreeMap<String, String>;
@@ -51,14 +51,13 @@ pub struct ClassesPanel {
     show_all: bool,
     view: View,
     index_splits: [bool; 3],
-    tx: Sender<Msg>,
-    rx: Receiver<Msg>,
+    /// The `oi-catalogue` thread (its only sender; `Loaded` ends it).
+    loader: Option<Worker<Msg>>,
 }
 
 impl ClassesPanel {
     /// A panel reading the catalogue from `oi_cache` (loaded when first shown).
     pub fn new(oi_cache: PathBuf) -> Self {
-        let (tx, rx) = bounded(64);
         Self {
             oi_cache,
             catalogue: None,
@@ -70,8 +69,7 @@ impl ClassesPanel {
             show_all: false,
             view: View::List,
             index_splits: [false, true, true],
-            tx,
-            rx,
+            loader: None,
         }
     }
 
@@ -102,37 +100,35 @@ impl ClassesPanel {
         }
         let cfg = oi_config(cx.settings, &self.oi_cache);
         let cancel = CancelToken::default();
-        let (tx, token, ctx) = (self.tx.clone(), cancel.clone(), ctx.clone());
-        let spawned = std::thread::Builder::new()
-            .name("oi-catalogue".into())
-            .spawn(move || {
-                let events = |e: DownloadEvent| {
-                    let text = match e {
-                        DownloadEvent::Phase { phase, message } => {
-                            format!("{}: {message}", phase.as_str())
-                        }
-                        DownloadEvent::Progress {
-                            phase, done, total, ..
-                        } => format!(
-                            "{}: {} of {}",
-                            phase.as_str(),
-                            human_bytes(done),
-                            human_bytes(total)
-                        ),
-                        DownloadEvent::Warning(w) => w,
-                    };
-                    // Progress may be dropped when the GUI is behind; the next one replaces it.
-                    tx.try_send(Msg::Progress(text)).ok();
-                    ctx.request_repaint();
+        let token = cancel.clone();
+        let terminal = |m: &Msg| matches!(m, Msg::Loaded(_));
+        let spawned = Worker::spawn("oi-catalogue", ctx, 64, terminal, move |tx| {
+            let events = |e: DownloadEvent| {
+                let text = match e {
+                    DownloadEvent::Phase { phase, message } => {
+                        format!("{}: {message}", phase.as_str())
+                    }
+                    DownloadEvent::Progress {
+                        phase, done, total, ..
+                    } => format!(
+                        "{}: {} of {}",
+                        phase.as_str(),
+                        human_bytes(done),
+                        human_bytes(total)
+                    ),
+                    DownloadEvent::Warning(w) => w,
                 };
-                let result = Catalogue::load_with_counts(&cfg, &splits, &token, &events)
-                    .map(Box::new)
-                    .map_err(|e| format!("{e}"));
-                tx.send(Msg::Loaded(result)).ok();
-                ctx.request_repaint();
-            });
+                // Progress may be dropped when the GUI is behind; the next one replaces it.
+                tx.try_send(Msg::Progress(text));
+            };
+            let result = Catalogue::load_with_counts(&cfg, &splits, &token, &events)
+                .map(Box::new)
+                .map_err(|e| format!("{e}"));
+            tx.send(Msg::Loaded(result));
+        });
         match spawned {
-            Ok(_) => {
+            Ok(w) => {
+                self.loader = Some(w);
                 self.loading = Some((cancel, Instant::now()));
                 self.progress = "reading the class lists".into();
                 self.error = None;
@@ -142,7 +138,16 @@ impl ClassesPanel {
     }
 
     fn drain(&mut self, cx: &mut PanelCtx) {
-        while let Ok(msg) = self.rx.try_recv() {
+        let polled = self.loader.as_mut().map(Worker::poll).unwrap_or_default();
+        if self.loader.as_ref().is_some_and(|w| !w.running()) {
+            self.loader = None;
+        }
+        for polled in polled {
+            let msg = match polled {
+                Polled::Event(msg) => msg,
+                // The thread is gone: the load failed.
+                Polled::Died(why) => Msg::Loaded(Err(why)),
+            };
             match msg {
                 Msg::Progress(text) => self.progress = text,
                 Msg::Loaded(Ok(cat)) => {

@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use eframe::egui;
 
 use crate::dataset::store::{CancelToken, Project};
@@ -20,6 +19,7 @@ use crate::openimages::{
 
 use super::classes_panel::Picked;
 use super::shared::{JobView, PanelCtx, Settings, ShellRequest, Tab};
+use super::worker::{Polled, Worker};
 
 /// The downloader configuration: `cache` plus the mirror base URLs from the settings (empty
 /// settings keep the defaults, which honour `MASKSTUDIO_OI_GCS_BASE` / `_IMAGES_BASE`).
@@ -117,14 +117,13 @@ pub struct DownloadPanel {
     warnings: Vec<String>,
     summary: Option<DownloadSummary>,
     error: Option<String>,
-    tx: Sender<Msg>,
-    rx: Receiver<Msg>,
+    /// The `oi-download` thread (it owns the only sender; `Done` ends it).
+    worker: Option<Worker<Msg>>,
 }
 
 impl DownloadPanel {
     /// A panel downloading through the Open Images cache at `oi_cache`.
     pub fn new(oi_cache: PathBuf) -> Self {
-        let (tx, rx) = bounded(256);
         Self {
             picked: Picked::new(),
             oi_cache,
@@ -139,8 +138,7 @@ impl DownloadPanel {
             warnings: Vec::new(),
             summary: None,
             error: None,
-            tx,
-            rx,
+            worker: None,
         }
     }
 
@@ -198,43 +196,36 @@ impl DownloadPanel {
         let mut cfg = oi_config(settings, &self.oi_cache);
         cfg.workers = 8;
         let cancel = CancelToken::default();
-        let (tx, token, root, ctx) = (
-            self.tx.clone(),
-            cancel.clone(),
-            project.to_path_buf(),
-            ctx.clone(),
-        );
-        let spawned = std::thread::Builder::new()
-            .name("oi-download".into())
-            .spawn(move || {
-                let events = |e: DownloadEvent| {
-                    // Progress can be dropped when the GUI lags (the next one supersedes it);
-                    // phase changes and warnings are always delivered.
-                    let msg = Msg::Event(e);
-                    match &msg {
-                        Msg::Event(DownloadEvent::Progress { .. }) => match tx.try_send(msg) {
-                            Ok(()) | Err(TrySendError::Full(_)) => {}
-                            Err(TrySendError::Disconnected(_)) => token.cancel(),
-                        },
-                        _ => {
-                            if tx.send(msg).is_err() {
-                                token.cancel();
-                            }
+        let (token, root) = (cancel.clone(), project.to_path_buf());
+        let terminal = |m: &Msg| matches!(m, Msg::Done(_));
+        let spawned = Worker::spawn("oi-download", ctx, 256, terminal, move |tx| {
+            let events = |e: DownloadEvent| {
+                // Progress can be dropped when the GUI lags (the next one supersedes it);
+                // phase changes and warnings are always delivered.
+                match e {
+                    DownloadEvent::Progress { .. } => {
+                        tx.try_send(Msg::Event(e));
+                    }
+                    _ => {
+                        if matches!(e, DownloadEvent::Phase { .. }) {
+                            crate::fault::hit("download");
+                        }
+                        if !tx.send(Msg::Event(e)) {
+                            token.cancel();
                         }
                     }
-                    ctx.request_repaint();
-                };
-                let result = Project::create_or_open(&root)
-                    .map_err(|e| format!("{}: {e}", root.display()))
-                    .and_then(|mut project| {
-                        download(&req, &mut project, &cfg, &token, &events)
-                            .map_err(|e| format!("{e}"))
-                    });
-                tx.send(Msg::Done(result)).ok();
-                ctx.request_repaint();
-            });
+                }
+            };
+            let result = Project::create_or_open(&root)
+                .map_err(|e| format!("{}: {e}", root.display()))
+                .and_then(|mut project| {
+                    download(&req, &mut project, &cfg, &token, &events).map_err(|e| format!("{e}"))
+                });
+            tx.send(Msg::Done(result));
+        });
         match spawned {
-            Ok(_) => {
+            Ok(worker) => {
+                self.worker = Some(worker);
                 self.running = Some(Running {
                     cancel,
                     started: Instant::now(),
@@ -251,7 +242,16 @@ impl DownloadPanel {
     }
 
     fn drain(&mut self, cx: &mut PanelCtx) {
-        while let Ok(msg) = self.rx.try_recv() {
+        let polled = self.worker.as_mut().map(Worker::poll).unwrap_or_default();
+        if self.worker.as_ref().is_some_and(|w| !w.running()) {
+            self.worker = None;
+        }
+        for polled in polled {
+            let msg = match polled {
+                Polled::Event(msg) => msg,
+                // The thread is gone: the run failed; what it imported stays in the project.
+                Polled::Died(why) => Msg::Done(Err(why)),
+            };
             match msg {
                 Msg::Event(DownloadEvent::Phase { phase, message }) => {
                     self.current = Some(phase);

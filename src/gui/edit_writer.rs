@@ -11,7 +11,7 @@
 //! closing the project loses nothing.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
@@ -235,6 +235,10 @@ pub struct EditWriter {
     rx: Receiver<EditReply>,
     /// Disconnected when the thread ends.
     done: Receiver<()>,
+    /// The panic message, written before `done` disconnects.
+    panic: Arc<Mutex<Option<String>>>,
+    /// Whether [`Self::take_stop`] reported the end.
+    stop_taken: bool,
     next_seq: u64,
     pending: usize,
 }
@@ -256,17 +260,27 @@ impl EditWriter {
         let (replies, rx) = bounded::<EditReply>(MAX_PENDING);
         let (done_tx, done) = bounded::<()>(1);
         let root = root.to_path_buf();
+        let panic = Arc::new(Mutex::new(None));
+        let slot = panic.clone();
         std::thread::Builder::new()
             .name("edit-writer".to_owned())
             .spawn(move || {
                 let _done = done_tx; // dropped when the thread ends: the flush sees it
-                run(&root, image_id, &requests, &replies);
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run(&root, image_id, &requests, &replies);
+                }));
+                if let Err(p) = ran {
+                    *slot.lock().unwrap_or_else(PoisonError::into_inner) =
+                        Some(crate::gui::worker::panic_text(&*p));
+                }
             })?;
         Ok(Self {
             image_id,
             tx: Some(tx),
             rx,
             done,
+            panic,
+            stop_taken: false,
             next_seq: 0,
             pending: 0,
         })
@@ -323,6 +337,30 @@ impl EditWriter {
         )
     }
 
+    /// Once, after the writer thread ended: why (its panic message) and how many submitted
+    /// edits were never answered (not saved). Those no longer count as pending, so the view
+    /// stops waiting for them. Answers sent before the end stay readable with
+    /// [`Self::try_recv`] and are not counted as lost.
+    pub fn take_stop(&mut self) -> Option<(String, usize)> {
+        if self.stop_taken || !self.is_stopped() {
+            return None;
+        }
+        self.stop_taken = true;
+        let answered = self.rx.len();
+        let lost = self.pending.saturating_sub(answered);
+        self.pending = answered;
+        let panic = self
+            .panic
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let why = match panic {
+            Some(text) => format!("the edit-writer thread panicked: {text}"),
+            None => "the edit-writer thread stopped".to_owned(),
+        };
+        Some((why, lost))
+    }
+
     /// Blocks until every submitted command is answered or `timeout` passes; returns the
     /// answers (tests, benchmarks and shutdown; the GUI drains with [`Self::try_recv`]).
     pub fn wait_idle(&mut self, timeout: Duration) -> Vec<EditReply> {
@@ -373,6 +411,7 @@ fn run(root: &Path, image_id: i64, requests: &Receiver<Request>, replies: &Sende
     let mut project = Project::open(root).map_err(|e| format!("{}: {e}", root.display()));
     let mut view_gone = false;
     while let Ok(request) = requests.recv() {
+        crate::fault::hit("edit-writer");
         let subject = request.command.subject(image_id);
         let outcome = match &mut project {
             Ok(p) => apply(p, &request.command).map_err(|e| format!("{e:#}")),

@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 
-use crossbeam_channel::{Receiver, bounded};
 use eframe::egui;
 use egui_plot::{Legend, Line, Plot, PlotPoints};
 
@@ -14,6 +13,7 @@ use crate::eval::coco_eval::{EvalResult, IouType};
 use crate::eval::errors::{EvalReport, evaluate_with_errors};
 use crate::gui::predict_panel::device_choice;
 use crate::gui::shared::{JobView, PanelCtx, ShellRequest};
+use crate::gui::worker::{Polled, Worker};
 
 /// Errors are counted at this mask IoU.
 pub const ERROR_IOU: f64 = 0.5;
@@ -26,7 +26,8 @@ enum Msg {
 }
 
 struct Job {
-    rx: Receiver<Msg>,
+    /// The `eval-run` thread; `Done` ends it, a panic or a closed channel fails it.
+    worker: Worker<Msg>,
     cancel: CancelToken,
     done: usize,
     total: usize,
@@ -109,39 +110,36 @@ impl EvalPanel {
             cx.notices.warn("open a project to evaluate on");
             return;
         };
-        let (tx, rx) = bounded(64);
         let cancel = CancelToken::default();
-        let (split, token, ctx) = (self.split.clone(), cancel.clone(), ctx.clone());
+        let (split, token) = (self.split.clone(), cancel.clone());
         let device = device_choice(cx.settings.device);
         let min_score = f64::from(cx.settings.score_threshold);
-        let spawned = std::thread::Builder::new()
-            .name("eval-run".to_owned())
-            .spawn(move || {
-                let result = crate::runtime::device(device).and_then(|device| {
-                    evaluate_with_errors(
-                        &project,
-                        &bundle,
-                        split.as_deref(),
-                        device,
-                        ERROR_IOU,
-                        min_score,
-                        &token,
-                        &mut |done, total| {
-                            tx.try_send(Msg::Progress(done, total)).ok();
-                            ctx.request_repaint();
-                        },
-                    )
-                });
-                tx.send(Msg::Done(
-                    result.map(Box::new).map_err(|e| format!("{e:#}")),
-                ))
-                .ok();
-                ctx.request_repaint();
+        let terminal = |m: &Msg| matches!(m, Msg::Done(_));
+        let spawned = Worker::spawn("eval-run", ctx, 64, terminal, move |tx| {
+            let result = crate::runtime::device(device).and_then(|device| {
+                evaluate_with_errors(
+                    &project,
+                    &bundle,
+                    split.as_deref(),
+                    device,
+                    ERROR_IOU,
+                    min_score,
+                    &token,
+                    &mut |done, total| {
+                        crate::fault::hit("eval");
+                        // Progress is advisory: a full channel skips an update.
+                        tx.try_send(Msg::Progress(done, total));
+                    },
+                )
             });
+            tx.send(Msg::Done(
+                result.map(Box::new).map_err(|e| format!("{e:#}")),
+            ));
+        });
         match spawned {
-            Ok(_) => {
+            Ok(worker) => {
                 self.job = Some(Job {
-                    rx,
+                    worker,
                     cancel,
                     done: 0,
                     total: 0,
@@ -158,14 +156,18 @@ impl EvalPanel {
             return;
         };
         let mut finished = None;
-        while let Ok(msg) = job.rx.try_recv() {
-            match msg {
-                Msg::Progress(done, total) => (job.done, job.total) = (done, total),
-                Msg::Done(r) => finished = Some(r),
+        for polled in job.worker.poll() {
+            match polled {
+                Polled::Event(Msg::Progress(done, total)) => (job.done, job.total) = (done, total),
+                Polled::Event(Msg::Done(r)) => finished = Some(r),
+                // The thread is gone: the job ends as failed (the last report stays shown).
+                Polled::Died(why) => finished = Some(Err(why)),
             }
         }
         if let Some(r) = finished {
-            self.job = None;
+            if let Some(job) = self.job.take() {
+                job.worker.join(); // only its clean-up is left
+            }
             match r {
                 Ok(report) => {
                     cx.notices.info(format!(

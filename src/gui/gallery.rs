@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crossbeam_channel::{Receiver, Sender, bounded};
 use eframe::egui;
 
 use crate::dataset::gallery::{GalleryFilter, GalleryListing, listing};
@@ -18,6 +17,7 @@ use crate::dataset::store::{Project, ReviewStatus};
 use super::image_view::{ImageView, ImageViewAction};
 use super::shared::PanelCtx;
 use super::thumbs::{Thumb, ThumbCache};
+use super::worker::{Polled, Worker};
 
 /// Side of a gallery cell, in points.
 const CELL: f32 = 136.0;
@@ -50,8 +50,8 @@ pub struct ReviewPanel {
     pub selected_image: Option<i64>,
     view: Option<ImageView>,
     scroll_to: Option<f32>,
-    tx: Sender<Msg>,
-    rx: Receiver<Msg>,
+    /// The `gallery-listing` thread (its only sender; the listing ends it).
+    lister: Option<Worker<Msg>>,
 }
 
 impl Default for ReviewPanel {
@@ -63,7 +63,6 @@ impl Default for ReviewPanel {
 impl ReviewPanel {
     /// An empty panel (it lists the open project when first shown).
     pub fn new() -> Self {
-        let (tx, rx) = bounded(8);
         Self {
             root: None,
             listing: None,
@@ -77,8 +76,7 @@ impl ReviewPanel {
             selected_image: None,
             view: None,
             scroll_to: None,
-            tx,
-            rx,
+            lister: None,
         }
     }
 
@@ -120,24 +118,36 @@ impl ReviewPanel {
     fn start_listing(&mut self, root: &Path, ctx: &egui::Context) {
         self.loading = true;
         self.stale = false;
-        let (tx, root, ctx) = (self.tx.clone(), root.to_path_buf(), ctx.clone());
-        let spawned = std::thread::Builder::new()
-            .name("gallery-listing".into())
-            .spawn(move || {
-                let result = Project::open(&root)
-                    .and_then(|p| listing(&p))
-                    .map_err(|e| format!("{}: {e}", root.display()));
-                tx.send(Msg::Listing(root, result)).ok();
-                ctx.request_repaint();
-            });
-        if let Err(e) = spawned {
-            self.loading = false;
-            log::error!("cannot start the gallery listing: {e}");
+        let root = root.to_path_buf();
+        let spawned = Worker::once("gallery-listing", ctx, move || {
+            let result = Project::open(&root)
+                .and_then(|p| listing(&p))
+                .map_err(|e| format!("{}: {e}", root.display()));
+            Msg::Listing(root, result)
+        });
+        match spawned {
+            Ok(w) => self.lister = Some(w),
+            Err(e) => {
+                self.loading = false;
+                log::error!("cannot start the gallery listing: {e}");
+            }
         }
     }
 
     fn drain(&mut self, cx: &mut PanelCtx, ctx: &egui::Context) {
-        while let Ok(msg) = self.rx.try_recv() {
+        let polled = self.lister.as_mut().map(Worker::poll).unwrap_or_default();
+        if self.lister.as_ref().is_some_and(|w| !w.running()) {
+            self.lister = None;
+        }
+        for polled in polled {
+            let msg = match polled {
+                Polled::Event(msg) => msg,
+                Polled::Died(why) => {
+                    self.loading = false;
+                    cx.notices.error(format!("Listing images failed: {why}"));
+                    continue;
+                }
+            };
             match msg {
                 Msg::Listing(root, result) => {
                     self.loading = false;

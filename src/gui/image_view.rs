@@ -1279,15 +1279,12 @@ impl ImageView {
         while let Some(reply) = self.writer.try_recv() {
             self.apply_reply(reply, cx);
         }
-        if self.writer.is_stopped() {
-            // Only a panic ends it early; say so once rather than retrying every frame.
-            if !self.writer_stop_reported && (self.writer.pending() > 0 || self.stale) {
-                cx.notices.error(format!(
-                    "image {}: the store writer stopped; {} edits were not saved (close and reopen the image)",
-                    self.image_id,
-                    self.writer.pending()
-                ));
-                self.writer_stop_reported = true;
+        if !self.writer_stop_reported
+            && let Some((why, lost)) = self.writer.take_stop()
+        {
+            // Only a panic ends it early; say so once (with why) rather than retrying.
+            while let Some(reply) = self.writer.try_recv() {
+                self.apply_reply(reply, cx);
             }
             return;
         }
@@ -1307,6 +1304,13 @@ impl ImageView {
         }
         match reply.outcome {
             Err(e) => {
+            cx.notices.error(format!(
+                "image {}: the store writer stopped ({why}); {lost} edits were not saved (close and reopen the image)",
+                self.image_id
+            ));
+            self.writer_stop_reported = true;
+        }
+        if self.writer.is_stopped() {
                 cx.notices.error(format!("{}: {e}", reply.subject));
                 self.stale = true;
             }

@@ -18,6 +18,7 @@ pub mod predict_panel;
 pub mod shared;
 pub mod thumbs;
 pub mod train_panel;
+pub mod worker;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

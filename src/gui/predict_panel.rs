@@ -19,6 +19,7 @@ use eframe::egui;
 
 use crate::dataset::store::{CancelToken, write_atomic};
 use crate::gui::shared::{DeviceSetting, JobView, PanelCtx};
+use crate::gui::worker::{Polled, Worker, WorkerTx};
 use crate::infer::{Detection, Predictor, coco_result, collect_images, overlay, read_image};
 use crate::runtime::DeviceChoice;
 
@@ -163,9 +164,11 @@ pub struct PredictPanel {
     batch: Option<Batch>,
     /// The running export: images done, total, cancel.
     exporting: Option<(usize, usize, CancelToken)>,
-    worker: Option<Sender<Command>>,
-    events_tx: Sender<Event>,
-    events_rx: Receiver<Event>,
+    /// The `predict-worker` thread: its commands and its events (it owns the only sender, so
+    /// a panic there ends the batch as failed).
+    worker: Option<(Sender<Command>, Worker<Event>)>,
+    /// One-shot threads (export, reload, file dialog), each the only sender of its events.
+    helpers: Vec<Worker<Event>>,
     /// Rendered overlay and what it was rendered for (image index, score, mask threshold).
     overlay: Option<(usize, f32, f32, egui::TextureHandle)>,
 }
@@ -179,7 +182,6 @@ struct Batch {
 
 impl Default for PredictPanel {
     fn default() -> Self {
-        let (events_tx, events_rx) = bounded(64);
         Self {
             model_path: String::new(),
             input_path: String::new(),
@@ -196,8 +198,7 @@ impl Default for PredictPanel {
             batch: None,
             exporting: None,
             worker: None,
-            events_tx,
-            events_rx,
+            helpers: Vec::new(),
             overlay: None,
         }
     }
@@ -225,13 +226,9 @@ fn file_label(path: &Path) -> String {
     )
 }
 
-fn worker_loop(rx: Receiver<Command>, tx: Sender<Event>, ctx: egui::Context) {
+fn worker_loop(rx: Receiver<Command>, tx: WorkerTx<Event>) {
     let mut predictor: Option<Predictor> = None;
-    let send = |e: Event| {
-        let ok = tx.send(e).is_ok();
-        ctx.request_repaint();
-        ok
-    };
+    let send = |e: Event| tx.send(e);
     while let Ok(cmd) = rx.recv() {
         match cmd {
             Command::Load { path, device } => {
@@ -276,6 +273,7 @@ fn worker_loop(rx: Receiver<Command>, tx: Sender<Event>, ctx: egui::Context) {
                         break;
                     }
                     let event = match read_image(&path).and_then(|img| {
+                    crate::fault::hit("predict");
                         let d = p.predict_soft(&img)?;
                         Ok((img, d))
                     }) {
@@ -443,25 +441,22 @@ impl PredictPanel {
             return;
         }
         let path = item.path.clone();
-        let (tx, ctx2, path2) = (self.events_tx.clone(), ctx.clone(), path.clone());
-        let spawned = std::thread::Builder::new()
-            .name("predict-reload".to_owned())
-            .spawn(move || {
-                let event = match read_image(&path2) {
-                    Ok(img) => Event::Reloaded {
-                        path: path2,
-                        image: Arc::new(display_copy(img).0),
-                    },
-                    Err(e) => Event::ReloadFailed {
-                        path: path2,
-                        error: format!("{e:#}"),
-                    },
-                };
-                tx.send(event).ok();
-                ctx2.request_repaint();
-            });
+        let path2 = path.clone();
+        let spawned = Worker::once("predict-reload", ctx, move || match read_image(&path2) {
+            Ok(img) => Event::Reloaded {
+                path: path2,
+                image: Arc::new(display_copy(img).0),
+            },
+            Err(e) => Event::ReloadFailed {
+                path: path2,
+                error: format!("{e:#}"),
+            },
+        });
         match spawned {
-            Ok(_) => self.reloading = Some(path),
+            Ok(w) => {
+                self.helpers.push(w);
+                self.reloading = Some(path);
+            }
             Err(e) => cx
                 .notices
                 .error(format!("cannot start reading the image: {e}")),
@@ -506,13 +501,17 @@ impl PredictPanel {
     fn send(&mut self, ctx: &egui::Context, cmd: Command, cx: &mut PanelCtx) -> bool {
         if self.worker.is_none() {
             let (tx, rx) = bounded(8);
-            let events = self.events_tx.clone();
-            let ctx = ctx.clone();
-            match std::thread::Builder::new()
-                .name("predict-worker".to_owned())
-                .spawn(move || worker_loop(rx, events, ctx))
-            {
-                Ok(_) => self.worker = Some(tx),
+            // A command loop never ends on its own while the panel lives: its end is a death.
+            match Worker::spawn(
+                "predict-worker",
+                ctx,
+                64,
+                |_| false,
+                move |events| {
+                    worker_loop(rx, events);
+                },
+            ) {
+                Ok(w) => self.worker = Some((tx, w)),
                 Err(e) => {
                     cx.notices
                         .error(format!("cannot start the prediction thread: {e}"));
@@ -520,7 +519,7 @@ impl PredictPanel {
                 }
             }
         }
-        let Some(worker) = &self.worker else {
+        let Some((worker, _)) = &self.worker else {
             return false;
         };
         match worker.try_send(cmd) {
@@ -531,7 +530,7 @@ impl PredictPanel {
                 false
             }
             Err(TrySendError::Disconnected(_)) => {
-                self.worker = None;
+                // Its death (with the reason) is reported by the next drain.
                 cx.notices.error("the prediction thread stopped");
                 false
             }
@@ -575,9 +574,55 @@ impl PredictPanel {
             });
         }
     }
+    /// Ends what a dead thread was doing: the job shows as failed, results so far stay.
+    fn worker_died(&mut self, name: &str, why: String, cx: &mut PanelCtx) {
+        match name {
+            "predict-worker" => {
+                // The model lived on that thread: it must be loaded again.
+                self.worker = None;
+                self.model = None;
+                self.model_loading = false;
+                let kept = self.results.len();
+                if let Some(b) = self.batch.take() {
+                    cx.notices.error(format!(
+                        "prediction failed after {} of {} images ({kept} results kept): {why}; load the model again",
+                        b.done, b.total
+                    ));
+                } else {
+                    cx.notices
+                        .error(format!("the model is unloaded: {why}; load it again"));
+                }
+                self.failures.push(why);
+            }
+            "predict-export" => {
+                self.exporting = None;
+                cx.notices.error(format!("export failed: {why}"));
+            }
+            "predict-reload" => {
+                self.reloading = None;
+                cx.notices
+                    .error(format!("could not read the image again: {why}"));
+            }
+            _ => cx.notices.error(why),
+        }
+    }
+
 
     fn drain(&mut self, ctx: &egui::Context, cx: &mut PanelCtx) {
-        while let Ok(event) = self.events_rx.try_recv() {
+        let mut events = Vec::new();
+        let mut died = Vec::new();
+        let workers = self.worker.iter_mut().map(|(_, w)| w);
+        for w in workers.chain(self.helpers.iter_mut()) {
+            for polled in w.poll() {
+                match polled {
+                    Polled::Event(e) => events.push(e),
+                    Polled::Died(why) => died.push((w.name().to_owned(), why)),
+                }
+            }
+        }
+        self.helpers.retain(Worker::running);
+        // Events first: a batch's images before the death that ends it.
+        for event in events {
             match event {
                 Event::Loaded { path, labels } => {
                     self.model_loading = false;
@@ -681,6 +726,9 @@ impl PredictPanel {
                     }
                 }
             }
+        for (name, why) in died {
+            self.worker_died(&name, why, cx);
+        }
         }
         if self.model.is_some() && !self.model_loading && self.batch.is_none() {
             let pending = std::mem::take(&mut self.pending);
@@ -689,29 +737,27 @@ impl PredictPanel {
     }
 
     /// Opens a file dialog on a thread (never on the UI thread: it blocks until closed).
-    fn pick(&self, ctx: &egui::Context, model: bool, cx: &mut PanelCtx) {
-        let tx = self.events_tx.clone();
-        let ctx = ctx.clone();
-        let spawned = std::thread::Builder::new()
-            .name("predict-dialog".to_owned())
-            .spawn(move || {
-                let paths = if model {
-                    rfd::FileDialog::new()
-                        .set_title("Model bundle folder")
-                        .pick_folder()
-                        .map(|p| vec![p])
-                } else {
-                    rfd::FileDialog::new()
-                        .add_filter("Images", &["jpg", "jpeg", "png"])
-                        .pick_files()
-                };
-                if let Some(paths) = paths {
-                    tx.send(Event::Picked { paths, model }).ok();
-                    ctx.request_repaint();
-                }
-            });
-        if let Err(e) = spawned {
-            cx.notices.error(format!("cannot open a file dialog: {e}"));
+    fn pick(&mut self, ctx: &egui::Context, model: bool, cx: &mut PanelCtx) {
+        let spawned = Worker::once("predict-dialog", ctx, move || {
+            let paths = if model {
+                rfd::FileDialog::new()
+                    .set_title("Model bundle folder")
+                    .pick_folder()
+                    .map(|p| vec![p])
+            } else {
+                rfd::FileDialog::new()
+                    .add_filter("Images", &["jpg", "jpeg", "png"])
+                    .pick_files()
+            };
+            // A cancelled dialog picks nothing.
+            Event::Picked {
+                paths: paths.unwrap_or_default(),
+                model,
+            }
+        });
+        match spawned {
+            Ok(w) => self.helpers.push(w),
+            Err(e) => cx.notices.error(format!("cannot open a file dialog: {e}")),
         }
     }
 
@@ -731,34 +777,31 @@ impl PredictPanel {
             })
             .collect();
         let (score, mask) = (cx.settings.score_threshold, cx.settings.mask_threshold);
-        let tx = self.events_tx.clone();
-        let ctx = ctx.clone();
         let cancel = CancelToken::default();
         let (cancel2, total) = (cancel.clone(), items.len());
-        let spawned = std::thread::Builder::new()
-            .name("predict-export".to_owned())
-            .spawn(move || {
-                let progress = |done| {
-                    // Progress is advisory: a full channel skips an update, never blocks.
-                    if tx.try_send(Event::ExportProgress { done, total }).is_ok() {
-                        ctx.request_repaint();
-                    }
-                };
-                let event = match export(&dir, &items, score, mask, &cancel2, progress) {
-                    Ok((detections, cancelled)) => Event::Exported {
-                        dir,
-                        detections,
-                        cancelled,
-                    },
-                    Err(e) => Event::ExportFailed {
-                        error: format!("{e:#}"),
-                    },
-                };
-                tx.send(event).ok();
-                ctx.request_repaint();
-            });
+        let terminal = |e: &Event| matches!(e, Event::Exported { .. } | Event::ExportFailed { .. });
+        let spawned = Worker::spawn("predict-export", ctx, 8, terminal, move |tx| {
+            let progress = |done| {
+                // Progress is advisory: a full channel skips an update, never blocks.
+                tx.try_send(Event::ExportProgress { done, total });
+            };
+            let event = match export(&dir, &items, score, mask, &cancel2, progress) {
+                Ok((detections, cancelled)) => Event::Exported {
+                    dir,
+                    detections,
+                    cancelled,
+                },
+                Err(e) => Event::ExportFailed {
+                    error: format!("{e:#}"),
+                },
+            };
+            tx.send(event);
+        });
         match spawned {
-            Ok(_) => self.exporting = Some((0, total, cancel)),
+            Ok(w) => {
+                self.helpers.push(w);
+                self.exporting = Some((0, total, cancel));
+            }
             Err(e) => cx.notices.error(format!("cannot start the export: {e}")),
         }
     }

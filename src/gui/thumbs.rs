@@ -7,7 +7,7 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError, bounded};
 use eframe::egui;
 
 use crate::dataset::Mask;
@@ -153,8 +153,17 @@ impl ThumbCache {
     pub fn begin_frame(&mut self) {
         self.frame += 1;
         for _ in 0..UPLOADS_PER_FRAME {
-            let Ok(done) = self.done_rx.try_recv() else {
-                break;
+            let done = match self.done_rx.try_recv() {
+                Ok(done) => done,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    // Every worker is gone: what they had queued will never come.
+                    for id in self.pending.drain() {
+                        self.failed
+                            .insert(id, "the thumbnail workers stopped".to_owned());
+                    }
+                    break;
+                }
             };
             self.pending.remove(&done.image_id);
             if done.generation != self.generation {
@@ -270,9 +279,20 @@ fn thumb_worker(
     };
     while let Ok(req) = requests.recv() {
         let project = project.as_ref().filter(|_| req.overlay);
-        let result = render_image(project, req.image_id, &req.path, THUMB_SIDE, colors)
-            .map(|rgb| color_image(&rgb))
-            .map_err(|e| format!("{e:#}"));
+        // A panic on one image (a decoder bug) fails that thumbnail, not the worker.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            crate::fault::hit("thumbs");
+            render_image(project, req.image_id, &req.path, THUMB_SIDE, colors)
+                .map(|rgb| color_image(&rgb))
+                .map_err(|e| format!("{e:#}"))
+        }))
+        .unwrap_or_else(|p| {
+            Err(format!(
+                "{}: the thumbnail worker panicked: {}",
+                req.path.display(),
+                crate::gui::worker::panic_text(&*p)
+            ))
+        });
         if done
             .send(Done {
                 generation: req.generation,

@@ -9,10 +9,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender, bounded};
 use eframe::egui;
 use egui_plot::{Legend, Line, Plot, PlotPoints};
 
@@ -20,13 +18,13 @@ use crate::dataset::store::Project;
 use crate::gui::eval_panel::EvalPanel;
 use crate::gui::predict_panel::device_choice;
 use crate::gui::shared::{DeviceSetting, JobView, PanelCtx};
+use crate::gui::worker::{Polled, Worker};
 use crate::infer::{Predictor, overlay, read_image};
 use crate::train::augment::PreviewSample;
 use crate::train::config::{OptimizerKind, ScheduleKind};
 use crate::train::trainer::LAST_CHECKPOINT;
 use crate::train::{
-    AugmentConfig, ChannelObserver, Preset, RunSummary, TrainConfig, TrainControl, TrainEvent,
-    TrainObserver,
+    AugmentConfig, ChannelObserver, Preset, TrainConfig, TrainControl, TrainEvent, TrainObserver,
 };
 
 /// Folder of a project's training runs.
@@ -599,10 +597,10 @@ impl TrainObserver for RepaintObserver {
 }
 
 struct ActiveRun {
-    events: Receiver<TrainEvent>,
-    done: Receiver<Result<RunSummary, String>>,
+    /// The `train-run` thread; `Finished`/`Failed` end it, a panic or a closed channel is a
+    /// failure.
+    worker: Worker<TrainEvent>,
     control: TrainControl,
-    handle: Option<JoinHandle<()>>,
     project: PathBuf,
     device: DeviceSetting,
 }
@@ -719,16 +717,15 @@ pub struct TrainPanel {
     selected_run: Option<String>,
     export_dir: String,
     exporting: bool,
-    bg_tx: Sender<Background>,
-    bg_rx: Receiver<Background>,
+    /// One-shot background threads (run scan, export, preview, replay); each sends one event.
+    bg: Vec<Worker<Background>>,
     watch_enabled: bool,
     watch: Vec<(String, egui::TextureHandle)>,
     watch_busy: bool,
     watch_next: Option<PathBuf>,
     /// Project, run folder and device of the run the watch panel follows.
     watch_for: Option<(PathBuf, PathBuf, DeviceSetting)>,
-    watch_tx: Sender<WatchEvent>,
-    watch_rx: Receiver<WatchEvent>,
+    watch_worker: Option<Worker<WatchEvent>>,
     /// The Evaluate section.
     pub eval: EvalPanel,
     /// The form's augmentation pipeline (follows the preset until edited).
@@ -762,8 +759,6 @@ impl Default for TrainPanel {
 impl TrainPanel {
     /// A panel whose form starts at `cfg`.
     pub fn new(cfg: TrainConfig) -> Self {
-        let (bg_tx, bg_rx) = bounded(8);
-        let (watch_tx, watch_rx) = bounded(2);
         Self {
             max_steps: cfg.max_iters.unwrap_or(0),
             run: None,
@@ -775,15 +770,13 @@ impl TrainPanel {
             selected_run: None,
             export_dir: String::new(),
             exporting: false,
-            bg_tx,
-            bg_rx,
+            bg: Vec::new(),
             watch_enabled: true,
             watch: Vec::new(),
             watch_busy: false,
             watch_next: None,
             watch_for: None,
-            watch_tx,
-            watch_rx,
+            watch_worker: None,
             eval: EvalPanel::default(),
             aug: AugmentConfig::resolve(&cfg),
             milestones_text: cfg
@@ -968,25 +961,33 @@ impl TrainPanel {
         if self.replaying.as_deref() == Some(run_id.as_str()) {
             return;
         }
-        let (tx, ctx, dir) = (self.bg_tx.clone(), ctx.clone(), run_dir.to_path_buf());
+        let dir = run_dir.to_path_buf();
         let id = run_id.clone();
-        let spawned = std::thread::Builder::new()
-            .name("train-replay".to_owned())
-            .spawn(move || {
-                let history = read_history(&dir)
-                    .map(Box::new)
-                    .map_err(|e| format!("{e:#}"));
-                tx.send(Background::Replay {
-                    run_id: id,
-                    history,
-                })
-                .ok();
-                ctx.request_repaint();
-            });
+        let spawned = self.spawn_bg("train-replay", ctx, move || {
+            crate::fault::hit("train-replay");
+            let history = read_history(&dir)
+                .map(Box::new)
+                .map_err(|e| format!("{e:#}"));
+            Background::Replay {
+                run_id: id,
+                history,
+            }
+        });
         match spawned {
-            Ok(_) => self.replaying = Some(run_id),
+            Ok(()) => self.replaying = Some(run_id),
             Err(e) => log::error!("cannot start reading run {run_id}: {e}"),
         }
+    }
+
+    /// Starts a one-shot background thread whose closure's value is its only event.
+    fn spawn_bg(
+        &mut self,
+        name: &str,
+        ctx: &egui::Context,
+        f: impl FnOnce() -> Background + Send + 'static,
+    ) -> std::io::Result<()> {
+        self.bg.push(Worker::once(name, ctx, f)?);
+        Ok(())
     }
 
     fn spawn_run(&mut self, ctx: &egui::Context, cx: &mut PanelCtx, job: RunJob) {
@@ -998,33 +999,29 @@ impl TrainPanel {
             cx.notices.warn("a training run is already going");
             return;
         }
-        // Steps are frequent; a large bound keeps them all at GUI frame rates.
-        let (tx, events) = bounded(4096);
-        let (done_tx, done) = bounded(1);
         let control = TrainControl::default();
-        let mut observer = RepaintObserver {
-            inner: ChannelObserver::new(tx),
-            ctx: ctx.clone(),
-        };
         let resuming = matches!(job, RunJob::Resume(..));
-        let (p, control2, ctx2) = (project.clone(), control.clone(), ctx.clone());
-        let spawned = std::thread::Builder::new()
-            .name("train-run".to_owned())
-            .spawn(move || {
-                let result = match job {
-                    RunJob::Fresh(cfg) => {
-                        crate::train::train_with(&p, &runs_dir(&p), &cfg, &control2, &mut observer)
-                    }
-                    RunJob::Resume(dir, extra) => {
-                        crate::train::resume(&dir, extra, &control2, &mut observer)
-                    }
+        let (p, control2) = (project.clone(), control.clone());
+        let terminal =
+            |e: &TrainEvent| matches!(e, TrainEvent::Finished { .. } | TrainEvent::Failed { .. });
+        // Steps are frequent; a large bound keeps them all at GUI frame rates. The trainer
+        // sends `Finished` or `Failed` last (its result is also in them).
+        let spawned = Worker::spawn("train-run", ctx, 4096, terminal, move |tx| {
+            let mut observer = RepaintObserver {
+                inner: ChannelObserver::new(tx.sender()),
+                ctx: tx.ctx().clone(),
+            };
+            let _summary = match job {
+                RunJob::Fresh(cfg) => {
+                    crate::train::train_with(&p, &runs_dir(&p), &cfg, &control2, &mut observer)
                 }
-                .map_err(|e| format!("{e:#}"));
-                done_tx.send(result).ok();
-                ctx2.request_repaint();
-            });
+                RunJob::Resume(dir, extra) => {
+                    crate::train::resume(&dir, extra, &control2, &mut observer)
+                }
+            };
+        });
         match spawned {
-            Ok(handle) => {
+            Ok(worker) => {
                 if resuming {
                     self.history.status = "resuming".to_owned();
                 } else {
@@ -1035,10 +1032,8 @@ impl TrainPanel {
                     self.watch.clear();
                 }
                 self.run = Some(ActiveRun {
-                    events,
-                    done,
+                    worker,
                     control,
-                    handle: Some(handle),
                     project,
                     device: cx.settings.device,
                 });
@@ -1081,17 +1076,13 @@ impl TrainPanel {
         };
         let epoch = self.preview_epoch;
         self.preview_epoch += 1;
-        let (tx, ctx) = (self.bg_tx.clone(), ctx.clone());
-        let spawned = std::thread::Builder::new()
-            .name("train-aug-preview".to_owned())
-            .spawn(move || {
-                let r = crate::train::augment::preview(&project, &cfg, epoch, PREVIEW_SAMPLES)
-                    .map_err(|e| format!("{e:#}"));
-                tx.send(Background::Preview(r)).ok();
-                ctx.request_repaint();
-            });
+        let spawned = self.spawn_bg("train-aug-preview", ctx, move || {
+            let r = crate::train::augment::preview(&project, &cfg, epoch, PREVIEW_SAMPLES)
+                .map_err(|e| format!("{e:#}"));
+            Background::Preview(r)
+        });
         match spawned {
-            Ok(_) => self.previewing = true,
+            Ok(()) => self.previewing = true,
             Err(e) => cx.notices.error(format!("cannot start the preview: {e}")),
         }
     }
@@ -1110,13 +1101,10 @@ impl TrainPanel {
         }
         self.scanning = true;
         self.runs_for = Some(project.to_path_buf());
-        let (tx, ctx, runs) = (self.bg_tx.clone(), ctx.clone(), runs_dir(project));
-        let spawned = std::thread::Builder::new()
-            .name("train-runs-scan".to_owned())
-            .spawn(move || {
-                tx.send(Background::Runs(scan_runs(&runs))).ok();
-                ctx.request_repaint();
-            });
+        let runs = runs_dir(project);
+        let spawned = self.spawn_bg("train-runs-scan", ctx, move || {
+            Background::Runs(scan_runs(&runs))
+        });
         if spawned.is_err() {
             self.scanning = false;
         }
@@ -1130,18 +1118,14 @@ impl TrainPanel {
             self.watch_next = Some(bundle);
             return;
         }
-        let (tx, ctx) = (self.watch_tx.clone(), ctx.clone());
-        let spawned = std::thread::Builder::new()
-            .name("train-watch".to_owned())
-            .spawn(move || {
-                let event = match watch_predict(&project, &run_dir, &bundle, device, score) {
-                    Ok(images) => WatchEvent::Images(images),
-                    Err(e) => WatchEvent::Failed(format!("{e:#}")),
-                };
-                tx.send(event).ok();
-                ctx.request_repaint();
-            });
+        let spawned = Worker::once("train-watch", ctx, move || {
+            match watch_predict(&project, &run_dir, &bundle, device, score) {
+                Ok(images) => WatchEvent::Images(images),
+                Err(e) => WatchEvent::Failed(format!("{e:#}")),
+            }
+        });
         self.watch_busy = spawned.is_ok();
+        self.watch_worker = spawned.ok();
     }
 
     /// Applies what the run and the panel's workers reported; the shell calls it every frame
@@ -1152,37 +1136,40 @@ impl TrainPanel {
 
     fn drain(&mut self, ctx: &egui::Context, cx: &mut PanelCtx) {
         let mut checkpoints = Vec::new();
-        let mut finished = None;
+        let mut finished: Option<Result<(bool, usize), String>> = None;
         if let Some(run) = &mut self.run {
-            while let Ok(e) = run.events.try_recv() {
+            for polled in run.worker.poll() {
+                let e = match polled {
+                    Polled::Event(e) => e,
+                    Polled::Died(why) => {
+                        finished = Some(Err(why));
+                        continue;
+                    }
+                };
                 match &e {
                     TrainEvent::Started { run_dir, .. } => {
                         self.watch_for = Some((run.project.clone(), run_dir.clone(), run.device));
                     }
                     TrainEvent::CheckpointSaved { path } => checkpoints.push(path.clone()),
+                    TrainEvent::Finished {
+                        iterations,
+                        cancelled,
+                        ..
+                    } => finished = Some(Ok((*cancelled, *iterations))),
+                    TrainEvent::Failed { error } => finished = Some(Err(error.clone())),
                     _ => {}
                 }
                 self.history.apply(&e);
-            }
-            if let Ok(result) = run.done.try_recv() {
-                // Events sent before the end are all in the channel by now.
-                while let Ok(e) = run.events.try_recv() {
-                    self.history.apply(&e);
-                }
-                if let Some(h) = run.handle.take() {
-                    h.join().ok();
-                }
-                finished = Some(result);
             }
         }
         let ended = finished.is_some();
         if let Some(result) = finished {
             match result {
-                Ok(s) => {
-                    let verb = if s.cancelled { "stopped" } else { "finished" };
+                Ok((cancelled, iterations)) => {
+                    let verb = if cancelled { "stopped" } else { "finished" };
                     cx.notices.info(format!(
-                        "training run {} {verb} after {} steps",
-                        s.run_id, s.iterations
+                        "training run {} {verb} after {iterations} steps",
+                        self.history.run_id
                     ));
                 }
                 Err(e) => {
@@ -1197,11 +1184,24 @@ impl TrainPanel {
         {
             self.start_watch(ctx, path, cx.settings.score_threshold);
         }
-        if ended {
-            self.run = None;
+        if ended && let Some(run) = self.run.take() {
+            // Its clean-up (the model, the loader) finishes before the run counts as over.
+            run.worker.join();
         }
-        while let Ok(e) = self.watch_rx.try_recv() {
+        let watched = self
+            .watch_worker
+            .as_mut()
+            .map(Worker::poll)
+            .unwrap_or_default();
+        for polled in watched {
             self.watch_busy = false;
+            if let Some(w) = self.watch_worker.take() {
+                w.join(); // only freeing its model is left
+            }
+            let e = match polled {
+                Polled::Event(e) => e,
+                Polled::Died(why) => WatchEvent::Failed(why),
+            };
             match e {
                 WatchEvent::Images(images) => {
                     self.watch = images
@@ -1225,7 +1225,25 @@ impl TrainPanel {
                 self.start_watch(ctx, next, cx.settings.score_threshold);
             }
         }
-        while let Ok(e) = self.bg_rx.try_recv() {
+        let mut events = Vec::new();
+        for w in &mut self.bg {
+            for polled in w.poll() {
+                match polled {
+                    Polled::Event(e) => events.push(e),
+                    Polled::Died(why) => {
+                        match w.name() {
+                            "train-runs-scan" => self.scanning = false,
+                            "train-export" => self.exporting = false,
+                            "train-aug-preview" => self.previewing = false,
+                            _ => self.replaying = None,
+                        }
+                        cx.notices.error(why);
+                    }
+                }
+            }
+        }
+        self.bg.retain(Worker::running);
+        for e in events {
             match e {
                 Background::Runs(runs) => {
                     self.scanning = false;
@@ -1832,16 +1850,12 @@ impl TrainPanel {
                 && let Some(run) = selected.clone()
             {
                 let dest = PathBuf::from(self.export_dir.trim());
-                let (tx, ctx) = (self.bg_tx.clone(), ui.ctx().clone());
-                let spawned = std::thread::Builder::new()
-                    .name("train-export".to_owned())
-                    .spawn(move || {
-                        let r = export_run_bundle(&run, &dest).map_err(|e| format!("{e:#}"));
-                        tx.send(Background::Exported(r)).ok();
-                        ctx.request_repaint();
-                    });
+                let spawned = self.spawn_bg("train-export", ui.ctx(), move || {
+                    let r = export_run_bundle(&run, &dest).map_err(|e| format!("{e:#}"));
+                    Background::Exported(r)
+                });
                 match spawned {
-                    Ok(_) => self.exporting = true,
+                    Ok(()) => self.exporting = true,
                     Err(e) => cx.notices.error(format!("cannot start the export: {e}")),
                 }
             }

@@ -247,43 +247,58 @@ impl Predictor {
 
     fn predict_impl(&self, image: &image::RgbImage, soft: bool) -> anyhow::Result<Vec<Detection>> {
         let (w, h) = image.dimensions();
-        // [H, W, 3] u8 -> [3, H, W] f32 in 0..1
-        let input = Tensor::from_slice(image.as_raw())
-            .view([i64::from(h), i64::from(w), 3])
-            .permute([2, 0, 1])
-            .to_kind(Kind::Float)
-            .divide_scalar(255.0)
-            .to_device(self.device);
+        // [H, W, 3] u8 -> [3, H, W] f32 in 0..1. The fallible variants turn libtorch errors
+        // (CUDA out of memory, a bad shape) into errors instead of panics.
+        let input = Tensor::f_from_slice(image.as_raw())?
+            .f_view([i64::from(h), i64::from(w), 3])?
+            .f_permute([2, 0, 1])?
+            .f_to_kind(Kind::Float)?
+            .f_divide_scalar(255.0)?
+            .f_to_device(self.device)
+            .context("moving the image to the model's device")?;
         // Masks stay box-sized crops: full [D, H, W] maps of a 12-megapixel photo with 100
         // detections would take gigabytes.
         let mut out = self.model.forward_eval_cropped(&[input])?;
         let det = out.pop().context("the model returned no result")?;
-        let boxes = Vec::<f32>::try_from(det.boxes.to_device(Device::Cpu).reshape([-1]))?;
-        let scores = Vec::<f32>::try_from(det.scores.to_device(Device::Cpu))?;
-        let labels = Vec::<i64>::try_from(det.labels.to_device(Device::Cpu))?;
+        let boxes = Vec::<f32>::try_from(det.boxes.f_to_device(Device::Cpu)?.f_reshape([-1])?)?;
+        let scores = Vec::<f32>::try_from(det.scores.f_to_device(Device::Cpu)?)?;
+        let labels = Vec::<i64>::try_from(det.labels.f_to_device(Device::Cpu)?)?;
+        anyhow::ensure!(
+            boxes.len() == 4 * scores.len() && labels.len() == scores.len(),
+            "the model returned {} boxes, {} scores and {} labels",
+            boxes.len() / 4,
+            scores.len(),
+            labels.len()
+        );
         let mut detections = Vec::with_capacity(scores.len());
         for (i, (&score, &label)) in scores.iter().zip(&labels).enumerate() {
             let crop = det.masks.get(i).and_then(Option::as_ref);
             let (mask, soft_mask) = match crop {
                 Some(c) => {
-                    let [x0, y0] = [c.x0 as u32, c.y0 as u32];
-                    let (ch, cw) = (c.probs.size()[0] as u32, c.probs.size()[1] as u32);
-                    let probs = c.probs.to_device(Device::Cpu);
+                    let (x0, y0) = (u32::try_from(c.x0)?, u32::try_from(c.y0)?);
+                    let (ch, cw) = c.probs.size2()?;
+                    let (ch, cw) = (u32::try_from(ch)?, u32::try_from(cw)?);
+                    anyhow::ensure!(
+                        u64::from(x0) + u64::from(cw) <= u64::from(w)
+                            && u64::from(y0) + u64::from(ch) <= u64::from(h),
+                        "mask crop at {x0},{y0} of {cw}x{ch} does not fit a {w}x{h} image"
+                    );
+                    let probs = c.probs.f_to_device(Device::Cpu)?;
                     if soft {
                         // [h, w] probabilities -> [h, w] u8 round(p * 255); the binary mask
                         // comes from it on demand (`mask_at`).
                         let q = probs
-                            .multiply_scalar(255.0)
-                            .round()
-                            .clamp(0.0, 255.0)
-                            .to_kind(Kind::Uint8);
-                        let q = Vec::<u8>::try_from(q.reshape([-1]))?;
+                            .f_multiply_scalar(255.0)?
+                            .f_round()?
+                            .f_clamp(0.0, 255.0)?
+                            .f_to_kind(Kind::Uint8)?;
+                        let q = Vec::<u8>::try_from(q.f_reshape([-1])?)?;
                         let s = SoftMask::from_quantised_region(w, h, [x0, y0, cw, ch], &q);
                         (Mask::new(0, 0), Some(s))
                     } else {
                         // [h, w] probabilities -> u8 0/1 placed into the image-size mask.
-                        let bits = probs.ge(MASK_THRESHOLD).to_kind(Kind::Uint8);
-                        let bits = Vec::<u8>::try_from(bits.reshape([-1]))?;
+                        let bits = probs.f_ge(MASK_THRESHOLD)?.f_to_kind(Kind::Uint8)?;
+                        let bits = Vec::<u8>::try_from(bits.f_reshape([-1])?)?;
                         (place_region(w, h, [x0, y0, cw, ch], &bits)?, None)
                     }
                 }

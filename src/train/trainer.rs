@@ -273,8 +273,10 @@ pub fn train_with(
         }
     };
     let mut reporter = Reporter { log, observer };
-    let result = start_fresh(project_dir, &run_id, &run_dir, cfg)
-        .and_then(|session| session.run(control, &mut reporter));
+    let result = guarded("training", || {
+        start_fresh(project_dir, &run_id, &run_dir, cfg)
+            .and_then(|session| session.run(control, &mut reporter))
+    });
     finish(&run_dir, result, &mut reporter)
 }
 
@@ -297,9 +299,20 @@ pub fn resume(
         }
     };
     let mut reporter = Reporter { log, observer };
-    let result = start_resumed(run_dir, continue_epochs, &mut reporter)
-        .and_then(|session| session.run(control, &mut reporter));
+    let result = guarded("training", || {
+        start_resumed(run_dir, continue_epochs, &mut reporter)
+            .and_then(|session| session.run(control, &mut reporter))
+    });
     finish(run_dir, result, &mut reporter)
+}
+
+/// Runs `f`, turning a panic (libtorch errors surface as panics: CUDA out of memory, a bad
+/// tensor) into an error naming `what`, so a run always ends with `Failed` and its files.
+fn guarded<T>(what: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => Err(anyhow::anyhow!("{what} panicked: {}", panic_text(&*p))),
+    }
 }
 
 /// Draws `loss.png` (also after a failure) and reports a failure.
@@ -776,11 +789,17 @@ impl Session {
     }
 
     /// Mask and box AP of `checkpoint` on the validation images.
+    /// A panic in libtorch (second model on a full GPU, a bad tensor) is an error here, like
+    /// one in a step.
     fn validate(&self, checkpoint: &Path) -> anyhow::Result<(f64, f64)> {
-        let predictor = crate::infer::Predictor::load(checkpoint, self.device, None)?;
-        let r = crate::eval::project::evaluate_set(&self.val_set, &predictor, &mut |_, _| {})
+        guarded("validation", || {
+            let predictor = crate::infer::Predictor::load(checkpoint, self.device, None)?;
+            let r = crate::eval::project::evaluate_set(&self.val_set, &predictor, &mut |_, _| {
+                crate::fault::hit("train-validation");
+            })
             .context("validation")?;
-        Ok((r.segm.stats[0], r.bbox.stats[0]))
+            Ok((r.segm.stats[0], r.bbox.stats[0]))
+        })
     }
 
     fn nan_error(
@@ -1006,7 +1025,17 @@ impl Session {
             && !self.val_set.images.is_empty()
             && ((epoch + 1).is_multiple_of(every) || last_epoch);
         if due {
-            let (segm, bbox) = self.validate(&dir)?;
+            let (segm, bbox) = match self.validate(&dir) {
+                Ok(v) => v,
+                Err(e) => {
+                    // The epoch's record stays with the run (its checkpoint is written).
+                    if let Err(w) = run_state::write_epochs_csv(&self.run_dir, &self.state.history)
+                    {
+                        reporter.note(&format!("could not write epochs.csv: {w:#}"));
+                    }
+                    return Err(e);
+                }
+            };
             if let Some(r) = self.state.history.last_mut() {
                 r.val_segm_ap = Some(segm);
                 r.val_bbox_ap = Some(bbox);
