@@ -184,8 +184,14 @@ pub fn check_mask_name(name: &str) -> Result<(), String> {
             shown_mask_path(name.as_bytes())
         ))
     };
+    // Short reasons: the name itself is shown once, escaped and cut.
     if let Err(e) = crate::dataset::paths::safe_file_name(name) {
-        return refuse(&format!("is refused: {e}"));
+        use crate::dataset::paths::PathError;
+        return refuse(match e {
+            PathError::Empty => "is empty",
+            PathError::ControlChar(_) => "contains a control character",
+            _ => "is not one plain file name (a separator, a leading '.', or over 255 bytes)",
+        });
     }
     let form = "is not an Open Images mask name ({ImageID}_{label}_{BoxID}.png)";
     let Some(stem) = name.strip_suffix(".png") else {

@@ -19,6 +19,14 @@ pub struct Faults {
     pub ignore_range: bool,
     /// Send bodies of paths starting with this prefix in 2 KiB pieces with this pause.
     pub slow: Option<(String, Duration)>,
+    /// After a cut of this path, serve these bytes instead (the object changed mid-download).
+    pub replace_after_cut: HashMap<String, Vec<u8>>,
+    /// After a cut of this path, answer 503 this many times (a run that gives up mid-file).
+    pub fail_503_after_cut: HashMap<String, u32>,
+    /// Send no `ETag` (clients must fall back to `Last-Modified`).
+    pub no_etag: bool,
+    /// Send neither `ETag` nor `Last-Modified` (nothing to resume against).
+    pub no_validators: bool,
 }
 
 /// One answered request.
@@ -30,6 +38,8 @@ pub struct LogEntry {
     pub path: String,
     /// Range header.
     pub range: Option<String>,
+    /// If-Range header.
+    pub if_range: Option<String>,
     /// Status sent.
     pub status: u16,
     /// Body bytes sent.
@@ -38,6 +48,8 @@ pub struct LogEntry {
 
 struct Shared {
     files: Mutex<HashMap<String, Arc<Vec<u8>>>>,
+    /// How many times each path was replaced (its Last-Modified second).
+    versions: Mutex<HashMap<String, u64>>,
     faults: Mutex<Faults>,
     log: Mutex<Vec<LogEntry>>,
     stop: AtomicBool,
@@ -72,6 +84,7 @@ impl OiServer {
                     .map(|(k, v)| (format!("/{k}"), Arc::new(v)))
                     .collect(),
             ),
+            versions: Mutex::new(HashMap::new()),
             faults: Mutex::new(Faults::default()),
             log: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
@@ -108,13 +121,9 @@ impl OiServer {
         self.shared.faults.lock().unwrap()
     }
 
-    /// Replaces or adds a file.
+    /// Replaces or adds a file (its Last-Modified moves on).
     pub fn put(&self, key: &str, bytes: Vec<u8>) {
-        self.shared
-            .files
-            .lock()
-            .unwrap()
-            .insert(format!("/{key}"), Arc::new(bytes));
+        put_file(&self.shared, &format!("/{key}"), bytes);
     }
 
     /// Size of a served file.
@@ -138,6 +147,28 @@ impl OiServer {
     }
 }
 
+fn put_file(s: &Shared, path: &str, bytes: Vec<u8>) {
+    s.files
+        .lock()
+        .unwrap()
+        .insert(path.to_owned(), Arc::new(bytes));
+    *s.versions
+        .lock()
+        .unwrap()
+        .entry(path.to_owned())
+        .or_default() += 1;
+}
+
+/// An HTTP date that changes with each replacement of the file.
+fn last_modified(version: u64) -> String {
+    format!(
+        "Mon, 01 Jan 2024 {:02}:{:02}:{:02} GMT",
+        version / 3600 % 24,
+        version / 60 % 60,
+        version % 60
+    )
+}
+
 fn handle(mut stream: TcpStream, s: &Shared) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
@@ -149,15 +180,18 @@ fn handle(mut stream: TcpStream, s: &Shared) -> std::io::Result<()> {
         parts.next().unwrap_or("").to_owned(),
     );
     let mut range = None;
+    let mut if_range = None;
     loop {
         let mut h = String::new();
         if reader.read_line(&mut h)? == 0 || h.trim().is_empty() {
             break;
         }
-        if let Some((k, v)) = h.split_once(':')
-            && k.trim().eq_ignore_ascii_case("range")
-        {
-            range = Some(v.trim().to_owned());
+        if let Some((k, v)) = h.split_once(':') {
+            if k.trim().eq_ignore_ascii_case("range") {
+                range = Some(v.trim().to_owned());
+            } else if k.trim().eq_ignore_ascii_case("if-range") {
+                if_range = Some(v.trim().to_owned());
+            }
         }
     }
     let path = target.split('?').next().unwrap_or("").to_owned();
@@ -167,6 +201,7 @@ fn handle(mut stream: TcpStream, s: &Shared) -> std::io::Result<()> {
             method: method.clone(),
             path: path.clone(),
             range: range.clone(),
+            if_range: if_range.clone(),
             status,
             body_bytes,
         });
@@ -186,7 +221,7 @@ fn handle(mut stream: TcpStream, s: &Shared) -> std::io::Result<()> {
         log(403, if head_only { 0 } else { body.len() as u64 });
         return Ok(());
     };
-    let (cut, slow, ignore_range) = {
+    let (cut, slow, ignore_range, no_etag, no_validators) = {
         let mut f = s.faults.lock().unwrap();
         if let Some(n) = f.fail_503.get_mut(&path).filter(|n| **n > 0) {
             *n -= 1;
@@ -209,13 +244,26 @@ fn handle(mut stream: TcpStream, s: &Shared) -> std::io::Result<()> {
             .as_ref()
             .filter(|(p, _)| path.starts_with(p.as_str()))
             .map(|(_, d)| *d);
-        (cut, slow, f.ignore_range)
+        (
+            cut,
+            slow,
+            f.ignore_range,
+            f.no_etag || f.no_validators,
+            f.no_validators,
+        )
     };
     let total = file.len() as u64;
     let etag = format!("\"{:08x}\"", crc32fast::hash(&file));
+    let modified = last_modified(s.versions.lock().unwrap().get(&path).copied().unwrap_or(0));
+    // If-Range (RFC 9110 §13.1.5): the range only if the validator still matches, else the
+    // whole current object with 200.
+    let range_valid = match if_range.as_deref() {
+        None => true,
+        Some(v) => (!no_etag && v == etag) || (!no_validators && v == modified),
+    };
     let mut status = 200;
     let (mut start, mut end) = (0u64, total);
-    if let (Some(r), false) = (range.as_deref(), ignore_range) {
+    if let (Some(r), false, true) = (range.as_deref(), ignore_range, range_valid) {
         match parse_range(r, total) {
             Some((a, b)) => {
                 status = 206;
@@ -233,7 +281,7 @@ fn handle(mut stream: TcpStream, s: &Shared) -> std::io::Result<()> {
         }
     }
     let mut head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\nETag: {etag}\r\nConnection: close\r\n",
+        "HTTP/1.1 {status} {}\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n",
         if status == 206 {
             "Partial Content"
         } else {
@@ -241,6 +289,12 @@ fn handle(mut stream: TcpStream, s: &Shared) -> std::io::Result<()> {
         },
         end - start
     );
+    if !no_etag {
+        head.push_str(&format!("ETag: {etag}\r\n"));
+    }
+    if !no_validators {
+        head.push_str(&format!("Last-Modified: {modified}\r\n"));
+    }
     if status == 206 {
         head.push_str(&format!(
             "Content-Range: bytes {start}-{}/{total}\r\n",
@@ -270,6 +324,19 @@ fn handle(mut stream: TcpStream, s: &Shared) -> std::io::Result<()> {
     };
     log(status, sent);
     if cut {
+        let (replacement, fail) = {
+            let mut f = s.faults.lock().unwrap();
+            (
+                f.replace_after_cut.remove(&path),
+                f.fail_503_after_cut.remove(&path),
+            )
+        };
+        if let Some(bytes) = replacement {
+            put_file(s, &path, bytes);
+        }
+        if let Some(n) = fail {
+            s.faults.lock().unwrap().fail_503.insert(path.clone(), n);
+        }
         stream.shutdown(std::net::Shutdown::Both).ok();
     }
     result
@@ -348,6 +415,9 @@ pub struct FxOptions {
     pub v7_classes: bool,
     /// Add 70,000 tiny entries to validation shard `f` (a real ZIP64 archive by count).
     pub big_shard: bool,
+    /// Extra segmentation CSV rows, as `(split, MaskPath, ImageID, LabelName, BoxID)`, written
+    /// with a valid box: a hostile mirror's rows (e.g. a MaskPath of `../../../home/u/x.png`).
+    pub extra_segmentation_rows: Vec<(&'static str, String, String, String, String)>,
 }
 
 impl Default for FxOptions {
@@ -357,6 +427,7 @@ impl Default for FxOptions {
             val_fillers: 40,
             v7_classes: false,
             big_shard: false,
+            extra_segmentation_rows: Vec::new(),
         }
     }
 }
@@ -891,6 +962,20 @@ pub fn build_fixture(opts: &FxOptions) -> Fixture {
                     false,
                 ));
             }
+        }
+        for (n, (_, mask_path, image_id, label, box_id)) in opts
+            .extra_segmentation_rows
+            .iter()
+            .filter(|r| r.0 == split)
+            .enumerate()
+        {
+            seg_rows.push((
+                mix(n as u64 ^ 0xbad),
+                format!(
+                    "{},{image_id},{label},{box_id},0.100000,0.900000,0.100000,0.900000,,\n",
+                    csv_field(mask_path)
+                ),
+            ));
         }
         // Unsorted CSVs.
         seg_rows.sort_by_key(|(k, _)| *k);
