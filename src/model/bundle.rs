@@ -480,10 +480,12 @@ impl Bundle {
         })
     }
 
-    /// Loads `model.safetensors` into `vs` with [`weights::load_strict`].
+    /// Loads `model.safetensors` into `vs` with [`weights::load_strict`]. The file is read as
+    /// safetensors only ([`checkpoint::read_safetensors`]): a bundle is ours, so a pickle
+    /// checkpoint renamed `model.safetensors` is an error naming the file, never unpickled.
     pub fn load_weights(&self, vs: &mut VarStore) -> Result<LoadReport, BundleError> {
         let tensors =
-            checkpoint::read_checkpoint(&self.weights_path()).map_err(WeightsError::from)?;
+            checkpoint::read_safetensors(&self.weights_path()).map_err(WeightsError::from)?;
         Ok(weights::load_strict(vs, &tensors)?)
     }
 

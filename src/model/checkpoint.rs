@@ -20,6 +20,17 @@
 //! error that names it. All lengths, offsets and strides are checked against the file, so a
 //! truncated or corrupted file gives an error, not a panic.
 //!
+//! The work is bounded by the file's size whatever it claims: the unpickler copies at most
+//! [`COPY_BUDGET_PER_BYTE`] values per pickle byte; the object graph is walked once per
+//! container (a shared container of tensors is an error, a shared one without tensors is
+//! skipped, so memo references cannot multiply paths); at most [`MAX_TENSORS`] tensors with
+//! names of at most [`MAX_NAME_BYTES`]; every view is checked against its storage's real size
+//! (no more elements than the storage holds) and all views together against
+//! [`MAX_VIEW_EXPANSION`] × the file's storage bytes before any tensor is allocated.
+//!
+//! Files that must be safetensors (model bundles) are read with [`read_safetensors`], which
+//! parses safetensors only and validates it strictly.
+//!
 //! Tensors always come back on the CPU, contiguous, with the dtype stored in the file.
 
 use std::collections::{HashMap, HashSet};
@@ -87,6 +98,10 @@ pub enum CheckpointErrorKind {
     /// libtorch refused an operation.
     #[error("could not be converted to tensors: {0}")]
     Torch(tch::TchError),
+    /// A file read as safetensors breaks the format (header, offsets, sizes) or is another
+    /// format altogether.
+    #[error("is not a valid safetensors file: {0}")]
+    Safetensors(String),
 }
 
 type Kindr<T> = Result<T, CheckpointErrorKind>;
@@ -115,9 +130,8 @@ pub fn detect_format(bytes: &[u8]) -> Option<CheckpointFormat> {
     if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06") {
         return Some(CheckpointFormat::Zip);
     }
-    if bytes.len() >= 2 && bytes[0] == 0x80 && (2..=5).contains(&bytes[1]) {
-        return Some(CheckpointFormat::Legacy);
-    }
+    // Safetensors before pickles: a header of 640 bytes (0x280) starts with the bytes of a
+    // protocol-2 pickle, `80 02`, but no pickle has a `{` at byte 8 after a length that fits.
     if bytes.len() >= 9 && bytes[8] == b'{' {
         let mut n = [0u8; 8];
         n.copy_from_slice(&bytes[..8]);
@@ -125,6 +139,9 @@ pub fn detect_format(bytes: &[u8]) -> Option<CheckpointFormat> {
         if len <= (bytes.len() as u64).saturating_sub(8) {
             return Some(CheckpointFormat::Safetensors);
         }
+    }
+    if bytes.len() >= 2 && bytes[0] == 0x80 && (2..=5).contains(&bytes[1]) {
+        return Some(CheckpointFormat::Legacy);
     }
     None
 }
@@ -186,41 +203,59 @@ fn read_impl(bytes: &[u8], source: &Path, unwrap_state_dict: bool) -> Kindr<Vec<
     };
     let mut root = loaded.root.clone();
     let mut prefix = String::new();
-    if unwrap_state_dict && let Some((name, inner)) = loaded.state_dict_entry() {
+    let holders = loaded.tensor_holders();
+    if unwrap_state_dict && let Some((name, inner)) = loaded.state_dict_entry(&holders) {
         log::debug!(
             "{}: using the \"{name}\" entry as the state dict",
             source.display()
         );
         root = inner;
     }
-    let mut out = Vec::new();
-    let mut skipped = Vec::new();
-    let mut on_path = HashSet::new();
-    loaded.flatten(&root, &mut prefix, 0, &mut on_path, &mut out, &mut skipped)?;
-    if !skipped.is_empty() {
-        let shown: Vec<&str> = skipped.iter().take(8).map(String::as_str).collect();
+    let mut walk = Walk::default();
+    loaded.flatten(&root, &mut prefix, 0, &holders, &mut walk)?;
+    if walk.skipped > 0 {
         log::info!(
             "{}: skipped {} non-tensor entr{} ({}{})",
             source.display(),
-            skipped.len(),
-            if skipped.len() == 1 { "y" } else { "ies" },
-            shown.join(", "),
-            if skipped.len() > shown.len() {
+            walk.skipped,
+            if walk.skipped == 1 { "y" } else { "ies" },
+            walk.shown.join(", "),
+            if walk.skipped > walk.shown.len() {
                 ", …"
             } else {
                 ""
             }
         );
     }
+    let out = walk.out;
     let mut seen = HashSet::new();
     for (name, _) in &out {
         if !seen.insert(name.as_str()) {
             return Err(CheckpointErrorKind::DuplicateName(name.clone()));
         }
     }
+    // Every view is checked, and the total size bounded, before any tensor is allocated.
+    let allowance = loaded
+        .storage_bytes()
+        .saturating_mul(MAX_VIEW_EXPANSION)
+        .saturating_add(VIEW_SLACK_BYTES);
+    let mut total: u64 = 0;
+    let mut views = Vec::with_capacity(out.len());
+    for (name, spec) in &out {
+        let view = loaded.check_view(name, spec)?;
+        total = total.saturating_add(view.out_bytes);
+        if total > allowance {
+            return malformed(format!(
+                "its tensors (up to \"{name}\") add up to more than {allowance} bytes, over \
+                 {MAX_VIEW_EXPANSION} times the {} bytes of data in the file",
+                loaded.storage_bytes()
+            ));
+        }
+        views.push(view);
+    }
     let mut tensors = Vec::with_capacity(out.len());
-    for (name, spec) in out {
-        let t = loaded.materialize(&spec)?;
+    for ((name, spec), view) in out.into_iter().zip(&views) {
+        let t = loaded.materialize(&spec, view)?;
         tensors.push((name, t));
     }
     Ok(tensors)
@@ -426,10 +461,41 @@ struct Unpickler<'a> {
     arena: &'a mut Vec<Obj>,
     /// Storages referenced via persistent ids, by key.
     storages: &'a mut HashMap<Rc<str>, StorageRef>,
+    /// Values that may still be copied (see [`COPY_BUDGET_PER_BYTE`]).
+    copy_budget: u64,
 }
 
 /// Deepest container nesting accepted when flattening (state dicts nest 1–3 levels).
 const MAX_DEPTH: usize = 200;
+
+/// Most tensors one checkpoint may yield. The largest real state dicts (language models with
+/// hundreds of layers) hold well under 100,000 tensors; every entry costs a name and a view
+/// description (about 200 bytes), so the cap also bounds that bookkeeping to about 200 MB
+/// whatever the file claims.
+pub const MAX_TENSORS: usize = 1_000_000;
+
+/// Longest flattened name (`.`-joined keys), in bytes; torchvision's names are under 100. Keys
+/// are shared through the pickle memo, so without a cap a few bytes of pickle could build
+/// names of gigabytes.
+pub const MAX_NAME_BYTES: usize = 4096;
+
+/// The tensors read from one file may hold at most this many times the bytes of the storages
+/// in the file (plus [`VIEW_SLACK_BYTES`]). Views may share a storage (tied weights put one
+/// storage under two names), but views adding up to more than four copies of the data only
+/// serve to make the reader allocate.
+pub const MAX_VIEW_EXPANSION: u64 = 4;
+
+/// Allowance on top of [`MAX_VIEW_EXPANSION`] for files whose storages are tiny (a few scalar
+/// buffers viewed several times).
+pub const VIEW_SLACK_BYTES: u64 = 1 << 20;
+
+/// Values the unpickler may copy per byte of pickle (call arguments, containers built from a
+/// sequence). A real pickle copies each value once or twice; a crafted one could REDUCE the
+/// same memoised million-item list again and again (quadratic time and memory).
+pub const COPY_BUDGET_PER_BYTE: u64 = 8;
+
+/// Fixed part of the copy budget, so tiny pickles can still build a few containers.
+pub const COPY_BUDGET_BASE: u64 = 4096;
 
 /// Most open MARKs at once (torch pickles use a handful).
 const MAX_MARKS: usize = 100_000;
@@ -513,6 +579,21 @@ impl<'a> Unpickler<'a> {
             return malformed("pickle MARK beyond the stack");
         }
         Ok(self.stack.split_off(m))
+    }
+
+    /// Accounts for copying `n` values; an error once the pickle's copy budget is spent.
+    fn charge(&mut self, n: usize) -> Kindr<()> {
+        match self.copy_budget.checked_sub(n as u64) {
+            Some(left) => {
+                self.copy_budget = left;
+                Ok(())
+            }
+            None => malformed(format!(
+                "pickle copies more values than its {} bytes can describe (at byte {})",
+                self.data.len(),
+                self.pos
+            )),
+        }
     }
 
     fn alloc(&mut self, obj: Obj) -> Value {
@@ -692,6 +773,7 @@ impl<'a> Unpickler<'a> {
             },
             _ => return malformed("call arguments are not a tuple"),
         };
+        self.charge(args.len())?;
         match &g {
             Global::OrderedDict => {
                 let d = self.alloc(Obj::Dict {
@@ -703,6 +785,7 @@ impl<'a> Unpickler<'a> {
                         Some(items) => items.to_vec(),
                         None => return malformed("OrderedDict built from a non-sequence"),
                     };
+                    self.charge(pairs.len().saturating_mul(3))?;
                     let mut flat = Vec::with_capacity(pairs.len() * 2);
                     for p in &pairs {
                         match self.seq_items(p) {
@@ -725,6 +808,7 @@ impl<'a> Unpickler<'a> {
                     },
                     None => Vec::new(),
                 };
+                self.charge(items.len())?;
                 Ok(self.alloc(Obj::Set(items)))
             }
             Global::TorchSize => {
@@ -735,6 +819,7 @@ impl<'a> Unpickler<'a> {
                     },
                     None => Vec::new(),
                 };
+                self.charge(items.len())?;
                 Ok(self.alloc(Obj::Tuple(items)))
             }
             Global::RebuildTensor | Global::RebuildTensorV2 | Global::RebuildTensorV3 => {
@@ -757,6 +842,7 @@ impl<'a> Unpickler<'a> {
         let Some(items) = self.seq_items(&pid).map(<[Value]>::to_vec) else {
             return malformed("persistent id is not a tuple");
         };
+        self.charge(items.len())?;
         match items.first() {
             Some(Value::Str(s)) if &**s == "storage" => {}
             _ => return malformed("persistent id is not a storage reference"),
@@ -1197,6 +1283,54 @@ fn key_string(v: &Value) -> Option<String> {
     }
 }
 
+/// What a walk over the object graph found: tensors by name, and skipped non-tensor leaves.
+#[derive(Default)]
+struct Walk {
+    out: Vec<(String, TensorSpec)>,
+    /// Containers already walked (each is walked once: a shared one would multiply paths).
+    visited: HashSet<usize>,
+    /// Containers on the current path (a second visit there is a cycle).
+    on_path: HashSet<usize>,
+    skipped: usize,
+    /// The first few skipped entries, for the log line.
+    shown: Vec<String>,
+}
+
+/// How many skipped entries the log line names.
+const SHOWN_SKIPPED: usize = 8;
+
+impl Walk {
+    fn skip(&mut self, what: impl FnOnce() -> String) {
+        self.skipped += 1;
+        if self.shown.len() < SHOWN_SKIPPED {
+            self.shown.push(what());
+        }
+    }
+}
+
+/// `prefix` for messages: the top level has no name.
+fn path_name(prefix: &str) -> String {
+    if prefix.is_empty() {
+        "the top level".to_string()
+    } else {
+        let cut: String = prefix.chars().take(80).collect();
+        let more = if cut.len() < prefix.len() { "…" } else { "" };
+        format!("\"{cut}{more}\"")
+    }
+}
+
+/// A tensor view checked against its storage: what [`Loaded::materialize`] copies.
+struct CheckedView<'s> {
+    kind: Kind,
+    /// The storage's bytes from the view's first element to its last.
+    bytes: &'s [u8],
+    /// Number of storage elements in `bytes`.
+    count: usize,
+    /// Bytes of the materialised (contiguous) tensor.
+    out_bytes: u64,
+    big_endian: bool,
+}
+
 impl<'a> Loaded<'a> {
     fn dict_entries(&self, v: &Value) -> Option<&[(Value, Value)]> {
         match v {
@@ -1208,34 +1342,60 @@ impl<'a> Loaded<'a> {
         }
     }
 
-    /// Whether `v` (transitively) holds at least one tensor.
-    fn holds_tensor(&self, v: &Value, depth: usize) -> bool {
-        if depth > MAX_DEPTH {
-            return false;
-        }
-        match v {
-            Value::Obj(i) => match self.arena.get(*i) {
-                Some(Obj::Tensor(_)) => true,
-                Some(Obj::Dict { entries, .. }) => {
-                    entries.iter().any(|(_, x)| self.holds_tensor(x, depth + 1))
+    /// For every arena object, whether it (transitively) holds a tensor through dict values,
+    /// list or tuple items. One backwards sweep from the tensors over the parent links: linear
+    /// in the size of the graph, whatever its sharing or cycles.
+    fn tensor_holders(&self) -> Vec<bool> {
+        let n = self.arena.len();
+        let mut parents: Vec<Vec<usize>> = vec![Vec::new(); n];
+        let mut holds = vec![false; n];
+        let mut queue = Vec::new();
+        let link = |parents: &mut Vec<Vec<usize>>, child: &Value, parent: usize| {
+            if let Value::Obj(c) = child
+                && let Some(p) = parents.get_mut(*c)
+            {
+                p.push(parent);
+            }
+        };
+        for (i, obj) in self.arena.iter().enumerate() {
+            match obj {
+                Obj::Tensor(_) => {
+                    holds[i] = true;
+                    queue.push(i);
                 }
-                Some(Obj::List(l)) | Some(Obj::Tuple(l)) => {
-                    l.iter().any(|x| self.holds_tensor(x, depth + 1))
+                Obj::Dict { entries, .. } => {
+                    for (_, v) in entries {
+                        link(&mut parents, v, i);
+                    }
                 }
-                _ => false,
-            },
-            _ => false,
+                Obj::List(l) | Obj::Tuple(l) => {
+                    for v in l {
+                        link(&mut parents, v, i);
+                    }
+                }
+                Obj::Set(_) | Obj::Storage(_) => {}
+            }
         }
+        while let Some(c) = queue.pop() {
+            for &p in &parents[c] {
+                if !holds[p] {
+                    holds[p] = true;
+                    queue.push(p);
+                }
+            }
+        }
+        holds
     }
 
     /// The single `model` / `state_dict` / `model_state_dict` entry of a top-level dict.
-    fn state_dict_entry(&self) -> Option<(String, Value)> {
+    fn state_dict_entry(&self, holders: &[bool]) -> Option<(String, Value)> {
         let entries = self.dict_entries(&self.root)?;
+        let holds = |v: &Value| matches!(v, Value::Obj(i) if holders.get(*i) == Some(&true));
         let mut found = entries.iter().filter_map(|(k, v)| match k {
             Value::Str(s)
                 if STATE_DICT_ENTRIES.contains(&&**s)
                     && self.dict_entries(v).is_some()
-                    && self.holds_tensor(v, 0) =>
+                    && holds(v) =>
             {
                 Some((s.to_string(), v.clone()))
             }
@@ -1249,67 +1409,120 @@ impl<'a> Loaded<'a> {
         }
     }
 
+    /// Appends `.key` to `prefix`, refusing names over [`MAX_NAME_BYTES`].
+    fn push_key(prefix: &mut String, key: &Value) -> Kindr<bool> {
+        let key_len = match key {
+            Value::Str(s) => s.len(),
+            Value::Int(_) | Value::Bool(_) | Value::None => 40,
+            _ => return Ok(false),
+        };
+        if prefix.len().saturating_add(key_len).saturating_add(1) > MAX_NAME_BYTES {
+            return malformed(format!(
+                "a name under {} is longer than {MAX_NAME_BYTES} bytes",
+                path_name(prefix)
+            ));
+        }
+        if !prefix.is_empty() {
+            prefix.push('.');
+        }
+        match key_string(key) {
+            Some(k) => prefix.push_str(&k),
+            None => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Walks the object graph from `v`, collecting tensors under `.`-joined names.
+    ///
+    /// Each container is walked once. A container reached a second time is a cycle (an error)
+    /// when it is on the current path; otherwise it is shared: skipped when it holds no tensor,
+    /// an error when it does (its tensors would need two names, and 40 levels of `[x, x]`
+    /// would otherwise expand to 2^40 paths).
     fn flatten(
         &self,
         v: &Value,
         prefix: &mut String,
         depth: usize,
-        on_path: &mut HashSet<usize>,
-        out: &mut Vec<(String, TensorSpec)>,
-        skipped: &mut Vec<String>,
+        holders: &[bool],
+        walk: &mut Walk,
     ) -> Kindr<()> {
         if depth > MAX_DEPTH {
             return malformed(format!("containers nested deeper than {MAX_DEPTH} levels"));
         }
         let Value::Obj(idx) = v else {
-            skipped.push(format!("{prefix} = {}", describe(v)));
+            walk.skip(|| format!("{prefix} = {}", describe(v)));
             return Ok(());
         };
-        let children: Vec<(String, Value)> = match self.arena.get(*idx) {
+        let idx = *idx;
+        let obj = self.arena.get(idx);
+        match obj {
             Some(Obj::Tensor(spec)) => {
-                out.push((prefix.clone(), spec.clone()));
-                return Ok(());
-            }
-            Some(Obj::Dict { entries, .. }) => {
-                let mut c = Vec::with_capacity(entries.len());
-                for (k, x) in entries {
-                    match key_string(k) {
-                        Some(k) => c.push((k, x.clone())),
-                        None => skipped.push(format!("{prefix}[?]")),
-                    }
+                if walk.out.len() >= MAX_TENSORS {
+                    return malformed(format!("the file holds more than {MAX_TENSORS} tensors"));
                 }
-                c
-            }
-            Some(Obj::List(l)) | Some(Obj::Tuple(l)) => l
-                .iter()
-                .enumerate()
-                .map(|(i, x)| (i.to_string(), x.clone()))
-                .collect(),
-            _ => {
-                skipped.push(prefix.clone());
+                walk.out.push((prefix.clone(), spec.clone()));
                 return Ok(());
             }
-        };
-        if !on_path.insert(*idx) {
+            Some(Obj::Dict { .. }) | Some(Obj::List(_)) | Some(Obj::Tuple(_)) => {}
+            _ => {
+                walk.skip(|| prefix.clone());
+                return Ok(());
+            }
+        }
+        if walk.on_path.contains(&idx) {
             return malformed("containers refer to themselves");
         }
-        for (k, x) in children {
-            let len = prefix.len();
-            if !prefix.is_empty() {
-                prefix.push('.');
+        if !walk.visited.insert(idx) {
+            if holders.get(idx) == Some(&true) {
+                return malformed(format!(
+                    "the container at {} holding tensors is also reached by another path; \
+                     shared containers of tensors are not supported",
+                    path_name(prefix)
+                ));
             }
-            prefix.push_str(&k);
-            self.flatten(&x, prefix, depth + 1, on_path, out, skipped)?;
-            prefix.truncate(len);
+            walk.skip(|| format!("{prefix} (shared)"));
+            return Ok(());
         }
-        on_path.remove(idx);
+        walk.on_path.insert(idx);
+        let len = prefix.len();
+        match obj {
+            Some(Obj::Dict { entries, .. }) => {
+                for (k, x) in entries {
+                    if Self::push_key(prefix, k)? {
+                        self.flatten(x, prefix, depth + 1, holders, walk)?;
+                    } else {
+                        walk.skip(|| format!("{prefix}[?]"));
+                    }
+                    prefix.truncate(len);
+                }
+            }
+            Some(Obj::List(l)) | Some(Obj::Tuple(l)) => {
+                for (i, x) in l.iter().enumerate() {
+                    Self::push_key(prefix, &Value::Int(i as i128))?;
+                    self.flatten(x, prefix, depth + 1, holders, walk)?;
+                    prefix.truncate(len);
+                }
+            }
+            _ => {}
+        }
+        walk.on_path.remove(&idx);
         Ok(())
     }
 
-    fn materialize(&self, spec: &TensorSpec) -> Kindr<Tensor> {
+    /// Total bytes of the storages in the file.
+    fn storage_bytes(&self) -> u64 {
+        self.storages
+            .values()
+            .map(|s| s.bytes.len() as u64)
+            .fold(0, u64::saturating_add)
+    }
+
+    /// Checks the view of tensor `name` against its storage's real byte size (checked
+    /// arithmetic throughout) before anything is allocated for it.
+    fn check_view(&self, name: &str, spec: &TensorSpec) -> Kindr<CheckedView<'a>> {
         let Some(kind) = spec.dtype.kind else {
             return Err(CheckpointErrorKind::UnsupportedDtype(format!(
-                "torch.{}",
+                "torch.{} (tensor \"{name}\")",
                 spec.dtype.name
             )));
         };
@@ -1318,46 +1531,79 @@ impl<'a> Loaded<'a> {
                 spec.storage.key.to_string(),
             ));
         };
+        let bad = |msg: String| CheckpointErrorKind::Malformed(format!("tensor \"{name}\": {msg}"));
         let esize = spec.dtype.size;
         let n_elems = (data.bytes.len() / esize) as u64;
         let mut numel: u64 = 1;
         for &s in &spec.size {
-            let s = u64::try_from(s)
-                .map_err(|_| CheckpointErrorKind::Malformed(format!("negative size {s}")))?;
-            numel = numel.checked_mul(s).ok_or_else(|| {
-                CheckpointErrorKind::Malformed("tensor size overflows".to_string())
-            })?;
+            let s = u64::try_from(s).map_err(|_| bad(format!("negative size {s}")))?;
+            numel = numel
+                .checked_mul(s)
+                .ok_or_else(|| bad(format!("size {:?} overflows", spec.size)))?;
         }
         if spec.offset < 0 || spec.stride.iter().any(|&s| s < 0) {
-            return malformed(format!(
+            return Err(bad(format!(
                 "negative storage offset or stride ({} / {:?})",
                 spec.offset, spec.stride
-            ));
+            )));
         }
+        let offset = spec.offset as u64;
         if numel == 0 {
-            return Tensor::f_zeros(&spec.size, (kind, tch::Device::Cpu))
-                .map_err(CheckpointErrorKind::Torch);
+            return Ok(CheckedView {
+                kind,
+                bytes: &[],
+                count: 0,
+                out_bytes: 0,
+                big_endian: data.big_endian,
+            });
         }
         // Highest storage element touched by the view.
-        let mut last = spec.offset as u64;
+        let mut last = offset;
         for (&s, &st) in spec.size.iter().zip(&spec.stride) {
             let span = (s as u64 - 1).checked_mul(st as u64);
             last = span.and_then(|x| last.checked_add(x)).ok_or_else(|| {
-                CheckpointErrorKind::Malformed("tensor view overflows".to_string())
+                bad(format!(
+                    "view {:?} / {:?} overflows",
+                    spec.size, spec.stride
+                ))
             })?;
         }
         if last >= n_elems {
-            return malformed(format!(
-                "tensor view (offset {}, size {:?}, stride {:?}) reaches element {last} of storage \
+            return Err(bad(format!(
+                "view (offset {}, size {:?}, stride {:?}) reaches element {last} of storage \
                  \"{}\", which holds {n_elems} elements",
                 spec.offset, spec.size, spec.stride, spec.storage.key
-            ));
+            )));
         }
-        let first = spec.offset as usize;
-        let count = (last as usize) - first + 1;
-        let slice = &data.bytes[first * esize..(first + count) * esize];
+        if numel > n_elems {
+            return Err(bad(format!(
+                "view (size {:?}, stride {:?}) has {numel} elements but storage \"{}\" holds \
+                 only {n_elems}; repeated (stride 0) views are not loaded",
+                spec.size, spec.stride, spec.storage.key
+            )));
+        }
+        // `last < n_elems` and `numel <= n_elems`, so none of these overflow.
+        let first = offset as usize;
+        let count = (last - offset) as usize + 1;
+        Ok(CheckedView {
+            kind,
+            bytes: &data.bytes[first * esize..(first + count) * esize],
+            count,
+            out_bytes: numel * esize as u64,
+            big_endian: data.big_endian,
+        })
+    }
+
+    fn materialize(&self, spec: &TensorSpec, view: &CheckedView<'_>) -> Kindr<Tensor> {
+        let kind = view.kind;
+        if view.count == 0 {
+            return Tensor::f_zeros(&spec.size, (kind, tch::Device::Cpu))
+                .map_err(CheckpointErrorKind::Torch);
+        }
+        let esize = spec.dtype.size;
+        let slice = view.bytes;
         let owned;
-        let bytes: &[u8] = if data.big_endian && esize > 1 {
+        let bytes: &[u8] = if view.big_endian && esize > 1 {
             let mut v = slice.to_vec();
             for chunk in v.chunks_exact_mut(esize) {
                 chunk.reverse();
@@ -1370,7 +1616,7 @@ impl<'a> Loaded<'a> {
         } else {
             slice
         };
-        let flat = tensor_from_bytes(bytes, &[count as i64], kind)?;
+        let flat = tensor_from_bytes(bytes, &[view.count as i64], kind)?;
         let view = flat
             .f_as_strided(&spec.size, &spec.stride, Some(0))
             .map_err(CheckpointErrorKind::Torch)?;
@@ -1416,6 +1662,9 @@ fn unpickle(
         memo: HashMap::new(),
         arena,
         storages,
+        copy_budget: (data.len() as u64)
+            .saturating_mul(COPY_BUDGET_PER_BYTE)
+            .saturating_add(COPY_BUDGET_BASE),
     };
     let v = u.load()?;
     Ok((v, u.pos))
@@ -1426,21 +1675,21 @@ fn unpickle(
 // ---------------------------------------------------------------------------------------------
 
 fn rd_u16(b: &[u8], at: usize) -> Kindr<u16> {
-    match b.get(at..at + 2) {
+    match at.checked_add(2).and_then(|end| b.get(at..end)) {
         Some(s) => Ok(u16::from_le_bytes([s[0], s[1]])),
         None => truncated("zip structure extends past the end of the file"),
     }
 }
 
 fn rd_u32(b: &[u8], at: usize) -> Kindr<u32> {
-    match b.get(at..at + 4) {
+    match at.checked_add(4).and_then(|end| b.get(at..end)) {
         Some(s) => Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]])),
         None => truncated("zip structure extends past the end of the file"),
     }
 }
 
 fn rd_u64(b: &[u8], at: usize) -> Kindr<u64> {
-    match b.get(at..at + 8) {
+    match at.checked_add(8).and_then(|end| b.get(at..end)) {
         Some(s) => {
             let mut a = [0u8; 8];
             a.copy_from_slice(s);
@@ -1764,62 +2013,125 @@ fn safetensors_dtype(kind: Kind) -> Option<&'static str> {
 }
 
 #[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct SafeEntry {
     dtype: String,
     shape: Vec<u64>,
     data_offsets: [u64; 2],
 }
 
+/// Largest safetensors JSON header accepted (the reference implementation's limit, 100 MB).
+pub const MAX_SAFETENSORS_HEADER: u64 = 100_000_000;
+
+fn not_safetensors<T>(msg: impl Into<String>) -> Kindr<T> {
+    Err(CheckpointErrorKind::Safetensors(msg.into()))
+}
+
+/// Parses a safetensors file strictly, as the format's reference implementation does: the
+/// header length lies within the file (and under [`MAX_SAFETENSORS_HEADER`]), the header is a
+/// JSON object of `{dtype, shape, data_offsets}` entries (no other keys) plus an optional
+/// `__metadata__` object of strings, every tensor's shape × item size equals its byte range,
+/// and the ranges tile the data section exactly: no overlap, no gap, nothing after the last.
 fn read_safetensors_bytes(b: &[u8]) -> Kindr<Vec<(String, Tensor)>> {
     let Some(head) = b.get(..8) else {
-        return truncated("safetensors header length cut off");
+        return not_safetensors(format!(
+            "the file has {} bytes; safetensors starts with an 8-byte header length",
+            b.len()
+        ));
     };
     let mut a = [0u8; 8];
     a.copy_from_slice(head);
     let n = u64::from_le_bytes(a);
-    let header_end = usize::try_from(n)
-        .ok()
-        .and_then(|n| n.checked_add(8))
-        .filter(|&e| e <= b.len())
-        .ok_or_else(|| CheckpointErrorKind::Truncated("safetensors header cut off".into()))?;
-    let header: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&b[8..header_end]).map_err(|e| {
-            CheckpointErrorKind::Malformed(format!("safetensors header is not valid JSON: {e}"))
-        })?;
+    let after = (b.len() - 8) as u64;
+    if n > after {
+        return not_safetensors(format!(
+            "the header length {n} exceeds the {after} bytes after it"
+        ));
+    }
+    if n > MAX_SAFETENSORS_HEADER {
+        return not_safetensors(format!(
+            "the header length {n} exceeds the limit of {MAX_SAFETENSORS_HEADER} bytes"
+        ));
+    }
+    let header_end = 8 + n as usize;
+    let header_bytes = &b[8..header_end];
+    if header_bytes.first() != Some(&b'{') {
+        return not_safetensors("the header does not start with '{'");
+    }
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(header_bytes)
+        .map_err(|e| {
+        CheckpointErrorKind::Safetensors(format!("the header is not a JSON object: {e}"))
+    })?;
     let data = &b[header_end..];
+    let data_len = data.len() as u64;
     let mut entries = Vec::with_capacity(header.len());
     for (name, v) in header {
         if name == "__metadata__" {
+            let ok = v
+                .as_object()
+                .is_some_and(|m| m.values().all(serde_json::Value::is_string));
+            if !ok {
+                return not_safetensors("__metadata__ is not an object of strings");
+            }
             continue;
         }
         let e: SafeEntry = serde_json::from_value(v).map_err(|e| {
-            CheckpointErrorKind::Malformed(format!("safetensors entry \"{name}\": {e}"))
+            CheckpointErrorKind::Safetensors(format!("safetensors entry \"{name}\": {e}"))
         })?;
-        entries.push((name, e));
-    }
-    entries.sort_by_key(|(_, e)| e.data_offsets[0]);
-    let mut out = Vec::with_capacity(entries.len());
-    for (name, e) in entries {
         let kind = safetensors_kind(&e.dtype).ok_or_else(|| {
             CheckpointErrorKind::UnsupportedDtype(format!("{} (tensor \"{name}\")", e.dtype))
         })?;
+        let mut nbytes = Some(kind.elt_size_in_bytes() as u64);
+        for &d in &e.shape {
+            if i64::try_from(d).is_err() {
+                nbytes = None;
+                break;
+            }
+            nbytes = nbytes.and_then(|x| x.checked_mul(d));
+        }
         let [begin, end] = e.data_offsets;
-        let bytes = usize::try_from(begin)
-            .ok()
-            .zip(usize::try_from(end).ok())
-            .filter(|(s, t)| s <= t)
-            .and_then(|(s, t)| data.get(s..t))
-            .ok_or_else(|| {
-                CheckpointErrorKind::Truncated(format!(
-                    "safetensors data of \"{name}\" ({begin}..{end}) lies outside the file"
-                ))
-            })?;
-        let size: Vec<i64> = e
-            .shape
-            .iter()
-            .map(|&s| i64::try_from(s))
-            .collect::<Result<_, _>>()
-            .map_err(|_| CheckpointErrorKind::Malformed(format!("bad shape for \"{name}\"")))?;
+        if begin > end || end > data_len {
+            return not_safetensors(format!(
+                "the data of \"{name}\" ({begin}..{end}) lies outside the {data_len} data bytes"
+            ));
+        }
+        if nbytes != Some(end - begin) {
+            return not_safetensors(format!(
+                "\"{name}\" has shape {:?} of {} but its data_offsets span {} bytes",
+                e.shape,
+                e.dtype,
+                end - begin
+            ));
+        }
+        entries.push((name, e, kind));
+    }
+    entries.sort_by_key(|(_, e, _)| (e.data_offsets[0], e.data_offsets[1]));
+    let mut covered = 0u64;
+    for (name, e, _) in &entries {
+        let [begin, end] = e.data_offsets;
+        if begin < covered {
+            return not_safetensors(format!(
+                "the data of \"{name}\" ({begin}..{end}) overlaps another tensor's"
+            ));
+        }
+        if begin > covered {
+            return not_safetensors(format!(
+                "bytes {covered}..{begin} before \"{name}\" belong to no tensor"
+            ));
+        }
+        covered = end;
+    }
+    if covered != data_len {
+        return not_safetensors(format!(
+            "the tensors cover {covered} of the {data_len} data bytes"
+        ));
+    }
+    let mut out = Vec::with_capacity(entries.len());
+    for (name, e, kind) in entries {
+        let [begin, end] = e.data_offsets;
+        // Both lie within `data` (checked above).
+        let bytes = &data[begin as usize..end as usize];
+        let size: Vec<i64> = e.shape.iter().map(|&s| s as i64).collect();
         let t = if kind == Kind::Bool && bytes.iter().any(|&x| x > 1) {
             let fixed: Vec<u8> = bytes.iter().map(|&x| u8::from(x != 0)).collect();
             tensor_from_bytes(&fixed, &size, kind)?
@@ -1829,6 +2141,34 @@ fn read_safetensors_bytes(b: &[u8]) -> Kindr<Vec<(String, Tensor)>> {
         out.push((name, t));
     }
     Ok(out)
+}
+
+/// Reads a file that must be safetensors (a bundle's `model.safetensors`, a run's optimiser
+/// state): the content is parsed as safetensors only, never sniffed, with every check listed
+/// on the format (header within the file, entries validated, byte ranges tiling the data).
+/// A PyTorch checkpoint renamed to `.safetensors` is an error that says so.
+pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>, CheckpointError> {
+    let bytes =
+        std::fs::read(path).map_err(|e| CheckpointError::new(path, CheckpointErrorKind::Io(e)))?;
+    read_safetensors_from_bytes(&bytes, path)
+}
+
+/// [`read_safetensors`] on bytes already in memory; `source` is only used in messages.
+pub fn read_safetensors_from_bytes(
+    bytes: &[u8],
+    source: &Path,
+) -> Result<Vec<(String, Tensor)>, CheckpointError> {
+    read_safetensors_bytes(bytes).map_err(|kind| {
+        let kind = match detect_format(bytes) {
+            Some(f @ (CheckpointFormat::Zip | CheckpointFormat::Legacy)) => {
+                CheckpointErrorKind::Safetensors(format!(
+                    "it is a {f} checkpoint (pickle); only safetensors is accepted here"
+                ))
+            }
+            _ => kind,
+        };
+        CheckpointError::new(source, kind)
+    })
 }
 
 /// Writes tensors to a safetensors file (little-endian, names as given, `__metadata__`
@@ -2127,6 +2467,140 @@ mod tests {
         );
         assert_eq!(detect_format(b"\xff\x00\x00\x00\x00\x00\x00\x00{}"), None);
         assert_eq!(detect_format(b"hello"), None);
+    }
+
+    /// A safetensors file around `header` (padded to 8 bytes) and `data`.
+    fn safetensors(header: &str, data: &[u8]) -> Vec<u8> {
+        let mut h = header.as_bytes().to_vec();
+        while !h.len().is_multiple_of(8) {
+            h.push(b' ');
+        }
+        let mut b = (h.len() as u64).to_le_bytes().to_vec();
+        b.extend(h);
+        b.extend_from_slice(data);
+        b
+    }
+
+    #[test]
+    fn safetensors_ranges_must_tile_the_data() {
+        let data = floats(&[1.0, 2.0, 3.0]);
+        let ok = safetensors(
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},
+                "b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}"#,
+            &data,
+        );
+        let t = read_safetensors_from_bytes(&ok, src()).unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(Vec::<f32>::try_from(&t[1].1).unwrap(), vec![3.0]);
+        let cases = [
+            // Two tensors on the same bytes.
+            (
+                r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},
+                    "b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
+                "overlaps",
+            ),
+            // Bytes no tensor owns, before and after.
+            (
+                r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
+                "bytes 0..4 before \"a\" belong to no tensor",
+            ),
+            (
+                r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
+                "cover 8 of the 12 data bytes",
+            ),
+            // Shape × item size differs from the byte range.
+            (
+                r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,12]}}"#,
+                "span 12 bytes",
+            ),
+            // Unknown keys and non-string metadata.
+            (
+                r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,12],"extra":1}}"#,
+                "unknown field",
+            ),
+            (
+                r#"{"__metadata__":{"n":3},"a":{"dtype":"F32","shape":[3],"data_offsets":[0,12]}}"#,
+                "__metadata__",
+            ),
+        ];
+        for (header, want) in cases {
+            let b = safetensors(header, &data);
+            for err in [
+                read_checkpoint_from_bytes(&b, src()).unwrap_err(),
+                read_safetensors_from_bytes(&b, src()).unwrap_err(),
+            ] {
+                assert!(
+                    matches!(err.kind, CheckpointErrorKind::Safetensors(_)),
+                    "{want}: {err}"
+                );
+                let msg = err.to_string();
+                assert!(msg.contains(want), "{want}: {msg}");
+                assert!(msg.contains("not a valid safetensors file"), "{msg}");
+            }
+        }
+    }
+
+    #[test]
+    fn safetensors_reader_never_sniffs() {
+        let data = floats(&[1.0, 2.0, 3.0, 4.0]);
+        let pickle = legacy(
+            &tensor_dict(b"K\x04\x85", b"K\x01\x85"),
+            &["0"],
+            &[(4, &data)],
+        );
+        assert_eq!(read_checkpoint_from_bytes(&pickle, src()).unwrap().len(), 1);
+        let err = read_safetensors_from_bytes(&pickle, src()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "checkpoint \"t.pth\" is not a valid safetensors file: it is a PyTorch legacy \
+             checkpoint (pickle); only safetensors is accepted here"
+        );
+    }
+
+    /// REDUCE of `torch.Size` on the same memoised 1000-item list, 200 times: each call copies
+    /// the list, so the work grows with the square of the file size. The copy budget stops it.
+    #[test]
+    fn repeated_copies_of_a_memoised_list_are_bounded() {
+        let mut b = b"\x80\x02]q\x00(".to_vec();
+        b.extend(std::iter::repeat_n(&b"K\x01"[..], 1000).flatten());
+        b.extend_from_slice(b"ectorch\nSize\nq\x010");
+        for _ in 0..200 {
+            b.extend_from_slice(b"h\x01h\x00\x85R0");
+        }
+        b.extend_from_slice(b"N.");
+        let err = read_checkpoint_from_bytes(&legacy(&b, &[], &[]), src()).unwrap_err();
+        assert!(err.to_string().contains("copies more values"), "{err}");
+        // Ten calls fit the budget.
+        let mut b = b"\x80\x02]q\x00(".to_vec();
+        b.extend(std::iter::repeat_n(&b"K\x01"[..], 1000).flatten());
+        b.extend_from_slice(b"ectorch\nSize\nq\x010");
+        for _ in 0..10 {
+            b.extend_from_slice(b"h\x01h\x00\x85R0");
+        }
+        b.extend_from_slice(b"N.");
+        assert!(
+            read_checkpoint_from_bytes(&legacy(&b, &[], &[]), src())
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    /// A safetensors header of 640 bytes starts with `80 02`, a protocol-2 pickle's first
+    /// bytes: it was detected as a legacy checkpoint and failed to load.
+    #[test]
+    fn safetensors_with_a_pickle_like_length_is_detected() {
+        let entry = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}"#;
+        let mut header = entry.to_string();
+        header.push_str(&format!(
+            ",\"__metadata__\":{{\"pad\":\"{}\"}}}}",
+            "x".repeat(640 - entry.len() - 27)
+        ));
+        assert_eq!(header.len(), 640, "{header}");
+        let b = safetensors(&header, &floats(&[2.5]));
+        assert_eq!(&b[..2], b"\x80\x02");
+        assert_eq!(detect_format(&b), Some(CheckpointFormat::Safetensors));
+        let t = read_checkpoint_from_bytes(&b, src()).unwrap();
+        assert_eq!(t[0].1.double_value(&[0]), 2.5);
     }
 
     #[test]
