@@ -431,8 +431,11 @@ fn raw_zip(entries: &[RawEntry], lies: DirLies) -> Vec<u8> {
     out
 }
 
-/// Reads every entry of an archive: the directory error, or each entry's result.
-fn read_all(bytes: &Vec<u8>) -> Result<Vec<Result<Vec<u8>, Error>>, Error> {
+/// The directory error, or each entry's result.
+type ReadAll = Result<Vec<Result<Vec<u8>, Error>>, Error>;
+
+/// Reads every entry of an archive.
+fn read_all(bytes: &Vec<u8>) -> ReadAll {
     let (dir, _) = CentralDirectory::read(bytes)?;
     Ok(dir
         .entries
@@ -443,10 +446,7 @@ fn read_all(bytes: &Vec<u8>) -> Result<Vec<Result<Vec<u8>, Error>>, Error> {
 }
 
 /// Runs `read_all` with panics caught (reported, then failed) and allocations measured.
-fn read_hostile(
-    case: &str,
-    bytes: &Vec<u8>,
-) -> (Result<Vec<Result<Vec<u8>, Error>>, Error>, usize) {
+fn read_hostile(case: &str, bytes: &Vec<u8>) -> (ReadAll, usize) {
     let (result, biggest, peak) = measured(|| catch_unwind(AssertUnwindSafe(|| read_all(bytes))));
     let result = result.unwrap_or_else(|p| {
         let msg = p
