@@ -266,6 +266,54 @@ fn hostile_mask_paths_never_touch_files_outside_the_cache() {
 }
 
 #[test]
+fn an_unsafe_name_already_in_an_old_index_is_refused_where_it_becomes_a_path() {
+    // An index built before MaskPaths were checked may hold one: the second check, where the
+    // name is joined onto the staging folder, must catch it.
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("victim.png");
+    let png = png_1bit(64, 48, |x, y| (8..40).contains(&x) && (8..40).contains(&y));
+    std::fs::write(&victim, &png).unwrap();
+    let env = env(small());
+    env.run(&request(&["Pizza"])).unwrap(); // indexes the validation split
+    let image = 0x0b1c_2d3e_4f5a_6b7c_u64; // its only instance is a Hot dog
+    let hostile = climb_to(&victim);
+    let conn = rusqlite::Connection::open(env.cfg.cache_dir.join("index.sqlite")).unwrap();
+    let changed = conn
+        .execute(
+            "UPDATE masks SET mask_path = ?1 WHERE split = 1 AND image = ?2",
+            rusqlite::params![hostile, image as i64],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(conn);
+    let summary = env.run(&request(&["Hot dog"])).unwrap();
+    eprintln!("{summary:#?}");
+    let by_kind = summary.failures_by_kind();
+    assert_eq!(
+        by_kind[&FailureKind::UnsafeMaskPath],
+        vec![hostile.as_str()]
+    );
+    assert_eq!(by_kind.len(), 1, "{by_kind:?}");
+    // Hot dogs of the images the Pizza run did not bring, less the refused one.
+    let hot_dogs: usize = env
+        .validation_with(HOT_DOG)
+        .iter()
+        .filter(|i| i.instances.iter().all(|x| x.mid != PIZZA))
+        .map(|i| i.instances.iter().filter(|x| x.mid == HOT_DOG).count())
+        .sum();
+    assert_eq!(
+        summary.instances_added,
+        hot_dogs - 1,
+        "the outside PNG was imported"
+    );
+    assert_eq!(
+        std::fs::read(&victim).unwrap(),
+        png,
+        "the outside file changed"
+    );
+}
+
+#[test]
 fn mask_names_follow_the_open_images_form() {
     for good in [
         "0a9e4fa5b0806fc2_m0663v_2aa2bf3a.png",
