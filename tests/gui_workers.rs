@@ -448,3 +448,37 @@ fn a_panic_on_one_thumbnail_fails_that_thumbnail_only() {
         }
     }
 }
+
+#[test]
+fn a_panic_reading_a_run_back_ends_the_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("project");
+    Project::create_or_open(&project).unwrap();
+    // A recorded run: its recipe and three steps.
+    let run = runs_dir(&project).join("20261201-000000");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("config.json"), "{}").unwrap();
+    std::fs::write(
+        run.join("metrics.csv"),
+        "epoch,iter,lr,total\n0,0,0.01,2.5\n0,1,0.01,2.0\n0,2,0.01,1.5\n",
+    )
+    .unwrap();
+    let mut h = harness(
+        TrainPanel::new(TrainConfig::default()),
+        Shell::new(Some(project)),
+        |p, ui, cx| p.ui(ui, cx),
+    );
+    wait_for(&mut h, "the run list", |(p, _)| p.runs().len() == 1);
+
+    maskstudio::fault::arm("train-replay", 0);
+    h.get_by_label("20261201-000000").click_accesskit();
+    h.step();
+    wait_for(&mut h, "the replay to end", |(p, _)| p.idle());
+    h.run();
+    assert_eq!(
+        h.state().1.errors(),
+        ["the train-replay thread panicked: injected fault at train-replay"]
+    );
+    assert!(h.state().0.history().total.is_empty());
+    assert!(h.state().0.jobs().is_empty());
+}
