@@ -820,6 +820,21 @@ fn resume_after_the_remote_changed_mid_download_restarts_the_file() {
     assert_eq!(summary.images_added, env.validation_with(HOT_DOG).len());
 }
 
+#[test]
+fn resume_of_an_unchanged_file_continues_with_206() {
+    // The validator still matches: the rest is appended, not fetched again.
+    let env = env(small());
+    let (_, new) = csv_versions();
+    env.server.faults().cut.insert(format!("/gcs/{VAL_CSV}"), 1);
+    env.run(&request(&["Hot dog"])).unwrap();
+    assert_eq!(std::fs::read(cached_csv(&env)).unwrap(), new);
+    let log = csv_requests(&env);
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(log[1].status, 206);
+    assert!(log[1].if_range.is_some());
+    assert_eq!(log[0].body_bytes + log[1].body_bytes, new.len() as u64);
+}
+
 /// A first run gives up mid-file (the server answers 503 after a cut), the file changes on the
 /// mirror, a second run resumes.
 fn resume_across_runs(no_etag: bool) -> (Env, Vec<u8>) {
