@@ -155,7 +155,9 @@ fn perfect_detections_give_ap_one() {
     // No small objects: APs and ARs are -1 like pycocotools.
     assert_close(r.stats[3], -1.0, "");
     assert_close(r.stats[9], -1.0, "");
-    assert_eq!(r.per_class_ap, vec![(1, 1.0)]);
+    assert_eq!(r.per_class_ap.len(), 1);
+    assert_eq!(r.per_class_ap[0].0, 1);
+    assert_close(r.per_class_ap[0].1, 1.0, "class 1 AP");
 }
 
 #[test]
@@ -356,9 +358,25 @@ fn pr_curves_and_dims_are_consistent() {
     assert_eq!(r.dims, [10, 101, 1, 4, 3]);
     assert_eq!(r.precision.len(), 10 * 101 * 12);
     let c = &r.pr_curves[0];
-    assert_eq!(c.precision_50[0], 1.0);
-    assert_eq!(c.precision_50[50], 1.0);
-    assert_eq!(c.precision_50[51], 0.0);
-    assert_eq!(r.precision[r.precision_index(0, 50, 0, 0, 2)], 1.0);
-    assert_eq!(r.recall[r.recall_index(0, 0, 0, 2)], 0.5);
+    assert_close(f64::from(c.precision_50[0]), 1.0, "precision at recall 0");
+    assert_close(
+        f64::from(c.precision_50[50]),
+        1.0,
+        "precision at recall 0.5",
+    );
+    assert_close(
+        f64::from(c.precision_50[51]),
+        0.0,
+        "precision past the reached recall",
+    );
+    assert_close(
+        f64::from(r.precision[r.precision_index(0, 50, 0, 0, 2)]),
+        1.0,
+        "precision[t=0, r=50]",
+    );
+    assert_close(
+        f64::from(r.recall[r.recall_index(0, 0, 0, 2)]),
+        0.5,
+        "recall",
+    );
 }

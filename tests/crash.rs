@@ -83,7 +83,38 @@ fn kill_during_import_leaves_a_consistent_project_and_a_rerun_completes_it() {
     assert!(status.success());
     let full = start.elapsed();
 
-    let mut killed_early = 0;
+    // A kill that surely lands before the commit: as soon as the first image file appears in
+    // the project (phase 1 copies all 128 files before the one transaction), whatever the
+    // machine's speed or load.
+    let mut child = Command::new(bin)
+        .args(["import", "--project"])
+        .arg(&project)
+        .arg(&dataset)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let images_dir = project.join("images");
+    let finished = loop {
+        if child.try_wait().unwrap().is_some() {
+            break true;
+        }
+        if std::fs::read_dir(&images_dir).is_ok_and(|mut d| d.next().is_some()) {
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    };
+    child.kill().ok(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!finished, "the import ended before copying a file");
+    assert_eq!(
+        assert_consistent(&project).0,
+        0,
+        "killed while copying files: nothing may be committed"
+    );
+
+    // More kill points spread over a full import's duration (timed once): they land in file
+    // copying, in the transaction or after it; each must leave a consistent project.
     for step in 1..=8u32 {
         let mut child = Command::new(bin)
             .args(["import", "--project"])
@@ -99,17 +130,10 @@ fn kill_during_import_leaves_a_consistent_project_and_a_rerun_completes_it() {
         child.wait().unwrap();
         let (images, _) = assert_consistent(&project);
         eprintln!("kill {step}: process had finished: {finished}, images committed: {images}");
-        if images == 0 && !finished {
-            killed_early += 1;
-        }
         if images == 128 {
             break;
         }
     }
-    assert!(
-        killed_early > 0,
-        "no kill landed before the commit; the test proved nothing"
-    );
 
     // Running the import again completes it; a third run changes nothing.
     for _ in 0..2 {

@@ -13,7 +13,7 @@ use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use maskstudio::dataset::maskops;
 use maskstudio::dataset::store::{CancelToken, Project};
@@ -154,6 +154,26 @@ fn make_project(dir: &Path) -> PathBuf {
     root
 }
 
+/// Reads the child's "edit N" lines into `acked` (the largest N) until `stop_at` is reached or the
+/// pipe ends.
+fn read_acks(
+    lines: &mut impl Iterator<Item = std::io::Result<String>>,
+    acked: &mut u32,
+    stop_at: Option<u32>,
+) {
+    for line in lines.by_ref() {
+        let Ok(line) = line else { break };
+        // A line cut short by the kill is a prefix of a larger number or unparsable: taking the
+        // maximum of whole numbers ignores it.
+        if let Some(Ok(n)) = line.strip_prefix("edit ").map(|n| n.trim().parse::<u32>()) {
+            *acked = (*acked).max(n);
+        }
+        if stop_at.is_some_and(|k| *acked >= k) {
+            break;
+        }
+    }
+}
+
 /// Runs the child test `test` (with `env` = the project) twice, kills it mid-burst and checks
 /// the project: every acknowledged edit is in the log, besides them at most `may_lose`
 /// unacknowledged ones (those in flight), the mask is the last logged edit's, and undo works.
@@ -166,24 +186,22 @@ fn kill_rounds(root: &Path, test: &str, env: &str, may_lose: u32) {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let reader = BufReader::new(child.stdout.take().unwrap());
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        // The child prints "edit N" only after edit N is committed (answered). Read up to the
+        // threshold, kill it, then drain what it printed before it died: it keeps editing while
+        // we read, so more edits than the threshold are usually acknowledged already.
         let mut acked = 0u32;
-        let start = Instant::now();
-        for line in reader.lines() {
-            let line = line.unwrap();
-            if let Some(n) = line.strip_prefix("edit ") {
-                acked = n.trim().parse().unwrap();
-                if acked >= kill_after {
-                    break;
-                }
-            }
-            assert!(start.elapsed() < Duration::from_secs(60), "child too slow");
-        }
+        read_acks(&mut lines, &mut acked, Some(kill_after));
+        let reached = acked;
         child.kill().unwrap(); // SIGKILL, mid-burst
+        read_acks(&mut lines, &mut acked, None); // EOF once the child is gone
         child.wait().unwrap();
         assert!(
-            acked >= kill_after,
-            "round {round}: child stopped after {acked} edits"
+            reached >= kill_after,
+            "round {round}: child stopped after {reached} edits"
+        );
+        eprintln!(
+            "round {round}: killed at {reached} acknowledged, {acked} after draining the pipe"
         );
 
         let mut project = Project::open(root).unwrap();

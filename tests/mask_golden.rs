@@ -149,12 +149,19 @@ fn iou_matches_pycocotools() {
         let a = Rle::from_compressed(h, w, str_of(case, "a")).expect("a");
         let b = Rle::from_compressed(h, w, str_of(case, "b")).expect("b");
         let expected = case["iou"].as_f64().expect("iou");
-        assert_eq!(a.iou(&b), expected, "{n}: RLE iou");
+        // IoU = intersection / union of pixel counts: one f64 division, so 2 ulps is a stated
+        // margin, not slack (a wrong count moves it by >= 1/union, far more).
+        let close = |ours: f64| (ours - expected).abs() <= 2.0 * f64::EPSILON * expected.abs();
+        assert!(close(a.iou(&b)), "{n}: RLE iou {} vs {expected}", a.iou(&b));
         let (ma, mb) = (
             Mask::from_rle(&a).expect("a"),
             Mask::from_rle(&b).expect("b"),
         );
-        assert_eq!(ma.iou(&mb), expected, "{n}: mask iou");
+        assert!(
+            close(ma.iou(&mb)),
+            "{n}: mask iou {} vs {expected}",
+            ma.iou(&mb)
+        );
         let mut u = ma.clone();
         u.union_with(&mb);
         assert_eq!(

@@ -11,6 +11,9 @@ use maskstudio::model::roi_align::{MultiScaleRoiAlign, project_masks_on_boxes, r
 use maskstudio::model::transform::{GeneralizedRcnnTransform, paste_masks_in_image};
 use tch::{Device, Kind, Tensor};
 
+mod common;
+use common::{assert_close_ulps, max_abs_diff};
+
 fn fixtures() -> HashMap<String, Tensor> {
     tch::set_num_threads(1);
     let path = concat!(
@@ -21,17 +24,6 @@ fn fixtures() -> HashMap<String, Tensor> {
         .unwrap()
         .into_iter()
         .collect()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size());
-    if a.numel() == 0 {
-        return 0.0;
-    }
-    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
-        .abs()
-        .max()
-        .double_value(&[])
 }
 
 fn sorted_i64(t: &Tensor) -> Vec<i64> {
@@ -140,9 +132,8 @@ fn nms_and_batched_nms_keep_the_same_boxes() {
 fn paste_masks_is_identical() {
     let g = fixtures();
     let out = paste_masks_in_image(&g["paste_masks"], &g["paste_boxes"], (50, 60), 1).unwrap();
-    let d = max_abs_diff(&out, &g["paste_out"]);
-    println!("paste_masks_in_image max|diff| {d:.2e}");
-    assert_eq!(d, 0.0);
+    // Bilinear interpolation of values in [0, 1]: a few multiply-adds per pixel.
+    assert_close_ulps("paste_masks_in_image", &out, &g["paste_out"], 4.0);
 }
 
 #[test]
@@ -155,7 +146,8 @@ fn anchors_are_identical() {
         &generator.grid_anchors((96, 128), &fs, Device::Cpu).unwrap(),
         0,
     );
-    assert_eq!(max_abs_diff(&a, &g["anchors"]), 0.0);
+    // Rounded base anchors plus integer shifts: integers in float32 (a wrong anchor is off by >= 1).
+    assert_close_ulps("anchors", &a, &g["anchors"], 4.0);
 }
 
 #[test]
@@ -163,15 +155,14 @@ fn box_coder_iou_and_matcher_match_torchvision() {
     let g = fixtures();
     let coder = BoxCoder::new([10.0, 10.0, 5.0, 5.0]);
     let enc = coder.encode(&g["bc_gt"], &g["bc_props"]).unwrap();
-    let de = max_abs_diff(&enc, &g["bc_encoded"]);
+    // encode: divisions, a log and the weights' products; decode: an exp and products; IoU: one
+    // division of areas. 8 ulps of the largest value covers a rounding or FMA at each step.
+    assert_close_ulps("BoxCoder encode", &enc, &g["bc_encoded"], 8.0);
     let dec = coder.decode(&g["bc_rel"], &g["bc_props"]).unwrap();
-    let dd = max_abs_diff(&dec, &g["bc_decoded"]);
+    assert_close_ulps("BoxCoder decode", &dec, &g["bc_decoded"], 8.0);
     let iou = box_iou(&g["iou_b1"], &g["iou_b2"]).unwrap();
-    let di = max_abs_diff(&iou, &g["iou"]);
-    println!("BoxCoder encode {de:.2e} decode {dd:.2e} box_iou {di:.2e}");
-    assert_eq!(de, 0.0);
-    assert_eq!(dd, 0.0);
-    assert_eq!(di, 0.0);
+    assert_close_ulps("box_iou", &iou, &g["iou"], 4.0);
+    // The matchers run on the fixture's IoU matrix: discrete results, compared exactly.
     let m = Matcher::new(0.7, 0.3, true).call(&g["iou"]).unwrap();
     assert!(m.equal(&g["match_lq"]));
     let m = Matcher::new(0.5, 0.5, false).call(&g["iou"]).unwrap();
@@ -197,7 +188,7 @@ fn transform_resizes_and_pads_like_torchvision() {
         sizes,
         Vec::<i64>::try_from(&g["tf_sizes"].reshape([-1])).unwrap()
     );
-    let d = max_abs_diff(&list.tensors, &g["tf_batch"]);
-    println!("transform sizes {sizes:?}, batch max|diff| {d:.2e}");
-    assert_eq!(d, 0.0);
+    println!("transform sizes {sizes:?}");
+    // Normalisation ((x - mean) / std) then bilinear resize: a few roundings per pixel.
+    assert_close_ulps("transform batch", &list.tensors, &g["tf_batch"], 8.0);
 }

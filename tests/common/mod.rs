@@ -3,15 +3,33 @@
 
 use std::path::PathBuf;
 
-/// `../shared/data` beside the checkout, or `None` (the caller prints a skip message).
+/// Overrides where [`shared_data`] looks (tests of the skip rule only).
+pub const SHARED_DATA_ENV: &str = "MASKSTUDIO_TEST_SHARED_DATA";
+
+/// `../shared/data` beside the checkout, or `None` (the caller returns: a bare clone has no
+/// shared folder). Under `CI=true` a missing folder fails the test instead: CI always has it,
+/// and a silent skip there would pass tests that never ran.
 pub fn shared_data() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
+    // SHARED_DATA_ENV only serves the test of this rule (it points at a missing folder).
+    let dir = std::env::var_os(SHARED_DATA_ENV).map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"),
+        PathBuf::from,
+    );
     if dir.is_dir() {
         Some(dir)
+    } else if running_in_ci() {
+        panic!(
+            "{dir:?} is missing, and CI=true: the shared data must be beside the checkout in CI"
+        );
     } else {
         eprintln!("SKIP: {dir:?} is missing (CI always has it; a bare clone does not)");
         None
     }
+}
+
+/// Whether `CI` is set to `true` (or `1`), as CI sets it for `.ci/run`.
+pub fn running_in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
 }
 
 /// Writes a small RGB PNG with a gradient so every file has distinct content.
@@ -27,6 +45,51 @@ pub fn write_png(path: &std::path::Path, width: u32, height: u32, seed: u8) {
     img.save(path).unwrap();
 }
 pub mod oi_server;
+
+/// Largest `|ours - reference|` allowed between two float32 computations of the same formula on
+/// different CPUs: `ulps` units in the last place of the largest magnitude involved.
+/// libtorch picks its vector kernels per CPU (SSE / AVX2 / AVX-512, with or without fused
+/// multiply-add), which reorders sums and fuses roundings, so results made on another machine
+/// agree to a few ulps of the magnitude, not bitwise (a BoxCoder encode differed by 2.38e-7 =
+/// 2 ulps of 1.0 between the fixture's CPU and an AMD EPYC).
+pub fn f32_ulps(ulps: f64, magnitude: f64) -> f64 {
+    ulps * f64::from(f32::EPSILON) * magnitude.abs()
+}
+
+/// `max |a - b|` over two tensors of the same shape (0 for empty ones), in f64.
+pub fn max_abs_diff(a: &tch::Tensor, b: &tch::Tensor) -> f64 {
+    assert_eq!(a.size(), b.size());
+    if a.numel() == 0 {
+        return 0.0;
+    }
+    (a.to_kind(tch::Kind::Double) - b.to_kind(tch::Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[])
+}
+
+/// `max |x|` over a tensor (0 for an empty one), in f64.
+pub fn max_abs(t: &tch::Tensor) -> f64 {
+    if t.numel() == 0 {
+        return 0.0;
+    }
+    t.to_kind(tch::Kind::Double).abs().max().double_value(&[])
+}
+
+/// Asserts `ours` equals the float32 `reference` to `ulps` ulps of the reference's largest
+/// magnitude ([`f32_ulps`]); prints the difference and the tolerance.
+pub fn assert_close_ulps(what: &str, ours: &tch::Tensor, reference: &tch::Tensor, ulps: f64) {
+    let d = max_abs_diff(ours, reference);
+    let tol = f32_ulps(ulps, max_abs(reference));
+    println!(
+        "{what}: max|diff| {d:.3e} (tolerance {tol:.3e} = {ulps} ulps of {:.3e})",
+        max_abs(reference)
+    );
+    assert!(
+        d <= tol,
+        "{what}: max|diff| {d:e} > {tol:e} ({ulps} ulps of the magnitude)"
+    );
+}
 
 /// Python helpers prepended to the test scripts that build torchvision references:
 /// `confident_init(m, seed)` gives a Mask R-CNN random but confident weights (the classifier
