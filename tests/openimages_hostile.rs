@@ -835,6 +835,26 @@ fn resume_of_an_unchanged_file_continues_with_206() {
     assert_eq!(log[0].body_bytes + log[1].body_bytes, new.len() as u64);
 }
 
+#[test]
+fn without_any_validator_a_cut_download_restarts_instead_of_splicing() {
+    // Neither ETag nor Last-Modified: nothing proves the rest belongs to the same object.
+    let env = env(small());
+    let (old, new) = csv_versions();
+    let path = format!("/gcs/{VAL_CSV}");
+    env.server.put(&format!("gcs/{VAL_CSV}"), old);
+    {
+        let mut f = env.server.faults();
+        f.no_validators = true;
+        f.cut.insert(path.clone(), 1);
+        f.replace_after_cut.insert(path.clone(), new.clone());
+    }
+    env.run(&request(&["Hot dog"])).unwrap();
+    assert_eq!(std::fs::read(cached_csv(&env)).unwrap(), new);
+    let log = csv_requests(&env);
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert!(log[1].range.is_none(), "{log:?}");
+}
+
 /// A first run gives up mid-file (the server answers 503 after a cut), the file changes on the
 /// mirror, a second run resumes.
 fn resume_across_runs(no_etag: bool) -> (Env, Vec<u8>) {
