@@ -302,8 +302,9 @@ fn yaml_names(path: &Path, text: &str) -> Result<Option<Vec<String>>, FormatErro
         }
     }
     if !map.is_empty() {
-        let n = map.keys().next_back().map_or(0, |k| k + 1);
-        if map.len() != n {
+        // Keys are distinct, so they are exactly 0..N when the largest is N - 1 (no `+ 1`:
+        // the largest may be usize::MAX).
+        if map.keys().next_back() != Some(&(map.len() - 1)) {
             return Err(FormatError::malformed(
                 path,
                 &record,
@@ -365,6 +366,24 @@ mod tests {
             ["cat", "dog"]
         );
         assert!(yaml_names(p, "nc: 2\n").unwrap().is_none());
+    }
+
+    /// Found by `tests/fuzz_readers.rs`: a `names:` map whose largest key is `usize::MAX`
+    /// overflowed `key + 1` (a panic in debug builds).
+    #[test]
+    fn yaml_map_key_at_usize_max_is_an_error() {
+        let p = Path::new("data.yaml");
+        let text = format!("names:\n  0: cat\n  {}: z\n", usize::MAX);
+        let e = yaml_names(p, &text).unwrap_err().to_string();
+        assert!(e.contains("without gaps") && e.contains("data.yaml"), "{e}");
+        let e = yaml_names(p, "names:\n  0: cat\n  2: dog\n").unwrap_err();
+        assert!(e.to_string().contains("without gaps"), "{e}");
+        assert_eq!(
+            yaml_names(p, "names:\n  1: dog\n  0: cat\n")
+                .unwrap()
+                .unwrap(),
+            ["cat", "dog"]
+        );
     }
 
     fn setup(label: &str) -> (tempfile::TempDir, PathBuf) {
