@@ -1286,6 +1286,13 @@ impl ImageView {
             while let Some(reply) = self.writer.try_recv() {
                 self.apply_reply(reply, cx);
             }
+            cx.notices.error(format!(
+                "image {}: the store writer stopped ({why}); {lost} edits were not saved (close and reopen the image)",
+                self.image_id
+            ));
+            self.writer_stop_reported = true;
+        }
+        if self.writer.is_stopped() {
             return;
         }
         if self.writer.pending() == 0 && self.stale && self.data.is_some() {
@@ -1304,13 +1311,6 @@ impl ImageView {
         }
         match reply.outcome {
             Err(e) => {
-            cx.notices.error(format!(
-                "image {}: the store writer stopped ({why}); {lost} edits were not saved (close and reopen the image)",
-                self.image_id
-            ));
-            self.writer_stop_reported = true;
-        }
-        if self.writer.is_stopped() {
                 cx.notices.error(format!("{}: {e}", reply.subject));
                 self.stale = true;
             }

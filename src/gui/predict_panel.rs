@@ -272,11 +272,23 @@ fn worker_loop(rx: Receiver<Command>, tx: WorkerTx<Event>) {
                         cancelled = true;
                         break;
                     }
-                    let event = match read_image(&path).and_then(|img| {
                     crate::fault::hit("predict");
-                        let d = p.predict_soft(&img)?;
-                        Ok((img, d))
-                    }) {
+                    // A panic on one image (a bad file deep in a decoder) fails that image;
+                    // the model stays loaded for the rest.
+                    let predicted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        crate::fault::hit("predict-image");
+                        read_image(&path).and_then(|img| {
+                            let d = p.predict_soft(&img)?;
+                            Ok((img, d))
+                        })
+                    }))
+                    .unwrap_or_else(|e| {
+                        Err(anyhow::anyhow!(
+                            "panicked: {}",
+                            crate::infer::panic_text(&*e)
+                        ))
+                    });
+                    let event = match predicted {
                         Ok((image, detections)) => {
                             let size = [image.width(), image.height()];
                             let (display, scale) = display_copy(image);
@@ -574,6 +586,7 @@ impl PredictPanel {
             });
         }
     }
+
     /// Ends what a dead thread was doing: the job shows as failed, results so far stay.
     fn worker_died(&mut self, name: &str, why: String, cx: &mut PanelCtx) {
         match name {
@@ -606,7 +619,6 @@ impl PredictPanel {
             _ => cx.notices.error(why),
         }
     }
-
 
     fn drain(&mut self, ctx: &egui::Context, cx: &mut PanelCtx) {
         let mut events = Vec::new();
@@ -726,9 +738,9 @@ impl PredictPanel {
                     }
                 }
             }
+        }
         for (name, why) in died {
             self.worker_died(&name, why, cx);
-        }
         }
         if self.model.is_some() && !self.model_loading && self.batch.is_none() {
             let pending = std::mem::take(&mut self.pending);

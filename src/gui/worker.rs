@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError, bounded};
 use eframe::egui;
 
+pub use crate::infer::panic_text;
+
 /// The sending half a worker's closure gets: sends wake the GUI.
 pub struct WorkerTx<E> {
     tx: Sender<E>,
@@ -77,14 +79,6 @@ pub struct Worker<E> {
     panic: Arc<Mutex<Option<String>>>,
     state: State,
     handle: std::thread::JoinHandle<()>,
-}
-
-/// Text of a panic payload.
-pub fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-        .unwrap_or_else(|| "unknown panic".to_owned())
 }
 
 impl<E: Send + 'static> Worker<E> {

@@ -182,6 +182,14 @@ fn place_region(width: u32, height: u32, rect: [u32; 4], bits: &[u8]) -> anyhow:
     Ok(Mask::from_vec(width, height, full)?)
 }
 
+/// The text of a panic payload (`panic!` with a literal or a formatted message).
+pub fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "unknown panic".to_owned())
+}
+
 /// A loaded bundle ready to predict.
 pub struct Predictor {
     model: MaskRcnn,
@@ -258,7 +266,10 @@ impl Predictor {
             .context("moving the image to the model's device")?;
         // Masks stay box-sized crops: full [D, H, W] maps of a 12-megapixel photo with 100
         // detections would take gigabytes.
-        let mut out = self.model.forward_eval_cropped(&[input])?;
+        // Libtorch errors inside the model (CUDA out of memory) surface as panics.
+        let run = || self.model.forward_eval_cropped(&[input]);
+        let mut out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
+            .map_err(|p| anyhow::anyhow!("libtorch: {}", panic_text(&*p)))??;
         let det = out.pop().context("the model returned no result")?;
         let boxes = Vec::<f32>::try_from(det.boxes.f_to_device(Device::Cpu)?.f_reshape([-1])?)?;
         let scores = Vec::<f32>::try_from(det.scores.f_to_device(Device::Cpu)?)?;

@@ -17,6 +17,7 @@ use tch::{Device, Tensor, nn};
 
 use crate::dataset::store::CancelToken;
 use crate::dataset::{ExportImage, ExportSet};
+use crate::infer::panic_text;
 use crate::model::bundle::{Bundle, ModelSpec};
 use crate::model::weights::{self, PartialLoad};
 use crate::model::{Backbone, MaskRcnn, MaskRcnnConfig, Target};
@@ -635,14 +636,6 @@ struct StepLosses {
     parts: BTreeMap<String, f64>,
     /// What became NaN/inf (`"loss"`, `"gradient norm"`) and its value; the step was not applied.
     non_finite: Option<(&'static str, f64)>,
-}
-
-/// Text of a panic payload.
-fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-        .unwrap_or_else(|| "panic".to_owned())
 }
 
 fn is_out_of_memory(e: &anyhow::Error) -> bool {
