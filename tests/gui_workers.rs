@@ -482,3 +482,40 @@ fn a_panic_reading_a_run_back_ends_the_replay() {
     assert!(h.state().0.history().total.is_empty());
     assert!(h.state().0.jobs().is_empty());
 }
+
+#[test]
+fn a_panic_on_one_image_fails_that_image_and_the_batch_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    for k in 0..3u8 {
+        common::write_png(&images.join(format!("q{k}.png")), 96, 72, 50 * k);
+    }
+    let bundle = any_bundle(dir.path(), &images.join("q0.png"));
+    let mut h = harness(PredictPanel::default(), Shell::new(None), |p, ui, cx| {
+        p.ui(ui, cx)
+    });
+    h.run();
+    type_into(&mut h, "Model bundle", &bundle.display().to_string());
+    h.get_by_label("Load model").click();
+    wait_for(&mut h, "the model", |(p, _)| p.model_loaded());
+
+    maskstudio::fault::arm("predict-image", 1);
+    type_into(&mut h, "Images", &images.display().to_string());
+    h.get_by_label("Predict").click();
+    h.step();
+    wait_for(&mut h, "the batch to end", |(p, _)| {
+        !p.busy() && p.results().len() == 2
+    });
+    let (panel, shell) = h.state();
+    assert_eq!(
+        panel.failures(),
+        ["q1.png: panicked: injected fault at predict-image"]
+    );
+    assert_eq!(
+        shell.errors(),
+        ["could not predict q1.png: panicked: injected fault at predict-image"]
+    );
+    assert!(panel.model_loaded(), "the model stays loaded");
+    assert!(panel.jobs().is_empty());
+}
