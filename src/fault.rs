@@ -33,19 +33,26 @@ fn points() -> std::sync::MutexGuard<'static, Vec<(String, usize)>> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The points of a [`FAULT_ENV`] value: `name[:skip]` separated by commas (a skip that is not
+/// a number counts as 0).
+fn parse(spec: &str) -> Vec<(String, usize)> {
+    spec.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|part| match part.split_once(':') {
+            Some((n, s)) => (n.trim().to_owned(), s.trim().parse().unwrap_or(0)),
+            None => (part.to_owned(), 0),
+        })
+        .collect()
+}
+
 /// Reads [`FAULT_ENV`] once (later calls do nothing).
 fn init_from_env(list: &mut Vec<(String, usize)>) {
     if STATE.load(Ordering::Acquire) != UNKNOWN {
         return;
     }
     if let Ok(spec) = std::env::var(FAULT_ENV) {
-        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (name, skip) = match part.split_once(':') {
-                Some((n, s)) => (n, s.trim().parse().unwrap_or(0)),
-                None => (part, 0),
-            };
-            list.push((name.to_owned(), skip));
-        }
+        list.extend(parse(&spec));
     }
     let state = if list.is_empty() { IDLE } else { ARMED };
     STATE.store(state, Ordering::Release);
@@ -112,6 +119,19 @@ pub fn hit(name: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn env_values_name_points_and_their_passing_hits() {
+        assert_eq!(
+            parse("predict, train-validation:2,,eval:x"),
+            [
+                ("predict".to_owned(), 0),
+                ("train-validation".to_owned(), 2),
+                ("eval".to_owned(), 0)
+            ]
+        );
+        assert!(parse("").is_empty());
+    }
 
     #[test]
     fn an_armed_point_panics_after_its_passing_hits_then_disarms() {

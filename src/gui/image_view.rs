@@ -1669,7 +1669,12 @@ impl ImageView {
                 self.assist_rx = None;
             }
             Err(crossbeam_channel::TryRecvError::Empty) => {}
-            Err(crossbeam_channel::TryRecvError::Disconnected) => self.assist_rx = None,
+            Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                // It ended without an answer: it panicked (the log has why).
+                cx.notices
+                    .error("propose masks: the model-assist thread stopped unexpectedly");
+                self.assist_rx = None;
+            }
         }
     }
 
