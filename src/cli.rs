@@ -378,7 +378,8 @@ fn predict(
     out_dir: Option<&Path>,
     inputs: &[PathBuf],
 ) -> anyhow::Result<()> {
-    use crate::infer::{Predictor, coco_result, collect_images, overlay, read_image};
+    use crate::infer::export::{CocoResults, output_names, output_path};
+    use crate::infer::{Predictor, collect_images, overlay, read_image};
     let device = crate::runtime::device(device)?;
     let predictor = Predictor::load(bundle, device, score_thresh)?;
     let images = collect_images(inputs)?;
@@ -386,10 +387,14 @@ fn predict(
     if let Some(dir) = out_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {dir:?}"))?;
     }
+    // Outputs are named by path relative to the inputs' common folder: `a/x.jpg` and
+    // `b/x.jpg` (or `x.jpg` and `x.png`) never overwrite each other.
+    let names = output_names(&images);
     let bar = progress_bar(images.len() as u64, "images");
-    let mut results = Vec::new();
+    let mut results = CocoResults::default();
+    results.add_categories(predictor.labels());
     let mut failures = Vec::new();
-    for path in &images {
+    for (path, name) in images.iter().zip(&names) {
         bar.inc(1);
         let outcome = read_image(path).and_then(|image| {
             let detections = predictor.predict(&image)?;
@@ -403,17 +408,9 @@ fn predict(
                 continue;
             }
         };
-        let file_name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        results.extend(detections.iter().map(|d| coco_result(&file_name, d)));
+        results.add(&name.file_name, image.width(), image.height(), &detections);
         if let Some(dir) = out_dir {
-            let stem = path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let png = dir.join(format!("{stem}.overlay.png"));
+            let png = output_path(dir, &name.stem, ".overlay.png");
             let mut bytes = Vec::new();
             let mut over = overlay::draw(&image, &detections);
             overlay::draw_labels(&mut over, &detections);
@@ -425,13 +422,13 @@ fn predict(
         }
     }
     bar.finish_and_clear();
-    let json = serde_json::to_vec_pretty(&results)?;
-    crate::dataset::store::write_atomic(out_json, &json)?;
+    results.write(out_json)?;
     println!(
-        "{} detections in {} images written to {}{}",
+        "{} detections in {} images written to {} (images: {}){}",
         results.len(),
         images.len() - failures.len(),
         out_json.display(),
+        crate::infer::export::images_file_for(out_json).display(),
         if failures.is_empty() {
             String::new()
         } else {

@@ -193,3 +193,102 @@ fn a_broken_image_is_reported_and_the_others_still_predicted() {
         serde_json::from_slice(&std::fs::read(&out_json).unwrap()).unwrap();
     assert!(results.iter().all(|r| r["file_name"] == "good.png"));
 }
+
+/// Loads `results.json` with pycocotools against its `results.images.json` and prints, per
+/// result, `[image_id, file_name of that id]`.
+const PY_LOADRES: &str = r#"
+from pycocotools.coco import COCO
+import contextlib, io
+with contextlib.redirect_stdout(io.StringIO()):
+    gt = COCO(sys.argv[1])
+    dt = gt.loadRes(sys.argv[2])
+print(json.dumps([[a["image_id"], gt.imgs[a["image_id"]]["file_name"]] for a in dt.anns.values()]))
+"#;
+
+#[test]
+fn same_named_images_get_their_own_outputs_and_results_load_in_pycocotools() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = dir.path().join("in");
+    let files = ["a/x.jpg", "b/x.jpg", "x.jpg", "x.png"];
+    for (k, f) in files.iter().enumerate() {
+        common::write_png(&inputs.join(f), 160 + 10 * k as u32, 120, 40 * k as u8 + 3);
+    }
+    let bundle = dir.path().join("bundle");
+    python(PY_EXPORT, &[&bundle, &inputs.join("x.png")]);
+    let out_json = dir.path().join("results.json");
+    let overlays = dir.path().join("overlays");
+    let output = Command::new(env!("CARGO_BIN_EXE_maskstudio"))
+        .args(["predict", "--device", "cpu", "--model"])
+        .arg(&bundle)
+        .arg("--out-json")
+        .arg(&out_json)
+        .arg("--out-dir")
+        .arg(&overlays)
+        .arg(&inputs)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // One overlay per input: none overwrote another.
+    for name in ["a/x", "b/x", "x.jpg", "x.png"] {
+        let png = overlays.join(format!("{name}.overlay.png"));
+        assert!(png.is_file(), "{png:?} missing");
+    }
+    let sizes: std::collections::BTreeSet<u32> = files
+        .iter()
+        .map(|f| {
+            let stem = f
+                .strip_suffix(".jpg")
+                .filter(|s| s.contains('/'))
+                .unwrap_or(f);
+            image::open(overlays.join(format!("{stem}.overlay.png")))
+                .unwrap()
+                .width()
+        })
+        .collect();
+    assert_eq!(sizes.len(), 4, "each overlay is its own image: {sizes:?}");
+
+    let results: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(&out_json).unwrap()).unwrap();
+    assert!(
+        !results.is_empty(),
+        "the confident bundle detects something"
+    );
+    let images_json = dir.path().join("results.images.json");
+    let pairs: Vec<(i64, String)> =
+        serde_json::from_str(&python(PY_LOADRES, &[&images_json, &out_json])).unwrap();
+    assert_eq!(pairs.len(), results.len());
+    for r in &results {
+        let id = r["image_id"].as_i64().unwrap();
+        let name = r["file_name"].as_str().unwrap();
+        assert!(files.contains(&name), "{name}");
+        assert!(
+            pairs.contains(&(id, name.to_owned())),
+            "image_id {id} must be {name} in the images file"
+        );
+    }
+}
+
+#[test]
+fn a_symlink_loop_in_an_image_folder_is_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("imgs");
+    common::write_png(&root.join("a.png"), 8, 8, 1);
+    common::write_png(&root.join("sub/b.png"), 8, 8, 2);
+    std::os::unix::fs::symlink(&root, root.join("sub/loop")).unwrap();
+    std::os::unix::fs::symlink(root.join("a.png"), root.join("link.png")).unwrap();
+    let found = maskstudio::infer::collect_images(std::slice::from_ref(&root)).unwrap();
+    let names: Vec<String> = found
+        .iter()
+        .map(|p| {
+            p.strip_prefix(&root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert_eq!(names, ["a.png", "link.png", "sub/b.png"]);
+}

@@ -20,7 +20,7 @@ use eframe::egui;
 use crate::dataset::store::{CancelToken, write_atomic};
 use crate::gui::shared::{DeviceSetting, JobView, PanelCtx};
 use crate::gui::worker::{Polled, Worker, WorkerTx};
-use crate::infer::{Detection, Predictor, coco_result, collect_images, overlay, read_image};
+use crate::infer::{Detection, Predictor, collect_images, overlay, read_image};
 use crate::runtime::DeviceChoice;
 
 /// The model keeps detections down to this score, so the score slider can go as low.
@@ -320,10 +320,12 @@ fn worker_loop(rx: Receiver<Command>, tx: WorkerTx<Event>) {
 /// One image to export: file, full-size pixels if in memory (else read again), detections.
 type ExportItem = (PathBuf, Option<Arc<image::RgbImage>>, Arc<Vec<Detection>>);
 
-/// Writes `<stem>.overlay.png`, `<stem>_mask<k>_<class>.png` and `results.json` into `dir`,
-/// calling `progress(done)` after each image; stops early (keeping what is written, with a
-/// `results.json` of those images) when `cancel` is set. Returns the detections written and
-/// whether it was cancelled.
+/// Writes `<name>.overlay.png`, `<name>_mask<k>_<class>.png`, `results.json` and
+/// `results.images.json` into `dir` (names from [`crate::infer::export::output_names`]: the
+/// path relative to the images' common folder, so same-named files never overwrite each
+/// other), calling `progress(done)` after each image; stops early (keeping what is written,
+/// with results files of those images) when `cancel` is set. Returns the detections written
+/// and whether it was cancelled.
 fn export(
     dir: &Path,
     items: &[ExportItem],
@@ -332,10 +334,13 @@ fn export(
     cancel: &CancelToken,
     mut progress: impl FnMut(usize),
 ) -> anyhow::Result<(usize, bool)> {
+    use crate::infer::export::{CocoResults, output_names, output_path};
     std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
-    let mut results = Vec::new();
+    let paths: Vec<PathBuf> = items.iter().map(|(p, _, _)| p.clone()).collect();
+    let names = output_names(&paths);
+    let mut results = CocoResults::default();
     let mut cancelled = false;
-    for (done, (path, pixels, detections)) in items.iter().enumerate() {
+    for (done, ((path, pixels, detections), name)) in items.iter().zip(&names).enumerate() {
         if cancel.is_cancelled() {
             cancelled = true;
             break;
@@ -346,10 +351,6 @@ fn export(
         };
         let image = &*image;
         let shown = visible_detections(detections, score, mask_threshold);
-        let name = file_label(path);
-        let stem = path
-            .file_stem()
-            .map_or_else(|| name.clone(), |s| s.to_string_lossy().into_owned());
         let png = |img: image::DynamicImage| -> anyhow::Result<Vec<u8>> {
             let mut bytes = Vec::new();
             img.write_to(
@@ -361,7 +362,7 @@ fn export(
         let mut over = overlay::draw(image, &shown);
         overlay::draw_labels(&mut over, &shown);
         write_atomic(
-            &dir.join(format!("{stem}.overlay.png")),
+            &output_path(dir, &name.stem, ".overlay.png"),
             &png(image::DynamicImage::ImageRgb8(over))?,
         )?;
         for (k, d) in shown.iter().enumerate() {
@@ -371,17 +372,14 @@ fn export(
                 .map(|c| if c.is_alphanumeric() { c } else { '_' })
                 .collect();
             write_atomic(
-                &dir.join(format!("{stem}_mask{k}_{class}.png")),
+                &output_path(dir, &name.stem, &format!("_mask{k}_{class}.png")),
                 &png(image::DynamicImage::ImageLuma8(d.mask.to_gray()))?,
             )?;
-            results.push(coco_result(&name, d));
         }
+        results.add(&name.file_name, image.width(), image.height(), &shown);
         progress(done + 1);
     }
-    write_atomic(
-        &dir.join("results.json"),
-        &serde_json::to_vec_pretty(&results)?,
-    )?;
+    results.write(&dir.join("results.json"))?;
     Ok((results.len(), cancelled))
 }
 

@@ -1,6 +1,7 @@
 //! Inference: a model bundle + images → detections with binary masks, COCO results JSON and
 //! overlay images. Plain data out (no tensors), so the GUI and the CLI share it.
 
+pub mod export;
 pub mod overlay;
 
 use std::path::{Path, PathBuf};
@@ -374,12 +375,16 @@ pub fn collect_images(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// Image files under `dir`, recursively. Symbolic links to folders are not followed (a link
+/// loop would recurse forever), as the dataset import does; links to files are read.
 fn walk_images(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_dir() {
-            walk_images(&path, out)?;
-        } else if path.extension().is_some_and(|e| {
+    for entry in walkdir::WalkDir::new(dir).follow_links(false) {
+        let entry = entry.map_err(std::io::Error::other)?;
+        if entry.file_type().is_dir() || !entry.path().is_file() {
+            continue;
+        }
+        let path = entry.into_path();
+        if path.extension().is_some_and(|e| {
             matches!(
                 e.to_ascii_lowercase().to_str(),
                 Some("jpg" | "jpeg" | "png")
