@@ -491,6 +491,38 @@ fn exported_run_loads_into_torchvision_and_predicts_the_same() {
     );
     assert_eq!(metrics["train_config"]["image_size"], 128);
 
+    // Exporting again replaces our own export; a folder that merely holds a `metrics.json`
+    // (anyone's) is refused and left as it was.
+    let export_to = |to: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_maskstudio"))
+            .args(["export", "--run"])
+            .arg(&run.run_dir)
+            .arg("--out")
+            .arg(to)
+            .output()
+            .unwrap()
+    };
+    assert!(
+        export_to(&out).status.success(),
+        "re-export over our own export"
+    );
+    let foreign = dir.path().join("thesis");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("metrics.json"), "{}").unwrap();
+    std::fs::write(foreign.join("thesis.tex"), "\\section{Results}").unwrap();
+    let refused = export_to(&foreign);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("not an earlier Mask Studio export"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(foreign.join("thesis.tex")).unwrap(),
+        "\\section{Results}"
+    );
+    assert_eq!(std::fs::read_dir(&foreign).unwrap().count(), 2);
+
     let mut images = maskstudio::infer::collect_images(&[project.join("images")]).unwrap();
     images.truncate(2);
     let mut py = Command::new(maskstudio::runtime::python());

@@ -22,8 +22,19 @@ pub struct RunExport {
 
 const BUNDLE_FILES: [&str; 3] = ["model.safetensors", "labels.txt", "model.json"];
 
+/// Marker file an export folder holds: only such a folder may be replaced by a later export.
+pub const EXPORT_MARKER: &str = ".maskstudio-export";
+/// The marker's content (format name and version).
+pub const EXPORT_FORMAT: &str = "maskstudio-export/1";
+
+/// Whether `dir` holds the marker of an export this code wrote.
+fn is_earlier_export(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join(EXPORT_MARKER)).is_ok_and(|s| s.trim() == EXPORT_FORMAT)
+}
+
 /// Copies the best (else last) checkpoint's bundle to `out` and writes `metrics.json` beside
-/// it. `out` must not exist, be empty, or hold an earlier export (it is replaced as a whole).
+/// it. `out` must not exist, be empty, or hold an earlier export (it is replaced as a whole;
+/// an earlier export is recognised by its [`EXPORT_MARKER`] file, nothing else).
 pub fn export_run(run_dir: &Path, out: &Path) -> anyhow::Result<RunExport> {
     let (source, which) = match state::checkpoint_dir(run_dir, BEST_CHECKPOINT) {
         Some(dir) => (dir, "best"),
@@ -51,9 +62,12 @@ pub fn export_run(run_dir: &Path, out: &Path) -> anyhow::Result<RunExport> {
                 .with_context(|| format!("listing {out:?}"))?
                 .next()
                 .is_none();
+        // Only a folder this code wrote (it holds our marker) may be replaced as a whole: a
+        // `metrics.json` alone proves nothing, and replacing deletes the folder.
         anyhow::ensure!(
-            is_dir && (empty || out.join("metrics.json").is_file()),
-            "{out:?} exists and is not an earlier export; choose a new folder"
+            is_dir && (empty || is_earlier_export(out)),
+            "{out:?} exists and is not an earlier Mask Studio export (no {EXPORT_MARKER} file); \
+             choose a new folder"
         );
     }
     let parent = match out.parent() {
@@ -61,14 +75,21 @@ pub fn export_run(run_dir: &Path, out: &Path) -> anyhow::Result<RunExport> {
         _ => PathBuf::from("."),
     };
     std::fs::create_dir_all(&parent).with_context(|| format!("creating {parent:?}"))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(out.file_name().unwrap_or_default());
-    tmp_name.push(".export-tmp");
-    let tmp = parent.join(tmp_name);
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {tmp:?}"))?;
+    // A fresh, uniquely named folder beside `out` (same file system, so the rename is atomic);
+    // dropped (removed) if anything below fails.
+    let tmp_dir = tempfile::Builder::new()
+        .prefix(".maskstudio-export-")
+        .tempdir_in(&parent)
+        .with_context(|| format!("creating a temporary folder in {parent:?}"))?;
+    let tmp = tmp_dir.path().to_path_buf();
+    {
+        // tempfile makes the folder private (0700); an exported model is an ordinary folder.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("setting permissions of {tmp:?}"))?;
     }
-    std::fs::create_dir(&tmp).with_context(|| format!("creating {tmp:?}"))?;
+    std::fs::write(tmp.join(EXPORT_MARKER), format!("{EXPORT_FORMAT}\n"))
+        .with_context(|| format!("writing {:?}", tmp.join(EXPORT_MARKER)))?;
     for f in BUNDLE_FILES {
         std::fs::copy(source.join(f), tmp.join(f))
             .with_context(|| format!("copying {:?}", source.join(f)))?;
@@ -118,6 +139,8 @@ pub fn export_run(run_dir: &Path, out: &Path) -> anyhow::Result<RunExport> {
         std::fs::remove_dir_all(out).with_context(|| format!("replacing {out:?}"))?;
     }
     std::fs::rename(&tmp, out).with_context(|| format!("renaming {tmp:?} to {out:?}"))?;
+    // Renamed away: nothing left for the guard to remove.
+    let _ = tmp_dir.keep();
     Ok(RunExport {
         out: out.to_path_buf(),
         checkpoint: which,
