@@ -13,6 +13,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// Waiting for a worker: a hang guard, not a speed check (generous, so load never trips it).
+const HANG_GUARD: Duration = Duration::from_secs(600);
+
 use eframe::egui::{self, Key, Modifiers, Pos2};
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable as _;
@@ -111,7 +114,7 @@ fn harness(root: &Path, image_id: i64) -> Harness<'static, State> {
 
 fn harness_with(root: &Path, image_id: i64, settings: Settings) -> Harness<'static, State> {
     let mut view = ImageView::open(root, image_id).unwrap();
-    view.wait_until_loaded(Duration::from_secs(20)).unwrap();
+    view.wait_until_loaded(HANG_GUARD).unwrap();
     let state = State {
         view,
         settings,
@@ -148,7 +151,7 @@ fn settle(h: &mut Harness<'_, State>) {
     h.run_ok();
     while !h.state().view.is_idle() {
         assert!(
-            start.elapsed() < Duration::from_secs(30),
+            start.elapsed() < HANG_GUARD,
             "the edit writer still has {} edits after 30 s",
             h.state().view.pending_edits()
         );
@@ -573,7 +576,7 @@ fn model_assist_proposes_masks_and_a_click_accepts_one_as_an_undoable_model_inst
     h.step(); // the click; the spinner repaints until the worker answers
     while h.state().view.is_proposing() {
         assert!(
-            start.elapsed() < Duration::from_secs(120),
+            start.elapsed() < HANG_GUARD,
             "model assist took over 2 minutes"
         );
         std::thread::sleep(Duration::from_millis(20));
@@ -629,4 +632,23 @@ fn model_assist_proposes_masks_and_a_click_accepts_one_as_an_undoable_model_inst
     assert_eq!(rows.len(), 2);
     assert!(rows.iter().all(|r| r.origin != Origin::Model));
     assert_eq!(h.state().view.selected(), None);
+}
+
+#[test]
+fn the_model_bundle_field_is_kept_across_images_in_the_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    make_project(dir.path());
+    let root = dir.path().join("p");
+    let mut h = harness(&root, 1);
+    h.get_by_label("Model bundle").focus();
+    h.step();
+    h.get_by_label("Model bundle").type_text("/models/cells");
+    h.step();
+    assert_eq!(h.state().settings.assist_bundle, "/models/cells");
+    let settings = h.state().settings.clone();
+    drop(h);
+    // The next image's view (and a restarted studio, which loads the same settings).
+    let mut h = harness_with(&root, 2, settings);
+    h.step();
+    assert_eq!(h.state().view.model_path(), "/models/cells");
 }

@@ -212,3 +212,38 @@ print(json.dumps(out))
         assert_eq!(*area, inst.rle.area(), "annotation {id}");
     }
 }
+
+/// The child half of [`a_missing_shared_folder_skips_locally_and_fails_under_ci`].
+#[test]
+fn shared_data_probe() {
+    if std::env::var_os(common::SHARED_DATA_ENV).is_some() {
+        assert!(common::shared_data().is_none());
+    }
+}
+
+#[test]
+fn a_missing_shared_folder_skips_locally_and_fails_under_ci() {
+    let missing = tempfile::tempdir().unwrap().path().join("no-shared-data");
+    let probe = |ci: Option<&str>| {
+        let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+        cmd.args(["--exact", "shared_data_probe", "--nocapture"])
+            .env(common::SHARED_DATA_ENV, &missing)
+            .env_remove("CI");
+        if let Some(v) = ci {
+            cmd.env("CI", v);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, stderr) = probe(None);
+    assert!(
+        ok && stderr.contains("SKIP"),
+        "a bare clone skips: {stderr}"
+    );
+    let (ok, stderr) = probe(Some("true"));
+    assert!(!ok, "CI=true with no shared data must fail: {stderr}");
+    assert!(stderr.contains("CI=true"), "{stderr}");
+}

@@ -163,6 +163,8 @@ pub struct ImageView {
     /// all of it.
     deferred: Rect,
     model_path: String,
+    /// Whether `model_path` was filled from `Settings::assist_bundle` (once per view).
+    model_path_from_settings: bool,
     assist_rx: Option<Receiver<AssistEvent>>,
     proposals: Vec<(Detection, Vec<Vec<[f64; 2]>>)>,
     class_filter: Option<i64>,
@@ -293,6 +295,7 @@ impl ImageView {
             pending_dirty: Rect::EMPTY,
             deferred: Rect::EMPTY,
             model_path: String::new(),
+            model_path_from_settings: false,
             assist_rx: None,
             proposals: Vec::new(),
             class_filter: None,
@@ -381,6 +384,11 @@ impl ImageView {
     /// The model bundle folder used by "Propose masks".
     pub fn set_model_path(&mut self, path: &Path) {
         self.model_path = path.display().to_string();
+    }
+
+    /// The model bundle folder in the "Model bundle" field.
+    pub fn model_path(&self) -> &str {
+        &self.model_path
     }
 
     /// Screen position of an image point `[x, y]` in the last frame drawn.
@@ -676,8 +684,18 @@ impl ImageView {
             }
             ui.separator();
             let label = ui.label("Model bundle");
-            ui.add(egui::TextEdit::singleline(&mut self.model_path).desired_width(180.0))
-                .labelled_by(label.id);
+            if self.model_path.is_empty() && !self.model_path_from_settings {
+                // The last bundle used, from the settings: it does not reset on every image.
+                self.model_path = cx.settings.assist_bundle.clone();
+            }
+            self.model_path_from_settings = true;
+            if ui
+                .add(egui::TextEdit::singleline(&mut self.model_path).desired_width(180.0))
+                .labelled_by(label.id)
+                .changed()
+            {
+                cx.settings.assist_bundle = self.model_path.trim().to_owned();
+            }
             let running = self.assist_rx.is_some();
             if ui
                 .add_enabled(!running, egui::Button::new("Propose masks"))
@@ -1624,6 +1642,7 @@ impl ImageView {
             return;
         }
         let bundle = PathBuf::from(path);
+        cx.settings.assist_bundle = path.to_owned();
         let rgb = Arc::clone(&data.rgb);
         let device = cx.settings.device.as_str().to_owned();
         let score = f64::from(cx.settings.score_threshold);

@@ -21,6 +21,7 @@ pub mod train_panel;
 pub mod worker;
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
@@ -144,6 +145,11 @@ pub struct StudioApp {
     saved_settings: Settings,
     settings_writable: bool,
     settings_changed_at: Option<Instant>,
+    /// Generation of the settings last handed to a writer, and (behind the lock) the last
+    /// written: writes happen in generation order, so a slow background save never overwrites
+    /// the flush on close.
+    settings_generation: u64,
+    settings_written: Arc<Mutex<u64>>,
     notices: Notices,
     /// Logged warnings and errors on their way to `notices`.
     log_feed: Option<LogFeed>,
@@ -206,6 +212,8 @@ impl StudioApp {
             settings_path: options.settings_path,
             settings_writable,
             settings_changed_at: None,
+            settings_generation: 0,
+            settings_written: Arc::new(Mutex::new(0)),
             notices,
             log_feed: options.log_toasts.map(LogFeed::new),
             log_waker_set: false,
@@ -492,19 +500,43 @@ impl StudioApp {
         if !self.settings_writable {
             return;
         }
-        let (settings, path, tx) = (
+        self.settings_generation += 1;
+        let (settings, path, tx, generation, written) = (
             self.settings.clone(),
             self.settings_path.clone(),
             self.events_tx.clone(),
+            self.settings_generation,
+            self.settings_written.clone(),
         );
         let spawned = std::thread::Builder::new()
             .name("settings-save".into())
             .spawn(move || {
-                let result = settings.save(&path).map_err(|e| format!("{e:#}"));
+                let result = save_settings_in_order(&settings, &path, generation, &written)
+                    .map_err(|e| format!("{e:#}"));
                 tx.send(Event::SettingsSaved(result)).ok();
             });
         if let Err(e) = spawned {
             self.notices.error(format!("cannot save settings: {e}"));
+        }
+    }
+
+    /// Writes changed settings now, on this thread: closing the window right after a change
+    /// (a project opened, a threshold moved) must not lose it to the half-second debounce.
+    /// Called when the app is dropped (eframe drops it on exit).
+    pub fn flush_settings(&mut self) {
+        if self.settings == self.saved_settings || !self.settings_writable {
+            return;
+        }
+        self.saved_settings = self.settings.clone();
+        self.settings_changed_at = None;
+        self.settings_generation += 1;
+        if let Err(e) = save_settings_in_order(
+            &self.settings,
+            &self.settings_path,
+            self.settings_generation,
+            &self.settings_written,
+        ) {
+            log::error!("saving settings on exit: {e:#}");
         }
     }
 
@@ -923,6 +955,31 @@ impl StudioApp {
         if let Some(i) = dismiss {
             self.notices.items.remove(i);
         }
+    }
+}
+
+/// Saves `settings` unless a later generation was written already (background saves may
+/// finish out of order; the flush on exit is always the latest).
+fn save_settings_in_order(
+    settings: &Settings,
+    path: &Path,
+    generation: u64,
+    written: &Mutex<u64>,
+) -> anyhow::Result<()> {
+    let mut last = written
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if *last >= generation {
+        return Ok(());
+    }
+    settings.save(path)?;
+    *last = generation;
+    Ok(())
+}
+
+impl Drop for StudioApp {
+    fn drop(&mut self) {
+        self.flush_settings();
     }
 }
 

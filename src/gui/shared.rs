@@ -68,6 +68,8 @@ pub struct Settings {
     pub theme: Theme,
     /// Most recent first, at most [`Settings::MAX_RECENT`].
     pub recent_projects: Vec<PathBuf>,
+    /// The editor's model-assist bundle folder (kept across images and restarts).
+    pub assist_bundle: String,
 }
 
 impl Default for Settings {
@@ -81,6 +83,7 @@ impl Default for Settings {
             mask_threshold: 0.5,
             theme: Theme::System,
             recent_projects: Vec::new(),
+            assist_bundle: String::new(),
         }
     }
 }
