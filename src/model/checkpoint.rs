@@ -20,13 +20,15 @@
 //! error that names it. All lengths, offsets and strides are checked against the file, so a
 //! truncated or corrupted file gives an error, not a panic.
 //!
-//! The work is bounded by the file's size whatever it claims: the unpickler copies at most
-//! [`COPY_BUDGET_PER_BYTE`] values per pickle byte; the object graph is walked once per
-//! container (a shared container of tensors is an error, a shared one without tensors is
-//! skipped, so memo references cannot multiply paths); at most [`MAX_TENSORS`] tensors with
-//! names of at most [`MAX_NAME_BYTES`]; every view is checked against its storage's real size
-//! (no more elements than the storage holds) and all views together against
-//! [`MAX_VIEW_EXPANSION`] × the file's storage bytes before any tensor is allocated.
+//! The work is bounded by the file's size whatever it claims: the unpickler copies values and
+//! hashes keys within a budget of [`COPY_BUDGET_PER_BYTE`] per pickle byte; storage keys are
+//! at most [`MAX_STORAGE_KEY_BYTES`] and tensors at most [`MAX_DIMS`] dimensions; the object
+//! graph is walked once per container (a shared container of tensors is an error, a shared
+//! one without tensors is skipped, so memo references cannot multiply paths); at most
+//! [`MAX_TENSORS`] tensors, with names of at most [`MAX_NAME_BYTES`] each and
+//! [`NAME_BYTES_PER_PICKLE_BYTE`] per pickle byte together; every view is checked against its
+//! storage's real size (no more elements than the storage holds) and all views together
+//! against [`MAX_VIEW_EXPANSION`] × the file's storage bytes before any tensor is allocated.
 //!
 //! Files that must be safetensors (model bundles) are read with [`read_safetensors`], which
 //! parses safetensors only and validates it strictly.
@@ -211,7 +213,12 @@ fn read_impl(bytes: &[u8], source: &Path, unwrap_state_dict: bool) -> Kindr<Vec<
         );
         root = inner;
     }
-    let mut walk = Walk::default();
+    let mut walk = Walk {
+        name_budget: (loaded.pickle_len as u64)
+            .saturating_mul(NAME_BYTES_PER_PICKLE_BYTE)
+            .saturating_add(NAME_SLACK_BYTES),
+        ..Walk::default()
+    };
     loaded.flatten(&root, &mut prefix, 0, &holders, &mut walk)?;
     if walk.skipped > 0 {
         log::info!(
@@ -497,6 +504,26 @@ pub const COPY_BUDGET_PER_BYTE: u64 = 8;
 /// Fixed part of the copy budget, so tiny pickles can still build a few containers.
 pub const COPY_BUDGET_BASE: u64 = 4096;
 
+/// Bytes of a dict key or storage key hashed per unit of the copy budget: a memoised key of a
+/// megabyte used as a key a million times would otherwise hash a terabyte.
+const HASHED_BYTES_PER_COPY: usize = 64;
+
+/// Most dimensions of a tensor (PyTorch tensors in checkpoints have at most a handful; the
+/// cap keeps every view description small however often it is shared).
+pub const MAX_DIMS: usize = 64;
+
+/// Longest storage key, in bytes (PyTorch writes decimal numbers: `"0"`, `"140234…"`).
+pub const MAX_STORAGE_KEY_BYTES: usize = 1024;
+
+/// All tensor names together may take at most this many bytes per byte of pickle (plus
+/// [`NAME_SLACK_BYTES`]): real names are spelled out in the pickle, and nesting adds a short
+/// prefix to each, but a long key above a list of a million memoised tensors would name each
+/// of them with the whole key.
+pub const NAME_BYTES_PER_PICKLE_BYTE: u64 = 16;
+
+/// Allowance on top of [`NAME_BYTES_PER_PICKLE_BYTE`].
+pub const NAME_SLACK_BYTES: u64 = 1 << 20;
+
 /// Most open MARKs at once (torch pickles use a handful).
 const MAX_MARKS: usize = 100_000;
 
@@ -589,7 +616,8 @@ impl<'a> Unpickler<'a> {
                 Ok(())
             }
             None => malformed(format!(
-                "pickle copies more values than its {} bytes can describe (at byte {})",
+                "pickle makes the reader do more work (copying values, hashing keys) than its \
+                 {} bytes can describe (at byte {})",
                 self.data.len(),
                 self.pos
             )),
@@ -656,6 +684,18 @@ impl<'a> Unpickler<'a> {
         let Value::Obj(i) = target else {
             return malformed("SETITEM on a value that is not a dict");
         };
+        if !matches!(self.arena.get(*i), Some(Obj::Dict { .. })) {
+            return malformed("SETITEM on an object that is not a dict");
+        }
+        let hashed: usize = items
+            .iter()
+            .step_by(2)
+            .map(|k| match k {
+                Value::Str(s) => 1 + s.len() / HASHED_BYTES_PER_COPY,
+                _ => 1,
+            })
+            .sum();
+        self.charge(hashed)?;
         let Some(Obj::Dict { entries, index }) = self.arena.get_mut(*i) else {
             return malformed("SETITEM on an object that is not a dict");
         };
@@ -734,6 +774,14 @@ impl<'a> Unpickler<'a> {
         }
         let storage = self.storage_of(&args[0])?;
         let offset = self.as_int(&args[1], "storage offset")?;
+        for (arg, what) in [(&args[2], "size"), (&args[3], "stride")] {
+            let dims = self.seq_items(arg).map_or(0, <[Value]>::len);
+            if dims > MAX_DIMS {
+                return malformed(format!(
+                    "a tensor {what} has {dims} dimensions (at most {MAX_DIMS})"
+                ));
+            }
+        }
         let size = self.int_tuple(&args[2], "size")?;
         let stride = self.int_tuple(&args[3], "stride")?;
         let dtype = if matches!(g, Global::RebuildTensorV3) {
@@ -859,6 +907,13 @@ impl<'a> Unpickler<'a> {
             Value::Int(i) => Rc::from(i.to_string()),
             _ => return malformed("storage key is not a string"),
         };
+        if key.len() > MAX_STORAGE_KEY_BYTES {
+            return malformed(format!(
+                "a storage key of {} bytes (at most {MAX_STORAGE_KEY_BYTES})",
+                key.len()
+            ));
+        }
+        self.charge(key.len() / HASHED_BYTES_PER_COPY)?;
         let numel = match &items[4] {
             Value::Int(n) if *n >= 0 => u64::try_from(*n)
                 .map_err(|_| CheckpointErrorKind::Malformed("storage size out of range".into()))?,
@@ -1246,6 +1301,8 @@ struct Loaded<'a> {
     root: Value,
     arena: Vec<Obj>,
     storages: HashMap<Rc<str>, StorageData<'a>>,
+    /// Bytes of the pickle that described `root` (bounds the names built from it).
+    pickle_len: usize,
 }
 
 /// Short description of a non-container value for log messages.
@@ -1294,6 +1351,8 @@ struct Walk {
     skipped: usize,
     /// The first few skipped entries, for the log line.
     shown: Vec<String>,
+    /// Bytes that tensor names may still take (see [`NAME_BYTES_PER_PICKLE_BYTE`]).
+    name_budget: u64,
 }
 
 /// How many skipped entries the log line names.
@@ -1410,13 +1469,18 @@ impl<'a> Loaded<'a> {
     }
 
     /// Appends `.key` to `prefix`, refusing names over [`MAX_NAME_BYTES`].
-    fn push_key(prefix: &mut String, key: &Value) -> Kindr<bool> {
+    /// `Ok(false)`: the key cannot be part of a name (not a string or number, or too long
+    /// above a value that holds no tensor); the entry is skipped.
+    fn push_key(prefix: &mut String, key: &Value, holds_tensor: bool) -> Kindr<bool> {
         let key_len = match key {
             Value::Str(s) => s.len(),
             Value::Int(_) | Value::Bool(_) | Value::None => 40,
             _ => return Ok(false),
         };
         if prefix.len().saturating_add(key_len).saturating_add(1) > MAX_NAME_BYTES {
+            if !holds_tensor {
+                return Ok(false);
+            }
             return malformed(format!(
                 "a name under {} is longer than {MAX_NAME_BYTES} bytes",
                 path_name(prefix)
@@ -1460,6 +1524,17 @@ impl<'a> Loaded<'a> {
                 if walk.out.len() >= MAX_TENSORS {
                     return malformed(format!("the file holds more than {MAX_TENSORS} tensors"));
                 }
+                walk.name_budget = match walk.name_budget.checked_sub(prefix.len() as u64) {
+                    Some(left) => left,
+                    None => {
+                        return malformed(format!(
+                            "its tensor names (up to {}) add up to more bytes than its pickle \
+                             of {} bytes can spell",
+                            path_name(prefix),
+                            self.pickle_len
+                        ));
+                    }
+                };
                 walk.out.push((prefix.clone(), spec.clone()));
                 return Ok(());
             }
@@ -1488,7 +1563,8 @@ impl<'a> Loaded<'a> {
         match obj {
             Some(Obj::Dict { entries, .. }) => {
                 for (k, x) in entries {
-                    if Self::push_key(prefix, k)? {
+                    let holds = matches!(x, Value::Obj(c) if holders.get(*c) == Some(&true));
+                    if Self::push_key(prefix, k, holds)? {
                         self.flatten(x, prefix, depth + 1, holders, walk)?;
                     } else {
                         walk.skip(|| format!("{prefix}[?]"));
@@ -1498,8 +1574,12 @@ impl<'a> Loaded<'a> {
             }
             Some(Obj::List(l)) | Some(Obj::Tuple(l)) => {
                 for (i, x) in l.iter().enumerate() {
-                    Self::push_key(prefix, &Value::Int(i as i128))?;
-                    self.flatten(x, prefix, depth + 1, holders, walk)?;
+                    let holds = matches!(x, Value::Obj(c) if holders.get(*c) == Some(&true));
+                    if Self::push_key(prefix, &Value::Int(i as i128), holds)? {
+                        self.flatten(x, prefix, depth + 1, holders, walk)?;
+                    } else {
+                        walk.skip(|| format!("{prefix}[{i}]"));
+                    }
                     prefix.truncate(len);
                 }
             }
@@ -1852,6 +1932,7 @@ fn load_zip(b: &[u8]) -> Kindr<Loaded<'_>> {
     };
     let mut arena = Vec::new();
     let mut refs = HashMap::new();
+    let pickle_len = entries[pkl_name].len();
     let (root, _) = unpickle(entries[pkl_name], &mut arena, &mut refs)?;
     let mut storages = HashMap::new();
     for (key, r) in &refs {
@@ -1873,6 +1954,7 @@ fn load_zip(b: &[u8]) -> Kindr<Loaded<'_>> {
         root,
         arena,
         storages,
+        pickle_len,
     })
 }
 
@@ -1973,6 +2055,8 @@ fn load_legacy(b: &[u8]) -> Kindr<Loaded<'_>> {
         root,
         arena,
         storages,
+        // The pickles and storages together: an upper bound of the object's pickle.
+        pickle_len: b.len(),
     })
 }
 
@@ -2297,23 +2381,139 @@ mod tests {
         v
     }
 
-    /// `{"w": _rebuild_tensor_v2(storage("0", FloatStorage, 4), 0, size, stride, False,
-    /// OrderedDict())}`
-    fn tensor_dict(size: &[u8], stride: &[u8]) -> Vec<u8> {
-        let mut b = b"\x80\x02}".to_vec();
-        b.extend(short_str("w"));
-        b.extend_from_slice(b"ctorch._utils\n_rebuild_tensor_v2\n(");
+    /// `_rebuild_tensor_v2(storage(key, FloatStorage, 4), 0, size, stride, False,
+    /// OrderedDict())` left on the stack.
+    fn tensor_on(key: &str, size: &[u8], stride: &[u8]) -> Vec<u8> {
+        let mut b = b"ctorch._utils\n_rebuild_tensor_v2\n(".to_vec();
         b.push(b'(');
         b.extend(short_str("storage"));
         b.extend_from_slice(b"ctorch\nFloatStorage\n");
-        b.extend(short_str("0"));
+        b.push(b'X');
+        b.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        b.extend_from_slice(key.as_bytes());
         b.extend(short_str("cpu"));
         b.extend_from_slice(b"K\x04Nt");
         b.extend_from_slice(b"QK\x00");
         b.extend_from_slice(size);
         b.extend_from_slice(stride);
-        b.extend_from_slice(b"\x89ccollections\nOrderedDict\n)RtRs.");
+        b.extend_from_slice(b"\x89ccollections\nOrderedDict\n)RtR");
         b
+    }
+
+    /// `{"w": _rebuild_tensor_v2(storage("0", FloatStorage, 4), 0, size, stride, False,
+    /// OrderedDict())}`
+    fn tensor_dict(size: &[u8], stride: &[u8]) -> Vec<u8> {
+        let mut b = b"\x80\x02}".to_vec();
+        b.extend(short_str("w"));
+        b.extend(tensor_on("0", size, stride));
+        b.extend_from_slice(b"s.");
+        b
+    }
+
+    /// BINUNICODE (any length).
+    fn long_str(s: &str) -> Vec<u8> {
+        let mut v = vec![b'X'];
+        v.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        v.extend_from_slice(s.as_bytes());
+        v
+    }
+
+    /// One memoised 64 KiB key set 20,000 times: hashing it each time is 1.3 GB of work from
+    /// 150 KB of pickle. Key hashing is charged to the copy budget.
+    #[test]
+    fn hashing_a_memoised_long_key_again_and_again_is_bounded() {
+        let mut b = b"\x80\x02}".to_vec();
+        b.extend(long_str(&"k".repeat(1 << 16)));
+        b.extend_from_slice(b"q\x00Ns");
+        for _ in 0..20_000 {
+            b.extend_from_slice(b"h\x00Ns");
+        }
+        b.push(b'.');
+        let err = read_checkpoint_from_bytes(&legacy(&b, &[], &[]), src()).unwrap_err();
+        assert!(err.to_string().contains("more work"), "{err}");
+        // A handful of long keys is fine.
+        let mut b = b"\x80\x02}".to_vec();
+        b.extend(long_str(&"k".repeat(1 << 16)));
+        b.extend_from_slice(b"q\x00Ns");
+        for _ in 0..10 {
+            b.extend_from_slice(b"h\x00Ns");
+        }
+        b.push(b'.');
+        assert!(
+            read_checkpoint_from_bytes(&legacy(&b, &[], &[]), src())
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn long_storage_keys_and_many_dimensions_are_refused() {
+        let data = floats(&[1.0, 2.0, 3.0, 4.0]);
+        let key = "7".repeat(MAX_STORAGE_KEY_BYTES + 1);
+        let mut body = b"\x80\x02}".to_vec();
+        body.extend(short_str("w"));
+        body.extend(tensor_on(&key, b"K\x04\x85", b"K\x01\x85"));
+        body.extend_from_slice(b"s.");
+        let mut file = legacy(&body, &[], &[]);
+        // `legacy` takes short keys; append the long key list and the storage by hand.
+        let list_at = file.len() - 3;
+        file.truncate(list_at);
+        file.extend_from_slice(b"](");
+        file.extend(long_str(&key));
+        file.extend_from_slice(b"e.");
+        file.extend_from_slice(&4i64.to_le_bytes());
+        file.extend_from_slice(&data);
+        let err = read_checkpoint_from_bytes(&file, src()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("a storage key of 1025 bytes (at most 1024)"),
+            "{err}"
+        );
+
+        let ones = |n: usize| {
+            let mut t = vec![b'('];
+            t.extend(std::iter::repeat_n(&b"K\x01"[..], n).flatten());
+            t.push(b't');
+            t
+        };
+        let b = legacy(&tensor_dict(&ones(65), &ones(65)), &["0"], &[(4, &data)]);
+        let err = read_checkpoint_from_bytes(&b, src()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("size has 65 dimensions (at most 64)"),
+            "{err}"
+        );
+        let b = legacy(&tensor_dict(&ones(64), &ones(64)), &["0"], &[(4, &data)]);
+        let t = read_checkpoint_from_bytes(&b, src()).unwrap();
+        assert_eq!(t[0].1.size(), vec![1; 64]);
+    }
+
+    /// A 4000-byte key above a list of 20,000 references to one tensor: 80 MB of names from
+    /// 44 KB of file.
+    #[test]
+    fn names_are_bounded_by_the_pickle() {
+        let data = floats(&[1.0, 2.0, 3.0, 4.0]);
+        let list_of = |n: usize| {
+            let mut b = b"\x80\x02}".to_vec();
+            b.extend(long_str(&"k".repeat(4000)));
+            b.extend_from_slice(b"](");
+            b.extend(tensor_on("0", b"K\x04\x85", b"K\x01\x85"));
+            b.extend_from_slice(b"q\x00");
+            for _ in 1..n {
+                b.extend_from_slice(b"h\x00");
+            }
+            b.extend_from_slice(b"es.");
+            legacy(&b, &["0"], &[(4, &data)])
+        };
+        let err = read_checkpoint_from_bytes(&list_of(20_000), src()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("add up to more bytes than its pickle"),
+            "{err}"
+        );
+        let t = read_checkpoint_from_bytes(&list_of(100), src()).unwrap();
+        assert_eq!(t.len(), 100);
+        assert_eq!(t[99].0, format!("{}.99", "k".repeat(4000)));
     }
 
     fn floats(v: &[f32]) -> Vec<u8> {
@@ -2569,7 +2769,7 @@ mod tests {
         }
         b.extend_from_slice(b"N.");
         let err = read_checkpoint_from_bytes(&legacy(&b, &[], &[]), src()).unwrap_err();
-        assert!(err.to_string().contains("copies more values"), "{err}");
+        assert!(err.to_string().contains("more work"), "{err}");
         // Ten calls fit the budget.
         let mut b = b"\x80\x02]q\x00(".to_vec();
         b.extend(std::iter::repeat_n(&b"K\x01"[..], 1000).flatten());
