@@ -6,7 +6,8 @@
 //! panic is kept.
 //!
 //! The fault hook is process-global and tests run on parallel threads: each test arms a point
-//! name that only its own worker reaches.
+//! name that only its own worker reaches, or holds a lock shared with the tests whose workers
+//! reach it too.
 
 mod common;
 
@@ -32,6 +33,10 @@ use maskstudio::gui::shared::{
 use maskstudio::gui::thumbs::{Thumb, ThumbCache};
 use maskstudio::gui::train_panel::{TrainPanel, runs_dir};
 use maskstudio::train::TrainConfig;
+
+/// Held by the tests whose workers pass the same fault points (both predict tests' workers
+/// reach `predict` and `predict-image`): one of them arming a point must not fire in the other.
+static PREDICT_POINTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Waiting for a worker: a hang guard, not a speed check (generous, so load never trips it).
 const HANG_GUARD: Duration = Duration::from_secs(600);
@@ -173,6 +178,9 @@ fn any_bundle(dir: &Path, image: &Path) -> PathBuf {
 
 #[test]
 fn a_panic_in_the_predict_worker_ends_the_batch_and_keeps_its_results() {
+    let _points = PREDICT_POINTS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().unwrap();
     let images = dir.path().join("images");
     std::fs::create_dir_all(&images).unwrap();
@@ -380,7 +388,11 @@ fn a_panic_in_the_store_writer_is_shown_and_its_edits_stop_pending() {
 
     // One edit is saved, the next one panics the writer.
     h.key_press(Key::Num1);
-    wait_for(&mut h, "the first edit", |(v, _)| v.is_idle());
+    h.step();
+    let saved = |root: &Path| Project::open(root).unwrap().image(1).unwrap().review_status;
+    wait_for(&mut h, "the first edit", |(v, _)| {
+        v.is_idle() && saved(&root) == ReviewStatus::Accepted
+    });
     maskstudio::fault::arm("edit-writer", 0);
     h.key_press(Key::Num2);
     wait_for(&mut h, "the writer's end", |(v, s)| {
@@ -396,9 +408,8 @@ fn a_panic_in_the_store_writer_is_shown_and_its_edits_stop_pending() {
             && !errors[0].contains("; 0 edits"),
         "{errors:?}"
     );
-    let project = Project::open(&root).unwrap();
     assert_eq!(
-        project.image(1).unwrap().review_status,
+        saved(&root),
         ReviewStatus::Accepted,
         "the edit saved before the panic stays"
     );
@@ -485,6 +496,9 @@ fn a_panic_reading_a_run_back_ends_the_replay() {
 
 #[test]
 fn a_panic_on_one_image_fails_that_image_and_the_batch_goes_on() {
+    let _points = PREDICT_POINTS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().unwrap();
     let images = dir.path().join("images");
     std::fs::create_dir_all(&images).unwrap();
