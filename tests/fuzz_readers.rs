@@ -21,7 +21,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use maskstudio::dataset::formats::{coco, via, yolo_seg};
+use maskstudio::dataset::formats::{self, Format, coco, via, yolo_seg};
 use maskstudio::model::checkpoint::{
     read_checkpoint_from_bytes, read_safetensors_from_bytes, read_state_dict_from_bytes,
     write_safetensors,
@@ -881,7 +881,13 @@ fn fuzz_coco_reader() {
         },
         |bytes| {
             std::fs::write(&json_path, bytes).unwrap();
-            coco::read(&json_path).is_ok()
+            // Detection parses the JSON too; when it says COCO, the reader must agree.
+            let detected = formats::detect(&json_path);
+            let ok = coco::read(&json_path).is_ok();
+            if ok {
+                assert!(matches!(detected, Ok(Format::Coco)), "{detected:?}");
+            }
+            ok
         },
     );
     assert!(counts.accepted > 0 && counts.rejected > 0, "{counts:?}");
@@ -945,6 +951,8 @@ fn fuzz_via_reader() {
         },
         |bytes| {
             std::fs::write(&json_path, bytes).unwrap();
+            // Detection parses the JSON too (it must not panic either).
+            let _ = formats::detect(&json_path);
             via::read(&json_path).is_ok()
         },
     );

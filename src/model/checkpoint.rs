@@ -2165,6 +2165,12 @@ fn read_safetensors_bytes(b: &[u8]) -> Kindr<Vec<(String, Tensor)>> {
         let kind = safetensors_kind(&e.dtype).ok_or_else(|| {
             CheckpointErrorKind::UnsupportedDtype(format!("{} (tensor \"{name}\")", e.dtype))
         })?;
+        if e.shape.len() > MAX_DIMS {
+            return not_safetensors(format!(
+                "\"{name}\" has {} dimensions (at most {MAX_DIMS})",
+                e.shape.len()
+            ));
+        }
         let mut nbytes = Some(kind.elt_size_in_bytes() as u64);
         for &d in &e.shape {
             if i64::try_from(d).is_err() {
@@ -2721,6 +2727,13 @@ mod tests {
             (
                 r#"{"__metadata__":{"n":3},"a":{"dtype":"F32","shape":[3],"data_offsets":[0,12]}}"#,
                 "__metadata__",
+            ),
+            (
+                &*format!(
+                    r#"{{"a":{{"dtype":"F32","shape":[3{}],"data_offsets":[0,12]}}}}"#,
+                    ",1".repeat(64)
+                ),
+                "\"a\" has 65 dimensions (at most 64)",
             ),
         ];
         for (header, want) in cases {
