@@ -599,6 +599,56 @@ fn seed_pickle() -> Vec<u8> {
     ])
 }
 
+/// Integers for tensor geometry: small, zero, negative, huge.
+const GEOMETRY: [i64; 12] = [
+    0,
+    1,
+    2,
+    3,
+    4,
+    12,
+    -1,
+    1 << 20,
+    1 << 31,
+    1 << 40,
+    i64::MAX,
+    i64::MIN,
+];
+
+/// A valid pickle whose tensors have random geometry (sizes, strides, offsets and storage
+/// element counts drawn from [`GEOMETRY`]): stride-0 views of huge sizes, offsets past the
+/// end, overflowing spans. Storage "0" holds 12 floats and "1" four.
+fn geometry_pickle(rng: &mut SplitMix64) -> Vec<u8> {
+    let mut items = Vec::new();
+    for name in ["a", "b", "c"] {
+        let dims = rng.below(5);
+        let mut size = Vec::with_capacity(dims);
+        let mut stride = Vec::with_capacity(dims);
+        for _ in 0..dims {
+            size.push(*pick(rng, &GEOMETRY));
+            stride.push(*pick(rng, &GEOMETRY));
+        }
+        let key = if rng.below(2) == 0 { "0" } else { "1" };
+        let numel = if rng.below(4) == 0 {
+            *pick(rng, &GEOMETRY)
+        } else if key == "0" {
+            12
+        } else {
+            4
+        };
+        let offset = if rng.below(2) == 0 {
+            0
+        } else {
+            *pick(rng, &GEOMETRY)
+        };
+        items.push((
+            name,
+            pickle::float_tensor(key, numel, offset, &size, &stride),
+        ));
+    }
+    pickle::tensor_dict(&items)
+}
+
 const PICKLE_TOKENS: &[&[u8]] = &[
     b"q\x00",
     b"h\x00",
@@ -671,7 +721,9 @@ fn fuzz_zip_checkpoints() {
         "pth-zip",
         100_000,
         0x5eed_0001,
-        |rng, _| match rng.below(10) {
+        |rng, _| match rng.below(12) {
+            // Tensor geometry set to extremes inside a well-formed archive.
+            10 | 11 => torch_zip(&geometry_pickle(rng), &[("0", &data0), ("1", &data1)]),
             // The pickle fuzzed inside a well-formed archive (reaches the unpickler).
             0..=4 => {
                 let p = mutate_bytes(rng, &pkl, PICKLE_TOKENS, b"(]");
@@ -723,7 +775,11 @@ fn fuzz_legacy_checkpoints() {
         "pth-legacy",
         60_000,
         0x5eed_0002,
-        |rng, _| match rng.below(10) {
+        |rng, _| match rng.below(12) {
+            10 | 11 => legacy(
+                &geometry_pickle(rng),
+                &[("0", 12, &data0), ("1", 4, &data1)],
+            ),
             0..=4 => {
                 let p = mutate_bytes(rng, &pkl, PICKLE_TOKENS, b"(]");
                 legacy(&p, &[("0", 12, &data0), ("1", 4, &data1)])
