@@ -290,6 +290,16 @@ fn start_a_cpu_run_see_points_stop_list_export_and_evaluate() {
             image_id: worst.image_id
         }]
     );
+    // Another project is opened: the report goes (its links name this project's image ids,
+    // which would open other images there), and comes not back when this one is reopened.
+    let opened = h.state().project.clone();
+    h.state_mut().project = dir.path().join("another-project");
+    h.run_steps(3); // not run(): the panel keeps polling its run list meanwhile
+    assert!(h.state().panel.eval.report().is_none());
+    assert!(h.query_by_label(&link).is_none());
+    h.state_mut().project = opened;
+    h.run_steps(3);
+    assert!(h.state().panel.eval.report().is_none());
     // No torch thread may outlive the test (libtorch at process exit).
     wait_for(&mut h, "the background work", |s| s.panel.idle());
     drop(h);

@@ -31,6 +31,8 @@ struct Job {
     cancel: CancelToken,
     done: usize,
     total: usize,
+    /// The project evaluated: a report for another project than the open one is dropped.
+    project: PathBuf,
 }
 
 /// The Evaluate section.
@@ -39,6 +41,8 @@ pub struct EvalPanel {
     split: Option<String>,
     job: Option<Job>,
     report: Option<EvalReport>,
+    /// The project `report` belongs to (its worst-image links name that project's images).
+    report_project: Option<PathBuf>,
     curve_iou: IouType,
     curve_at_75: bool,
 }
@@ -50,6 +54,7 @@ impl Default for EvalPanel {
             split: None,
             job: None,
             report: None,
+            report_project: None,
             curve_iou: IouType::Segm,
             curve_at_75: false,
         }
@@ -111,7 +116,7 @@ impl EvalPanel {
             return;
         };
         let cancel = CancelToken::default();
-        let (split, token) = (self.split.clone(), cancel.clone());
+        let (split, token, job_project) = (self.split.clone(), cancel.clone(), project.clone());
         let device = device_choice(cx.settings.device);
         let min_score = f64::from(cx.settings.score_threshold);
         let terminal = |m: &Msg| matches!(m, Msg::Done(_));
@@ -143,11 +148,30 @@ impl EvalPanel {
                     cancel,
                     done: 0,
                     total: 0,
+                    project: job_project,
                 });
             }
             Err(e) => cx
                 .notices
                 .error(format!("cannot start the evaluation thread: {e}")),
+        }
+    }
+
+    /// Clears the report (and cancels a running evaluation) when another project is open than
+    /// the one it belongs to: its worst-image links would open the wrong images.
+    fn forget_other_projects(&mut self, cx: &mut PanelCtx) {
+        if self
+            .report_project
+            .as_deref()
+            .is_some_and(|p| cx.project != Some(p))
+        {
+            self.report = None;
+            self.report_project = None;
+        }
+        if let Some(job) = &self.job
+            && cx.project != Some(job.project.as_path())
+        {
+            job.cancel.cancel();
         }
     }
 
@@ -165,16 +189,22 @@ impl EvalPanel {
             }
         }
         if let Some(r) = finished {
-            if let Some(job) = self.job.take() {
-                job.worker.join(); // only its clean-up is left
-            }
+            let Some(job) = self.job.take() else {
+                return;
+            };
+            job.worker.join(); // only its clean-up is left
             match r {
+                // The project changed while it ran: its links would open the wrong images.
+                Ok(_) if cx.project != Some(job.project.as_path()) => cx.notices.info(
+                    "evaluation finished for a project that is no longer open; its report was dropped",
+                ),
                 Ok(report) => {
                     cx.notices.info(format!(
                         "evaluation done: mask AP {:.3}, box AP {:.3}",
                         report.eval.segm.stats[0], report.eval.bbox.stats[0]
                     ));
                     self.report = Some(*report);
+                    self.report_project = Some(job.project);
                 }
                 Err(e) => cx.notices.error(format!("evaluation failed: {e}")),
             }
@@ -183,6 +213,7 @@ impl EvalPanel {
 
     /// Draws the section; `bundles` are the runs' bundles offered in the picker.
     pub fn ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelCtx, bundles: &[(String, PathBuf)]) {
+        self.forget_other_projects(cx);
         self.drain(cx);
         ui.horizontal(|ui| {
             let label = ui.label("Bundle to evaluate");
