@@ -198,6 +198,24 @@ fn drop_an_image_see_instances_move_the_slider_and_survive_a_corrupt_file() {
     eprintln!("{n} detections, scores {lo:.3}..{hi:.3}");
     assert!(hi - lo > 0.1, "scores do not vary: {scores:?}");
 
+    // What the window shows: pixels of the rendered overlay texture that differ from the image.
+    let base = maskstudio::infer::read_image(&good).unwrap();
+    let painted = |h: &Harness<'_, State>| -> usize {
+        let shown = h
+            .state()
+            .panel
+            .rendered_overlay()
+            .expect("the overlay is shown");
+        assert_eq!(shown.dimensions(), base.dimensions());
+        shown
+            .pixels()
+            .zip(base.pixels())
+            .filter(|(a, b)| a != b)
+            .count()
+    };
+    let all = painted(&h);
+    assert!(all > 0, "the detections are drawn");
+
     // Raise the score threshold to the middle of the range: fewer instances, no model run.
     let mid = (lo + hi) / 2.0;
     let expected = scores.iter().filter(|&&s| s >= mid).count();
@@ -209,28 +227,24 @@ fn drop_an_image_see_instances_move_the_slider_and_survive_a_corrupt_file() {
     let expected = scores.iter().filter(|&&s| s >= shown_at).count();
     assert!(expected < n, "threshold {shown_at} did not hide anything");
     h.get_by_label(&format!("Instances shown: {expected}"));
+    let fewer = painted(&h);
+    eprintln!("overlay pixels: {all} at score 0, {fewer} at score {shown_at}");
+    assert!(
+        fewer < all,
+        "hiding instances must paint fewer pixels: {fewer} vs {all}"
+    );
 
-    // A stricter mask threshold shrinks the masks without re-running the model.
-    let before: u64 = maskstudio::gui::predict_panel::visible_detections(
-        &h.state().panel.results()[0].detections,
-        shown_at,
-        0.5,
-    )
-    .iter()
-    .map(|d| d.mask.area())
-    .sum();
+    // A stricter mask threshold shrinks the drawn masks without re-running the model.
     h.get_by_role_and_label(eframe::egui::accesskit::Role::Slider, "Mask threshold")
         .set_value_accesskit(0.9);
     h.run();
-    let after: u64 = maskstudio::gui::predict_panel::visible_detections(
-        &h.state().panel.results()[0].detections,
-        shown_at,
-        h.state().settings.mask_threshold,
-    )
-    .iter()
-    .map(|d| d.mask.area())
-    .sum();
-    assert!(after <= before, "mask area grew: {before} -> {after}");
+    assert!((h.state().settings.mask_threshold - 0.9).abs() < 1e-3);
+    let strict = painted(&h);
+    eprintln!("overlay pixels at mask threshold 0.9: {strict}");
+    assert!(
+        strict < fewer,
+        "mask threshold 0.9 must paint fewer pixels than 0.5: {strict} vs {fewer}"
+    );
 
     // Export overlays, masks and COCO results.
     let out = dir.path().join("export");

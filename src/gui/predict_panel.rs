@@ -171,6 +171,8 @@ pub struct PredictPanel {
     helpers: Vec<Worker<Event>>,
     /// Rendered overlay and what it was rendered for (image index, score, mask threshold).
     overlay: Option<(usize, f32, f32, egui::TextureHandle)>,
+    /// The pixels of that texture (what the window shows; tests count them).
+    overlay_pixels: Option<image::RgbImage>,
 }
 
 struct Batch {
@@ -200,6 +202,7 @@ impl Default for PredictPanel {
             worker: None,
             helpers: Vec::new(),
             overlay: None,
+            overlay_pixels: None,
         }
     }
 }
@@ -384,6 +387,12 @@ fn export(
 }
 
 impl PredictPanel {
+    /// The overlay the window shows for the selected image at the current thresholds, as
+    /// rendered (display size); `None` before the first frame that showed an image.
+    pub fn rendered_overlay(&self) -> Option<&image::RgbImage> {
+        self.overlay_pixels.as_ref()
+    }
+
     /// Whether a model is loaded.
     pub fn model_loaded(&self) -> bool {
         self.model.is_some()
@@ -1009,6 +1018,7 @@ impl PredictPanel {
                 .ctx()
                 .load_texture("predict_overlay", color, egui::TextureOptions::LINEAR);
             self.overlay = Some((self.selected, score, mask_thr, tex));
+            self.overlay_pixels = Some(img);
         }
         egui::Panel::right("predict_instances")
             .resizable(true)

@@ -316,10 +316,11 @@ impl Optimizer {
         } else {
             1
         };
-        let mut tensors: BTreeMap<String, Tensor> = crate::model::checkpoint::read_checkpoint(path)
-            .with_context(|| format!("reading the optimiser state {path:?}"))?
-            .into_iter()
-            .collect();
+        let mut tensors: BTreeMap<String, Tensor> =
+            crate::model::checkpoint::read_safetensors(path)
+                .with_context(|| format!("reading the optimiser state {path:?}"))?
+                .into_iter()
+                .collect();
         for p in &mut self.params {
             p.state.clear();
             p.steps = 0;
