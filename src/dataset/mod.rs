@@ -14,6 +14,7 @@ pub mod paths;
 pub mod polygon;
 pub mod rle;
 pub mod schema;
+pub mod stats;
 pub mod store;
 mod types;
 

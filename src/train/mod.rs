@@ -5,6 +5,7 @@
 //! ([`loader`]) supply the loop's batches.
 
 pub mod augment;
+pub mod autoconfig;
 pub mod cli;
 pub mod config;
 pub mod data;
