@@ -127,6 +127,10 @@ pub enum Command {
     Info {
         /// Project folder.
         project: PathBuf,
+        /// Also print box statistics and the model configuration they suggest (anchor coverage
+        /// before/after) for the default training preset.
+        #[arg(long)]
+        stats: bool,
     },
     /// Create the offline sample project (24 generated scenes, 3 shape classes, exact masks).
     Sample {
@@ -190,7 +194,10 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             (None, Some(project), Some(format)) => export(&project, format, &out, split.as_deref()),
             _ => anyhow::bail!("export needs --project and --format, or --run"),
         },
-        Command::Info { project } => info(&project),
+        Command::Info { project, stats } => {
+            info(&project)?;
+            if stats { info_stats(&project) } else { Ok(()) }
+        }
         Command::Sample { project } => sample(&project),
         Command::Train(args) => crate::train::cli::run(&args),
         Command::Doctor => {
@@ -345,6 +352,91 @@ fn info(project_dir: &Path) -> anyhow::Result<()> {
         .map(|(k, v)| format!("{k} {v}"))
         .collect();
     writeln!(out, "review status: {}", review.join(", "))?;
+    print_stdout(&out)
+}
+
+/// `info --stats`: dataset statistics and the proposed overrides of the default preset's model.
+fn info_stats(project_dir: &Path) -> anyhow::Result<()> {
+    use crate::train::autoconfig::{ANCHOR_IOU, AutoConfig};
+    use std::fmt::Write as _;
+    let project =
+        Project::open(project_dir).with_context(|| format!("opening project {project_dir:?}"))?;
+    let stats = crate::dataset::stats::DatasetStats::from_project(&project, None)?;
+    let classes = i64::try_from(project.classes()?.len()).unwrap_or(i64::MAX);
+    let train = crate::train::TrainConfig::default();
+    let base = train.preset_model_config(classes.saturating_add(1).max(2));
+    let auto = AutoConfig::from_stats(&stats, &base);
+    let mut out = String::new();
+    writeln!(
+        out,
+        "\ndataset statistics (rejected images and crowd regions left out)"
+    )?;
+    writeln!(
+        out,
+        "images {}  instances {}  zero-area {}  images without instances {:.1}%",
+        stats.images,
+        stats.instances,
+        stats.zero_area,
+        100.0 * stats.empty_fraction
+    )?;
+    if let Some(p) = stats.per_image {
+        writeln!(
+            out,
+            "instances/image   mean {:.2}  p50 {:.1}  p99 {:.1}  max {:.0}",
+            p.mean, p.p50, p.p99, p.max
+        )?;
+    }
+    if let (Some(s), Some(l)) = (stats.short_side_p50, stats.long_side_p50) {
+        writeln!(out, "image size p50    short {s:.0}  long {l:.0}")?;
+    }
+    if let Some(q) = stats.object_size {
+        writeln!(
+            out,
+            "object size (px)  min {:.1}  p1 {:.1}  p5 {:.1}  p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1}",
+            q.min, q.p1, q.p5, q.p50, q.p95, q.p99, q.max
+        )?;
+    }
+    if let Some(a) = stats.aspect {
+        writeln!(
+            out,
+            "aspect h/w        p5 {:.2}  p50 {:.2}  p95 {:.2}",
+            a.p5, a.p50, a.p95
+        )?;
+    }
+    let preset = serde_json::to_value(train.preset)?;
+    writeln!(
+        out,
+        "\nproposed model config (base: {} preset)",
+        preset.as_str().unwrap_or("default")
+    )?;
+    writeln!(
+        out,
+        "{:<26} {:<28} {:<28} reason",
+        "key", "base", "proposed"
+    )?;
+    for o in &auto.overrides {
+        writeln!(
+            out,
+            "{:<26} {:<28} {:<28} {}",
+            o.key,
+            o.base.to_string(),
+            o.value.to_string(),
+            o.reason
+        )?;
+    }
+    if auto.overrides.is_empty() {
+        writeln!(out, "(no changes)")?;
+    }
+    for kept in &auto.kept {
+        writeln!(out, "kept: {kept}")?;
+    }
+    let pct = |c: Option<f64>| c.map_or_else(|| "-".to_owned(), |c| format!("{:.1}%", 100.0 * c));
+    writeln!(
+        out,
+        "\nanchor coverage (boxes with a centred anchor IoU >= {ANCHOR_IOU}): before {} after {}",
+        pct(auto.coverage_before),
+        pct(auto.coverage_after)
+    )?;
     print_stdout(&out)
 }
 

@@ -122,6 +122,11 @@ impl AutoConfig {
     ) {
         let before_shapes = input_shapes(stats, base_min, base_max);
         let before = anchor_coverage(&before_shapes, &base.anchor_sizes, &base.aspect_ratios);
+        if before_shapes.is_empty() {
+            self.kept
+                .push("no boxes in images of known size: input size and anchors kept".to_owned());
+            return;
+        }
         self.coverage_before = before;
         let p5 = size_quantile(&before_shapes, 0.05);
 
@@ -157,7 +162,9 @@ impl AutoConfig {
         let mut shapes = input_shapes(stats, input.0, input.1);
         let mut choice = choose_anchors(stats, &shapes, base);
         let floor = before.unwrap_or(0.0);
-        if input_reason.is_some() && choice.coverage < floor {
+        let base_at_input =
+            anchor_coverage(&shapes, &base.anchor_sizes, &base.aspect_ratios).unwrap_or(0.0);
+        if input_reason.is_some() && choice.coverage.max(base_at_input) < floor {
             // Upscaling cannot lower coverage below the base: fall back to the base input size.
             self.kept.push(format!(
                 "min_size kept at {base_min}: at the larger input the anchor coverage would drop to {:.3}",
@@ -490,6 +497,14 @@ mod tests {
         let cov = anchor_coverage(&[(24.0, 24.0), (20.0, 20.0)], &sizes, &ratios).unwrap();
         assert!((cov - 0.5).abs() < 1e-12);
         assert_eq!(anchor_coverage(&[], &sizes, &ratios), None);
+    }
+
+    #[test]
+    fn boxes_in_images_without_a_size_keep_the_base() {
+        let stats = DatasetStats::from_boxes(&[(0, 0, vec![[0.0, 0.0, 5.0, 5.0]])]);
+        let auto = AutoConfig::from_stats(&stats, &MaskRcnnConfig::default());
+        assert!(auto.overrides.is_empty(), "{:?}", auto.overrides);
+        assert!(auto.coverage_before.is_none() && auto.coverage_after.is_none());
     }
 
     #[test]
