@@ -4,14 +4,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
 use maskstudio::dataset::formats::{self, Format};
 use maskstudio::dataset::stats::DatasetStats;
 use maskstudio::dataset::store::{CancelToken, Project};
-use maskstudio::dataset::{
-    ClassDef, ImportImage, ImportInstance, ImportSet, Mask, Origin, Segmentation,
-};
 use maskstudio::model::MaskRcnnConfig;
 use maskstudio::train::TrainConfig;
 use maskstudio::train::autoconfig::{AutoConfig, anchor_coverage, input_shapes};
@@ -180,58 +175,10 @@ fn empty_dataset_keeps_the_base_config_with_a_reason() {
     }
 }
 
-/// Six 96 x 72 images, each with one square of side 24 + 2k (the "box" class).
-fn tiny_project(dir: &Path) -> PathBuf {
-    let src = dir.join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    let mut images = Vec::new();
-    for k in 0..6u32 {
-        let (x0, y0, side) = (8 + 9 * k, 6 + 5 * k, 24 + 2 * k);
-        let name = format!("img{k}.png");
-        common::write_png(&src.join(&name), 96, 72, k as u8);
-        let mut mask = Mask::new(96, 72);
-        for y in y0..y0 + side {
-            for x in x0..x0 + side {
-                mask.set(x, y, true);
-            }
-        }
-        images.push(ImportImage {
-            src_path: src.join(&name),
-            file_name: name,
-            width: 0,
-            height: 0,
-            split: None,
-            source: "test".into(),
-            attribution: Default::default(),
-            instances: vec![ImportInstance {
-                class: "box".into(),
-                segmentation: Segmentation::Bitmap(mask),
-                iscrowd: false,
-                origin: Origin::Import,
-                provenance: None,
-            }],
-        });
-    }
-    let set = ImportSet {
-        format: "test".into(),
-        classes: vec![ClassDef {
-            name: "box".into(),
-            mid: None,
-        }],
-        images,
-    };
-    let project = dir.join("project");
-    Project::create_or_open(&project)
-        .unwrap()
-        .import(&set, &src, &CancelToken::default(), &mut |_| {})
-        .unwrap();
-    project
-}
-
 #[test]
 fn project_statistics_and_info_stats_cli() {
     let dir = tempfile::tempdir().unwrap();
-    let root = tiny_project(dir.path());
+    let root = common::square_project(dir.path(), "box", 6);
     let project = Project::open(&root).unwrap();
     let stats = DatasetStats::from_project(&project, None).unwrap();
     assert_eq!((stats.images, stats.instances, stats.zero_area), (6, 6, 0));

@@ -5,15 +5,12 @@
 //! worst-image list opens an image in Review; then a fresh panel resumes the run and its loss
 //! plot holds the recorded steps before the new ones.
 
-use std::path::{Path, PathBuf};
+mod common;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable as _;
-use maskstudio::dataset::store::{CancelToken, Project};
-use maskstudio::dataset::{
-    ClassDef, ImportImage, ImportInstance, ImportSet, Mask, Origin, Segmentation,
-};
 use maskstudio::gui::shared::{DeviceSetting, Notices, PanelCtx, Settings, ShellRequest};
 use maskstudio::gui::train_panel::TrainPanel;
 use maskstudio::train::TrainConfig;
@@ -24,62 +21,6 @@ struct State {
     settings: Settings,
     notices: Notices,
     requests: Vec<ShellRequest>,
-}
-
-/// Six 96 x 72 images, each with one bright square (the "box" class) on a gradient.
-fn tiny_project(dir: &Path) -> PathBuf {
-    let src = dir.join("src");
-    let mut images = Vec::new();
-    for k in 0..6u32 {
-        let (x0, y0, side) = (8 + 9 * k, 6 + 5 * k, 24 + 2 * k);
-        let img = image::RgbImage::from_fn(96, 72, |x, y| {
-            let inside = (x0..x0 + side).contains(&x) && (y0..y0 + side).contains(&y);
-            if inside {
-                image::Rgb([240, 200, 30])
-            } else {
-                image::Rgb([(x * 2) as u8, (y * 3) as u8, 90])
-            }
-        });
-        let name = format!("img{k}.png");
-        std::fs::create_dir_all(&src).unwrap();
-        img.save(src.join(&name)).unwrap();
-        let mut mask = Mask::new(96, 72);
-        for y in y0..y0 + side {
-            for x in x0..x0 + side {
-                mask.set(x, y, true);
-            }
-        }
-        images.push(ImportImage {
-            src_path: src.join(&name),
-            file_name: name,
-            width: 0,
-            height: 0,
-            split: None,
-            source: "test".into(),
-            attribution: Default::default(),
-            instances: vec![ImportInstance {
-                class: "box".into(),
-                segmentation: Segmentation::Bitmap(mask),
-                iscrowd: false,
-                origin: Origin::Import,
-                provenance: None,
-            }],
-        });
-    }
-    let set = ImportSet {
-        format: "test".into(),
-        classes: vec![ClassDef {
-            name: "box".into(),
-            mid: None,
-        }],
-        images,
-    };
-    let project = dir.join("project");
-    Project::create_or_open(&project)
-        .unwrap()
-        .import(&set, &src, &CancelToken::default(), &mut |_| {})
-        .unwrap();
-    project
 }
 
 fn panel_harness(state: State) -> Harness<'static, State> {
@@ -124,7 +65,7 @@ fn wait_for(h: &mut Harness<'_, State>, what: &str, done: impl Fn(&State) -> boo
 #[test]
 fn start_a_cpu_run_see_points_stop_list_export_and_evaluate() {
     let dir = tempfile::tempdir().unwrap();
-    let project = tiny_project(dir.path());
+    let project = common::square_project(dir.path(), "box", 6);
     let cfg = TrainConfig {
         epochs: 30, // far more than the test lets it run
         batch_size: 1,

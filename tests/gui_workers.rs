@@ -19,10 +19,7 @@ use common::oi_server::{FxOptions, HOT_DOG, OiServer, build_fixture};
 use eframe::egui::{self, Key};
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable as _;
-use maskstudio::dataset::store::{CancelToken, Project, ReviewStatus};
-use maskstudio::dataset::{
-    ClassDef, ImportImage, ImportInstance, ImportSet, Mask, Origin, Segmentation,
-};
+use maskstudio::dataset::store::{Project, ReviewStatus};
 use maskstudio::gui::download_panel::DownloadPanel;
 use maskstudio::gui::eval_panel::EvalPanel;
 use maskstudio::gui::image_view::ImageView;
@@ -115,62 +112,6 @@ fn type_into<S>(h: &mut Harness<'_, S>, label: &str, text: &str) {
     h.step();
 }
 
-/// `n` images of 96 x 72 with one bright square of `class` each (split by the trainer).
-fn square_project(dir: &Path, class: &str, n: u32) -> PathBuf {
-    let src = dir.join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    let mut images = Vec::new();
-    for k in 0..n {
-        let (x0, y0, side) = (8 + 9 * k, 6 + 5 * k, 24 + 2 * k);
-        let inside = |x: u32, y: u32| (x0..x0 + side).contains(&x) && (y0..y0 + side).contains(&y);
-        let img = image::RgbImage::from_fn(96, 72, |x, y| {
-            if inside(x, y) {
-                image::Rgb([240, 200, 30])
-            } else {
-                image::Rgb([(x * 2) as u8, (y * 3) as u8, 90])
-            }
-        });
-        let name = format!("img{k}.png");
-        img.save(src.join(&name)).unwrap();
-        let mut mask = Mask::new(96, 72);
-        for y in y0..y0 + side {
-            for x in x0..x0 + side {
-                mask.set(x, y, true);
-            }
-        }
-        images.push(ImportImage {
-            src_path: src.join(&name),
-            file_name: name,
-            width: 0,
-            height: 0,
-            split: None,
-            source: "test".into(),
-            attribution: Default::default(),
-            instances: vec![ImportInstance {
-                class: class.into(),
-                segmentation: Segmentation::Bitmap(mask),
-                iscrowd: false,
-                origin: Origin::Import,
-                provenance: None,
-            }],
-        });
-    }
-    let set = ImportSet {
-        format: "test".into(),
-        classes: vec![ClassDef {
-            name: class.into(),
-            mid: None,
-        }],
-        images,
-    };
-    let project = dir.join("project");
-    Project::create_or_open(&project)
-        .unwrap()
-        .import(&set, &src, &CancelToken::default(), &mut |_| {})
-        .unwrap();
-    project
-}
-
 /// A random (cat, dog) bundle at `dir/bundle`; its detections do not matter here.
 fn any_bundle(dir: &Path, image: &Path) -> PathBuf {
     common::scaled_random_bundle(dir, image, 5, &[1.0], 0.01, |_| true)
@@ -235,7 +176,7 @@ fn a_panic_in_the_predict_worker_ends_the_batch_and_keeps_its_results() {
 #[test]
 fn a_panic_in_the_evaluation_ends_the_job_and_a_new_one_can_start() {
     let dir = tempfile::tempdir().unwrap();
-    let project = square_project(dir.path(), "cat", 3);
+    let project = common::square_project(dir.path(), "cat", 3);
     let bundle = any_bundle(dir.path(), &dir.path().join("src/img0.png"));
     let mut h = harness(
         EvalPanel::default(),
@@ -272,7 +213,7 @@ fn a_panic_in_the_evaluation_ends_the_job_and_a_new_one_can_start() {
 #[test]
 fn a_panic_in_validation_fails_the_run_and_keeps_its_files() {
     let dir = tempfile::tempdir().unwrap();
-    let project = square_project(dir.path(), "box", 6);
+    let project = common::square_project(dir.path(), "box", 6);
     let cfg = TrainConfig {
         epochs: 1,
         batch_size: 1,
@@ -378,7 +319,7 @@ fn a_panic_in_the_download_ends_it_as_failed() {
 #[test]
 fn a_panic_in_the_store_writer_is_shown_and_its_edits_stop_pending() {
     let dir = tempfile::tempdir().unwrap();
-    let root = square_project(dir.path(), "cat", 2);
+    let root = common::square_project(dir.path(), "cat", 2);
     let mut view = ImageView::open(&root, 1).unwrap();
     view.wait_until_loaded(HANG_GUARD).unwrap();
     let mut h = harness(view, Shell::new(None), |v, ui, cx| {
@@ -418,7 +359,7 @@ fn a_panic_in_the_store_writer_is_shown_and_its_edits_stop_pending() {
 #[test]
 fn a_panic_on_one_thumbnail_fails_that_thumbnail_only() {
     let dir = tempfile::tempdir().unwrap();
-    let root = square_project(dir.path(), "cat", 2);
+    let root = common::square_project(dir.path(), "cat", 2);
     let files: Vec<PathBuf> = {
         let project = Project::open(&root).unwrap();
         (1..=2).map(|id| project.image(id).unwrap().path).collect()

@@ -211,3 +211,64 @@ pub fn scaled_random_bundle(
     }
     panic!("no scale of the class weights gave the detections the test needs");
 }
+
+/// `n` (at most 6) images of 96 x 72 with one bright square of `class` each on a gradient, as a
+/// project at `dir/project` (no splits: the trainer splits it); `dir/src` holds the PNGs.
+pub fn square_project(dir: &std::path::Path, class: &str, n: u32) -> PathBuf {
+    use maskstudio::dataset::store::{CancelToken, Project};
+    use maskstudio::dataset::{
+        ClassDef, ImportImage, ImportInstance, ImportSet, Mask, Origin, Segmentation,
+    };
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut images = Vec::new();
+    for k in 0..n {
+        let (x0, y0, side) = (8 + 9 * k, 6 + 5 * k, 24 + 2 * k);
+        let inside = |x: u32, y: u32| (x0..x0 + side).contains(&x) && (y0..y0 + side).contains(&y);
+        let img = image::RgbImage::from_fn(96, 72, |x, y| {
+            if inside(x, y) {
+                image::Rgb([240, 200, 30])
+            } else {
+                image::Rgb([(x * 2) as u8, (y * 3) as u8, 90])
+            }
+        });
+        let name = format!("img{k}.png");
+        img.save(src.join(&name)).unwrap();
+        let mut mask = Mask::new(96, 72);
+        for y in y0..y0 + side {
+            for x in x0..x0 + side {
+                mask.set(x, y, true);
+            }
+        }
+        images.push(ImportImage {
+            src_path: src.join(&name),
+            file_name: name,
+            width: 0,
+            height: 0,
+            split: None,
+            source: "test".into(),
+            attribution: Default::default(),
+            instances: vec![ImportInstance {
+                class: class.into(),
+                segmentation: Segmentation::Bitmap(mask),
+                iscrowd: false,
+                origin: Origin::Import,
+                provenance: None,
+            }],
+        });
+    }
+    let set = ImportSet {
+        format: "test".into(),
+        classes: vec![ClassDef {
+            name: class.into(),
+            mid: None,
+        }],
+        images,
+    };
+    let project = dir.join("project");
+    Project::create_or_open(&project)
+        .unwrap()
+        .import(&set, &src, &CancelToken::default(), &mut |_| {})
+        .unwrap();
+    project
+}
