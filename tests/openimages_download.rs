@@ -6,44 +6,18 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::oi_server::{FxImage, FxOptions, HOT_DOG, OiServer, build_fixture};
+use common::oi_server::{FxImage, FxOptions, HOT_DOG};
 use maskstudio::dataset::Rle;
 use maskstudio::dataset::store::{CancelToken, Project};
 use maskstudio::openimages::{
-    Catalogue, Config, DownloadEvent, DownloadRequest, DownloadSummary, FailureKind, Phase, Split,
+    Catalogue, DownloadEvent, DownloadRequest, DownloadSummary, FailureKind, Phase, Split,
     download, export_seed_layout,
 };
 
-struct Env {
-    server: OiServer,
-    images: Vec<FxImage>,
-    dir: tempfile::TempDir,
-    cfg: Config,
-}
+type Env = common::oi_server::OiEnv;
 
 fn env(opts: FxOptions) -> Env {
-    let fx = build_fixture(&opts);
-    let server = OiServer::start(fx.files);
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = Config::new(dir.path().join("cache"));
-    cfg.gcs_base = server.gcs_base.clone();
-    cfg.images_base = server.images_base.clone();
-    cfg.workers = 4;
-    cfg.attempts = 4;
-    cfg.backoff = Duration::from_millis(5);
-    cfg.read_timeout = Duration::from_secs(5);
-    Env {
-        server,
-        images: fx.images,
-        dir,
-        cfg,
-    }
-}
-
-impl Env {
-    fn project(&self) -> Project {
-        Project::create_or_open(&self.dir.path().join("project")).unwrap()
-    }
+    Env::start(&opts, 4)
 }
 
 fn hot_dog(splits: &[Split]) -> DownloadRequest {

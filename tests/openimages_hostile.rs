@@ -13,18 +13,15 @@ use std::cell::Cell;
 use std::io::Write as _;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use common::oi_server::{
-    FxImage, FxOptions, HOT_DOG, OiServer, PIZZA, ZipBuilder, build_fixture, png_1bit,
-};
-use maskstudio::dataset::store::{CancelToken, Project};
+use common::oi_server::{FxImage, FxOptions, HOT_DOG, PIZZA, ZipBuilder, build_fixture, png_1bit};
+use maskstudio::dataset::store::CancelToken;
 use maskstudio::openimages::index::{Index, SEGMENTATION_HEADER, parse_segmentation_csv};
 use maskstudio::openimages::zip::{
     self, CentralDirectory, MAX_CENTRAL_DIR_BYTES, MAX_ENTRY_BYTES, RangeSource,
 };
 use maskstudio::openimages::{
-    Config, DownloadRequest, DownloadSummary, Error, FailureKind, Split, check_mask_name, download,
+    DownloadRequest, DownloadSummary, Error, FailureKind, Split, check_mask_name, download,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -90,30 +87,10 @@ const MIB: usize = 1 << 20;
 // ---------------------------------------------------------------------------------------------
 // Environment.
 
-struct Env {
-    server: OiServer,
-    images: Vec<FxImage>,
-    dir: tempfile::TempDir,
-    cfg: Config,
-}
+type Env = common::oi_server::OiEnv;
 
 fn env(opts: FxOptions) -> Env {
-    let fx = build_fixture(&opts);
-    let server = OiServer::start(fx.files);
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = Config::new(dir.path().join("cache"));
-    cfg.gcs_base = server.gcs_base.clone();
-    cfg.images_base = server.images_base.clone();
-    cfg.workers = 2;
-    cfg.attempts = 4;
-    cfg.backoff = Duration::from_millis(2);
-    cfg.read_timeout = Duration::from_secs(5);
-    Env {
-        server,
-        images: fx.images,
-        dir,
-        cfg,
-    }
+    Env::start(&opts, 2)
 }
 
 fn small() -> FxOptions {
@@ -125,10 +102,6 @@ fn small() -> FxOptions {
 }
 
 impl Env {
-    fn project(&self) -> Project {
-        Project::create_or_open(&self.dir.path().join("project")).unwrap()
-    }
-
     fn run(&self, req: &DownloadRequest) -> Result<DownloadSummary, Error> {
         download(
             req,

@@ -1015,3 +1015,44 @@ pub fn build_fixture(opts: &FxOptions) -> Fixture {
     }
     Fixture { files, images }
 }
+
+/// A loopback mirror serving a fixture, a temp folder and a download [`maskstudio::openimages::Config`]
+/// pointed at the mirror (fast retries), shared by the download tests.
+pub struct OiEnv {
+    /// The mirror.
+    pub server: OiServer,
+    /// The fixture's images.
+    pub images: Vec<FxImage>,
+    /// Holds `cache/` (the downloader's) and `project/`.
+    pub dir: tempfile::TempDir,
+    /// Download settings aimed at the mirror.
+    pub cfg: maskstudio::openimages::Config,
+}
+
+impl OiEnv {
+    /// Serves the fixture built from `opts`; `workers` image downloads run in parallel.
+    pub fn start(opts: &FxOptions, workers: usize) -> Self {
+        let fx = build_fixture(opts);
+        let server = OiServer::start(fx.files);
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = maskstudio::openimages::Config::new(dir.path().join("cache"));
+        cfg.gcs_base = server.gcs_base.clone();
+        cfg.images_base = server.images_base.clone();
+        cfg.workers = workers;
+        cfg.attempts = 4;
+        cfg.backoff = Duration::from_millis(5);
+        cfg.read_timeout = Duration::from_secs(5);
+        Self {
+            server,
+            images: fx.images,
+            dir,
+            cfg,
+        }
+    }
+
+    /// The project in `dir/project` (created on first use).
+    pub fn project(&self) -> maskstudio::dataset::store::Project {
+        maskstudio::dataset::store::Project::create_or_open(&self.dir.path().join("project"))
+            .unwrap()
+    }
+}
