@@ -86,14 +86,7 @@ fn kill_during_import_leaves_a_consistent_project_and_a_rerun_completes_it() {
     // A kill that surely lands before the commit: as soon as the first image file appears in
     // the project (phase 1 copies all 128 files before the one transaction), whatever the
     // machine's speed or load.
-    let mut child = Command::new(bin)
-        .args(["import", "--project"])
-        .arg(&project)
-        .arg(&dataset)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_import(bin, &project, &dataset);
     let images_dir = project.join("images");
     let finished = loop {
         if child.try_wait().unwrap().is_some() {
@@ -116,14 +109,7 @@ fn kill_during_import_leaves_a_consistent_project_and_a_rerun_completes_it() {
     // More kill points spread over a full import's duration (timed once): they land in file
     // copying, in the transaction or after it; each must leave a consistent project.
     for step in 1..=8u32 {
-        let mut child = Command::new(bin)
-            .args(["import", "--project"])
-            .arg(&project)
-            .arg(&dataset)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_import(bin, &project, &dataset);
         std::thread::sleep(full.mul_f64(f64::from(step) / 10.0));
         let finished = child.try_wait().unwrap().is_some();
         child.kill().ok(); // SIGKILL
@@ -159,6 +145,22 @@ fn kill_during_import_leaves_a_consistent_project_and_a_rerun_completes_it() {
         leftovers.is_empty(),
         "temp files left behind: {leftovers:?}"
     );
+}
+
+/// `maskstudio import --project project dataset`, output discarded.
+fn spawn_import(
+    bin: &str,
+    project: &std::path::Path,
+    dataset: &std::path::Path,
+) -> std::process::Child {
+    Command::new(bin)
+        .args(["import", "--project"])
+        .arg(project)
+        .arg(dataset)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

@@ -68,6 +68,24 @@ fn python(script: &str, args: &[&Path]) -> String {
         .to_owned()
 }
 
+/// Runs `maskstudio predict` on the CPU.
+fn predict_cli(
+    bundle: &Path,
+    out_json: &Path,
+    out_dir: Option<&Path>,
+    inputs: &[&Path],
+) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_maskstudio"));
+    cmd.args(["predict", "--device", "cpu", "--model"])
+        .arg(bundle)
+        .arg("--out-json")
+        .arg(out_json);
+    if let Some(dir) = out_dir {
+        cmd.arg("--out-dir").arg(dir);
+    }
+    cmd.args(inputs).output().unwrap()
+}
+
 #[test]
 fn torchvision_weights_in_a_bundle_predict_what_torchvision_predicts() {
     let dir = tempfile::tempdir().unwrap();
@@ -80,17 +98,12 @@ fn torchvision_weights_in_a_bundle_predict_what_torchvision_predicts() {
         serde_json::from_str(&python(PY_EXPORT, &[&bundle, &a, &b])).unwrap();
 
     let out_json = dir.path().join("results.json");
-    let output = Command::new(env!("CARGO_BIN_EXE_maskstudio"))
-        .args(["predict", "--device", "cpu", "--model"])
-        .arg(&bundle)
-        .arg("--out-json")
-        .arg(&out_json)
-        .arg("--out-dir")
-        .arg(dir.path().join("overlays"))
-        .arg(&a)
-        .arg(&b)
-        .output()
-        .unwrap();
+    let output = predict_cli(
+        &bundle,
+        &out_json,
+        Some(&dir.path().join("overlays")),
+        &[&a, &b],
+    );
     assert!(
         output.status.success(),
         "{}",
@@ -174,15 +187,7 @@ fn a_broken_image_is_reported_and_the_others_still_predicted() {
     let bad = dir.path().join("bad.jpg");
     std::fs::write(&bad, b"definitely not a jpeg").unwrap();
     let out_json = dir.path().join("r.json");
-    let output = Command::new(env!("CARGO_BIN_EXE_maskstudio"))
-        .args(["predict", "--device", "cpu", "--model"])
-        .arg(&bundle_dir)
-        .arg("--out-json")
-        .arg(&out_json)
-        .arg(&good)
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let output = predict_cli(&bundle_dir, &out_json, None, &[&good, &bad]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(
@@ -217,16 +222,7 @@ fn same_named_images_get_their_own_outputs_and_results_load_in_pycocotools() {
     python(PY_EXPORT, &[&bundle, &inputs.join("x.png")]);
     let out_json = dir.path().join("results.json");
     let overlays = dir.path().join("overlays");
-    let output = Command::new(env!("CARGO_BIN_EXE_maskstudio"))
-        .args(["predict", "--device", "cpu", "--model"])
-        .arg(&bundle)
-        .arg("--out-json")
-        .arg(&out_json)
-        .arg("--out-dir")
-        .arg(&overlays)
-        .arg(&inputs)
-        .output()
-        .unwrap();
+    let output = predict_cli(&bundle, &out_json, Some(&overlays), &[&inputs]);
     assert!(
         output.status.success(),
         "{}",
