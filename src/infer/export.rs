@@ -81,18 +81,25 @@ pub fn output_names(paths: &[PathBuf]) -> Vec<OutputName> {
             parts.join("/")
         })
         .collect();
+    // Distinct files per stem, in one pass (a folder of thousands of images stays linear).
+    let mut files_per_stem =
+        std::collections::HashMap::<&str, std::collections::HashSet<&[String]>>::new();
+    for (stem, parts) in without_ext.iter().zip(&relative) {
+        files_per_stem
+            .entry(stem.as_str())
+            .or_default()
+            .insert(parts.as_slice());
+    }
     let mut names: Vec<String> = without_ext
         .iter()
-        .enumerate()
-        .map(|(i, name)| {
+        .zip(&relative)
+        .map(|(stem, parts)| {
             // Another input with this stem but another file (`x.jpg` vs `x.png`): keep the
             // extension. The same file twice keeps the stem (numbered below).
-            let clash =
-                (0..relative.len()).any(|j| without_ext[j] == *name && relative[j] != relative[i]);
-            if clash {
-                relative[i].join("/")
+            if files_per_stem[stem.as_str()].len() > 1 {
+                parts.join("/")
             } else {
-                name.clone()
+                stem.clone()
             }
         })
         .collect();
