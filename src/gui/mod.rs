@@ -908,6 +908,11 @@ impl StudioApp {
                         });
                         ui.end_row();
                     });
+                ui.label(format!(
+                    "Weights folder: {}",
+                    crate::runtime::weights_dir().display()
+                ));
+                ui.label(crate::train::init::coco_status_line());
                 ui.weak(format!("Saved to {}", self.settings_path.display()));
             });
         self.show_settings &= open;

@@ -1379,7 +1379,7 @@ impl TrainPanel {
                     ui.label("Backbone");
                     ui.label(match cfg.preset {
                         Preset::CpuFast => "MobileNetV2-FPN (ImageNet)",
-                        Preset::Quality => "ResNet-50-FPN",
+                        Preset::Quality => crate::train::init::quality_backbone_label(),
                     });
                     ui.end_row();
 

@@ -179,18 +179,30 @@ pub enum PartialLoad {
     /// Any variable for which the file has a tensor of the same name and shape; everything else
     /// is reported and left as it is.
     Matching,
+    /// Fine-tuning a COCO model to the project's classes, as torchvision's tutorial does by
+    /// replacing `FastRCNNPredictor` / `MaskRCNNPredictor`: the predictors
+    /// ([`PREDICTOR_PREFIXES`]) always keep their fresh initialisation, even when the class
+    /// count happens to match; every other variable is loaded when the file has it with the same
+    /// shape, and one whose shape differs (e.g. the RPN head after the anchors' aspect ratios
+    /// changed) is reported in [`LoadReport::shape_mismatch`] and keeps its initial value.
+    ExceptPredictorsMatching,
 }
 
 impl PartialLoad {
     fn in_scope(self, name: &str) -> bool {
         match self {
             PartialLoad::BackboneOnly => name.starts_with(BACKBONE_BODY_PREFIX),
-            PartialLoad::ExceptPredictors => {
-                !PREDICTOR_PREFIXES.iter().any(|p| name.starts_with(p))
+            PartialLoad::ExceptPredictors | PartialLoad::ExceptPredictorsMatching => {
+                !is_predictor(name)
             }
             PartialLoad::Matching => true,
         }
     }
+}
+
+/// Whether a variable is one of the class-count-dependent predictors ([`PREDICTOR_PREFIXES`]).
+pub fn is_predictor(name: &str) -> bool {
+    PREDICTOR_PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
 fn is_counter(name: &str) -> bool {
@@ -288,7 +300,11 @@ pub fn load_partial(
     filter: PartialLoad,
 ) -> Result<LoadReport, WeightsError> {
     let Plan { copies, report } = plan(vs, tensors, |n| filter.in_scope(n))?;
-    if filter != PartialLoad::Matching && !report.shape_mismatch.is_empty() {
+    let tolerant = matches!(
+        filter,
+        PartialLoad::Matching | PartialLoad::ExceptPredictorsMatching
+    );
+    if !tolerant && !report.shape_mismatch.is_empty() {
         return Err(WeightsError::ShapeMismatch { report });
     }
     if report.loaded.is_empty() {

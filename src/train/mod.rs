@@ -1,8 +1,8 @@
 //! Training: recipe ([`config`]), project data ([`data`]), progress events ([`observer`]),
 //! optimisers and schedules ([`optim`]), run-folder state and checkpoints ([`state`]), the loop
 //! that writes run folders ([`trainer`]), the loss chart ([`plot`]) and run export ([`export`]);
-//! augmentation ([`augment`]), batch planning ([`sampler`]) and the prefetching loader
-//! ([`loader`]) supply the loop's batches.
+//! the `quality` preset's COCO Mask R-CNN start ([`init`]); augmentation ([`augment`]), batch
+//! planning ([`sampler`]) and the prefetching loader ([`loader`]) supply the loop's batches.
 
 pub mod augment;
 pub mod autoconfig;
@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod export;
+pub mod init;
 pub mod loader;
 pub mod observer;
 pub mod optim;

@@ -422,6 +422,9 @@ fn start_fresh(
     if cfg.pretrained_backbone && cfg.preset == Preset::CpuFast {
         load_imagenet_backbone(&mut vs, model_cfg.backbone)?;
     }
+    if cfg.pretrained_backbone && cfg.preset == Preset::Quality {
+        crate::train::init::init_quality(&mut vs, &model_cfg)?;
+    }
     let opt = Optimizer::new(&vs, cfg);
     let train_images = pick_images(&set, &split.train)?;
     let val_set = ExportSet {
