@@ -3,7 +3,9 @@
 //! the run listed with its bundle and the watch images, resume it (more points, pause), preview
 //! the augmentations, export the bundle, and evaluate it in the Evaluate section, whose
 //! worst-image list opens an image in Review; then a fresh panel resumes the run and its loss
-//! plot holds the recorded steps before the new ones.
+//! plot holds the recorded steps before the new ones. A second test checks the
+//! auto-configuration table: proposed from the project's boxes, edited, unticked, and exactly
+//! what the started run's `config.json` records.
 
 mod common;
 use std::path::PathBuf;
@@ -290,5 +292,128 @@ fn start_a_cpu_run_see_points_stop_list_export_and_evaluate() {
     let n = hist.total.len();
     h.get_by_label(&format!("Loss points: {n}"));
     wait_for(&mut h, "the run to stop", |s| !s.panel.running());
+    wait_for(&mut h, "the background work", |s| s.panel.idle());
+}
+
+/// The run folder's `config.json` once the trainer has written it.
+fn run_config(project: &std::path::Path) -> Option<serde_json::Value> {
+    let runs = maskstudio::gui::train_panel::runs_dir(project);
+    std::fs::read_dir(runs)
+        .ok()?
+        .filter_map(Result::ok)
+        .find_map(|e| std::fs::read(e.path().join("config.json")).ok())
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+}
+
+#[test]
+fn auto_configuration_is_shown_editable_and_what_trains() {
+    use maskstudio::train::config::RefitMode;
+
+    let dir = tempfile::tempdir().unwrap();
+    let project = common::square_project(dir.path(), "box", 6);
+    // At 48 px the 24–34 px squares become 12–17 px objects, far below the preset's smallest
+    // anchor (32): the proposal has an anchor_sizes row (the input size is set, so it stays).
+    let cfg = TrainConfig {
+        epochs: 30,
+        batch_size: 1,
+        image_size: Some(48),
+        warmup_iters: 2,
+        val_fraction: 0.3,
+        seed: 3,
+        auto_config: true,
+        refit: RefitMode::Off,
+        ..TrainConfig::default()
+    };
+    let base_anchors = serde_json::to_value(cfg.preset_model_config(2).anchor_sizes).unwrap();
+    let mut h = panel_harness(State {
+        panel: TrainPanel::new(cfg),
+        project: project.clone(),
+        settings: Settings {
+            device: DeviceSetting::Cpu,
+            ..Settings::default()
+        },
+        notices: Notices::default(),
+        requests: Vec::new(),
+    });
+    h.step(); // not run(): the spinner repaints while the images are measured
+    h.get_by_label("Watch validation images").click_accesskit(); // off: keep the test short
+    wait_for(&mut h, "the proposal", |s| s.panel.idle());
+    h.run();
+    h.get_by_label_contains("Anchor coverage before");
+    h.get_by_label("anchor_sizes");
+    h.get_by_label("image_size"); // set by the recipe: pinned
+    let recipe = |h: &Harness<'_, State>| h.state().panel.recipe(DeviceSetting::Cpu).unwrap();
+    let proposed = recipe(&h).model_overrides["anchor_sizes"].clone();
+    assert_ne!(proposed, base_anchors, "smaller anchors are proposed");
+    assert!(recipe(&h).auto_config);
+    assert_eq!(recipe(&h).image_size, Some(48));
+
+    // An invalid edit is shown and not used (the base value is); a valid one is used.
+    h.get_by_label("anchor_sizes value").focus();
+    h.step();
+    h.key_combination_modifiers(eframe::egui::Modifiers::COMMAND, &[eframe::egui::Key::A]);
+    h.get_by_label("anchor_sizes value")
+        .type_text("[[16], [32]");
+    h.run();
+    assert_eq!(recipe(&h).model_overrides["anchor_sizes"], base_anchors);
+    h.get_by_label("anchor_sizes value").focus();
+    h.step();
+    h.key_combination_modifiers(eframe::egui::Modifiers::COMMAND, &[eframe::egui::Key::A]);
+    h.get_by_label("anchor_sizes value")
+        .type_text("[[16], [32], [64], [128], [256]]");
+    h.run();
+    assert_eq!(
+        recipe(&h).model_overrides["anchor_sizes"],
+        serde_json::json!([[16], [32], [64], [128], [256]])
+    );
+
+    // Unticked, the row trains with its base value.
+    h.get_by_label("anchor_sizes").click_accesskit();
+    h.run();
+    let shown = recipe(&h).model_overrides;
+    assert_eq!(shown["anchor_sizes"], base_anchors);
+    // Measuring again (after mask edits) keeps the choices of rows whose proposal is the same.
+    h.get_by_label("Measure again").click_accesskit();
+    h.step(); // the click starts the measurement
+    wait_for(&mut h, "the new proposal", |s| s.panel.idle());
+    h.run();
+    assert_eq!(recipe(&h).model_overrides, shown);
+    h.get_by_label("Start training").click_accesskit();
+    h.step();
+    assert!(
+        h.state().panel.running(),
+        "{:?}",
+        h.state()
+            .notices
+            .items
+            .iter()
+            .map(|n| &n.text)
+            .collect::<Vec<_>>()
+    );
+    wait_for(&mut h, "the run's config.json", |s| {
+        run_config(&s.project).is_some()
+    });
+    h.get_by_label("Stop training").click_accesskit();
+    wait_for(&mut h, "the run to stop", |s| !s.panel.running());
+    wait_for(&mut h, "the background work", |s| s.panel.idle());
+    let config = run_config(&project).unwrap();
+    let train = &config["train"];
+    assert_eq!(train["auto_config"], true);
+    assert_eq!(train["refit"], "off");
+    assert_eq!(train["model_overrides"]["anchor_sizes"], base_anchors);
+    assert_eq!(
+        train["model_overrides"],
+        serde_json::Value::Object(shown),
+        "the run trains exactly what the form showed"
+    );
+
+    // Off: no overrides are added.
+    h.get_by_label("Auto-configure from the dataset")
+        .click_accesskit();
+    h.run();
+    assert!(h.query_by_label("anchor_sizes").is_none());
+    let off = recipe(&h);
+    assert!(!off.auto_config);
+    assert!(off.model_overrides.is_empty());
     wait_for(&mut h, "the background work", |s| s.panel.idle());
 }

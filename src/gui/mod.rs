@@ -17,6 +17,7 @@ pub mod log_toasts;
 pub mod predict_panel;
 pub mod shared;
 pub mod thumbs;
+pub mod train_autoconfig;
 pub mod train_panel;
 pub mod worker;
 

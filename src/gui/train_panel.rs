@@ -18,6 +18,7 @@ use crate::dataset::store::Project;
 use crate::gui::eval_panel::EvalPanel;
 use crate::gui::predict_panel::device_choice;
 use crate::gui::shared::{DeviceSetting, JobView, PanelCtx};
+use crate::gui::train_autoconfig::AutoConfigForm;
 use crate::gui::worker::{Polled, Worker};
 use crate::infer::{Predictor, overlay, read_image};
 use crate::train::augment::PreviewSample;
@@ -748,11 +749,18 @@ pub struct TrainPanel {
     replaying: Option<String>,
     /// Smoothed loss series, extended per step rather than recomputed per frame.
     plot_cache: PlotCache,
+    /// The dataset-derived model configuration shown before Start.
+    autocfg: AutoConfigForm,
 }
 
 impl Default for TrainPanel {
+    /// The studio's form: auto-configuration on, refit as the training split's size decides.
     fn default() -> Self {
-        Self::new(TrainConfig::default())
+        Self::new(TrainConfig {
+            auto_config: true,
+            refit: crate::train::config::RefitMode::Auto,
+            ..TrainConfig::default()
+        })
     }
 }
 
@@ -795,6 +803,7 @@ impl TrainPanel {
             preview: Vec::new(),
             replaying: None,
             plot_cache: PlotCache::default(),
+            autocfg: AutoConfigForm::default(),
             cfg,
         }
     }
@@ -830,6 +839,7 @@ impl TrainPanel {
             && !self.eval.running()
             && !self.previewing
             && self.replaying.is_none()
+            && !self.autocfg.busy()
     }
 
     /// Augmented samples shown by the preview.
@@ -883,6 +893,7 @@ impl TrainPanel {
             })
             .collect::<anyhow::Result<_>>()?;
         cfg.augment = Some(Box::new(self.aug.clone()));
+        self.autocfg.apply(&mut cfg);
         cfg.validate()?;
         self.aug.validate()?;
         Ok(cfg)
@@ -1135,6 +1146,7 @@ impl TrainPanel {
     }
 
     fn drain(&mut self, ctx: &egui::Context, cx: &mut PanelCtx) {
+        self.autocfg.poll();
         let mut checkpoints = Vec::new();
         let mut finished: Option<Result<(bool, usize), String>> = None;
         if let Some(run) = &mut self.run {
@@ -1596,6 +1608,7 @@ impl TrainPanel {
                     });
                     ui.label("The horizontal flip probability is in the form above.");
                 });
+            self.autocfg.ui(ui, cx.project, &mut self.cfg);
         });
         ui.horizontal(|ui| {
             let can_start = !running && cx.project.is_some();
