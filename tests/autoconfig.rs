@@ -9,7 +9,7 @@ use maskstudio::dataset::stats::DatasetStats;
 use maskstudio::dataset::store::{CancelToken, Project};
 use maskstudio::model::MaskRcnnConfig;
 use maskstudio::train::TrainConfig;
-use maskstudio::train::autoconfig::{AutoConfig, anchor_coverage, input_shapes};
+use maskstudio::train::autoconfig::{AutoConfig, anchor_coverage, input_shapes, resolve};
 
 const TOL: f64 = 1e-9;
 
@@ -260,4 +260,92 @@ fn droplets_via_statistics() {
     );
     assert!(auto.coverage_after.unwrap() >= auto.coverage_before.unwrap());
     auto.apply(&base).unwrap();
+}
+
+#[test]
+fn resolve_merges_proposals_and_raises_the_loader_size() {
+    // 8-12 px objects in 640 x 480 images: at cpu-fast's 320 px they are 4-6 px, so the
+    // input is upscaled and the loader must resize to the new longer side too.
+    let stats = DatasetStats::from_boxes(&synthetic(20, 640, 480, 30, 8.0, 12.0));
+    let cfg = TrainConfig {
+        auto_config: true,
+        ..TrainConfig::default()
+    };
+    let r = resolve(&cfg, &stats, 2).unwrap();
+    let max = r
+        .auto
+        .overrides
+        .iter()
+        .find(|o| o.key == "max_size")
+        .and_then(|o| o.value.as_i64())
+        .expect("an upscaled input");
+    assert!(max > 320, "{max}");
+    assert_eq!(r.config.image_size, Some(u32::try_from(max).unwrap()));
+    let model = r.config.model_config(2).unwrap();
+    assert_eq!(model.max_size, max);
+    assert!(model.anchor_sizes[0][0] < 32, "{:?}", model.anchor_sizes);
+    assert!(r.pinned.is_empty(), "{:?}", r.pinned);
+    // Every proposal is in the merged overrides with its value.
+    for o in &r.auto.overrides {
+        assert_eq!(
+            r.config.model_overrides.get(o.key),
+            Some(&o.value),
+            "{}",
+            o.key
+        );
+    }
+}
+
+#[test]
+fn resolve_leaves_what_the_user_set() {
+    let stats = DatasetStats::from_boxes(&synthetic(20, 640, 480, 30, 8.0, 12.0));
+    let mut cfg = TrainConfig {
+        auto_config: true,
+        image_size: Some(512),
+        ..TrainConfig::default()
+    };
+    cfg.model_overrides
+        .insert("box_detections_per_img".to_owned(), serde_json::json!(50));
+    let r = resolve(&cfg, &stats, 2).unwrap();
+    let keys = keys(&r.auto);
+    assert!(
+        !keys.contains(&"min_size") && !keys.contains(&"max_size"),
+        "{keys:?}"
+    );
+    assert!(!keys.contains(&"box_detections_per_img"), "{keys:?}");
+    assert!(
+        keys.contains(&"anchor_sizes"),
+        "anchors still fitted at 512 px: {keys:?}"
+    );
+    assert_eq!(r.config.image_size, Some(512));
+    let model = r.config.model_config(2).unwrap();
+    assert_eq!(model.box_detections_per_img, 50);
+    assert_eq!((model.min_size.clone(), model.max_size), (vec![512], 512));
+    assert!(
+        r.pinned.contains(&"image_size".to_owned()),
+        "{:?}",
+        r.pinned
+    );
+    assert!(
+        r.auto.kept.iter().any(|k| k.contains("set by you")),
+        "{:?}",
+        r.auto.kept
+    );
+    // Anchors chosen for the objects at the pinned 512 px input (8-12 px at 640 -> 6-10 px).
+    let shapes = input_shapes(&stats, 512, 512);
+    let after = anchor_coverage(&shapes, &model.anchor_sizes, &model.aspect_ratios).unwrap();
+    assert!((after - r.auto.coverage_after.unwrap()).abs() < TOL);
+
+    // Pinned anchors: kept exactly.
+    cfg.model_overrides.insert(
+        "anchor_sizes".to_owned(),
+        serde_json::json!([[32], [64], [128], [256], [512]]),
+    );
+    let r = resolve(&cfg, &stats, 2).unwrap();
+    assert_eq!(r.config.model_config(2).unwrap().anchor_sizes[0], vec![32]);
+    assert!(!keys_of(&r).contains(&"anchor_sizes"));
+}
+
+fn keys_of(r: &maskstudio::train::autoconfig::Resolved) -> Vec<&'static str> {
+    keys(&r.auto)
 }

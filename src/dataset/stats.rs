@@ -92,8 +92,12 @@ impl DatasetStats {
     /// them: images reviewed as rejected are left out, crowd regions are not objects.
     pub fn from_project(project: &Project, split: Option<&str>) -> Result<Self, StoreError> {
         let set = project.export_set(split)?;
-        let images: Vec<(u32, u32, Vec<[f64; 4]>)> = set
-            .images
+        Ok(Self::from_images(&set.images))
+    }
+
+    /// Statistics of exported images (what the trainer reads): crowd regions are not objects.
+    pub fn from_images(images: &[crate::dataset::types::ExportImage]) -> Self {
+        let images: Vec<(u32, u32, Vec<[f64; 4]>)> = images
             .iter()
             .map(|image| {
                 let boxes = image
@@ -105,7 +109,7 @@ impl DatasetStats {
                 (image.width, image.height, boxes)
             })
             .collect();
-        Ok(Self::from_boxes(&images))
+        Self::from_boxes(&images)
     }
 
     /// Statistics of `(width, height, boxes as [x, y, w, h])` per image. Boxes with a zero,

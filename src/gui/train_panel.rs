@@ -280,6 +280,15 @@ impl History {
                     self.val_bbox_ap.push([x, *ap]);
                 }
             }
+            TrainEvent::Refit {
+                epochs,
+                images,
+                total_iters,
+            } => {
+                self.total_iters = *total_iters;
+                self.status =
+                    format!("refit on {images} train + validation images for {epochs} epochs");
+            }
             TrainEvent::CheckpointSaved { .. } => {}
             TrainEvent::Finished {
                 iterations,

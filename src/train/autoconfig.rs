@@ -22,6 +22,7 @@ use serde_json::{Map, Value, json};
 use crate::dataset::stats::{DatasetStats, quantile, sort};
 use crate::model::MaskRcnnConfig;
 use crate::model::transform::resized_size;
+use crate::train::config::TrainConfig;
 
 /// Objects under 16 px at the input are upscaled: the finest FPN level (P2) has stride 4, so a
 /// 16 px object covers 4 × 4 feature cells, the least for RoIAlign's 7 × 7 box / 14 × 14 mask
@@ -46,6 +47,188 @@ pub const MAX_DETECTIONS: i64 = 1000;
 pub const MAX_RPN_POST_NMS: i64 = 4000;
 /// Cap on `box_batch_size_per_image` (four times torchvision's 512).
 pub const MAX_BOX_BATCH: i64 = 2048;
+
+/// Most training images for which [`RefitMode::Auto`](crate::train::config::RefitMode) refits
+/// on train + validation: below it the validation share (10 % by default) is data the model
+/// clearly misses (tens of images) and a refit costs at most minutes on a CPU; above it the
+/// refit's extra run costs more than the few percent more data brings.
+pub const REFIT_MAX_IMAGES: usize = 500;
+
+/// Parts of the base configuration the user set, which auto-configuration leaves alone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pins {
+    /// The input size (`image_size`, `min_size` or `max_size` given).
+    pub input: bool,
+    /// `anchor_sizes` given.
+    pub anchor_sizes: bool,
+    /// `aspect_ratios` given.
+    pub aspect_ratios: bool,
+}
+
+/// A training config with the dataset-derived keys merged in.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The input config with the proposed keys added to `model_overrides` and `image_size`
+    /// raised to an upscaled input's `max_size`.
+    pub config: TrainConfig,
+    /// What was proposed, kept and why.
+    pub auto: AutoConfig,
+    /// Keys the user set (left alone).
+    pub pinned: Vec<String>,
+    /// Recipe fields (`TrainConfig` keys) changed for the dataset, with reasons.
+    pub recipe: Vec<Override>,
+}
+
+/// Auto-configuration of `cfg` for a dataset with `stats`: every `MaskRcnnConfig` key the user
+/// did not set (in `model_overrides`; the input size also when `image_size` is given) takes
+/// the value [`AutoConfig::from_stats_with`] proposes for the preset's model.
+pub fn resolve(
+    cfg: &TrainConfig,
+    stats: &DatasetStats,
+    num_classes: i64,
+) -> anyhow::Result<Resolved> {
+    let base = cfg.model_config(num_classes)?;
+    let user = &cfg.model_overrides;
+    let pins = Pins {
+        input: cfg.image_size.is_some()
+            || user.contains_key("min_size")
+            || user.contains_key("max_size"),
+        anchor_sizes: user.contains_key("anchor_sizes"),
+        aspect_ratios: user.contains_key("aspect_ratios"),
+    };
+    let mut auto = AutoConfig::from_stats_with(stats, &base, pins);
+    let mut pinned: Vec<String> = user.keys().cloned().collect();
+    if cfg.image_size.is_some() {
+        pinned.push("image_size".to_owned());
+    }
+    let mut set_by_user = Vec::new();
+    auto.overrides.retain(|o| {
+        let keep = !user.contains_key(o.key);
+        if !keep {
+            set_by_user.push(format!("{} set by you", o.key));
+        }
+        keep
+    });
+    auto.kept.extend(set_by_user);
+    let mut config = cfg.clone();
+    for o in &auto.overrides {
+        config
+            .model_overrides
+            .insert(o.key.to_owned(), o.value.clone());
+    }
+    if let Some(max) = auto
+        .overrides
+        .iter()
+        .find(|o| o.key == "max_size")
+        .and_then(|o| o.value.as_i64())
+        && max > i64::from(config.resolved_image_size())
+    {
+        // The loader resizes to the longer side first; it must not shrink below the model input.
+        config.image_size = Some(u32::try_from(max)?);
+    }
+    let recipe = recipe_rules(&mut config, stats);
+    pinned.extend(cfg.user_set.iter().cloned());
+    config.validate()?;
+    Ok(Resolved {
+        config,
+        auto,
+        pinned,
+        recipe,
+    })
+}
+
+/// Learning rate per image of a batch: torchvision's tutorial (0.005 at batch 2) and our
+/// earlier default (0.01 at batch 4); the linear scaling rule (Goyal et al. 2017, "Accurate,
+/// Large Minibatch SGD") keeps it per image as the batch changes.
+pub const LR_PER_IMAGE: f64 = 0.0025;
+
+/// The recipe rules: learning rate scaled to the batch, warm-up inside the first epoch. Fields
+/// in `cfg.user_set` are left alone. Returns what changed.
+fn recipe_rules(cfg: &mut TrainConfig, stats: &DatasetStats) -> Vec<Override> {
+    let mut out = Vec::new();
+    if !cfg.is_user_set("lr") && cfg.optimizer == crate::train::config::OptimizerKind::Sgd {
+        let lr = LR_PER_IMAGE * cfg.batch_size as f64;
+        if (lr - cfg.lr).abs() > 1e-12 * lr {
+            out.push(Override {
+                key: "lr",
+                value: json!(lr),
+                base: json!(cfg.lr),
+                reason: format!(
+                    "{LR_PER_IMAGE} per image x batch {} (linear scaling rule; the tutorial's 0.005 at batch 2)",
+                    cfg.batch_size
+                ),
+            });
+            cfg.lr = lr;
+        }
+    }
+    let steps = stats.images.div_ceil(cfg.batch_size.max(1)).max(1);
+    if !cfg.is_user_set("warmup_iters") && cfg.warmup_iters > steps {
+        out.push(Override {
+            key: "warmup_iters",
+            value: json!(steps),
+            base: json!(cfg.warmup_iters),
+            reason: format!(
+                "warm-up within the first epoch ({} images / batch {} = {steps} steps), like the \
+                 tutorial's min(1000, len(loader) - 1): a longer one spends short runs at a low rate",
+                stats.images, cfg.batch_size
+            ),
+        });
+        cfg.warmup_iters = steps;
+    }
+    out
+}
+
+impl Resolved {
+    /// `autoconfig.json` of a run: statistics, proposed keys with base values and reasons,
+    /// kept rules, pinned keys and the anchor coverage before and after.
+    pub fn to_json(&self, stats: &DatasetStats) -> Value {
+        json!({
+            "statistics": {
+                "images": stats.images,
+                "instances": stats.instances,
+                "instances_per_image": stats.per_image.map(|p| json!({"mean": p.mean, "p50": p.p50, "p99": p.p99, "max": p.max})),
+                "object_size_px": stats.object_size.map(|q| json!({"p1": q.p1, "p5": q.p5, "p50": q.p50, "p95": q.p95, "p99": q.p99})),
+                "aspect_h_over_w": stats.aspect.map(|a| json!({"p5": a.p5, "p50": a.p50, "p95": a.p95})),
+            },
+            "overrides": self.auto.overrides.iter().map(|o| json!({
+                "key": o.key, "value": o.value, "base": o.base, "reason": o.reason,
+            })).collect::<Vec<_>>(),
+            "kept": self.auto.kept,
+            "pinned": self.pinned,
+            "anchor_coverage_iou": ANCHOR_IOU,
+            "anchor_coverage_before": self.auto.coverage_before,
+            "anchor_coverage_after": self.auto.coverage_after,
+            "image_size": self.config.image_size,
+            "recipe": self.recipe.iter().map(|o| json!({
+                "key": o.key, "value": o.value, "base": o.base, "reason": o.reason,
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    /// One line per decision, for `train.log`.
+    pub fn lines(&self) -> Vec<String> {
+        let pct =
+            |c: Option<f64>| c.map_or_else(|| "-".to_owned(), |c| format!("{:.1}%", 100.0 * c));
+        let mut out = vec![format!(
+            "auto-config: anchor coverage (IoU >= {ANCHOR_IOU}) {} -> {}",
+            pct(self.auto.coverage_before),
+            pct(self.auto.coverage_after)
+        )];
+        for o in &self.auto.overrides {
+            out.push(format!(
+                "auto-config: {} {} -> {}: {}",
+                o.key, o.base, o.value, o.reason
+            ));
+        }
+        out.extend(
+            self.auto
+                .kept
+                .iter()
+                .map(|k| format!("auto-config kept: {k}")),
+        );
+        out
+    }
+}
 
 /// One proposed change of a `MaskRcnnConfig` key.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,6 +259,11 @@ pub struct AutoConfig {
 impl AutoConfig {
     /// Proposes overrides of `base` for a dataset with `stats`.
     pub fn from_stats(stats: &DatasetStats, base: &MaskRcnnConfig) -> Self {
+        Self::from_stats_with(stats, base, Pins::default())
+    }
+
+    /// [`Self::from_stats`] leaving the parts in `pins` at the base's values.
+    pub fn from_stats_with(stats: &DatasetStats, base: &MaskRcnnConfig, pins: Pins) -> Self {
         let mut out = Self::default();
         let base_min = base.min_size.last().copied().unwrap_or(800);
         let base_max = base.max_size;
@@ -85,7 +273,7 @@ impl AutoConfig {
                 stats.images
             ));
         } else {
-            out.input_and_anchors(stats, base, base_min, base_max);
+            out.input_and_anchors(stats, base, base_min, base_max, pins);
         }
         out.budgets(stats, base);
         out
@@ -119,6 +307,7 @@ impl AutoConfig {
         base: &MaskRcnnConfig,
         base_min: i64,
         base_max: i64,
+        pins: Pins,
     ) {
         let before_shapes = input_shapes(stats, base_min, base_max);
         let before = anchor_coverage(&before_shapes, &base.anchor_sizes, &base.aspect_ratios);
@@ -133,7 +322,11 @@ impl AutoConfig {
         // Input size.
         let mut input = (base_min, base_max);
         let mut input_reason = None;
-        if p5 < MIN_OBJECT_PX && p5 > 0.0 {
+        if pins.input {
+            self.kept.push(format!(
+                "input size {base_min}/{base_max} set by you (p5 object is {p5:.1} px at the input)"
+            ));
+        } else if p5 < MIN_OBJECT_PX && p5 > 0.0 {
             let bound = ((base_min as f64 * MAX_UPSCALE) as i64).min(MAX_MIN_SIZE);
             let step = base.size_divisible.max(1);
             let wanted = (base_min as f64 * MIN_OBJECT_PX / p5).ceil() as i64;
@@ -160,7 +353,7 @@ impl AutoConfig {
         }
 
         let mut shapes = input_shapes(stats, input.0, input.1);
-        let mut choice = choose_anchors(stats, &shapes, base);
+        let mut choice = choose_anchors(stats, &shapes, base, pins);
         let floor = before.unwrap_or(0.0);
         let base_at_input =
             anchor_coverage(&shapes, &base.anchor_sizes, &base.aspect_ratios).unwrap_or(0.0);
@@ -173,7 +366,7 @@ impl AutoConfig {
             input = (base_min, base_max);
             input_reason = None;
             shapes = before_shapes;
-            choice = choose_anchors(stats, &shapes, base);
+            choice = choose_anchors(stats, &shapes, base, pins);
         }
         if let Some(reason) = input_reason {
             self.push(
@@ -401,11 +594,22 @@ fn choose_anchors(
     stats: &DatasetStats,
     shapes: &[(f64, f64)],
     base: &MaskRcnnConfig,
+    pins: Pins,
 ) -> AnchorChoice {
     let levels = base.anchor_sizes.len().max(1);
     let p1 = size_quantile(shapes, 0.01).max(1.0);
+    if pins.anchor_sizes && pins.aspect_ratios {
+        return AnchorChoice {
+            sizes: base.anchor_sizes.clone(),
+            ratios: base.aspect_ratios.clone(),
+            coverage: anchor_coverage(shapes, &base.anchor_sizes, &base.aspect_ratios)
+                .unwrap_or(0.0),
+        };
+    }
     let mut ratio_sets = vec![base.aspect_ratios.clone()];
-    if let (Some(a), Some(first)) = (stats.aspect, base.aspect_ratios.first()) {
+    if !pins.aspect_ratios
+        && let (Some(a), Some(first)) = (stats.aspect, base.aspect_ratios.first())
+    {
         let lo = first.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = first.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let mut extended = first.clone();
@@ -424,7 +628,11 @@ fn choose_anchors(
     for (set_index, ratios) in ratio_sets.iter().enumerate() {
         let mut smallest = SMALLEST_ANCHOR;
         while smallest <= LARGEST_SMALLEST_ANCHOR {
-            let sizes: Vec<Vec<i64>> = (0..levels).map(|l| vec![smallest << l.min(20)]).collect();
+            let sizes: Vec<Vec<i64>> = if pins.anchor_sizes {
+                base.anchor_sizes.clone()
+            } else {
+                (0..levels).map(|l| vec![smallest << l.min(20)]).collect()
+            };
             let coverage = anchor_coverage(shapes, &sizes, ratios).unwrap_or(0.0);
             // Tie-break: base ratios first (100 per extra ratio set), then closeness to p1.
             let penalty = set_index as f64 * 100.0 + ((smallest as f64).log2() - p1.log2()).abs();
@@ -441,6 +649,9 @@ fn choose_anchors(
                     },
                     penalty,
                 ));
+            }
+            if pins.anchor_sizes {
+                break;
             }
             smallest *= 2;
         }

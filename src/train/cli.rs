@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::runtime::DeviceChoice;
-use crate::train::config::{OptimizerKind, Preset, ScheduleKind, TrainConfig};
+use crate::train::config::{OptimizerKind, Preset, RefitMode, ScheduleKind, TrainConfig};
 use crate::train::observer::{TrainEvent, TrainObserver, event_line};
 use crate::train::trainer::TrainControl;
 
@@ -79,6 +79,17 @@ pub struct TrainArgs {
     /// Where run folders are created (default `<project>/runs`, where the Train tab lists them).
     #[arg(long)]
     pub runs_dir: Option<PathBuf>,
+    /// Configure the model from the training images' statistics (input size for small objects,
+    /// anchors, per-image budgets) where no flag or --model-config key sets it (the default).
+    #[arg(long, conflicts_with = "no_auto_config")]
+    pub auto_config: bool,
+    /// Keep the preset's model as it is: no dataset-derived input size, anchors or budgets.
+    #[arg(long)]
+    pub no_auto_config: bool,
+    /// Refit on train + validation for the epochs validation chose: auto (on for at most
+    /// 500 training images) | on | off.
+    #[arg(long)]
+    pub refit: Option<RefitMode>,
     /// Print a step line every this many steps when no progress bar is shown (not a terminal).
     #[arg(long, default_value_t = 10)]
     pub print_every: usize,
@@ -87,14 +98,49 @@ pub struct TrainArgs {
 impl TrainArgs {
     /// The config file (or the defaults) with the flags applied.
     pub fn to_config(&self) -> anyhow::Result<TrainConfig> {
-        let mut cfg = match &self.config {
+        let (mut cfg, file_keys) = match &self.config {
             Some(path) => {
                 let text =
                     std::fs::read_to_string(path).with_context(|| format!("reading {path:?}"))?;
-                serde_json::from_str(&text).with_context(|| format!("parsing {path:?}"))?
+                let value: serde_json::Value =
+                    serde_json::from_str(&text).with_context(|| format!("parsing {path:?}"))?;
+                let keys: Vec<String> = value
+                    .as_object()
+                    .map(|m| m.keys().cloned().collect())
+                    .unwrap_or_default();
+                let cfg: TrainConfig =
+                    serde_json::from_value(value).with_context(|| format!("parsing {path:?}"))?;
+                (cfg, keys)
             }
-            None => TrainConfig::default(),
+            None => (TrainConfig::default(), Vec::new()),
         };
+        // The CLI's defaults where the file does not say: the model configured from the data,
+        // refit on small sets.
+        if !file_keys.iter().any(|k| k == "auto_config") {
+            cfg.auto_config = true;
+        }
+        if !file_keys.iter().any(|k| k == "refit") {
+            cfg.refit = RefitMode::Auto;
+        }
+        // Recipe fields given here or in the file: auto-configuration leaves them alone.
+        let given = [
+            ("epochs", self.epochs.is_some()),
+            ("batch_size", self.batch_size.is_some()),
+            ("lr", self.lr.is_some()),
+            ("optimizer", self.optimizer.is_some()),
+            ("schedule", self.schedule.is_some()),
+            ("freeze_epochs", self.freeze_epochs.is_some()),
+            ("clip_grad_norm", self.clip_grad_norm.is_some()),
+        ];
+        for key in file_keys
+            .iter()
+            .map(String::as_str)
+            .chain(given.iter().filter(|(_, g)| *g).map(|(k, _)| *k))
+        {
+            if !cfg.is_user_set(key) {
+                cfg.user_set.push(key.to_owned());
+            }
+        }
         if let Some(v) = self.preset {
             cfg.preset = v;
         }
@@ -142,6 +188,15 @@ impl TrainArgs {
         }
         if let Some(v) = self.device {
             cfg.device = v;
+        }
+        if self.auto_config {
+            cfg.auto_config = true;
+        }
+        if self.no_auto_config {
+            cfg.auto_config = false;
+        }
+        if let Some(v) = self.refit {
+            cfg.refit = v;
         }
         cfg.validate()?;
         Ok(cfg)
@@ -253,6 +308,13 @@ impl TrainObserver for CliObserver {
                     ap_cell(*val_bbox_ap)
                 ));
             }
+            TrainEvent::Refit { total_iters, .. } => {
+                if let Some(bar) = &self.bar {
+                    bar.set_length(*total_iters as u64);
+                }
+                self.print(&event_line(e));
+                self.header_printed = false;
+            }
             TrainEvent::CheckpointSaved { .. } => {}
             TrainEvent::Finished { .. } => {
                 if let Some(bar) = self.bar.take() {
@@ -319,6 +381,12 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
             "best checkpoint: {} (validation mask AP {})",
             best.display(),
             ap_cell(summary.best_segm_ap)
+        );
+    }
+    if let Some(refit) = &summary.refit_checkpoint {
+        println!(
+            "refit on train + validation: {} (the run's result: export --run takes it)",
+            refit.display()
         );
     }
     println!(

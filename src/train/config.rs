@@ -110,6 +110,56 @@ pub struct TrainConfig {
     /// ([`AugmentConfig::for_preset`], resolved by [`AugmentConfig::resolve`]). Boxed to keep
     /// `TrainConfig` (carried by `TrainEvent::Started`) small.
     pub augment: Option<Box<AugmentConfig>>,
+    /// Derive model keys the user did not set (input size, anchors, per-image budgets) from the
+    /// training images' statistics at the start ([`crate::train::autoconfig::resolve`]); the
+    /// run's `config.json` records the resolved keys, so a resume does not re-derive them. Off
+    /// in the library's default (tests, configs written before it); the CLI and the Train form
+    /// turn it on.
+    pub auto_config: bool,
+    /// Recipe fields (`TrainConfig` keys such as `lr`, `warmup_iters`) the user set explicitly:
+    /// auto-configuration leaves them as they are.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub user_set: Vec<String>,
+    /// Final refit on train + validation after the run ([`RefitMode`]); `off` in the library's
+    /// default, `auto` from the CLI and the Train form.
+    pub refit: RefitMode,
+}
+
+/// Whether a finished run is refitted on train + validation for the epochs validation chose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RefitMode {
+    /// On when the training split has at most
+    /// [`REFIT_MAX_IMAGES`](crate::train::autoconfig::REFIT_MAX_IMAGES) images.
+    #[default]
+    Auto,
+    /// Always refit.
+    On,
+    /// Never refit: the validation-selected checkpoint is the result.
+    Off,
+}
+
+impl std::str::FromStr for RefitMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "on" => Ok(Self::On),
+            "off" => Ok(Self::Off),
+            _ => Err(format!("unknown refit mode {s:?}; use auto, on or off")),
+        }
+    }
+}
+
+impl RefitMode {
+    /// Whether a run with `train_images` training images refits.
+    pub fn applies(self, train_images: usize) -> bool {
+        match self {
+            Self::Auto => train_images <= crate::train::autoconfig::REFIT_MAX_IMAGES,
+            Self::On => true,
+            Self::Off => false,
+        }
+    }
 }
 
 /// Optimiser.
@@ -195,6 +245,9 @@ impl Default for TrainConfig {
             patience: None,
             model_overrides: serde_json::Map::new(),
             augment: None,
+            auto_config: false,
+            user_set: Vec::new(),
+            refit: RefitMode::Off,
         }
     }
 }
@@ -204,6 +257,11 @@ impl TrainConfig {
     pub fn resolved_image_size(&self) -> u32 {
         self.image_size
             .unwrap_or_else(|| self.preset.default_image_size())
+    }
+
+    /// Whether the user set the recipe field `key` ([`Self::user_set`]).
+    pub fn is_user_set(&self, key: &str) -> bool {
+        self.user_set.iter().any(|k| k == key)
     }
 
     /// Checks ranges before any work starts.

@@ -1,5 +1,5 @@
-//! `maskstudio export --run RUN_DIR --out DIR`: the model bundle of a run's best checkpoint
-//! (else its last) plus `metrics.json` (validation AP per epoch, the best, classes, the
+//! `maskstudio export --run RUN_DIR --out DIR`: the model bundle of a run's refit on train +
+//! validation (else its best checkpoint, else its last) plus `metrics.json` (validation AP per epoch, the best, classes, the
 //! training and model configs).
 
 use std::path::{Path, PathBuf};
@@ -8,13 +8,14 @@ use anyhow::Context as _;
 
 use crate::model::bundle::Bundle;
 use crate::train::state::{self, BEST_CHECKPOINT, LAST_CHECKPOINT};
+use crate::train::trainer::REFIT_CHECKPOINT;
 
 /// What [`export_run`] wrote.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunExport {
     /// The bundle folder written.
     pub out: PathBuf,
-    /// `"best"` or `"last"`.
+    /// `"refit"` (trained on train + validation), `"best"` or `"last"`.
     pub checkpoint: &'static str,
     /// Best validation mask AP, if the run evaluated.
     pub best_segm_ap: Option<f64>,
@@ -32,18 +33,18 @@ fn is_earlier_export(dir: &Path) -> bool {
     std::fs::read_to_string(dir.join(EXPORT_MARKER)).is_ok_and(|s| s.trim() == EXPORT_FORMAT)
 }
 
-/// Copies the best (else last) checkpoint's bundle to `out` and writes `metrics.json` beside
+/// Copies the refit's (else the best, else the last) checkpoint's bundle to `out` and writes `metrics.json` beside
 /// it. `out` must not exist, be empty, or hold an earlier export (it is replaced as a whole;
 /// an earlier export is recognised by its [`EXPORT_MARKER`] file, nothing else).
 pub fn export_run(run_dir: &Path, out: &Path) -> anyhow::Result<RunExport> {
-    let (source, which) = match state::checkpoint_dir(run_dir, BEST_CHECKPOINT) {
-        Some(dir) => (dir, "best"),
-        None => (
-            state::checkpoint_dir(run_dir, LAST_CHECKPOINT)
-                .with_context(|| format!("{run_dir:?} has no checkpoint to export"))?,
-            "last",
-        ),
-    };
+    let (source, which) = [
+        (REFIT_CHECKPOINT, "refit"),
+        (BEST_CHECKPOINT, "best"),
+        (LAST_CHECKPOINT, "last"),
+    ]
+    .into_iter()
+    .find_map(|(dir, which)| state::checkpoint_dir(run_dir, dir).map(|d| (d, which)))
+    .with_context(|| format!("{run_dir:?} has no checkpoint to export"))?;
     // Refuse a broken bundle before writing anything.
     let bundle =
         Bundle::read(&source).with_context(|| format!("reading the checkpoint {source:?}"))?;
@@ -127,6 +128,9 @@ pub fn export_run(run_dir: &Path, out: &Path) -> anyhow::Result<RunExport> {
         },
         "epochs": epochs,
         "iterations": train_state.as_ref().map(|s| s.iter),
+        "refit": std::fs::read_to_string(run_dir.join(crate::train::trainer::REFIT_FILE))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()),
         "train_config": config.get("train"),
         "model_config": config.get("model"),
     });

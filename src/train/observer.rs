@@ -61,6 +61,16 @@ pub enum TrainEvent {
         /// Validation box AP (COCO AP@[.5:.95], bbox) after this epoch, when evaluated.
         val_bbox_ap: Option<f64>,
     },
+    /// The run finished and a refit on train + validation starts; its steps and epochs follow
+    /// the run's.
+    Refit {
+        /// Epochs of the refit.
+        epochs: usize,
+        /// Train + validation images.
+        images: usize,
+        /// Planned steps of run and refit together.
+        total_iters: usize,
+    },
     /// A model bundle was written.
     CheckpointSaved {
         /// Bundle folder.
@@ -160,6 +170,13 @@ pub fn event_line(e: &TrainEvent) -> String {
             }
             line
         }
+        TrainEvent::Refit {
+            epochs,
+            images,
+            total_iters,
+        } => format!(
+            "refit on {images} train + validation images for {epochs} epochs (steps up to {total_iters})"
+        ),
         TrainEvent::CheckpointSaved { path } => format!("checkpoint saved: {}", path.display()),
         TrainEvent::Finished {
             iterations,

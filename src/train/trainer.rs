@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use tch::{Device, Tensor, nn};
 
+use crate::dataset::stats::DatasetStats;
 use crate::dataset::store::CancelToken;
 use crate::dataset::{ExportImage, ExportSet};
 use crate::infer::panic_text;
@@ -22,6 +23,7 @@ use crate::model::bundle::{Bundle, ModelSpec};
 use crate::model::weights::{self, PartialLoad};
 use crate::model::{Backbone, MaskRcnn, MaskRcnnConfig, Target};
 use crate::rng::SplitMix64;
+use crate::train::autoconfig;
 use crate::train::config::{Preset, TrainConfig};
 use crate::train::data;
 use crate::train::loader::{Batch, TrainLoader};
@@ -38,6 +40,15 @@ pub const LOSS_NAMES: [&str; 5] = [
     "loss_objectness",
     "loss_rpn_box_reg",
 ];
+
+/// The auto-configuration of a run (proposed keys with reasons, kept rules, coverage, statistics).
+pub const AUTOCONFIG_FILE: &str = "autoconfig.json";
+/// Where a refit on train + validation trains (a run folder of its own inside the run).
+pub const REFIT_DIR: &str = "refit";
+/// The refit's final bundle, the run's result when present.
+pub const REFIT_CHECKPOINT: &str = "checkpoints/refit";
+/// What the refit did (`mode`, `epochs`, `images`, `steps`), beside `config.json`.
+pub const REFIT_FILE: &str = "refit.json";
 
 /// Prefix of the variables `freeze_epochs` freezes (the backbone body; FPN and heads train).
 pub const FROZEN_PREFIX: &str = "backbone.body.";
@@ -65,6 +76,8 @@ pub struct RunSummary {
     pub best_checkpoint: Option<PathBuf>,
     /// That AP.
     pub best_segm_ap: Option<f64>,
+    /// The bundle of the refit on train + validation, when one ran to the end.
+    pub refit_checkpoint: Option<PathBuf>,
 }
 
 /// Cancel and pause of a live run, shared with the thread (GUI, CLI) that controls it.
@@ -273,12 +286,286 @@ pub fn train_with(
             return fail_early(observer, e);
         }
     };
-    let mut reporter = Reporter { log, observer };
-    let result = guarded("training", || {
-        start_fresh(project_dir, &run_id, &run_dir, cfg)
-            .and_then(|session| session.run(control, &mut reporter))
+    let mut relay = Relay::holding_finished(observer);
+    let result = {
+        let mut reporter = Reporter {
+            log,
+            observer: &mut relay,
+        };
+        let result = guarded("training", || {
+            let mut notes = Vec::new();
+            let session = start_fresh(project_dir, &run_id, &run_dir, cfg, None, &mut notes)?;
+            for n in &notes {
+                reporter.note(n);
+            }
+            session.run(control, &mut reporter)
+        });
+        finish(&run_dir, result, &mut reporter)
+    };
+    let mut summary = result?;
+    let mut finished = relay.held.take();
+    if !summary.cancelled
+        && let Some(plan) = refit_plan(&run_dir, cfg, &summary)
+    {
+        match run_refit(project_dir, &run_dir, &plan, &summary, control, relay.inner) {
+            Ok(refit) => {
+                if let Some(TrainEvent::Finished {
+                    iterations,
+                    cancelled,
+                    ..
+                }) = &mut finished
+                {
+                    *iterations += refit.iterations;
+                    *cancelled = refit.cancelled;
+                }
+                summary.cancelled = refit.cancelled;
+                summary.refit_checkpoint = refit.checkpoint;
+            }
+            Err(e) => log::warn!(
+                "the refit on train + validation of {run_dir:?} failed (the run's own checkpoints stand): {e:#}"
+            ),
+        }
+    }
+    if let Some(e) = finished {
+        relay.inner.on_event(&e);
+    }
+    Ok(summary)
+}
+
+/// Forwards events, holding back `Finished` (a refit may follow), optionally dropping
+/// `Started` and moving steps and epochs after an earlier phase's.
+struct Relay<'a> {
+    inner: &'a mut dyn TrainObserver,
+    held: Option<TrainEvent>,
+    drop_started: bool,
+    iter_offset: usize,
+    epoch_offset: usize,
+}
+
+impl<'a> Relay<'a> {
+    fn holding_finished(inner: &'a mut dyn TrainObserver) -> Self {
+        Self {
+            inner,
+            held: None,
+            drop_started: false,
+            iter_offset: 0,
+            epoch_offset: 0,
+        }
+    }
+}
+
+impl TrainObserver for Relay<'_> {
+    fn on_event(&mut self, e: &TrainEvent) {
+        match e {
+            TrainEvent::Finished { .. } => self.held = Some(e.clone()),
+            TrainEvent::Started { .. } if self.drop_started => {}
+            TrainEvent::Step {
+                epoch,
+                iter,
+                losses,
+                total,
+                lr,
+                images_per_sec,
+                memory_bytes,
+            } => self.inner.on_event(&TrainEvent::Step {
+                epoch: epoch + self.epoch_offset,
+                iter: iter + self.iter_offset,
+                losses: losses.clone(),
+                total: *total,
+                lr: *lr,
+                images_per_sec: *images_per_sec,
+                memory_bytes: *memory_bytes,
+            }),
+            TrainEvent::EpochEnd {
+                epoch,
+                mean_loss,
+                steps,
+                val_segm_ap,
+                val_bbox_ap,
+            } => self.inner.on_event(&TrainEvent::EpochEnd {
+                epoch: epoch + self.epoch_offset,
+                mean_loss: *mean_loss,
+                steps: *steps,
+                val_segm_ap: *val_segm_ap,
+                val_bbox_ap: *val_bbox_ap,
+            }),
+            _ => self.inner.on_event(e),
+        }
+    }
+}
+
+/// A refit to run after a finished run.
+#[derive(Debug, Clone)]
+struct RefitPlan {
+    /// The run's resolved recipe with the refit's epochs, no validation, no auto-configuration.
+    cfg: TrainConfig,
+    /// Train + validation images.
+    split: data::Split,
+    /// Why (mode and the numbers that decided it).
+    reason: String,
+    /// The run's refit mode.
+    mode: crate::train::config::RefitMode,
+}
+
+/// The refit of a finished run, when its mode applies: the run's resolved recipe (from
+/// `config.json`) for the epochs validation chose (the best epoch, else all epochs run) on its
+/// train + validation images.
+fn refit_plan(run_dir: &Path, cfg: &TrainConfig, summary: &RunSummary) -> Option<RefitPlan> {
+    let config_path = run_dir.join("config.json");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(config_path).ok()?).ok()?;
+    let ids = |k: &str| -> Vec<i64> {
+        serde_json::from_value(json["split"][k].clone()).unwrap_or_default()
+    };
+    let (train, val) = (ids("train"), ids("val"));
+    if val.is_empty() || !cfg.refit.applies(train.len()) {
+        return None;
+    }
+    let mut rcfg: TrainConfig = serde_json::from_value(json["train"].clone()).ok()?;
+    let state = run_state::read_state(run_dir).ok().map(|(s, _)| s);
+    let best = state.as_ref().and_then(|s| s.best_epoch);
+    let epochs = best.map_or(summary.epochs_completed, |b| b + 1);
+    if epochs == 0 {
+        return None;
+    }
+    let mode = serde_json::to_value(cfg.refit)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let reason = format!(
+        "refit ({mode}: {} training images, threshold {}) on {} train + validation images for {epochs} epochs ({})",
+        train.len(),
+        autoconfig::REFIT_MAX_IMAGES,
+        train.len() + val.len(),
+        best.map_or_else(
+            || "all epochs run: no validation result".to_owned(),
+            |b| format!("the best validation epoch {b} + 1")
+        )
+    );
+    rcfg.epochs = epochs;
+    rcfg.eval_every = 0;
+    rcfg.patience = None;
+    rcfg.auto_config = false;
+    rcfg.refit = crate::train::config::RefitMode::Off;
+    let mut all: Vec<i64> = train.into_iter().chain(val).collect();
+    all.sort_unstable();
+    Some(RefitPlan {
+        cfg: rcfg,
+        split: data::Split {
+            train: all,
+            val: Vec::new(),
+        },
+        reason,
+        mode: cfg.refit,
+    })
+}
+
+/// What a refit produced.
+struct RefitOutcome {
+    iterations: usize,
+    cancelled: bool,
+    checkpoint: Option<PathBuf>,
+}
+
+/// Trains `plan` in `<run>/refit/` (its own `config.json`, `metrics.csv`, `train.log`), its
+/// steps and epochs shown after the run's, then copies its last bundle to
+/// `<run>/checkpoints/refit` and records `refit.json`.
+fn run_refit(
+    project_dir: &Path,
+    run_dir: &Path,
+    plan: &RefitPlan,
+    summary: &RunSummary,
+    control: &TrainControl,
+    observer: &mut dyn TrainObserver,
+) -> anyhow::Result<RefitOutcome> {
+    let dir = run_dir.join(REFIT_DIR);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {dir:?}"))?;
+    let log_path = dir.join("train.log");
+    let log =
+        BufWriter::new(File::create(&log_path).with_context(|| format!("creating {log_path:?}"))?);
+    let mut relay = Relay {
+        inner: observer,
+        held: None,
+        drop_started: true,
+        iter_offset: summary.iterations,
+        epoch_offset: summary.epochs_completed,
+    };
+    let mut reporter = Reporter {
+        log,
+        observer: &mut relay,
+    };
+    reporter.note(&plan.reason);
+    let run_id = format!("{}-refit", summary.run_id);
+    let result = guarded("the refit", || {
+        let mut notes = Vec::new();
+        let session = start_fresh(
+            project_dir,
+            &run_id,
+            &dir,
+            &plan.cfg,
+            Some(plan.split.clone()),
+            &mut notes,
+        )?;
+        reporter.emit(&TrainEvent::Refit {
+            epochs: plan.cfg.epochs,
+            images: plan.split.train.len(),
+            total_iters: summary.iterations + session.state.total_iters,
+        });
+        session.run(control, &mut reporter)
     });
-    finish(&run_dir, result, &mut reporter)
+    let result = finish(&dir, result, &mut reporter)?;
+    let mut checkpoint = None;
+    if !result.cancelled
+        && let Some(last) = run_state::checkpoint_dir(&dir, LAST_CHECKPOINT)
+    {
+        let out = run_dir.join(REFIT_CHECKPOINT);
+        copy_bundle(&last, &out)?;
+        reporter.emit(&TrainEvent::CheckpointSaved { path: out.clone() });
+        checkpoint = Some(out);
+    }
+    let record = serde_json::json!({
+        "mode": plan.mode,
+        "reason": plan.reason,
+        "epochs": plan.cfg.epochs,
+        "images": plan.split.train.len(),
+        "steps": result.iterations,
+        "cancelled": result.cancelled,
+        "checkpoint": checkpoint.as_ref().map(|_| REFIT_CHECKPOINT),
+    });
+    run_state::write_atomic(
+        &run_dir.join(REFIT_FILE),
+        (serde_json::to_string_pretty(&record)? + "\n").as_bytes(),
+    )?;
+    Ok(RefitOutcome {
+        iterations: result.iterations,
+        cancelled: result.cancelled,
+        checkpoint,
+    })
+}
+
+/// Copies a bundle's files (weights, labels, model.json) from `from` to `to` (replaced whole:
+/// written to a temporary sibling, then renamed).
+fn copy_bundle(from: &Path, to: &Path) -> anyhow::Result<()> {
+    let parent = to.parent().context("checkpoint folder without a parent")?;
+    let tmp = parent.join(format!(
+        ".{}.tmp-{}",
+        to.file_name().and_then(|n| n.to_str()).unwrap_or("bundle"),
+        std::process::id()
+    ));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {tmp:?}"))?;
+    }
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {tmp:?}"))?;
+    for name in ["model.safetensors", "labels.txt", "model.json"] {
+        let bytes = std::fs::read(from.join(name))
+            .with_context(|| format!("reading {:?}", from.join(name)))?;
+        run_state::write_atomic(&tmp.join(name), &bytes)?;
+    }
+    if to.exists() {
+        std::fs::remove_dir_all(to).with_context(|| format!("removing {to:?}"))?;
+    }
+    std::fs::rename(&tmp, to).with_context(|| format!("renaming {tmp:?} to {to:?}"))?;
+    Ok(())
 }
 
 /// Continues the run in `run_dir` from `checkpoints/last` exactly where it stopped (weights,
@@ -382,11 +669,16 @@ fn build_model(
 
 const METRICS_HEADER_TAIL: &str = "total,lr,images_per_sec,memory_bytes";
 
+/// Builds a fresh session: the seeded split (or `split` as given, for a refit), the
+/// auto-configuration when `cfg.auto_config` (its reasons in `autoconfig.json` and `notes`),
+/// `config.json`, the model and the loader.
 fn start_fresh(
     project_dir: &Path,
     run_id: &str,
     run_dir: &Path,
     cfg: &TrainConfig,
+    split: Option<data::Split>,
+    notes: &mut Vec<String>,
 ) -> anyhow::Result<Session> {
     let set = data::read_project(project_dir)?;
     let (_, class_names, label_of) = data::label_map(&set);
@@ -394,12 +686,25 @@ fn start_fresh(
         !class_names.is_empty(),
         "the project has no classes to train on"
     );
-    let split = data::split_images(&set.images, cfg.val_fraction, cfg.seed);
+    let split =
+        split.unwrap_or_else(|| data::split_images(&set.images, cfg.val_fraction, cfg.seed));
     anyhow::ensure!(
         !split.train.is_empty(),
         "the project has no training images"
     );
     let num_classes = class_names.len() as i64 + 1;
+    let mut cfg = cfg.clone();
+    if cfg.auto_config {
+        let stats = DatasetStats::from_images(&pick_images(&set, &split.train)?);
+        let resolved = autoconfig::resolve(&cfg, &stats, num_classes)?;
+        run_state::write_atomic(
+            &run_dir.join(AUTOCONFIG_FILE),
+            (serde_json::to_string_pretty(&resolved.to_json(&stats))? + "\n").as_bytes(),
+        )?;
+        notes.extend(resolved.lines());
+        cfg = resolved.config;
+    }
+    let cfg = &cfg;
     let model_cfg = cfg.model_config(num_classes)?;
     let device = crate::runtime::device(cfg.device)?;
     let project_abs = std::fs::canonicalize(project_dir).unwrap_or_else(|_| project_dir.into());
@@ -423,7 +728,8 @@ fn start_fresh(
         load_imagenet_backbone(&mut vs, model_cfg.backbone)?;
     }
     if cfg.pretrained_backbone && cfg.preset == Preset::Quality {
-        crate::train::init::init_quality(&mut vs, &model_cfg)?;
+        let init = crate::train::init::init_quality(&mut vs, &model_cfg)?;
+        notes.push(init.note());
     }
     let opt = Optimizer::new(&vs, cfg);
     let train_images = pick_images(&set, &split.train)?;
@@ -974,6 +1280,7 @@ impl Session {
                 .or_else(|| run_state::checkpoint_dir(&self.run_dir, LAST_CHECKPOINT)),
             best_checkpoint: best,
             best_segm_ap: self.state.best_segm_ap,
+            refit_checkpoint: None,
         })
     }
 
