@@ -2,6 +2,7 @@
 //! print ratios (`maskstudio bench NAME`, or `cargo bench`).
 
 pub mod coco_eval;
+pub mod crowded;
 pub mod masks;
 
 use std::ffi::OsStr;
