@@ -903,6 +903,21 @@ impl TrainPanel {
             .collect::<anyhow::Result<_>>()?;
         cfg.augment = Some(Box::new(self.aug.clone()));
         self.autocfg.apply(&mut cfg);
+        // Recipe fields the form changed from its defaults are the user's: the trainer's
+        // auto-configuration (learning rate per image, warm-up inside epoch 1) leaves them.
+        let d = TrainConfig::default();
+        for (key, changed) in [
+            ("lr", cfg.lr.to_bits() != d.lr.to_bits()),
+            ("warmup_iters", cfg.warmup_iters != d.warmup_iters),
+            (
+                "warmup_factor",
+                cfg.warmup_factor.to_bits() != d.warmup_factor.to_bits(),
+            ),
+        ] {
+            if changed && !cfg.is_user_set(key) {
+                cfg.user_set.push(key.to_owned());
+            }
+        }
         cfg.validate()?;
         self.aug.validate()?;
         Ok(cfg)

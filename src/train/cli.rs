@@ -395,3 +395,58 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: TrainArgs,
+    }
+
+    fn config(args: &[&str]) -> TrainConfig {
+        let mut all = vec!["train", "--project", "P"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).unwrap().args.to_config().unwrap()
+    }
+
+    #[test]
+    fn defaults_configure_from_the_data_and_refit_small_sets() {
+        let cfg = config(&[]);
+        assert!(cfg.auto_config);
+        assert_eq!(cfg.refit, RefitMode::Auto);
+        assert!(cfg.user_set.is_empty(), "{:?}", cfg.user_set);
+        let cfg = config(&["--no-auto-config", "--refit", "off"]);
+        assert!(!cfg.auto_config);
+        assert_eq!(cfg.refit, RefitMode::Off);
+        assert!(config(&["--auto-config"]).auto_config);
+        assert!(
+            Cli::try_parse_from(["t", "--project", "P", "--auto-config", "--no-auto-config"])
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn given_flags_and_file_keys_are_left_to_the_user() {
+        let cfg = config(&["--lr", "0.02", "--batch-size", "2", "--image-size", "512"]);
+        assert_eq!(cfg.lr, 0.02);
+        assert_eq!(cfg.image_size, Some(512));
+        let mut set = cfg.user_set.clone();
+        set.sort();
+        assert_eq!(set, vec!["batch_size", "lr"]);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("train.json");
+        std::fs::write(&file, r#"{"warmup_iters": 7, "auto_config": false}"#).unwrap();
+        let cfg = config(&["--config", file.to_str().unwrap()]);
+        assert!(cfg.is_user_set("warmup_iters"));
+        assert!(!cfg.auto_config, "the file's auto_config is kept");
+        assert_eq!(
+            cfg.refit,
+            RefitMode::Auto,
+            "absent from the file: the CLI default"
+        );
+    }
+}
