@@ -27,7 +27,8 @@
 //!
 //! Run: `cargo bench --bench recipe [-- --sets crowded,droplets --epochs 4 --size 384
 //! --train-images 16 --test-images 8 --droplets-train 16 --threads 2 --seed 0
-//! --ours-args "--no-auto-config" --no-ref --out FILE]`; every flag also reads `BENCH_<NAME>`.
+//! --ours-args "--no-auto-config" --no-ref --keep --out FILE]` (`--keep` leaves the work folders:
+//! projects, exports, run folders, logs); every flag also reads `BENCH_<NAME>`.
 //! Needs torch 2.13, torchvision 0.28, pycocotools and safetensors in
 //! `maskstudio::runtime::python()` and the ImageNet MobileNetV2 file in the weights cache.
 //!
@@ -49,6 +50,7 @@ use maskstudio::dataset::export::{self, ExportFormat};
 use maskstudio::dataset::formats::{self, Format};
 use maskstudio::dataset::stats::DatasetStats;
 use maskstudio::dataset::store::{CancelToken, Project};
+use maskstudio::rng::SplitMix64;
 use maskstudio::train::{autoconfig, data};
 use serde_json::{Value, json};
 
@@ -88,6 +90,7 @@ struct Settings {
     seed: u64,
     ours_args: Vec<String>,
     reference: bool,
+    keep: bool,
     out: Option<PathBuf>,
     data: PathBuf,
 }
@@ -114,6 +117,7 @@ impl Settings {
                 .map(str::to_owned)
                 .collect(),
             reference: !flag("no-ref"),
+            keep: flag("keep"),
             out: (!out.is_empty()).then(|| PathBuf::from(out)),
             data: PathBuf::from(opt("data", &default_data.to_string_lossy())),
         })
@@ -150,17 +154,25 @@ fn build_crowded(s: &Settings, dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(project)
 }
 
-/// The droplets: the first `droplets_train` of `train/` (by file name) as the training pool
-/// (no split), all of `val/` as `test`.
+/// The droplets: `droplets_train` images of `train/` (a seeded shuffle of the file names, so
+/// every video is likely in; the first by name are nearly all from videos 1-4, while `val/`
+/// holds a video-6 image with ten times larger droplets) as the training pool (no split), all
+/// of `val/` as `test`.
 fn build_droplets(s: &Settings, dir: &Path) -> anyhow::Result<PathBuf> {
     let root = s.data.join("droplets-via");
     let mut set =
         formats::read(&root, Format::Via).with_context(|| format!("reading {}", root.display()))?;
     set.images.sort_by(|a, b| a.file_name.cmp(&b.file_name));
-    let mut kept = 0;
+    let mut train: Vec<String> = set
+        .images
+        .iter()
+        .filter(|i| i.split.as_deref() == Some("train"))
+        .map(|i| i.file_name.clone())
+        .collect();
+    SplitMix64::new(s.seed ^ 0x0064_726f_706c_6574).shuffle(&mut train);
+    train.truncate(s.droplets_train);
     set.images.retain_mut(|image| match image.split.as_deref() {
-        Some("train") if kept < s.droplets_train => {
-            kept += 1;
+        Some("train") if train.contains(&image.file_name) => {
             image.split = None;
             true
         }
@@ -343,6 +355,17 @@ fn run_tutorial(
     ];
     let (v, wall) = ref_train(&args, "tutorial", &work.join("tutorial.log"))?;
     let eval_s = f(&v, "heldout_eval_seconds").unwrap_or(0.0);
+    let mut notes = vec![format!(
+        "wall excludes {eval_s:.0} s of per-epoch held-out evaluation"
+    )];
+    if let Some(d) = v.get("diverged") {
+        notes.push(format!(
+            "diverged: loss {} at epoch {} step {}; the tutorial's engine exits there, so its held-out AP counts as 0",
+            d["loss"].as_str().unwrap_or("?"),
+            d["epoch"],
+            d["step"]
+        ));
+    }
     let curve = v["epochs"]
         .as_array()
         .map(|rows| {
@@ -365,9 +388,7 @@ fn run_tutorial(
         heldout_bbox_ap: f(&v, "heldout_bbox_ap").context("no heldout_bbox_ap")?,
         curve_ap_on: "held-out",
         curve,
-        notes: vec![format!(
-            "wall excludes {eval_s:.0} s of per-epoch held-out evaluation"
-        )],
+        notes,
     })
 }
 
@@ -497,18 +518,32 @@ fn run_ours(
     }
     let rows = read_epochs_csv(&run_dir.join("epochs.csv"))?;
     let train_seconds: f64 = rows.iter().map(|r| r.1).sum();
-    let (v, _) = ref_train(
-        &[
-            "--eval-bundle".into(),
-            bundle.to_string_lossy().into(),
-            "--heldout".into(),
-            heldout.to_string_lossy().into(),
-            "--threads".into(),
-            s.threads.to_string(),
-        ],
-        "ours eval",
-        &work.join("ours-eval.log"),
-    )?;
+    let score = |bundle: &Path, name: &str| {
+        ref_train(
+            &[
+                "--eval-bundle".into(),
+                bundle.to_string_lossy().into(),
+                "--heldout".into(),
+                heldout.to_string_lossy().into(),
+                "--threads".into(),
+                s.threads.to_string(),
+            ],
+            "ours eval",
+            &work.join(format!("ours-eval-{name}.log")),
+        )
+    };
+    let (v, _) = score(&bundle, "result")?;
+    let best = run_dir.join("checkpoints/best");
+    if bundle != best && best.join("model.json").is_file() {
+        match score(&best, "best") {
+            Ok((b, _)) => notes.push(format!(
+                "checkpoints/best (before the refit) scores held-out mask AP {}, box AP {}",
+                fmt_opt(f(&b, "heldout_segm_ap")),
+                fmt_opt(f(&b, "heldout_bbox_ap"))
+            )),
+            Err(e) => notes.push(format!("checkpoints/best: no score ({e:#})")),
+        }
+    }
     Ok(Side {
         side: "ours",
         wall_seconds: wall,
@@ -590,9 +625,10 @@ fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut report = Vec::new();
     for set in &s.sets {
-        let dir = tempfile::Builder::new()
+        let mut dir = tempfile::Builder::new()
             .prefix(&format!("maskstudio-recipe-{set}-"))
             .tempdir()?;
+        dir.disable_cleanup(s.keep);
         let project = match set.as_str() {
             "crowded" => build_crowded(&s, dir.path())?,
             "droplets" => {

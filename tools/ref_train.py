@@ -34,7 +34,9 @@ the flags. `--val` is optional then.
 `--heldout DIR` (a COCO export folder) is evaluated with the same `evaluate()` after every
 epoch (not counted in train_seconds; its time is `heldout_eval_seconds`), giving
 `epochs: [{epoch, loss, lr, train_seconds, heldout_segm_ap, heldout_bbox_ap}]` and
-`heldout_segm_ap` / `heldout_bbox_ap` of the final model.
+`heldout_segm_ap` / `heldout_bbox_ap` of the final model. A tutorial run whose loss turns
+non-finite stops there as the tutorial's `engine.train_one_epoch` does (it exits) and reports
+`diverged: {epoch, step, loss}` with held-out AP 0 (no model to score).
 
 `--eval-bundle DIR --heldout DIR` trains nothing: it builds torchvision's model from a Mask
 Studio bundle (`model.json`, defaults filled in as `ModelSpec::resolved` does; `labels.txt`
@@ -312,7 +314,9 @@ class TutorialDataset(torch.utils.data.Dataset):
 
 
 def train_tutorial(a, model, train, on_epoch):
-    """The tutorial's `main` + `engine.train_one_epoch`; returns (images seen, steps, train seconds)."""
+    """The tutorial's `main` + `engine.train_one_epoch`; returns (images seen, steps, train
+    seconds, divergence). A non-finite loss ends training as `engine.train_one_epoch` does
+    (it exits, leaving no model); the divergence is then `{epoch, step, loss}`, else None."""
     loader = torch.utils.data.DataLoader(
         TutorialDataset(train, 0.5), batch_size=a.batch_size, shuffle=True, num_workers=0,
         collate_fn=lambda batch: tuple(zip(*batch)),
@@ -334,7 +338,8 @@ def train_tutorial(a, model, train, on_epoch):
             loss_dict = model(list(images), list(targets))
             loss = sum(loss_dict.values())
             if not math.isfinite(loss.item()):
-                raise SystemExit(f"loss {loss.item()} at step {it}")
+                print(f"epoch {epoch}: loss {loss.item()} at step {it}: diverged, training stops", file=sys.stderr)
+                return seen, it, train_s + time.perf_counter() - t0, {"epoch": epoch, "step": it, "loss": str(loss.item())}
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -347,7 +352,7 @@ def train_tutorial(a, model, train, on_epoch):
         train_s += time.perf_counter() - t0
         print(f"epoch {epoch}: mean loss {np.mean(losses_seen):.4f}", file=sys.stderr)
         on_epoch(epoch, losses_seen, lr, train_s)
-    return seen, it, train_s
+    return seen, it, train_s, None
 
 
 def bundle_config(bundle):
@@ -480,8 +485,9 @@ def main():
         epochs.append(epoch_row(epoch, losses, lr, train_s, heldout if heldout_cats is not None else None))
         return heldout_cats is not None
 
+    diverged = None
     if a.recipe == "tutorial":
-        seen, it, train_s = train_tutorial(a, model, train, on_epoch)
+        seen, it, train_s, diverged = train_tutorial(a, model, train, on_epoch)
     else:
         seen, it, train_s = train_ours(a, model, train, on_epoch)
     result = {
@@ -495,6 +501,10 @@ def main():
         "epochs": epochs,
         "threads": torch.get_num_threads(),
     }
+    if diverged is not None:
+        # The tutorial's script would have exited: no model, so nothing to score.
+        result["diverged"] = diverged
+        heldout = {"segm": [0.0] * 12, "bbox": [0.0] * 12} if heldout_cats is not None else None
     if heldout is not None:
         result.update({
             "heldout_segm_ap": heldout["segm"][0],
@@ -503,7 +513,7 @@ def main():
             "heldout_bbox_stats": heldout["bbox"],
             "heldout_eval_seconds": eval_s,
         })
-    if a.val is not None:
+    if a.val is not None and diverged is None:
         stats, n_dets = evaluate(model, a.val, cat_of)
         result.update({
             "val_segm_ap": stats["segm"][0],
