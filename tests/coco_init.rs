@@ -162,7 +162,10 @@ fn coco_state_dict_loads_except_predictors_zip_and_legacy() {
     let shape = |n: &str| vars[n].size();
     assert_eq!(shape("roi_heads.box_predictor.cls_score.weight"), [4, 1024]);
     assert_eq!(shape("roi_heads.box_predictor.cls_score.bias"), [4]);
-    assert_eq!(shape("roi_heads.box_predictor.bbox_pred.weight"), [16, 1024]);
+    assert_eq!(
+        shape("roi_heads.box_predictor.bbox_pred.weight"),
+        [16, 1024]
+    );
     assert_eq!(shape("roi_heads.box_predictor.bbox_pred.bias"), [16]);
     assert_eq!(
         shape("roi_heads.mask_predictor.mask_fcn_logits.weight"),
@@ -208,10 +211,7 @@ fn coco_state_dict_loads_except_predictors_zip_and_legacy() {
     std::fs::rename(&legacy, weights.join(COCO_FILE)).unwrap();
     let err = init_quality_from(&mut vs, &cfg, &weights).unwrap_err();
     let msg = format!("{err:#}");
-    assert!(
-        msg.contains(COCO_FILE) && msg.contains("bf2d0c1e"),
-        "{msg}"
-    );
+    assert!(msg.contains(COCO_FILE) && msg.contains("bf2d0c1e"), "{msg}");
 }
 
 #[test]
@@ -288,7 +288,10 @@ fn add_weights_copies_a_file_whose_sha256_prefix_matches() {
     let err = add_weights_to(&file, &bad, &dest_dir).unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains(&file.display().to_string()), "{msg}");
-    assert!(msg.contains(&digest) && msg.contains("nothing was copied"), "{msg}");
+    assert!(
+        msg.contains(&digest) && msg.contains("nothing was copied"),
+        "{msg}"
+    );
     assert!(listing(&dest_dir).is_empty(), "{:?}", listing(&dest_dir));
 
     // The right prefix: copied byte for byte, no temporary file left.
