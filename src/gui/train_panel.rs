@@ -904,7 +904,7 @@ impl TrainPanel {
         cfg.augment = Some(Box::new(self.aug.clone()));
         self.autocfg.apply(&mut cfg);
         // Recipe fields the form changed from its defaults are the user's: the trainer's
-        // auto-configuration (learning rate per image, warm-up inside epoch 1) leaves them.
+        // auto-configuration (warm-up inside epoch 1) leaves them.
         let d = TrainConfig::default();
         for (key, changed) in [
             ("lr", cfg.lr.to_bits() != d.lr.to_bits()),
