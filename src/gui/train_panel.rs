@@ -763,11 +763,13 @@ pub struct TrainPanel {
 }
 
 impl Default for TrainPanel {
-    /// The studio's form: auto-configuration on, refit as the training split's size decides.
+    /// The studio's form: auto-configuration on, refit off (offered in the form).
     fn default() -> Self {
         Self::new(TrainConfig {
             auto_config: true,
-            refit: crate::train::config::RefitMode::Auto,
+            // Off like the CLI: measured no better than the validation-selected checkpoint at
+            // 1.7x the time (see `train::cli`).
+            refit: crate::train::config::RefitMode::Off,
             ..TrainConfig::default()
         })
     }

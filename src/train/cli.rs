@@ -86,8 +86,8 @@ pub struct TrainArgs {
     /// Keep the preset's model as it is: no dataset-derived input size, anchors or budgets.
     #[arg(long)]
     pub no_auto_config: bool,
-    /// Refit on train + validation for the epochs validation chose: auto (on for at most
-    /// 500 training images) | on | off.
+    /// Refit on train + validation for the epochs validation chose: off (default) | auto (on for
+    /// at most 500 training images) | on.
     #[arg(long)]
     pub refit: Option<RefitMode>,
     /// Print a step line every this many steps when no progress bar is shown (not a terminal).
@@ -114,13 +114,12 @@ impl TrainArgs {
             }
             None => (TrainConfig::default(), Vec::new()),
         };
-        // The CLI's defaults where the file does not say: the model configured from the data,
-        // refit on small sets.
+        // The CLI's default where the file does not say: the model configured from the data. The
+        // refit stays off unless asked for: measured with `cargo bench --bench recipe` (16
+        // training images, 4 epochs) it scored held-out mask AP 0.187 vs 0.189 (crowded) and
+        // 0.074 vs 0.174 (droplets) against the validation-selected checkpoint, at 1.7x the time.
         if !file_keys.iter().any(|k| k == "auto_config") {
             cfg.auto_config = true;
-        }
-        if !file_keys.iter().any(|k| k == "refit") {
-            cfg.refit = RefitMode::Auto;
         }
         // Recipe fields given here or in the file: auto-configuration leaves them alone.
         let given = [
@@ -414,10 +413,10 @@ mod tests {
     }
 
     #[test]
-    fn defaults_configure_from_the_data_and_refit_small_sets() {
+    fn defaults_configure_from_the_data_without_a_refit() {
         let cfg = config(&[]);
         assert!(cfg.auto_config);
-        assert_eq!(cfg.refit, RefitMode::Auto);
+        assert_eq!(cfg.refit, RefitMode::Off);
         assert!(cfg.user_set.is_empty(), "{:?}", cfg.user_set);
         let cfg = config(&["--no-auto-config", "--refit", "off"]);
         assert!(!cfg.auto_config);
@@ -445,8 +444,9 @@ mod tests {
         assert!(!cfg.auto_config, "the file's auto_config is kept");
         assert_eq!(
             cfg.refit,
-            RefitMode::Auto,
-            "absent from the file: the CLI default"
+            RefitMode::Off,
+            "absent from the file: the default"
         );
+        assert_eq!(config(&["--refit", "auto"]).refit, RefitMode::Auto);
     }
 }
