@@ -21,7 +21,8 @@ pub struct RunExport {
     pub best_segm_ap: Option<f64>,
 }
 
-const BUNDLE_FILES: [&str; 3] = ["model.safetensors", "labels.txt", "model.json"];
+/// The files of a model bundle (weights, labels, model.json).
+pub const BUNDLE_FILES: [&str; 3] = ["model.safetensors", "labels.txt", "model.json"];
 
 /// Marker file an export folder holds: only such a folder may be replaced by a later export.
 pub const EXPORT_MARKER: &str = ".maskstudio-export";

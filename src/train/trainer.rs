@@ -556,7 +556,7 @@ fn copy_bundle(from: &Path, to: &Path) -> anyhow::Result<()> {
         std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {tmp:?}"))?;
     }
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {tmp:?}"))?;
-    for name in ["model.safetensors", "labels.txt", "model.json"] {
+    for name in crate::train::export::BUNDLE_FILES {
         let bytes = std::fs::read(from.join(name))
             .with_context(|| format!("reading {:?}", from.join(name)))?;
         run_state::write_atomic(&tmp.join(name), &bytes)?;
