@@ -2,6 +2,7 @@
 //! predict — one native app. See ARCHITECTURE.md for the module map and dependency direction
 //! (`gui` → workers → `dataset` → `model` → tch).
 
+pub mod alloc;
 pub mod bench;
 pub mod cli;
 pub mod dataset;
@@ -12,6 +13,7 @@ pub mod gui;
 pub mod infer;
 pub mod model;
 pub mod openimages;
+pub mod profile;
 pub mod rng;
 pub mod runtime;
 pub mod sample;

@@ -4,6 +4,7 @@ use clap::Parser as _;
 use maskstudio::cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
+    maskstudio::alloc::keep_large_blocks();
     let cli = Cli::parse();
     let mut logger =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));

@@ -74,14 +74,14 @@ impl Bottleneck {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let out = self.bn1.forward(&self.conv1.forward(xs)?)?.f_relu()?;
-        let out = self.bn2.forward(&self.conv2.forward(&out)?)?.f_relu()?;
-        let out = self.bn3.forward(&self.conv3.forward(&out)?)?;
+        let out = self.conv1.forward_bn(xs, &self.bn1)?.f_relu_()?;
+        let out = self.conv2.forward_bn(&out, &self.bn2)?.f_relu_()?;
+        let out = self.conv3.forward_bn(&out, &self.bn3)?;
         let identity = match &self.downsample {
-            Some((conv, bn)) => bn.forward(&conv.forward(xs)?)?,
+            Some((conv, bn)) => conv.forward_bn(xs, bn)?,
             None => xs.shallow_clone(),
         };
-        Ok(out.f_add(&identity)?.f_relu()?)
+        Ok(out.f_add(&identity)?.f_relu_()?)
     }
 }
 
@@ -131,7 +131,7 @@ impl Resnet50Body {
 
     /// `[N, 3, H, W]` -> outputs of layer1..layerK (`[N, 256, H/4, W/4]`, `[N, 512, /8]`, `[N, 1024, /16]`, `[N, 2048, /32]`).
     fn forward(&self, xs: &Tensor) -> Result<Vec<Tensor>> {
-        let x = self.bn1.forward(&self.conv1.forward(xs)?)?.f_relu()?; // [N, 64, H/2, W/2]
+        let x = self.conv1.forward_bn(xs, &self.bn1)?.f_relu_()?; // [N, 64, H/2, W/2]
         let mut x = x.f_max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)?; // [N, 64, H/4, W/4]
         let mut outs = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
@@ -206,7 +206,7 @@ impl InvertedResidual {
         for conv in &self.convs {
             x = conv.forward(&x)?;
         }
-        let x = self.project_bn.forward(&self.project.forward(&x)?)?;
+        let x = self.project.forward_bn(&x, &self.project_bn)?;
         Ok(if self.use_res_connect {
             xs.f_add(&x)?
         } else {

@@ -175,6 +175,27 @@ impl Conv2d {
         })
     }
 
+    /// `bn(conv(x))` as one convolution with `bn` folded in: weight `W * scale`, bias
+    /// `b * scale + shift` (`[N, C_in, H, W] -> [N, C_out, H', W']`). Equal to the two steps up to
+    /// float rounding, without the two full passes over the output that `bn` costs (and its
+    /// backward); the weight keeps its gradient.
+    pub fn forward_bn(&self, xs: &Tensor, bn: &FrozenBatchNorm2d) -> Result<Tensor> {
+        let (scale, shift) = bn.scale_shift()?; // [C_out], [C_out]
+        let weight = self.weight.f_mul(&scale.f_reshape([-1, 1, 1, 1])?)?;
+        let bias = match &self.bias {
+            Some(b) => b.f_mul(&scale)?.f_add(&shift)?,
+            None => shift,
+        };
+        Ok(xs.f_conv2d(
+            &weight,
+            Some(&bias),
+            [self.stride, self.stride],
+            [self.padding, self.padding],
+            [self.dilation, self.dilation],
+            self.groups,
+        )?)
+    }
+
     /// `[N, C_in, H, W] -> [N, C_out, H', W']`
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         Ok(xs.f_conv2d(
@@ -216,15 +237,22 @@ impl FrozenBatchNorm2d {
         })
     }
 
-    /// `x * scale + (b - rm * scale)` with `scale = w * rsqrt(rv + eps)` (`ops/misc.py:56-64`).
+    /// `(scale, shift)`, both `[C]`: `scale = w * rsqrt(rv + eps)`, `shift = b - rm * scale`
+    /// (`ops/misc.py:56-64`).
+    pub fn scale_shift(&self) -> Result<(Tensor, Tensor)> {
+        let scale = self
+            .weight
+            .f_mul(&(&self.running_var + self.eps).f_rsqrt()?)?;
+        let shift = self.bias.f_sub(&self.running_mean.f_mul(&scale)?)?;
+        Ok((scale, shift))
+    }
+
+    /// `x * scale + shift` per channel (`ops/misc.py:56-64`).
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let w = self.weight.f_reshape([1, -1, 1, 1])?;
-        let b = self.bias.f_reshape([1, -1, 1, 1])?;
-        let rv = self.running_var.f_reshape([1, -1, 1, 1])?;
-        let rm = self.running_mean.f_reshape([1, -1, 1, 1])?;
-        let scale = w.f_mul(&(rv + self.eps).f_rsqrt()?)?;
-        let bias = b.f_sub(&rm.f_mul(&scale)?)?;
-        Ok(xs.f_mul(&scale)?.f_add(&bias)?)
+        let (scale, shift) = self.scale_shift()?;
+        Ok(xs
+            .f_mul(&scale.f_reshape([1, -1, 1, 1])?)?
+            .f_add(&shift.f_reshape([1, -1, 1, 1])?)?)
     }
 }
 
@@ -240,11 +268,12 @@ pub enum Activation {
 }
 
 impl Activation {
-    /// Applies the activation.
-    pub fn forward(self, xs: Tensor) -> Result<Tensor> {
+    /// Applies the activation in place: `xs` is a fresh convolution output, and neither the
+    /// convolution's backward nor the activation's (which reads its result) needs the old values.
+    pub fn forward(self, mut xs: Tensor) -> Result<Tensor> {
         Ok(match self {
-            Activation::Relu => xs.f_relu()?,
-            Activation::Relu6 => xs.f_relu6()?,
+            Activation::Relu => xs.f_relu_()?,
+            Activation::Relu6 => xs.f_relu6_()?,
             Activation::Identity => xs,
         })
     }
@@ -279,6 +308,6 @@ impl ConvBnAct {
 
     /// `[N, C_in, H, W] -> [N, C_out, H', W']`
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        self.act.forward(self.bn.forward(&self.conv.forward(xs)?)?)
+        self.act.forward(self.conv.forward_bn(xs, &self.bn)?)
     }
 }

@@ -15,6 +15,7 @@ use crate::model::matcher::{
 };
 use crate::model::roi_align::{MultiScaleRoiAlign, project_masks_on_boxes};
 use crate::model::rpn::SMOOTH_L1_BETA;
+use crate::profile;
 
 /// Minimum detection side kept by `postprocess_detections` (`roi_heads.py:722`).
 const DETECTION_MIN_BOX_SIZE: f64 = 1e-2;
@@ -66,8 +67,8 @@ impl TwoMlpHead {
     /// `[K, 256, 7, 7] -> [K, 1024]`
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let x = xs.f_flatten(1, -1)?;
-        let x = self.fc6.forward(&x)?.f_relu()?;
-        self.fc7.forward(&x)?.f_relu().map_err(Into::into)
+        let x = self.fc6.forward(&x)?.f_relu_()?;
+        self.fc7.forward(&x)?.f_relu_().map_err(Into::into)
     }
 }
 
@@ -122,7 +123,7 @@ impl MaskRcnnHeads {
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let mut x = xs.shallow_clone();
         for conv in &self.convs {
-            x = conv.forward(&x)?.f_relu()?;
+            x = conv.forward(&x)?.f_relu_()?;
         }
         Ok(x)
     }
@@ -174,7 +175,7 @@ impl MaskRcnnPredictor {
                 1,
                 [1, 1],
             )?
-            .f_relu()?;
+            .f_relu_()?;
         self.logits.forward(&x)
     }
 }
@@ -303,6 +304,7 @@ impl RoiHeads {
         let mut sampled_labels = Vec::with_capacity(proposals.len());
         let mut sampled_matched = Vec::with_capacity(proposals.len());
         let mut regression_targets = Vec::with_capacity(proposals.len());
+        let sample_scope = profile::scope("roi.sample");
         for (props, target) in proposals.iter().zip(targets) {
             let device = props.device();
             let gt = target.boxes.f_to_device(device)?.f_to_kind(props.kind())?;
@@ -340,14 +342,19 @@ impl RoiHeads {
             sampled_labels.push(labels);
             sampled_matched.push(matched);
         }
+        drop(sample_scope);
 
-        let box_features = self
-            .box_roi_pool
-            .forward(features, &sampled_props, image_shapes)?;
+        let box_features = profile::timed("roi.box_pool", || {
+            self.box_roi_pool
+                .forward(features, &sampled_props, image_shapes)
+        })?;
+        let head_scope = profile::scope("roi.box_head");
         let box_features = self.box_head.forward(&box_features)?;
         let (class_logits, box_regression) = self.box_predictor.forward(&box_features)?;
+        drop(head_scope);
 
         // fastrcnn_loss (roi_heads.py:12-53)
+        let box_loss_scope = profile::scope("roi.box_loss");
         let labels = Tensor::f_cat(&sampled_labels, 0)?;
         let targets_all = Tensor::f_cat(&regression_targets, 0)?;
         let loss_classifier = class_logits.f_cross_entropy_loss::<Tensor>(
@@ -371,8 +378,10 @@ impl RoiHeads {
             Reduction::Sum,
             SMOOTH_L1_BETA,
         )? / labels.numel() as f64;
+        drop(box_loss_scope);
 
         // mask branch on positives (roi_heads.py:800-830)
+        let targets_scope = profile::scope("roi.mask_targets");
         let mut mask_props = Vec::with_capacity(proposals.len());
         let mut mask_targets = Vec::with_capacity(proposals.len());
         let mut mask_labels = Vec::with_capacity(proposals.len());
@@ -394,12 +403,16 @@ impl RoiHeads {
             mask_targets.push(project_masks_on_boxes(&target.masks, &p, &m, MASK_SIZE)?);
             mask_props.push(p);
         }
-        let mask_features = self
-            .mask_roi_pool
-            .forward(features, &mask_props, image_shapes)?;
-        let mask_logits = self
-            .mask_predictor
-            .forward(&self.mask_head.forward(&mask_features)?)?;
+        drop(targets_scope);
+        let mask_features = profile::timed("roi.mask_pool", || {
+            self.mask_roi_pool
+                .forward(features, &mask_props, image_shapes)
+        })?;
+        let mask_logits = profile::timed("roi.mask_head", || {
+            self.mask_predictor
+                .forward(&self.mask_head.forward(&mask_features)?)
+        })?;
+        let _mask_loss_scope = profile::scope("roi.mask_loss");
         let mask_targets = Tensor::f_cat(&mask_targets, 0)?;
         let loss_mask = if mask_targets.numel() == 0 {
             mask_logits.f_sum(mask_logits.kind())? * 0.0
@@ -436,11 +449,14 @@ impl RoiHeads {
         proposals: &[Tensor],
         image_shapes: &[(i64, i64)],
     ) -> Result<Vec<RawDetections>> {
-        let box_features = self
-            .box_roi_pool
-            .forward(features, proposals, image_shapes)?;
+        let box_features = profile::timed("roi.box_pool", || {
+            self.box_roi_pool.forward(features, proposals, image_shapes)
+        })?;
+        let head_scope = profile::scope("roi.box_head");
         let box_features = self.box_head.forward(&box_features)?;
         let (class_logits, box_regression) = self.box_predictor.forward(&box_features)?;
+        drop(head_scope);
+        let post_scope = profile::scope("roi.postprocess");
         let num_classes = class_logits.size()[1];
         let k = class_logits.size()[0];
         let device = class_logits.device();
@@ -489,13 +505,16 @@ impl RoiHeads {
             });
         }
 
+        drop(post_scope);
         let det_boxes: Vec<Tensor> = dets.iter().map(|d| d.boxes.shallow_clone()).collect();
-        let mask_features = self
-            .mask_roi_pool
-            .forward(features, &det_boxes, image_shapes)?;
-        let mask_logits = self
-            .mask_predictor
-            .forward(&self.mask_head.forward(&mask_features)?)?;
+        let mask_features = profile::timed("roi.mask_pool", || {
+            self.mask_roi_pool
+                .forward(features, &det_boxes, image_shapes)
+        })?;
+        let mask_logits = profile::timed("roi.mask_head", || {
+            self.mask_predictor
+                .forward(&self.mask_head.forward(&mask_features)?)
+        })?;
         let mask_prob = mask_logits.f_sigmoid()?; // [R, C, 28, 28]
         let mut offset = 0;
         for d in &mut dets {

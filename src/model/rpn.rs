@@ -13,6 +13,7 @@ use crate::model::matcher::{
     BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, BalancedPositiveNegativeSampler, Matcher,
 };
 use crate::model::transform::ImageList;
+use crate::profile;
 
 /// Smooth-L1 beta of the RPN and box losses (`rpn.py:322`, `roi_heads.py:48`).
 pub const SMOOTH_L1_BETA: f64 = 1.0 / 9.0;
@@ -59,7 +60,7 @@ impl RpnHead {
         let mut logits = Vec::with_capacity(features.len());
         let mut deltas = Vec::with_capacity(features.len());
         for f in features {
-            let t = self.conv.forward(f)?.f_relu()?;
+            let t = self.conv.forward(f)?.f_relu_()?;
             logits.push(self.cls_logits.forward(&t)?);
             deltas.push(self.bbox_pred.forward(&t)?);
         }
@@ -154,7 +155,11 @@ impl RegionProposalNetwork {
         targets: Option<&[Target]>,
         training: bool,
     ) -> Result<RpnOutput> {
-        let (objectness, deltas) = self.head.forward(features)?;
+        let (objectness, deltas) = {
+            let _s = profile::scope("rpn.head");
+            self.head.forward(features)?
+        };
+        let anchors_scope = profile::scope("rpn.anchors");
         let device = images.tensors.device();
         let padded = (images.tensors.size()[2], images.tensors.size()[3]);
         let feature_sizes: Vec<(i64, i64)> = features
@@ -168,6 +173,8 @@ impl RegionProposalNetwork {
             anchors_per_level.iter().map(|a| a.size()[0]).collect();
         let anchors = Tensor::f_cat(&anchors_per_level, 0)?; // [T, 4], same for every image
         let num_images = images.tensors.size()[0];
+        drop(anchors_scope);
+        let decode_scope = profile::scope("rpn.decode");
 
         // concat_box_prediction_layers (rpn.py:88-112)
         let obj: Vec<Tensor> = objectness
@@ -186,6 +193,8 @@ impl RegionProposalNetwork {
             .box_coder
             .decode(&pred_bbox_deltas.f_detach()?, &all_anchors)?
             .f_view([num_images, -1, 4])?; // [N, T, 4]
+        drop(decode_scope);
+        let filter_scope = profile::scope("rpn.filter");
         let (boxes, scores) = self.filter_proposals(
             &proposals,
             &objectness,
@@ -193,9 +202,11 @@ impl RegionProposalNetwork {
             &num_anchors_per_level,
             training,
         )?;
+        drop(filter_scope);
 
         let losses = match (training, targets) {
             (true, Some(targets)) => {
+                let _s = profile::scope("rpn.loss");
                 Some(self.compute_loss(&anchors, &objectness, &pred_bbox_deltas, targets)?)
             }
             _ => None,
@@ -274,7 +285,9 @@ impl RegionProposalNetwork {
                 scores.f_index_select(0, &keep)?,
                 lvl.f_index_select(0, &keep)?,
             );
-            let keep = batched_nms(&boxes, &scores, &lvl, self.params.nms_thresh)?;
+            let keep = profile::timed("rpn.filter.nms", || {
+                batched_nms(&boxes, &scores, &lvl, self.params.nms_thresh)
+            })?;
             let n_keep = keep.size()[0].min(post_nms_top_n);
             let keep = keep.f_narrow(0, 0, n_keep)?;
             final_boxes.push(boxes.f_index_select(0, &keep)?);
@@ -305,6 +318,7 @@ impl RegionProposalNetwork {
                     Tensor::f_zeros([t, 4], (Kind::Float, device))?,
                 )
             } else {
+                let _s = profile::scope("rpn.loss.match");
                 let matches = self.matcher.call(&box_iou(&gt, anchors)?)?;
                 let matched_gt = gt.f_index_select(0, &matches.f_clamp_min(0)?)?;
                 let label = matches
@@ -314,7 +328,8 @@ impl RegionProposalNetwork {
                     .f_masked_fill(&matches.f_eq(BETWEEN_THRESHOLDS)?, -1.0)?;
                 (label, matched_gt)
             };
-            let (pos, neg) = self.fg_bg_sampler.sample(&label)?;
+            let (pos, neg) =
+                profile::timed("rpn.loss.sample", || self.fg_bg_sampler.sample(&label))?;
             pos_inds.push(pos + i as i64 * t);
             neg_inds.push(neg + i as i64 * t);
             regression_targets.push(self.box_coder.encode(&matched_gt, anchors)?);

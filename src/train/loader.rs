@@ -260,7 +260,9 @@ impl EpochBatches {
                 .name(format!("maskstudio-loader-{w}"))
                 .spawn(move || {
                     for job in job_rx {
-                        let batch = shared.load_batch(job.epoch, job.index, &job.members);
+                        let batch = crate::profile::timed("loader_threads", || {
+                            shared.load_batch(job.epoch, job.index, &job.members)
+                        });
                         if result_tx.send((job.index, batch)).is_err() {
                             break;
                         }

@@ -597,6 +597,7 @@ pub fn resume(
 /// Runs `f`, turning a panic (libtorch errors surface as panics: CUDA out of memory, a bad
 /// tensor) into an error naming `what`, so a run always ends with `Failed` and its files.
 fn guarded<T>(what: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    crate::alloc::keep_large_blocks();
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(p) => Err(anyhow::anyhow!("{what} panicked: {}", panic_text(&*p))),
@@ -609,6 +610,7 @@ fn finish(
     result: anyhow::Result<RunSummary>,
     reporter: &mut Reporter<'_>,
 ) -> anyhow::Result<RunSummary> {
+    crate::alloc::release_free_memory();
     if run_dir.join("metrics.csv").is_file()
         && let Err(e) = crate::train::plot::write_loss_png(run_dir)
     {
@@ -979,6 +981,7 @@ impl Session {
                 let targets: Vec<Target> =
                     targets.iter().map(|t| to_device(t, self.device)).collect();
                 // The panic is caught inside `autocast` so its nesting is always restored.
+                let forward = crate::profile::scope("forward");
                 let losses = tch::autocast(amp, || {
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         self.model.forward_train(&images, &targets)
@@ -988,6 +991,7 @@ impl Session {
                 let weight = images.len() as f64 / n;
                 let total_t = losses.total();
                 let total = total_t.double_value(&[]);
+                drop(forward);
                 out.total += weight * total;
                 for (k, v) in losses.to_map() {
                     *out.parts.entry(k).or_default() += weight * v;
@@ -996,7 +1000,9 @@ impl Session {
                     out.non_finite = Some(("loss", total));
                     return Ok(out);
                 }
-                (total_t * (weight * loss_scale)).f_backward()?;
+                crate::profile::timed("backward", || {
+                    (total_t * (weight * loss_scale)).f_backward()
+                })?;
             }
             Ok(out)
         };
@@ -1013,7 +1019,7 @@ impl Session {
         let iter = self.state.iter;
         let seed = step_seed(self.cfg.seed, iter);
         let losses = loop {
-            self.opt.zero_grad();
+            crate::profile::timed("zero_grad", || self.opt.zero_grad());
             self.model.seed(seed);
             let scale = self.state.loss_scaler.map_or(1.0, |s| s.scale);
             match self.accumulate(batch, self.state.micro_batch, scale) {
@@ -1057,7 +1063,7 @@ impl Session {
                     });
                 }
             }
-            self.opt.step(lr);
+            crate::profile::timed("optimizer", || self.opt.step(lr));
         }
         Ok(losses)
     }
@@ -1169,7 +1175,11 @@ impl Session {
             // A resumed epoch restarts at the batch after the last one taken; breaking out
             // (cancel, step limit) drops the iterator, which stops its worker threads.
             let first = self.state.partial.steps;
-            for batch in self.loader.epoch_from(epoch, first) {
+            let mut batches = self.loader.epoch_from(epoch, first);
+            loop {
+                let waiting = crate::profile::scope("data_wait");
+                let Some(batch) = batches.next() else { break };
+                drop(waiting);
                 if self.state.iter >= self.state.total_iters {
                     break;
                 }
