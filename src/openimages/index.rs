@@ -541,7 +541,7 @@ impl Index {
             .query_row(params![split.code(), class], |r| r.get(0))
             .optional()?;
         let blob = blob.unwrap_or_default();
-        if blob.len() % 8 != 0 {
+        if !blob.len().is_multiple_of(8) {
             return Err(self.corrupt("class_images"));
         }
         Ok(blob
@@ -569,7 +569,7 @@ impl Index {
         let Some(blob) = blob else {
             return Ok(Vec::new());
         };
-        if blob.len() % 16 != 0 {
+        if !blob.len().is_multiple_of(16) {
             return Err(self.corrupt("image_dir"));
         }
         let entry = |i: usize| {
@@ -1660,11 +1660,14 @@ bad,zz,/m/1,1,1,1,1,1,,\n\
         }
     }
 
+    /// (image, mid, BoxID, bbox, iou, mask path) of one accepted row.
+    type Row = (u64, String, u32, [f64; 4], Option<f64>, String);
+
     /// A CSV and what each query must answer, worked out independently of the index.
     struct Expected {
         text: String,
         /// (image, mid, BoxID, bbox, iou, mask path) of accepted rows, in file order.
-        rows: Vec<(u64, String, u32, [f64; 4], Option<f64>, String)>,
+        rows: Vec<Row>,
         /// (image, shown MaskPath) of refused rows.
         refused: Vec<(u64, String)>,
         bad: u64,
