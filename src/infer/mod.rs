@@ -3,16 +3,18 @@
 
 pub mod export;
 pub mod overlay;
+pub mod prepare;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use tch::{Device, Kind, Tensor, nn};
+use tch::{Device, Kind, nn};
 
 use crate::dataset::store::{check_dimensions, decode_limits};
 use crate::dataset::{Mask, Rle};
 use crate::model::MaskRcnn;
 use crate::model::bundle::Bundle;
+use prepare::{PrepareParams, Prepared};
 
 /// Binary masks are the probabilities thresholded here (torchvision's documented use).
 pub const MASK_THRESHOLD: f64 = 0.5;
@@ -198,6 +200,7 @@ pub struct Predictor {
     _vs: nn::VarStore,
     labels: Vec<String>,
     device: Device,
+    prepare: PrepareParams,
 }
 
 impl std::fmt::Debug for Predictor {
@@ -217,6 +220,7 @@ impl Predictor {
         device: Device,
         score_thresh: Option<f64>,
     ) -> anyhow::Result<Self> {
+        crate::alloc::keep_large_blocks();
         let bundle = Bundle::read(bundle_dir)
             .with_context(|| format!("reading model bundle {bundle_dir:?}"))?;
         let mut config = bundle.spec.resolved().to_config();
@@ -229,11 +233,13 @@ impl Predictor {
         bundle
             .load_weights(&mut vs)
             .with_context(|| format!("loading the weights of {bundle_dir:?}"))?;
+        let prepare = PrepareParams::from_config(&config)?;
         Ok(Self {
             model,
             _vs: vs,
             labels: bundle.labels,
             device,
+            prepare,
         })
     }
 
@@ -254,21 +260,44 @@ impl Predictor {
         self.predict_impl(image, true)
     }
 
+    /// What [`prepare::prepare`] needs to make this model's input (plain data: decoder
+    /// threads prepare images while the model runs).
+    pub fn prepare_params(&self) -> &PrepareParams {
+        &self.prepare
+    }
+
+    /// [`Predictor::predict`] of an image already made by [`prepare::prepare`] with
+    /// [`Predictor::prepare_params`].
+    pub fn predict_prepared(&self, prepared: &Prepared) -> anyhow::Result<Vec<Detection>> {
+        self.run_prepared(prepared, false)
+    }
+
+    /// [`Predictor::predict_soft`] of an image already made by [`prepare::prepare`].
+    pub fn predict_soft_prepared(&self, prepared: &Prepared) -> anyhow::Result<Vec<Detection>> {
+        self.run_prepared(prepared, true)
+    }
+
     fn predict_impl(&self, image: &image::RgbImage, soft: bool) -> anyhow::Result<Vec<Detection>> {
-        let (w, h) = image.dimensions();
-        // [H, W, 3] u8 -> [3, H, W] f32 in 0..1. The fallible variants turn libtorch errors
-        // (CUDA out of memory, a bad shape) into errors instead of panics.
-        let input = Tensor::f_from_slice(image.as_raw())?
-            .f_view([i64::from(h), i64::from(w), 3])?
-            .f_permute([2, 0, 1])?
-            .f_to_kind(Kind::Float)?
-            .f_divide_scalar(255.0)?
-            .f_to_device(self.device)
+        let prepared = prepare::prepare(image, &self.prepare)?;
+        self.run_prepared(&prepared, soft)
+    }
+
+    fn run_prepared(&self, prepared: &Prepared, soft: bool) -> anyhow::Result<Vec<Detection>> {
+        let (h, w) = prepared.original;
+        let (w, h) = (u32::try_from(w)?, u32::try_from(h)?);
+        // [3, h', w'] normalised, resized f32 (the fallible variants turn libtorch errors, CUDA
+        // out of memory or a bad shape, into errors instead of panics).
+        let input = prepared
+            .to_tensor(self.device)
             .context("moving the image to the model's device")?;
         // Masks stay box-sized crops: full [D, H, W] maps of a 12-megapixel photo with 100
         // detections would take gigabytes.
         // Libtorch errors inside the model (CUDA out of memory) surface as panics.
-        let run = || self.model.forward_eval_cropped(&[input]);
+        let original = [prepared.original];
+        let run = || {
+            self.model
+                .forward_eval_cropped_prepared(&[input], &original)
+        };
         let mut out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
             .map_err(|p| anyhow::anyhow!("libtorch: {}", panic_text(&*p)))??;
         let det = out.pop().context("the model returned no result")?;

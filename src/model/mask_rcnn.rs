@@ -14,7 +14,8 @@ use crate::model::fpn::FeaturePyramidNetwork;
 use crate::model::roi_heads::{RoiHeads, RoiHeadsParams};
 use crate::model::rpn::{RegionProposalNetwork, RpnParams};
 use crate::model::transform::{
-    GeneralizedRcnnTransform, PastedMask, masks_on_canvas, paste_masks_cropped, resize_boxes,
+    GeneralizedRcnnTransform, ImageList, PastedMask, masks_on_canvas, paste_masks_cropped,
+    resize_boxes,
 };
 
 /// FPN width (`backbone_utils.py:144` `out_channels = 256`).
@@ -352,6 +353,56 @@ impl MaskRcnn {
     pub fn forward_eval_cropped(&self, images: &[Tensor]) -> Result<Vec<CroppedDetections>> {
         Self::check_images(images)?;
         tch::no_grad(|| self.forward_eval_inner(images))
+    }
+
+    /// Like [`Self::forward_eval_cropped`] for images the caller already normalised and resized
+    /// (`[3, h'_i, w'_i]` f32, e.g. `infer::prepare`); boxes and masks are mapped back to
+    /// `original_sizes[i]` (`(H, W)` before resizing) exactly as there.
+    pub fn forward_eval_cropped_prepared(
+        &self,
+        images: &[Tensor],
+        original_sizes: &[(i64, i64)],
+    ) -> Result<Vec<CroppedDetections>> {
+        Self::check_images(images)?;
+        if images.len() != original_sizes.len() {
+            return Err(ModelError::InvalidInput(format!(
+                "{} images but {} original sizes",
+                images.len(),
+                original_sizes.len()
+            )));
+        }
+        tch::no_grad(|| {
+            let image_list = self.transform.batch_prepared(images)?;
+            self.eval_image_list(&image_list, original_sizes)
+        })
+    }
+
+    /// The eval forward after the transform: batched `[N, 3, Hp, Wp]` images -> detections
+    /// mapped back to `original_sizes` (the part of `forward_eval_inner` after `transform`).
+    fn eval_image_list(
+        &self,
+        image_list: &ImageList,
+        original_sizes: &[(i64, i64)],
+    ) -> Result<Vec<CroppedDetections>> {
+        let features = self.features(&image_list.tensors)?;
+        let rpn = self.rpn.forward(image_list, &features, None, false)?;
+        let pooled = &features[..features.len().saturating_sub(1).min(MAX_POOLED_LEVELS)];
+        let raw = self
+            .roi_heads
+            .forward_eval(pooled, &rpn.boxes, &image_list.image_sizes)?;
+        raw.into_iter()
+            .zip(image_list.image_sizes.iter().zip(original_sizes))
+            .map(|(d, (&resized, &original))| {
+                let boxes = resize_boxes(&d.boxes, resized, original)?;
+                Ok(CroppedDetections {
+                    masks: paste_masks_cropped(&d.masks, &boxes, original, 1)?,
+                    boxes,
+                    labels: d.labels,
+                    scores: d.scores,
+                    image_size: original,
+                })
+            })
+            .collect()
     }
 
     fn forward_eval_inner(&self, images: &[Tensor]) -> Result<Vec<CroppedDetections>> {

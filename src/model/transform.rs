@@ -152,6 +152,26 @@ impl GeneralizedRcnnTransform {
         Ok(batched)
     }
 
+    /// Batches images already normalised and resized by the caller (`[3, h_i, w_i]` each, e.g.
+    /// `infer::prepare`): the eval [`Self::forward`] without its full-size float input.
+    pub fn batch_prepared(&self, images: &[Tensor]) -> Result<ImageList> {
+        for (i, image) in images.iter().enumerate() {
+            if image.dim() != 3 || !image.is_floating_point() {
+                return Err(ModelError::InvalidInput(format!(
+                    "prepared images must be [C, H, W] float tensors, got {:?} {:?} for image {i}",
+                    image.kind(),
+                    image.size()
+                )));
+            }
+        }
+        let image_sizes = images.iter().map(|t| (t.size()[1], t.size()[2])).collect();
+        let tensors = self.batch_images(images)?;
+        Ok(ImageList {
+            tensors,
+            image_sizes,
+        })
+    }
+
     /// Normalises, resizes (to `min_size` chosen by `pick_min_size`) and batches `images`, resizing the
     /// targets along. `pick_min_size(n)` returns an index into `self.min_size` (eval: the last one).
     pub fn forward(
