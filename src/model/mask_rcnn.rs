@@ -17,6 +17,7 @@ use crate::model::transform::{
     GeneralizedRcnnTransform, ImageList, PastedMask, masks_on_canvas, paste_masks_cropped,
     resize_boxes,
 };
+use crate::profile;
 
 /// FPN width (`backbone_utils.py:144` `out_channels = 256`).
 const FPN_OUT_CHANNELS: i64 = 256;
@@ -296,6 +297,7 @@ impl MaskRcnn {
     pub fn forward_train(&self, images: &[Tensor], targets: &[Target]) -> Result<Losses> {
         Self::check_images(images)?;
         Self::check_targets(images, targets)?;
+        let transform_scope = profile::scope("transform");
         let (image_list, targets) = self.transform.forward(images, Some(targets), |n| {
             (self.next_random() % n as u64) as usize
         })?;
@@ -316,17 +318,20 @@ impl MaskRcnn {
                 }
             }
         }
-        let features = self.features(&image_list.tensors)?;
-        let rpn = self
-            .rpn
-            .forward(&image_list, &features, Some(&targets), true)?;
+        drop(transform_scope);
+        let features = profile::timed("backbone", || self.features(&image_list.tensors))?;
+        let rpn = profile::timed("rpn", || {
+            self.rpn
+                .forward(&image_list, &features, Some(&targets), true)
+        })?;
         let (loss_objectness, loss_rpn_box_reg) = rpn
             .losses
             .ok_or_else(|| ModelError::InvalidInput("RPN produced no losses".to_owned()))?;
         let pooled = &features[..features.len().saturating_sub(1).min(MAX_POOLED_LEVELS)];
-        let heads =
+        let heads = profile::timed("roi", || {
             self.roi_heads
-                .forward_train(pooled, &rpn.boxes, &image_list.image_sizes, &targets)?;
+                .forward_train(pooled, &rpn.boxes, &image_list.image_sizes, &targets)
+        })?;
         Ok(Losses {
             loss_objectness,
             loss_rpn_box_reg,
@@ -408,13 +413,19 @@ impl MaskRcnn {
     fn forward_eval_inner(&self, images: &[Tensor]) -> Result<Vec<CroppedDetections>> {
         let original_sizes: Vec<(i64, i64)> =
             images.iter().map(|t| (t.size()[1], t.size()[2])).collect();
-        let (image_list, _) = self.transform.forward(images, None, |n| n - 1)?;
-        let features = self.features(&image_list.tensors)?;
-        let rpn = self.rpn.forward(&image_list, &features, None, false)?;
+        let (image_list, _) = profile::timed("transform", || {
+            self.transform.forward(images, None, |n| n - 1)
+        })?;
+        let features = profile::timed("backbone", || self.features(&image_list.tensors))?;
+        let rpn = profile::timed("rpn", || {
+            self.rpn.forward(&image_list, &features, None, false)
+        })?;
         let pooled = &features[..features.len().saturating_sub(1).min(MAX_POOLED_LEVELS)];
-        let raw = self
-            .roi_heads
-            .forward_eval(pooled, &rpn.boxes, &image_list.image_sizes)?;
+        let raw = profile::timed("roi", || {
+            self.roi_heads
+                .forward_eval(pooled, &rpn.boxes, &image_list.image_sizes)
+        })?;
+        let _paste = profile::scope("paste");
         raw.into_iter()
             .zip(image_list.image_sizes.iter().zip(&original_sizes))
             .map(|(d, (&resized, &original))| {

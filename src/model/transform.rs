@@ -86,6 +86,11 @@ impl GeneralizedRcnnTransform {
         let size = image.size();
         let (h, w) = (size[size.len() - 2], size[size.len() - 1]);
         let (oh, ow) = resized_size((h, w), min_size, self.max_size);
+        if (oh, ow) == (h, w) {
+            // Scale in/out = 1: every output pixel reads its own source pixel with weight 1 and
+            // its neighbour with weight 0, so the kernel would return the image unchanged.
+            return Ok(image.shallow_clone());
+        }
         Ok(image
             .f_unsqueeze(0)?
             .f_upsample_bilinear2d([oh, ow], false, None, None)?
@@ -99,6 +104,14 @@ impl GeneralizedRcnnTransform {
         original_size: (i64, i64),
         new_size: (i64, i64),
     ) -> Result<Target> {
+        if new_size == original_size {
+            // Ratios 1 and nearest sampling at scale 1 leave boxes and masks unchanged.
+            return Ok(Target {
+                boxes: target.boxes.shallow_clone(),
+                labels: target.labels.shallow_clone(),
+                masks: target.masks.shallow_clone(),
+            });
+        }
         let boxes = resize_boxes(&target.boxes, original_size, new_size)?;
         let g = target.masks.size()[0];
         let masks = if g == 0 {
@@ -107,10 +120,16 @@ impl GeneralizedRcnnTransform {
                 (Kind::Uint8, target.masks.device()),
             )?
         } else {
-            target
-                .masks
+            // torchvision resizes `masks[:, None].float()` and casts back with `.byte()`;
+            // nearest only copies values, so 0/1 u8 masks resized as u8 are the same pixels
+            // without the 4-byte copy of every mask.
+            let masks = if target.masks.kind() == Kind::Uint8 {
+                target.masks.shallow_clone()
+            } else {
+                target.masks.f_to_kind(Kind::Float)?
+            };
+            masks
                 .f_unsqueeze(1)?
-                .f_to_kind(Kind::Float)?
                 .f_upsample_nearest2d([new_size.0, new_size.1], None, None)?
                 .f_squeeze_dim(1)?
                 .f_to_kind(Kind::Uint8)?
