@@ -533,7 +533,8 @@ fn predict(
     inputs: &[PathBuf],
 ) -> anyhow::Result<()> {
     use crate::infer::export::{CocoResults, output_names, output_path};
-    use crate::infer::{Predictor, collect_images, overlay, read_image};
+    use crate::infer::pipeline::DecodeAhead;
+    use crate::infer::{Predictor, collect_images, overlay};
     let device = crate::runtime::device(device)?;
     let predictor = Predictor::load(bundle, device, score_thresh)?;
     let images = collect_images(inputs)?;
@@ -548,22 +549,35 @@ fn predict(
     let mut results = CocoResults::default();
     results.add_categories(predictor.labels());
     let mut failures = Vec::new();
-    for (path, name) in images.iter().zip(&names) {
+    // The next images are decoded and prepared on `predict-decode` while the model runs here;
+    // pixels are kept only for overlays.
+    let mut decoder = DecodeAhead::spawn(
+        "predict-decode",
+        images.clone(),
+        predictor.prepare_params().clone(),
+        out_dir.is_some(),
+    )?;
+    for name in &names {
+        let Some((path, decoded)) = decoder.next_item()? else {
+            anyhow::bail!("the predict-decode thread ended early");
+        };
         bar.inc(1);
-        let outcome = read_image(path).and_then(|image| {
-            let detections = predictor.predict(&image)?;
-            Ok((image, detections))
+        let outcome = decoded.and_then(|d| {
+            let detections = predictor
+                .predict_prepared(&d.prepared)
+                .with_context(|| format!("{path:?}"))?;
+            Ok((d.image, d.size, detections))
         });
-        let (image, detections) = match outcome {
+        let (image, (width, height), detections) = match outcome {
             Ok(ok) => ok,
             Err(e) => {
                 bar.suspend(|| eprintln!("skipped: {e:#}"));
-                failures.push(path.clone());
+                failures.push(path);
                 continue;
             }
         };
-        results.add(&name.file_name, image.width(), image.height(), &detections);
-        if let Some(dir) = out_dir {
+        results.add(&name.file_name, width, height, &detections);
+        if let (Some(dir), Some(image)) = (out_dir, image) {
             let png = output_path(dir, &name.stem, ".overlay.png");
             let mut bytes = Vec::new();
             let mut over = overlay::draw(&image, &detections);

@@ -1,8 +1,9 @@
 //! Predict tab: drop images or folders (or open them), load any model bundle, and see the
-//! detections over each image. The model runs once per image on the `predict-worker` thread,
-//! which keeps each mask's probabilities; the score and mask-threshold sliders re-render the
-//! overlay from them without running the model again. Results export as overlay PNGs,
-//! per-instance PNG masks and a COCO results JSON.
+//! detections over each image. The model runs once per image on the `predict-worker` thread
+//! while a `predict-decode` thread reads and prepares the next images
+//! ([`crate::infer::pipeline`]); the worker keeps each mask's probabilities, and the score and
+//! mask-threshold sliders re-render the overlay from them without running the model again.
+//! Results export as overlay PNGs, per-instance PNG masks and a COCO results JSON.
 //!
 //! Memory stays bounded on large folders: each result keeps its detections (soft masks cropped
 //! to their boxes, no full-size binary masks: [`Predictor::predict_soft`]) but pixels only for the few images shown last
@@ -14,12 +15,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use anyhow::Context as _;
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use eframe::egui;
 
 use crate::dataset::store::{CancelToken, write_atomic};
 use crate::gui::shared::{DeviceSetting, JobView, PanelCtx};
 use crate::gui::worker::{Polled, Worker, WorkerTx};
+use crate::infer::pipeline::DecodeAhead;
 use crate::infer::{Detection, Predictor, collect_images, overlay, read_image};
 use crate::runtime::DeviceChoice;
 
@@ -93,6 +96,10 @@ enum Event {
     },
     Done {
         cancelled: bool,
+    },
+    /// The batch ended early: its decoder thread died (the model stays loaded).
+    BatchFailed {
+        error: String,
     },
     Reloaded {
         path: PathBuf,
@@ -269,20 +276,49 @@ fn worker_loop(rx: Receiver<Command>, tx: WorkerTx<Event>) {
                 if !send(Event::Started { total: files.len() }) {
                     return;
                 }
+                // The next images are read and prepared on `predict-decode` while the model
+                // runs here; dropping `decoder` (cancel, end) stops that thread.
+                let mut decoder = match DecodeAhead::spawn(
+                    "predict-decode",
+                    files,
+                    p.prepare_params().clone(),
+                    true,
+                ) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        if !send(Event::BatchFailed {
+                            error: format!("{e:#}"),
+                        }) {
+                            return;
+                        }
+                        continue;
+                    }
+                };
                 let mut cancelled = false;
-                for path in files {
+                // The batch's terminal event: `Done`, or `BatchFailed` when the decoder died.
+                let mut failed = None;
+                loop {
                     if cancel.is_cancelled() {
                         cancelled = true;
                         break;
                     }
+                    let (path, decoded) = match decoder.next_item() {
+                        Ok(Some(item)) => item,
+                        Ok(None) => break,
+                        Err(e) => {
+                            failed = Some(format!("{e:#}"));
+                            break;
+                        }
+                    };
                     crate::fault::hit("predict");
-                    // A panic on one image (a bad file deep in a decoder) fails that image;
-                    // the model stays loaded for the rest.
+                    // A panic on one image (a bad file deep in a decoder, caught there, or in
+                    // the model) fails that image; the model stays loaded for the rest.
                     let predicted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         crate::fault::hit("predict-image");
-                        read_image(&path).and_then(|img| {
-                            let d = p.predict_soft(&img)?;
-                            Ok((img, d))
+                        decoded.and_then(|d| {
+                            let detections = p.predict_soft_prepared(&d.prepared)?;
+                            let image = d.image.context("the decoder kept no pixels")?;
+                            Ok((image, detections))
                         })
                     }))
                     .unwrap_or_else(|e| {
@@ -312,7 +348,12 @@ fn worker_loop(rx: Receiver<Command>, tx: WorkerTx<Event>) {
                         return;
                     }
                 }
-                if !send(Event::Done { cancelled }) {
+                drop(decoder);
+                let end = match failed {
+                    Some(error) => Event::BatchFailed { error },
+                    None => Event::Done { cancelled },
+                };
+                if !send(end) {
                     return;
                 }
             }
@@ -709,6 +750,18 @@ impl PredictPanel {
                             b.done
                         ));
                     }
+                }
+                Event::BatchFailed { error } => {
+                    let kept = self.results.len();
+                    if let Some(b) = self.batch.take() {
+                        cx.notices.error(format!(
+                            "prediction failed after {} of {} images ({kept} results kept): {error}",
+                            b.done, b.total
+                        ));
+                    } else {
+                        cx.notices.error(format!("prediction failed: {error}"));
+                    }
+                    self.failures.push(error);
                 }
                 Event::ExportProgress { done, total } => {
                     if let Some(e) = &mut self.exporting {

@@ -3,6 +3,7 @@
 
 pub mod export;
 pub mod overlay;
+pub mod pipeline;
 pub mod prepare;
 
 use std::path::{Path, PathBuf};

@@ -264,9 +264,11 @@ mod tests {
 
     #[test]
     fn params_come_from_the_config_eval_size() {
-        let mut cfg = MaskRcnnConfig::default();
-        cfg.min_size = vec![480, 512, 800];
-        cfg.max_size = 1000;
+        let cfg = MaskRcnnConfig {
+            min_size: vec![480, 512, 800],
+            max_size: 1000,
+            ..MaskRcnnConfig::default()
+        };
         let p = PrepareParams::from_config(&cfg).unwrap();
         assert_eq!((p.min_size, p.max_size), (800, 1000));
         assert!((p.mean[0] - 0.485).abs() < 1e-7 && (p.std[2] - 0.225).abs() < 1e-7);
