@@ -49,6 +49,8 @@ const BASELINE_ENV: &str = "PREDICT_BENCH_BASELINE";
 const MODES_ENV: &str = "PREDICT_BENCH_MODES";
 /// Configurations to run, comma-separated names (default: all, `12mp` included).
 const CONFIGS_ENV: &str = "PREDICT_BENCH_CONFIGS";
+/// Set to print our time per stage (`maskstudio::profile`) per image on stderr.
+const PROFILE_ENV: &str = "PREDICT_BENCH_PROFILE";
 
 const PY: &str = r#"
 import json, resource, sys, time
@@ -165,8 +167,10 @@ fn run_pipeline(p: &Predictor, paths: &[PathBuf]) -> anyhow::Result<Vec<usize>> 
     )?;
     while let Some((path, decoded)) = decoder.next_item()? {
         let d = decoded?;
-        let detections = p.predict_prepared(&d.prepared)?;
-        results.add(&path.display().to_string(), d.size.0, d.size.1, &detections);
+        let detections = maskstudio::profile::timed("predict", || p.predict_prepared(&d.prepared))?;
+        maskstudio::profile::timed("results", || {
+            results.add(&path.display().to_string(), d.size.0, d.size.1, &detections)
+        });
         dets.push(detections.len());
     }
     Ok(dets)
@@ -199,12 +203,30 @@ fn child(spec: &str) -> anyhow::Result<()> {
     let before_kb = vm_hwm_kb();
     let p = Predictor::load(bundle, Device::Cpu, None)?;
     run_sequential(&p, &paths[..1])?; // warm-up
+    let profiling = std::env::var_os(PROFILE_ENV).is_some();
+    maskstudio::profile::enable(profiling, false);
     let t = Instant::now();
     let dets = match mode {
         "pipeline" => run_pipeline(&p, &paths)?,
         _ => run_sequential(&p, &paths)?,
     };
     let secs = t.elapsed().as_secs_f64();
+    if profiling {
+        maskstudio::profile::enable(false, false);
+        let stages = maskstudio::profile::snapshot()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.total))
+            .collect();
+        eprintln!(
+            "{}",
+            maskstudio::profile::format_table(
+                &stages,
+                t.elapsed(),
+                paths.len(),
+                &format!("ours ({mode}), per image:")
+            )
+        );
+    }
     println!(
         "{}",
         serde_json::json!({
@@ -229,6 +251,9 @@ fn run_json(cmd: &mut Command, what: &str) -> anyhow::Result<serde_json::Value> 
                 .collect::<Vec<_>>()
                 .join("\n")
         );
+    }
+    if std::env::var_os(PROFILE_ENV).is_some() {
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text

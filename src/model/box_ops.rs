@@ -155,21 +155,62 @@ fn to_vec_i64(t: &Tensor) -> Result<Vec<i64>> {
     Ok(Vec::<i64>::try_from(&t)?)
 }
 
-/// Greedy NMS over a subset `order` (already sorted by descending score) of xyxy boxes `b`
-/// (flat, 4 per box), exactly like torchvision's CPU kernel: IoU in f32, suppress when `IoU > thr`.
-fn greedy_nms(b: &[f32], order: &[usize], iou_threshold: f64, keep: &mut Vec<usize>) {
-    let n = b.len() / 4;
+/// Greedy NMS exactly like torchvision's CPU kernel (IoU in f32, suppress when `IoU > thr`),
+/// run independently per category `cats` (all boxes one category when `None`) and visited in
+/// one global order: descending score, ties by index (the order torchvision sorts the kept
+/// boxes into at the end). Within a category that order is the category's own, so every
+/// box gets the same keep/suppress decision as per-category NMS; kept boxes come out in the
+/// final order, which lets the search stop after `max_keep` of them (callers truncate to that
+/// many: `post_nms_top_n`, `detections_per_img`), skipping the quadratic work on the rest.
+fn greedy_nms(
+    b: &[f32],
+    scores: &[f32],
+    cats: Option<&[i64]>,
+    iou_threshold: f64,
+    max_keep: usize,
+) -> Vec<usize> {
+    let n = scores.len();
+    let order = order_by_score(scores, 0..n);
+    // Each category's boxes in the global order, and each box's place in its category's list.
+    let mut lists: Vec<Vec<usize>> = Vec::new();
+    let mut list_of = vec![0usize; n];
+    let mut place = vec![0usize; n];
+    match cats {
+        None => {
+            for (k, &i) in order.iter().enumerate() {
+                place[i] = k;
+            }
+            lists.push(order.clone());
+        }
+        Some(c) => {
+            let mut ids: Vec<i64> = c.to_vec();
+            ids.sort_unstable();
+            ids.dedup();
+            lists.resize(ids.len(), Vec::new());
+            for &i in &order {
+                // `ids` holds every category of `c`, so the search always succeeds.
+                let l = ids.binary_search(&c[i]).unwrap_or(0);
+                list_of[i] = l;
+                place[i] = lists[l].len();
+                lists[l].push(i);
+            }
+        }
+    }
     let area: Vec<f32> = (0..n)
         .map(|i| (b[4 * i + 2] - b[4 * i]) * (b[4 * i + 3] - b[4 * i + 1]))
         .collect();
     let mut suppressed = vec![false; n];
-    for (oi, &i) in order.iter().enumerate() {
+    let mut keep = Vec::new();
+    for &i in &order {
+        if keep.len() >= max_keep {
+            break;
+        }
         if suppressed[i] {
             continue;
         }
         keep.push(i);
         let (ix1, iy1, ix2, iy2) = (b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]);
-        for &j in &order[oi + 1..] {
+        for &j in &lists[list_of[i]][place[i] + 1..] {
             if suppressed[j] {
                 continue;
             }
@@ -186,6 +227,7 @@ fn greedy_nms(b: &[f32], order: &[usize], iou_threshold: f64, keep: &mut Vec<usi
             }
         }
     }
+    keep
 }
 
 /// Indices sorted by descending score; ties keep index order (stable sort, like torch's CPU sort).
@@ -195,17 +237,28 @@ fn order_by_score(scores: &[f32], subset: impl Iterator<Item = usize>) -> Vec<us
     order
 }
 
+fn keep_tensor(keep: Vec<usize>, device: Device) -> Result<Tensor> {
+    let keep: Vec<i64> = keep.into_iter().map(|i| i as i64).collect();
+    Ok(Tensor::f_from_slice(&keep)?.f_to_device(device)?)
+}
+
 /// torchvision `ops.nms`: indices (int64, on `boxes`' device) of kept boxes, by descending score.
 /// Runs on the CPU (boxes are copied there).
 pub fn nms(boxes: &Tensor, scores: &Tensor, iou_threshold: f64) -> Result<Tensor> {
+    nms_top(boxes, scores, iou_threshold, usize::MAX)
+}
+
+/// [`nms`] truncated to its first `max_keep` indices (computed without the rest).
+pub fn nms_top(
+    boxes: &Tensor,
+    scores: &Tensor,
+    iou_threshold: f64,
+    max_keep: usize,
+) -> Result<Tensor> {
     let device = boxes.device();
     let b = to_vec_f32(boxes)?;
     let s = to_vec_f32(scores)?;
-    let order = order_by_score(&s, 0..s.len());
-    let mut keep = Vec::new();
-    greedy_nms(&b, &order, iou_threshold, &mut keep);
-    let keep: Vec<i64> = keep.into_iter().map(|i| i as i64).collect();
-    Ok(Tensor::f_from_slice(&keep)?.f_to_device(device)?)
+    keep_tensor(greedy_nms(&b, &s, None, iou_threshold, max_keep), device)
 }
 
 /// Boxes up to this many elements use torchvision's coordinate-offset trick on CPU (`boxes.py:86`).
@@ -220,8 +273,20 @@ pub fn batched_nms(
     idxs: &Tensor,
     iou_threshold: f64,
 ) -> Result<Tensor> {
+    batched_nms_top(boxes, scores, idxs, iou_threshold, usize::MAX)
+}
+
+/// [`batched_nms`] truncated to its first `max_keep` indices, computed without the rest (see
+/// `greedy_nms`): `batched_nms(..)[:max_keep]` exactly.
+pub fn batched_nms_top(
+    boxes: &Tensor,
+    scores: &Tensor,
+    idxs: &Tensor,
+    iou_threshold: f64,
+    max_keep: usize,
+) -> Result<Tensor> {
     let device = boxes.device();
-    if boxes.numel() == 0 {
+    if boxes.numel() == 0 || max_keep == 0 {
         return Ok(Tensor::f_zeros([0], (Kind::Int64, device))?);
     }
     if boxes.numel() as i64 <= COORDINATE_TRICK_MAX_NUMEL {
@@ -236,26 +301,18 @@ pub fn batched_nms(
             .f_to_kind(boxes.kind())?
             .f_mul(&max_coordinate.f_add(&one)?)?;
         let boxes_for_nms = boxes.f_add(&offsets.f_unsqueeze(1)?)?;
-        return nms(&boxes_for_nms, scores, iou_threshold)?
+        return nms_top(&boxes_for_nms, scores, iou_threshold, max_keep)?
             .f_to_device(device)
             .map_err(Into::into);
     }
-    // `_batched_nms_vanilla` (boxes.py:113-126).
+    // `_batched_nms_vanilla` (boxes.py:113-126): NMS per category, kept boxes sorted by score.
     let b = to_vec_f32(boxes)?;
     let s = to_vec_f32(scores)?;
     let c = to_vec_i64(idxs)?;
-    let mut categories: Vec<i64> = c.clone();
-    categories.sort_unstable();
-    categories.dedup();
-    let mut keep = Vec::new();
-    for cat in categories {
-        let order = order_by_score(&s, (0..s.len()).filter(|&i| c[i] == cat));
-        greedy_nms(&b, &order, iou_threshold, &mut keep);
-    }
-    keep.sort_unstable();
-    let keep = order_by_score(&s, keep.into_iter());
-    let keep: Vec<i64> = keep.into_iter().map(|i| i as i64).collect();
-    Ok(Tensor::f_from_slice(&keep)?.f_to_device(device)?)
+    keep_tensor(
+        greedy_nms(&b, &s, Some(&c), iou_threshold, max_keep),
+        device,
+    )
 }
 
 #[cfg(test)]
@@ -291,5 +348,74 @@ mod tests {
         assert_eq!(Vec::<i64>::try_from(&keep).unwrap(), vec![0, 1, 2]);
         let keep = nms(&boxes, &scores, 0.4).unwrap();
         assert_eq!(Vec::<i64>::try_from(&keep).unwrap(), vec![0, 2]);
+    }
+
+    /// Per-category greedy NMS written the plain way (torchvision's `_batched_nms_vanilla`).
+    fn reference_batched(b: &[f32], s: &[f32], c: &[i64], thr: f64) -> Vec<i64> {
+        let mut cats = c.to_vec();
+        cats.sort_unstable();
+        cats.dedup();
+        let mut keep = Vec::new();
+        for cat in cats {
+            let order = order_by_score(s, (0..s.len()).filter(|&i| c[i] == cat));
+            let mut dead = vec![false; s.len()];
+            for (k, &i) in order.iter().enumerate() {
+                if dead[i] {
+                    continue;
+                }
+                keep.push(i);
+                for &j in &order[k + 1..] {
+                    let inter = (b[4 * i + 2].min(b[4 * j + 2]) - b[4 * i].max(b[4 * j])).max(0.0)
+                        * (b[4 * i + 3].min(b[4 * j + 3]) - b[4 * i + 1].max(b[4 * j + 1]))
+                            .max(0.0);
+                    let area = |k: usize| (b[4 * k + 2] - b[4 * k]) * (b[4 * k + 3] - b[4 * k + 1]);
+                    if f64::from(inter / (area(i) + area(j) - inter)) > thr {
+                        dead[j] = true;
+                    }
+                }
+            }
+        }
+        keep.sort_unstable();
+        order_by_score(s, keep.into_iter())
+            .into_iter()
+            .map(|i| i as i64)
+            .collect()
+    }
+
+    #[test]
+    fn early_stopped_batched_nms_is_the_prefix_of_per_category_nms() {
+        let mut rng = crate::rng::SplitMix64::new(7);
+        let mut unit = || (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
+        // 3000 boxes (vanilla path) and 600 (coordinate trick), 9 categories, clustered boxes
+        // so that many overlap, scores on a coarse grid so that ties occur.
+        for n in [3000usize, 600] {
+            let mut b = Vec::with_capacity(4 * n);
+            let (mut s, mut c) = (Vec::with_capacity(n), Vec::with_capacity(n));
+            for _ in 0..n {
+                let (x, y) = (unit() * 200.0, unit() * 200.0);
+                let (w, h) = (5.0 + unit() * 60.0, 5.0 + unit() * 60.0);
+                b.extend_from_slice(&[x, y, x + w, y + h]);
+                s.push((unit() * 50.0).floor() / 50.0);
+                c.push((unit() * 9.0) as i64);
+            }
+            let expected = reference_batched(&b, &s, &c, 0.5);
+            assert!(
+                expected.len() > 100 && expected.len() < n,
+                "{}",
+                expected.len()
+            );
+            let boxes = Tensor::from_slice(&b).view([n as i64, 4]);
+            let (scores, cats) = (Tensor::from_slice(&s), Tensor::from_slice(&c));
+            let all =
+                Vec::<i64>::try_from(&batched_nms(&boxes, &scores, &cats, 0.5).unwrap()).unwrap();
+            if n > 1000 {
+                assert_eq!(all, expected);
+            }
+            for k in [1usize, 37, 100, all.len(), all.len() + 5] {
+                let top = batched_nms_top(&boxes, &scores, &cats, 0.5, k).unwrap();
+                let top = Vec::<i64>::try_from(&top).unwrap();
+                assert_eq!(top, all[..k.min(all.len())], "n {n}, k {k}");
+            }
+        }
     }
 }

@@ -389,12 +389,16 @@ impl MaskRcnn {
         image_list: &ImageList,
         original_sizes: &[(i64, i64)],
     ) -> Result<Vec<CroppedDetections>> {
-        let features = self.features(&image_list.tensors)?;
-        let rpn = self.rpn.forward(image_list, &features, None, false)?;
+        let features = profile::timed("backbone", || self.features(&image_list.tensors))?;
+        let rpn = profile::timed("rpn", || {
+            self.rpn.forward(image_list, &features, None, false)
+        })?;
         let pooled = &features[..features.len().saturating_sub(1).min(MAX_POOLED_LEVELS)];
-        let raw = self
-            .roi_heads
-            .forward_eval(pooled, &rpn.boxes, &image_list.image_sizes)?;
+        let raw = profile::timed("roi", || {
+            self.roi_heads
+                .forward_eval(pooled, &rpn.boxes, &image_list.image_sizes)
+        })?;
+        let _paste = profile::scope("paste");
         raw.into_iter()
             .zip(image_list.image_sizes.iter().zip(original_sizes))
             .map(|(d, (&resized, &original))| {
@@ -416,28 +420,6 @@ impl MaskRcnn {
         let (image_list, _) = profile::timed("transform", || {
             self.transform.forward(images, None, |n| n - 1)
         })?;
-        let features = profile::timed("backbone", || self.features(&image_list.tensors))?;
-        let rpn = profile::timed("rpn", || {
-            self.rpn.forward(&image_list, &features, None, false)
-        })?;
-        let pooled = &features[..features.len().saturating_sub(1).min(MAX_POOLED_LEVELS)];
-        let raw = profile::timed("roi", || {
-            self.roi_heads
-                .forward_eval(pooled, &rpn.boxes, &image_list.image_sizes)
-        })?;
-        let _paste = profile::scope("paste");
-        raw.into_iter()
-            .zip(image_list.image_sizes.iter().zip(&original_sizes))
-            .map(|(d, (&resized, &original))| {
-                let boxes = resize_boxes(&d.boxes, resized, original)?;
-                Ok(CroppedDetections {
-                    masks: paste_masks_cropped(&d.masks, &boxes, original, 1)?,
-                    boxes,
-                    labels: d.labels,
-                    scores: d.scores,
-                    image_size: original,
-                })
-            })
-            .collect()
+        self.eval_image_list(&image_list, &original_sizes)
     }
 }

@@ -290,6 +290,7 @@ pub fn roi_align(
         )?);
     }
     let rois = rois.f_to_device(input.device())?;
+    let bags_scope = crate::profile::scope("roi_align.bags");
     let (ind, psw, offsets, count) = tch::no_grad(|| {
         if sampling_ratio > 0 {
             fixed_grid_bags(
@@ -304,7 +305,17 @@ pub fn roi_align(
             adaptive_grid_bags(&rois, (n, h, w), output_size, spatial_scale, aligned)
         }
     })?;
-    let table = input.f_permute([0, 2, 3, 1])?.f_reshape([n * h * w, c])?; // [N*H*W, C]
+    drop(bags_scope);
+    let table_scope = crate::profile::scope("roi_align.table");
+    // [N*H*W, C] with unit channel stride: for N = 1 `reshape` of the permuted NCHW map is a
+    // view with channel stride H*W, which sends `embedding_bag` down its scalar per-element
+    // path (20x slower than its fbgemm kernel); a channels-last map needs no copy here.
+    let table = input
+        .f_permute([0, 2, 3, 1])?
+        .f_contiguous()?
+        .f_view([n * h * w, c])?;
+    drop(table_scope);
+    let _bag_scope = crate::profile::scope("roi_align.embedding_bag");
     let psw = psw.f_to_kind(input.kind())?;
     let (bags, _, _, _) = Tensor::f_embedding_bag(
         &table,

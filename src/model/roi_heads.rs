@@ -5,7 +5,7 @@
 use tch::{Kind, Reduction, Tensor, nn};
 
 use crate::model::box_ops::{
-    BoxCoder, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes,
+    BoxCoder, batched_nms_top, box_iou, clip_boxes_to_image, remove_small_boxes,
 };
 use crate::model::error::Result;
 use crate::model::layers::{Conv2d, ConvSpec, WeightInit, bias, weight};
@@ -495,8 +495,12 @@ impl RoiHeads {
                 scores.f_index_select(0, &keep)?,
                 labels.f_index_select(0, &keep)?,
             );
-            let keep = batched_nms(&boxes, &scores, &labels, self.params.nms_thresh)?;
-            let keep = keep.f_narrow(0, 0, keep.size()[0].min(self.params.detections_per_img))?;
+            // `keep[:detections_per_img]`, without suppressing below the last kept box.
+            let max_keep =
+                usize::try_from(self.params.detections_per_img.max(0)).unwrap_or(usize::MAX);
+            let keep = profile::timed("roi.postprocess.nms", || {
+                batched_nms_top(&boxes, &scores, &labels, self.params.nms_thresh, max_keep)
+            })?;
             dets.push(RawDetections {
                 boxes: boxes.f_index_select(0, &keep)?,
                 scores: scores.f_index_select(0, &keep)?,

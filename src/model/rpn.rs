@@ -4,7 +4,7 @@ use tch::{Kind, Reduction, Tensor, nn};
 
 use crate::model::anchors::AnchorGenerator;
 use crate::model::box_ops::{
-    BoxCoder, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes,
+    BoxCoder, batched_nms_top, box_iou, clip_boxes_to_image, remove_small_boxes,
 };
 use crate::model::error::Result;
 use crate::model::layers::{Conv2d, ConvSpec, WeightInit};
@@ -285,11 +285,11 @@ impl RegionProposalNetwork {
                 scores.f_index_select(0, &keep)?,
                 lvl.f_index_select(0, &keep)?,
             );
+            // `keep[:post_nms_top_n]`, without suppressing below the last kept box.
+            let max_keep = usize::try_from(post_nms_top_n.max(0)).unwrap_or(usize::MAX);
             let keep = profile::timed("rpn.filter.nms", || {
-                batched_nms(&boxes, &scores, &lvl, self.params.nms_thresh)
+                batched_nms_top(&boxes, &scores, &lvl, self.params.nms_thresh, max_keep)
             })?;
-            let n_keep = keep.size()[0].min(post_nms_top_n);
-            let keep = keep.f_narrow(0, 0, n_keep)?;
             final_boxes.push(boxes.f_index_select(0, &keep)?);
             final_scores.push(scores.f_index_select(0, &keep)?);
         }
