@@ -8,7 +8,7 @@ use tch::{Tensor, nn};
 use crate::model::config::Backbone;
 use crate::model::error::{ModelError, Result};
 use crate::model::layers::{
-    Activation, Conv2d, ConvBnAct, ConvSpec, FrozenBatchNorm2d, WeightInit,
+    Activation, Conv2d, ConvBnAct, ConvSpec, FrozenBatchNorm2d, WeightInit, to_channels_last,
 };
 
 /// torchvision `Bottleneck` (expansion 4, stride on the 3x3 conv).
@@ -230,6 +230,8 @@ pub const MOBILENET_V2_STAGE_INDICES: [usize; 6] = [0, 2, 4, 7, 14, 18];
 struct MobilenetV2Body {
     blocks: Vec<MobileBlock>,
     returned: Vec<usize>, // feature indices whose outputs are returned
+    /// Blocks before this one are built without gradients (`trainable_layers`).
+    freeze_before: usize,
 }
 
 impl MobilenetV2Body {
@@ -294,19 +296,38 @@ impl MobilenetV2Body {
             )?));
         }
         blocks.truncate(last + 1);
-        Ok(Self { blocks, returned })
+        Ok(Self {
+            blocks,
+            returned,
+            freeze_before,
+        })
     }
 
-    fn forward(&self, xs: &Tensor) -> Result<Vec<Tensor>> {
-        let mut x = xs.shallow_clone();
+    /// `channels_last`: whole body channels-last (inference). Otherwise the frozen blocks
+    /// (no backward through them) run channels-last and their outputs go on NCHW, the layout
+    /// the trainable blocks' backward is fastest in.
+    fn forward(&self, xs: &Tensor, channels_last: bool) -> Result<Vec<Tensor>> {
+        let frozen_prefix = !channels_last && self.freeze_before > 0;
+        let mut x = if frozen_prefix {
+            to_channels_last(xs)?
+        } else {
+            xs.shallow_clone()
+        };
         let mut outs = Vec::with_capacity(self.returned.len());
         for (i, block) in self.blocks.iter().enumerate() {
+            if frozen_prefix && i == self.freeze_before {
+                x = x.f_contiguous()?;
+            }
             x = match block {
                 MobileBlock::Conv(c) => c.forward(&x)?,
                 MobileBlock::Residual(r) => r.forward(&x)?,
             };
             if self.returned.contains(&i) {
-                outs.push(x.shallow_clone());
+                outs.push(if frozen_prefix && i < self.freeze_before {
+                    x.f_contiguous()?
+                } else {
+                    x.shallow_clone()
+                });
             }
         }
         Ok(outs)
@@ -374,14 +395,16 @@ impl BackboneBody {
         }
     }
 
-    /// `[N, 3, H, W]` normalised batch -> returned feature maps (finest first).
-    pub fn forward(&self, xs: &Tensor) -> Result<Vec<Tensor>> {
+    /// `[N, 3, H, W]` normalised batch -> returned feature maps (finest first). `inference`:
+    /// no backward will run (the caller passes a channels-last batch); otherwise MobileNetV2's
+    /// frozen blocks run channels-last (forward only) and the rest NCHW.
+    pub fn forward(&self, xs: &Tensor, inference: bool) -> Result<Vec<Tensor>> {
         match &self.inner {
             BodyKind::Resnet(body, taps) => {
                 let all = body.forward(xs)?;
                 Ok(taps.iter().map(|&i| all[i].shallow_clone()).collect())
             }
-            BodyKind::Mobilenet(body) => body.forward(xs),
+            BodyKind::Mobilenet(body) => body.forward(xs, inference),
         }
     }
 }

@@ -11,6 +11,7 @@ use crate::model::backbone::BackboneBody;
 use crate::model::config::MaskRcnnConfig;
 use crate::model::error::{ModelError, Result};
 use crate::model::fpn::FeaturePyramidNetwork;
+use crate::model::layers::to_channels_last;
 use crate::model::roi_heads::{RoiHeads, RoiHeadsParams};
 use crate::model::rpn::{RegionProposalNetwork, RpnParams};
 use crate::model::transform::{
@@ -229,8 +230,15 @@ impl MaskRcnn {
         self.rng = AtomicU64::new(seed);
     }
 
-    fn features(&self, batch: &Tensor) -> Result<Vec<Tensor>> {
-        let c = self.body.forward(batch)?;
+    /// Backbone + FPN maps of a `[N, 3, H, W]` batch. `training` runs the statically frozen
+    /// start of the body channels-last (see [`BackboneBody::forward`]); inference runs all of
+    /// it channels-last, where libtorch's oneDNN convolutions are faster without a backward.
+    fn features(&self, batch: &Tensor, training: bool) -> Result<Vec<Tensor>> {
+        let c = if training {
+            self.body.forward(batch, false)?
+        } else {
+            self.body.forward(&to_channels_last(batch)?, true)?
+        };
         self.fpn.forward(&c)
     }
 
@@ -319,7 +327,7 @@ impl MaskRcnn {
             }
         }
         drop(transform_scope);
-        let features = profile::timed("backbone", || self.features(&image_list.tensors))?;
+        let features = profile::timed("backbone", || self.features(&image_list.tensors, true))?;
         let rpn = profile::timed("rpn", || {
             self.rpn
                 .forward(&image_list, &features, Some(&targets), true)
@@ -389,7 +397,7 @@ impl MaskRcnn {
         image_list: &ImageList,
         original_sizes: &[(i64, i64)],
     ) -> Result<Vec<CroppedDetections>> {
-        let features = profile::timed("backbone", || self.features(&image_list.tensors))?;
+        let features = profile::timed("backbone", || self.features(&image_list.tensors, false))?;
         let rpn = profile::timed("rpn", || {
             self.rpn.forward(image_list, &features, None, false)
         })?;
