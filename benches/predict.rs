@@ -15,7 +15,7 @@
 //! `CocoResults::add` (mask RLEs); `sequential` is the same without the decoder thread (decode,
 //! then `Predictor::predict`). torchvision: PIL open + `convert("RGB")` + `to_tensor`, the
 //! model, `masks > 0.5`. Each side runs in its own child process (peak memory: our `VmHWM`,
-//! Python's `ru_maxrss`) after one warm-up image that is not timed.
+//! Python's `VmHWM`) after one warm-up image that is not timed.
 //!
 //! Run: `cargo bench --bench predict`. Needs torch 2.13 + torchvision 0.28 + safetensors + PIL
 //! in the Python of `maskstudio::runtime::python()`, and the images under
@@ -87,8 +87,10 @@ with torch.no_grad():
     t = time.perf_counter()
     dets = [one(p)[0] for p in paths]
     secs = time.perf_counter() - t
+# VmHWM, not ru_maxrss: Linux carries the parent's peak at fork into a child's ru_maxrss.
+hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")]
 print(json.dumps({"img_s": len(paths) / secs, "detections": dets,
-                  "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+                  "peak_kb": hwm[0] if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 "#;
 
 /// One configuration: backbone, sizes, images.

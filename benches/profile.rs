@@ -3,7 +3,7 @@
 //! Builds a project (`--set crowded`: seeded crowded scenes, 30–80 small occluding instances per
 //! 256² image, trained at `--size 512`; `--set coco128`: the 128 COCO images of
 //! `../shared/data/coco128-seg` with all their classes, at `--size 320`), then runs `--warmup`
-//! + `--steps` training steps of our trainer (`maskstudio::train::train`, MobileNetV2-FPN,
+//! plus `--steps` training steps of our trainer (`maskstudio::train::train`, MobileNetV2-FPN,
 //! flip only, no validation) with `maskstudio::profile` recording, and the same steps of
 //! torchvision's Mask R-CNN with `tools/ref_profile.py` (same model kwargs, images, batch size,
 //! recipe and threads; wall-clock timers around the same stages). Warm-up steps are not
