@@ -289,6 +289,8 @@ pub fn roi_align(
             (input.kind(), input.device()),
         )?);
     }
+    // Also counted inside `roi.box_pool` / `roi.mask_pool`; listed on its own by the profile.
+    let _all = crate::profile::scope("roi_align");
     let rois = rois.f_to_device(input.device())?;
     let bags_scope = crate::profile::scope("roi_align.bags");
     let (ind, psw, offsets, count) = tch::no_grad(|| {
