@@ -15,6 +15,9 @@
 //! flags also read `BENCH_<NAME>`. Needs torch 2.13 + torchvision 0.28 + pycocotools in
 //! `maskstudio::runtime::python()` for the reference side.
 
+mod common;
+
+use common::{flag, num, opt};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,29 +31,6 @@ use maskstudio::profile;
 use maskstudio::runtime::DeviceChoice;
 use maskstudio::train::config::{OptimizerKind, ScheduleKind};
 use maskstudio::train::{AugmentConfig, TrainConfig, TrainEvent, TrainObserver};
-
-/// Command-line flag `--name value`, else `BENCH_NAME`, else `default`.
-fn opt(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    let flag = format!("--{name}");
-    if let Some(i) = args.iter().position(|a| *a == flag)
-        && let Some(v) = args.get(i + 1)
-    {
-        return v.clone();
-    }
-    let env = format!("BENCH_{}", name.to_uppercase().replace('-', "_"));
-    std::env::var(env).unwrap_or_else(|_| default.to_owned())
-}
-
-fn num<T: std::str::FromStr>(name: &str, default: &str) -> anyhow::Result<T> {
-    let v = opt(name, default);
-    v.parse()
-        .map_err(|_| anyhow::anyhow!("--{name}: cannot parse {v:?}"))
-}
-
-fn flag(name: &str) -> bool {
-    std::env::args().any(|a| a == format!("--{name}"))
-}
 
 struct Settings {
     set: String,
@@ -247,17 +227,7 @@ fn run_reference(
         .stderr(std::process::Stdio::inherit())
         .output()
         .with_context(|| format!("running {}", py.display()))?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{} failed ({})",
-        script.display(),
-        out.status
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("bad output: {}", String::from_utf8_lossy(&out.stdout)))?;
-    if let Some(e) = v.get("error") {
-        anyhow::bail!("reference unavailable: {e}");
-    }
+    let v = common::reference_json(&script, &out)?;
     let stages = v["stages"]
         .as_object()
         .context("no stages")?

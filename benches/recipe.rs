@@ -41,6 +41,9 @@
 //! --epochs 1 --train-images 8 --test-images 4` takes under 3 minutes. The droplets' held-out
 //! split is `val/`: 2 images, 63 instances, so its AP moves a lot from epoch to epoch.
 
+mod common;
+
+use common::{flag, num, opt};
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -55,31 +58,6 @@ use maskstudio::dataset::store::{CancelToken, Project};
 use maskstudio::rng::SplitMix64;
 use maskstudio::train::{autoconfig, data};
 use serde_json::{Value, json};
-
-/// Command-line flag `--name value`, else `BENCH_NAME`, else `default`.
-fn opt(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    let flag = format!("--{name}");
-    if let Some(i) = args.iter().position(|a| *a == flag)
-        && let Some(v) = args.get(i + 1)
-    {
-        return v.clone();
-    }
-    let env = format!("BENCH_{}", name.to_uppercase().replace('-', "_"));
-    std::env::var(env).unwrap_or_else(|_| default.to_owned())
-}
-
-fn flag(name: &str) -> bool {
-    std::env::args().any(|a| a == format!("--{name}"))
-        || std::env::var(format!("BENCH_{}", name.to_uppercase().replace('-', "_")))
-            .is_ok_and(|v| v == "1")
-}
-
-fn num<T: std::str::FromStr>(name: &str, default: &str) -> anyhow::Result<T> {
-    let v = opt(name, default);
-    v.parse()
-        .map_err(|_| anyhow::anyhow!("--{name}: cannot parse {v:?}"))
-}
 
 struct Settings {
     sets: Vec<String>,

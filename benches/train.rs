@@ -13,6 +13,9 @@
 //! reads `BENCH_<NAME>` (e.g. `BENCH_IMAGES=128`). Needs torch 2.13, torchvision 0.28 and
 //! pycocotools in `maskstudio::runtime::python()`.
 
+mod common;
+
+use common::{flag, num, opt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -27,31 +30,6 @@ use maskstudio::train::config::{OptimizerKind, ScheduleKind};
 use maskstudio::train::{AugmentConfig, TrainConfig, TrainEvent, TrainObserver};
 
 const DEFAULT_CLASSES: &str = "person,car,dog,cat,cup,bowl";
-
-/// Command-line flag `--name value`, else `BENCH_NAME`, else `default`.
-fn opt(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    let flag = format!("--{name}");
-    if let Some(i) = args.iter().position(|a| *a == flag)
-        && let Some(v) = args.get(i + 1)
-    {
-        return v.clone();
-    }
-    let env = format!("BENCH_{}", name.to_uppercase().replace('-', "_"));
-    std::env::var(env).unwrap_or_else(|_| default.to_owned())
-}
-
-fn flag(name: &str) -> bool {
-    std::env::args().any(|a| a == format!("--{name}"))
-        || std::env::var(format!("BENCH_{}", name.to_uppercase().replace('-', "_")))
-            .is_ok_and(|v| v == "1")
-}
-
-fn num<T: std::str::FromStr>(name: &str, default: &str) -> anyhow::Result<T> {
-    let v = opt(name, default);
-    v.parse()
-        .map_err(|_| anyhow::anyhow!("--{name}: cannot parse {v:?}"))
-}
 
 struct Settings {
     images: usize,
@@ -262,17 +240,7 @@ fn run_reference(
         .stderr(std::process::Stdio::inherit())
         .output()
         .with_context(|| format!("running {}", py.display()))?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{} failed ({})",
-        script.display(),
-        out.status
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("bad output: {}", String::from_utf8_lossy(&out.stdout)))?;
-    if let Some(e) = v.get("error") {
-        anyhow::bail!("reference unavailable: {e}");
-    }
+    let v = common::reference_json(&script, &out)?;
     let f = |k: &str| v.get(k).and_then(serde_json::Value::as_f64);
     Ok(Outcome {
         images_per_sec: f("images_per_sec").context("no images_per_sec")?,

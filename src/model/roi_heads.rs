@@ -291,6 +291,37 @@ impl RoiHeads {
         })
     }
 
+    /// Box RoIAlign + `box_head` + `box_predictor`: one `[K_i, 4]` box list per image ->
+    /// (`[K, C]` class logits, `[K, 4C]` box deltas).
+    fn box_branch(
+        &self,
+        features: &[Tensor],
+        boxes: &[Tensor],
+        image_shapes: &[(i64, i64)],
+    ) -> Result<(Tensor, Tensor)> {
+        let pooled = profile::timed("roi.box_pool", || {
+            self.box_roi_pool.forward(features, boxes, image_shapes)
+        })?;
+        let _s = profile::scope("roi.box_head");
+        self.box_predictor.forward(&self.box_head.forward(&pooled)?)
+    }
+
+    /// Mask RoIAlign + `mask_head` + `mask_predictor`: one `[K_i, 4]` box list per image ->
+    /// `[K, C, 28, 28]` mask logits.
+    fn mask_branch(
+        &self,
+        features: &[Tensor],
+        boxes: &[Tensor],
+        image_shapes: &[(i64, i64)],
+    ) -> Result<Tensor> {
+        let pooled = profile::timed("roi.mask_pool", || {
+            self.mask_roi_pool.forward(features, boxes, image_shapes)
+        })?;
+        let _s = profile::scope("roi.mask_head");
+        self.mask_predictor
+            .forward(&self.mask_head.forward(&pooled)?)
+    }
+
     /// Training: `select_training_samples`, box and mask losses (roi_heads.py:642-678, 745-830).
     /// `features`: the pooled FPN maps; `targets`: resized targets.
     pub fn forward_train(
@@ -344,14 +375,8 @@ impl RoiHeads {
         }
         drop(sample_scope);
 
-        let box_features = profile::timed("roi.box_pool", || {
-            self.box_roi_pool
-                .forward(features, &sampled_props, image_shapes)
-        })?;
-        let head_scope = profile::scope("roi.box_head");
-        let box_features = self.box_head.forward(&box_features)?;
-        let (class_logits, box_regression) = self.box_predictor.forward(&box_features)?;
-        drop(head_scope);
+        let (class_logits, box_regression) =
+            self.box_branch(features, &sampled_props, image_shapes)?;
 
         // fastrcnn_loss (roi_heads.py:12-53)
         let box_loss_scope = profile::scope("roi.box_loss");
@@ -404,14 +429,7 @@ impl RoiHeads {
             mask_props.push(p);
         }
         drop(targets_scope);
-        let mask_features = profile::timed("roi.mask_pool", || {
-            self.mask_roi_pool
-                .forward(features, &mask_props, image_shapes)
-        })?;
-        let mask_logits = profile::timed("roi.mask_head", || {
-            self.mask_predictor
-                .forward(&self.mask_head.forward(&mask_features)?)
-        })?;
+        let mask_logits = self.mask_branch(features, &mask_props, image_shapes)?;
         let _mask_loss_scope = profile::scope("roi.mask_loss");
         let mask_targets = Tensor::f_cat(&mask_targets, 0)?;
         let loss_mask = if mask_targets.numel() == 0 {
@@ -449,13 +467,7 @@ impl RoiHeads {
         proposals: &[Tensor],
         image_shapes: &[(i64, i64)],
     ) -> Result<Vec<RawDetections>> {
-        let box_features = profile::timed("roi.box_pool", || {
-            self.box_roi_pool.forward(features, proposals, image_shapes)
-        })?;
-        let head_scope = profile::scope("roi.box_head");
-        let box_features = self.box_head.forward(&box_features)?;
-        let (class_logits, box_regression) = self.box_predictor.forward(&box_features)?;
-        drop(head_scope);
+        let (class_logits, box_regression) = self.box_branch(features, proposals, image_shapes)?;
         let post_scope = profile::scope("roi.postprocess");
         let num_classes = class_logits.size()[1];
         let k = class_logits.size()[0];
@@ -511,14 +523,7 @@ impl RoiHeads {
 
         drop(post_scope);
         let det_boxes: Vec<Tensor> = dets.iter().map(|d| d.boxes.shallow_clone()).collect();
-        let mask_features = profile::timed("roi.mask_pool", || {
-            self.mask_roi_pool
-                .forward(features, &det_boxes, image_shapes)
-        })?;
-        let mask_logits = profile::timed("roi.mask_head", || {
-            self.mask_predictor
-                .forward(&self.mask_head.forward(&mask_features)?)
-        })?;
+        let mask_logits = self.mask_branch(features, &det_boxes, image_shapes)?;
         let mask_prob = mask_logits.f_sigmoid()?; // [R, C, 28, 28]
         let mut offset = 0;
         for d in &mut dets {
