@@ -25,8 +25,9 @@ use maskstudio::dataset::{
 };
 use maskstudio::gui::image_view::{ImageView, ImageViewAction, Tool};
 use maskstudio::gui::shared::{
-    DeviceSetting, NoticeLevel, Notices, PanelCtx, Settings, ShellRequest,
+    DeviceSetting, NoticeLevel, Notices, PanelCtx, Settings, ShellRequest, Tab,
 };
+use maskstudio::gui::{StudioApp, StudioOptions};
 
 /// Tests that seed torch hold this (the pattern of tests/model_golden.rs).
 static RNG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -651,4 +652,235 @@ fn the_model_bundle_field_is_kept_across_images_in_the_settings() {
     let mut h = harness_with(&root, 2, settings);
     h.step();
     assert_eq!(h.state().view.model_path(), "/models/cells");
+}
+
+/// Instances of image 1 in the store.
+fn rows(root: &Path) -> Vec<maskstudio::dataset::store::InstanceRow> {
+    Project::open(root).unwrap().instances(1).unwrap()
+}
+
+#[test]
+fn a_brush_stroke_with_nothing_selected_starts_a_new_instance_of_the_chosen_class() {
+    let dir = tempfile::tempdir().unwrap();
+    make_project(dir.path());
+    let root = dir.path().join("p");
+    let mut h = harness(&root, 1);
+    // The class for new instances, chosen in the side panel.
+    h.get_by_label("Class").click();
+    h.run_ok();
+    h.get_by_label("dog").click();
+    h.run_ok();
+    h.key_press(Key::B);
+    settle(&mut h);
+    assert_eq!(h.state().view.selected(), None);
+    h.state_mut().view.set_brush_size(4.0);
+    drag(&mut h, &[[5.0, 35.0], [25.0, 35.0]]);
+    assert!(errors(&h).is_empty(), "{:?}", errors(&h));
+    let after = rows(&root);
+    assert_eq!(after.len(), 3, "the stroke made a new instance");
+    let dog = after[2].clone();
+    assert_eq!((dog.class_id, dog.origin), (2, Origin::Manual));
+    assert!(dog.area > 0);
+    assert_eq!(h.state().view.selected(), Some(dog.id), "and selected it");
+    assert_eq!(h.state().view.hint(), None);
+
+    // While the store is busy with one new instance (another connection holds the write
+    // lock), the next stroke with nothing selected still starts a new one: it does not depend
+    // on the answer. Before, every stroke waited for it and was dropped without a word.
+    let lock = rusqlite::Connection::open(root.join("project.sqlite")).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    h.key_press(Key::N);
+    h.run_ok();
+    drag_unsaved(&mut h, &[[5.0, 42.0], [15.0, 42.0]]);
+    h.key_press(Key::N);
+    h.run_ok();
+    assert_eq!(h.state().view.selected(), None);
+    drag_unsaved(&mut h, &[[40.0, 42.0], [55.0, 42.0]]);
+    assert_eq!(h.state().view.hint(), None);
+    assert!(
+        h.state().view.pending_edits() > 0,
+        "the lock did not hold the writer"
+    );
+    drop(lock);
+    settle(&mut h);
+    assert!(errors(&h).is_empty(), "{:?}", errors(&h));
+    let after = rows(&root);
+    assert_eq!(after.len(), 5, "both strokes made an instance");
+    let last = after[4].clone();
+    assert!(Mask::from_rle(&last.rle).unwrap().get(48, 42));
+    assert_eq!(
+        h.state().view.selected(),
+        Some(last.id),
+        "the last stroke's"
+    );
+
+    // Each is one edit: undo takes them back one by one, then the first.
+    for left in [4, 3, 2] {
+        h.key_press_modifiers(Modifiers::COMMAND, Key::Z);
+        settle(&mut h);
+        assert_eq!(rows(&root).len(), left);
+    }
+    assert_eq!(h.state().view.selected(), None);
+}
+
+#[test]
+fn a_stroke_that_cannot_start_says_why_at_the_cursor_and_in_the_toolbar() {
+    let dir = tempfile::tempdir().unwrap();
+    make_project(dir.path());
+    let root = dir.path().join("p");
+    let mut h = harness(&root, 1);
+    // The eraser with nothing selected: nothing is erased, and the toolbar says why.
+    h.key_press(Key::E);
+    settle(&mut h);
+    drag(&mut h, &[[12.0, 15.0], [18.0, 15.0]]);
+    assert_eq!(stored(&root, CAT), (100, false));
+    let hint = h.state().view.hint().expect("a hint").to_owned();
+    assert!(hint.contains("select an instance"), "{hint}");
+    h.get_by_label_contains("select an instance to erase from");
+    // It goes away with the next tool.
+    h.key_press(Key::B);
+    settle(&mut h);
+    assert_eq!(h.state().view.hint(), None);
+
+    // A project without classes: a brush stroke with nothing selected cannot make an
+    // instance; it says so instead of painting a stroke that then disappears.
+    let empty = dir.path().join("empty");
+    let src = dir.path().join("src-empty");
+    common::write_png(&src.join("a.png"), W, H, 90);
+    let set = ImportSet {
+        format: "test".into(),
+        classes: Vec::new(),
+        images: vec![ImportImage {
+            src_path: src.join("a.png"),
+            file_name: "a.png".into(),
+            width: W,
+            height: H,
+            split: Some("train".into()),
+            source: "test".into(),
+            attribution: Attribution::default(),
+            instances: Vec::new(),
+        }],
+    };
+    Project::create_or_open(&empty)
+        .unwrap()
+        .import(&set, &src, &CancelToken::default(), &mut |_| {})
+        .unwrap();
+    let mut h = harness(&empty, 1);
+    h.key_press(Key::B);
+    settle(&mut h);
+    drag(&mut h, &[[5.0, 35.0], [25.0, 35.0]]);
+    assert!(rows(&empty).is_empty());
+    let hint = h.state().view.hint().expect("a hint").to_owned();
+    assert!(hint.contains("no class"), "{hint}");
+    h.get_by_label_contains("has no class for a new instance");
+}
+
+/// The whole studio (shell, Review tab, status bar) on the project at `root`.
+fn studio(dir: &Path, root: &Path) -> Harness<'static, StudioApp> {
+    let mut options = StudioOptions::from_env(Some(root.to_path_buf()));
+    options.settings_path = dir.join("config/settings.json");
+    options.oi_cache_dir = dir.join("oi-cache");
+    options.start_tab = Some(Tab::Review);
+    options.log_toasts = None;
+    let mut h = Harness::builder()
+        .with_size([1280.0, 800.0])
+        .build_ui_state(
+            |ui, app: &mut StudioApp| {
+                app.logic(ui.ctx());
+                app.ui(ui);
+            },
+            StudioApp::with_options(options),
+        );
+    studio_wait(&mut h, "the project", |a| a.project().is_some());
+    h
+}
+
+/// Runs the frames of what was queued (keys, clicks), then steps frames (workers report in
+/// real time) until `done` holds.
+fn studio_wait(h: &mut Harness<'_, StudioApp>, what: &str, done: impl Fn(&StudioApp) -> bool) {
+    let start = Instant::now();
+    h.run_ok();
+    while !done(h.state()) {
+        assert!(start.elapsed() < HANG_GUARD, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+        h.step();
+    }
+    h.run_ok();
+}
+
+fn studio_view(app: &StudioApp) -> &ImageView {
+    app.review.image_view().expect("an image is open")
+}
+
+/// Runs frames until the open image's edits are saved and shown (see [`settle`]).
+fn studio_settle(h: &mut Harness<'_, StudioApp>) {
+    studio_wait(h, "the edit writer", |a| studio_view(a).is_idle());
+}
+
+/// The "N edited" of the status bar.
+fn edited_in_status_bar(h: &Harness<'_, StudioApp>) -> u64 {
+    h.state().project().unwrap().1.edited_instances
+}
+
+#[test]
+fn the_status_bar_edited_count_follows_a_stroke_undo_redo_and_revert() {
+    let dir = tempfile::tempdir().unwrap();
+    make_project(dir.path());
+    let root = dir.path().join("p");
+    let mut h = studio(dir.path(), &root);
+    assert_eq!(edited_in_status_bar(&h), 0);
+    h.state_mut().review.open_image(1);
+    studio_wait(&mut h, "the image", |a| {
+        a.review.image_view().is_some_and(ImageView::is_loaded)
+    });
+    h.state_mut()
+        .review
+        .image_view_mut()
+        .unwrap()
+        .select(Some(CAT));
+    h.get_by_label("Brush").click();
+    studio_settle(&mut h);
+    assert_eq!(studio_view(h.state()).tool(), Tool::Brush);
+
+    // A stroke into the cat, as in the editor tests.
+    let at = |h: &Harness<'_, StudioApp>, p: [f64; 2]| studio_view(h.state()).image_to_screen(p);
+    let button = |pos, pressed| egui::Event::PointerButton {
+        pos,
+        button: egui::PointerButton::Primary,
+        pressed,
+        modifiers: Modifiers::NONE,
+    };
+    let (from, to) = (at(&h, [22.0, 15.0]), at(&h, [30.0, 15.0]));
+    h.hover_at(from);
+    h.run_ok();
+    h.event(button(from, true));
+    h.run_ok();
+    h.hover_at(to);
+    h.run_ok();
+    h.event(button(to, false));
+    h.step();
+    studio_settle(&mut h);
+    assert!(stored(&root, CAT).1, "the stroke was saved");
+    assert_eq!(edited_in_status_bar(&h), 1);
+    h.get_by_label_contains("· 1 edited");
+
+    h.key_press_modifiers(Modifiers::COMMAND, Key::Z);
+    studio_settle(&mut h);
+    assert_eq!(edited_in_status_bar(&h), 0, "after undo");
+    h.key_press_modifiers(Modifiers::COMMAND | Modifiers::SHIFT, Key::Z);
+    studio_settle(&mut h);
+    assert_eq!(edited_in_status_bar(&h), 1, "after redo");
+    h.key_press(Key::R);
+    studio_settle(&mut h);
+    assert_eq!(edited_in_status_bar(&h), 0, "after revert");
+    h.get_by_label_contains("· 0 edited");
+    // The count is the project's (Project::info), not the image's.
+    assert_eq!(
+        Project::open(&root)
+            .unwrap()
+            .info()
+            .unwrap()
+            .edited_instances,
+        0
+    );
 }

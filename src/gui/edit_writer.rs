@@ -4,9 +4,9 @@
 //!
 //! The view sends [`EditCommand`]s over a bounded crossbeam channel and drains [`EditReply`]s
 //! each frame with [`EditWriter::try_recv`]. When the queue runs dry after an edit the writer
-//! also re-reads the image's undo/redo state and the review progress ([`Summary`]) and, when
-//! asked, the image's instances with decoded masks ([`Snapshot`]), so the view never decodes
-//! or queries on the GUI thread either. Dropping the [`EditWriter`] closes the queue and waits
+//! also re-reads the image's undo/redo state, the review progress and the project's count of
+//! edited instances ([`Summary`]) and, when asked, the image's instances with decoded masks
+//! ([`Snapshot`]), so the view never decodes or queries on the GUI thread either. Dropping the [`EditWriter`] closes the queue and waits
 //! (bounded by [`FLUSH_TIMEOUT`]) until every queued edit is written, so navigating away or
 //! closing the project loses nothing.
 
@@ -172,6 +172,9 @@ pub struct Summary {
     pub history: (bool, bool),
     /// Review progress per class.
     pub progress: Vec<ClassProgress>,
+    /// Edited instances in the whole project (as [`Project::info`] counts them), for the
+    /// status bar.
+    pub edited_instances: u64,
 }
 
 /// One instance as read back from the store, masks decoded.
@@ -504,7 +507,12 @@ fn apply(project: &mut Project, command: &EditCommand) -> anyhow::Result<EditOut
 fn summary(project: &Project, image_id: i64) -> Option<Summary> {
     let history = project.history_of(image_id).ok()?;
     let progress = project.class_progress().ok()?;
-    Some(Summary { history, progress })
+    let edited_instances = project.edited_per_image().ok()?.values().sum();
+    Some(Summary {
+        history,
+        progress,
+        edited_instances,
+    })
 }
 
 fn snapshot(project: &Project, image_id: i64) -> Result<Snapshot, String> {

@@ -110,6 +110,16 @@ impl ReviewPanel {
             .map_or((0, 0), |t| (t.len(), t.pending()))
     }
 
+    /// The image view of the open image, once the panel has shown it.
+    pub fn image_view(&self) -> Option<&ImageView> {
+        self.view.as_ref()
+    }
+
+    /// The image view of the open image, mutable (tests drive it: tools, selection).
+    pub fn image_view_mut(&mut self) -> Option<&mut ImageView> {
+        self.view.as_mut()
+    }
+
     /// Scrolls the gallery to this offset (points from the top) at the next frame.
     pub fn scroll_to(&mut self, offset: f32) {
         self.scroll_to = Some(offset);

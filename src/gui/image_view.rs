@@ -14,7 +14,7 @@
 //! local copy of the mask and only the stroke's dirty rectangle of the overlay texture is
 //! re-uploaded.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +27,7 @@ use crate::dataset::maskops::{self, Rect};
 use crate::dataset::store::{ClassProgress, ImageMeta, InstanceRow, Project, ReviewStatus};
 use crate::dataset::{ExportClass, Mask, Origin, Rle};
 use crate::gui::edit_writer::{EditCommand, EditOutcome, EditReply, EditWriter, Snapshot};
-use crate::gui::shared::PanelCtx;
+use crate::gui::shared::{PanelCtx, ShellRequest};
 use crate::infer::Detection;
 
 /// What the view asks its host (the Review tab) to do after a frame.
@@ -48,9 +48,10 @@ pub enum ImageViewAction {
 pub enum Tool {
     /// Click an instance to select it (or a model proposal to accept it).
     Select,
-    /// Paint into the selected instance (a new one when none is selected).
+    /// Paint into the selected instance; with none selected a stroke starts a new instance of
+    /// the class chosen in the side panel (selected afterwards).
     Brush,
-    /// Erase from the selected instance.
+    /// Erase from the selected instance (with none selected the cursor says to select one).
     Eraser,
     /// Click points; Enter or double-click closes and fills (Shift or "Subtract": cuts out).
     Polygon,
@@ -180,6 +181,12 @@ pub struct ImageView {
     ctx: Option<egui::Context>,
     /// The writer thread's end was reported.
     writer_stop_reported: bool,
+    /// Why the last stroke did not start (no class, nothing to erase, ...): shown at the
+    /// cursor and in the toolbar until the next stroke, tool or selection.
+    hint: Option<String>,
+    /// (sequence number, temporary id) of each queued new instance, in order: its answer
+    /// gives the store's id.
+    new_ids: VecDeque<(u64, i64)>,
 }
 
 impl std::fmt::Debug for ImageView {
@@ -304,6 +311,8 @@ impl ImageView {
             next_temp_id: -1,
             ctx: None,
             writer_stop_reported: false,
+            hint: None,
+            new_ids: VecDeque::new(),
         })
     }
 
@@ -353,6 +362,7 @@ impl ImageView {
             self.polygon.clear();
         }
         self.tool = tool;
+        self.hint = None;
     }
 
     /// Brush diameter in image pixels.
@@ -374,6 +384,20 @@ impl ImageView {
     pub fn select(&mut self, id: Option<i64>) {
         self.selected = id;
         self.overlay_stale = true;
+        self.hint = None;
+    }
+
+    /// Why the last stroke did nothing (shown at the cursor and in the toolbar), if it did.
+    pub fn hint(&self) -> Option<&str> {
+        self.hint.as_deref()
+    }
+
+    /// The class a new instance gets: the one chosen in the side panel, else the first.
+    fn new_instance_class(&self) -> Option<i64> {
+        let data = self.data.as_ref()?;
+        self.new_class
+            .filter(|id| data.classes.iter().any(|c| c.id == *id))
+            .or(data.classes.first().map(|c| c.id))
     }
 
     /// Limits next/previous unreviewed to images with this class.
@@ -658,6 +682,10 @@ impl ImageView {
                 .clicked()
             {
                 self.history(false, cx);
+            }
+            if let Some(hint) = &self.hint {
+                ui.separator();
+                ui.colored_label(ui.visuals().warn_fg_color, hint);
             }
         });
         ui.horizontal_wrapped(|ui| {
@@ -996,16 +1024,50 @@ impl ImageView {
                 painter.circle_filled(p, 3.0, color);
             }
         }
-        // Brush outline under the cursor.
+        // Brush outline under the cursor, and what a stroke does when nothing is selected.
         if matches!(self.tool, Tool::Brush | Tool::Eraser)
             && let Some(hover) = response.hover_pos()
         {
-            painter.circle_stroke(
-                hover,
-                self.brush_size * 0.5 * self.scale,
-                Stroke::new(1.0, Color32::WHITE),
-            );
+            let radius = self.brush_size * 0.5 * self.scale;
+            painter.circle_stroke(hover, radius, Stroke::new(1.0, Color32::WHITE));
+            if let Some((text, warn)) = self.cursor_text() {
+                let color = if warn {
+                    ui.visuals().warn_fg_color
+                } else {
+                    Color32::WHITE
+                };
+                let at = hover + Vec2::new(radius + 6.0, radius + 6.0);
+                let galley = painter.layout_no_wrap(text, egui::FontId::proportional(13.0), color);
+                let rect = egui::Rect::from_min_size(at, galley.size()).expand(3.0);
+                painter.rect_filled(rect, 3.0, Color32::from_black_alpha(180));
+                painter.galley(at, galley, color);
+            }
         }
+    }
+
+    /// The label next to the brush: why the last stroke did nothing (`warn`), else, with
+    /// nothing selected, what a stroke will do.
+    fn cursor_text(&self) -> Option<(String, bool)> {
+        if let Some(hint) = &self.hint {
+            return Some((hint.clone(), true));
+        }
+        if self.stroke.is_some() || self.selected_mask().is_some() {
+            return None;
+        }
+        let data = self.data.as_ref()?;
+        if self.tool == Tool::Eraser {
+            return Some((NOTHING_TO_ERASE.to_owned(), true));
+        }
+        Some(match self.new_instance_class() {
+            Some(id) => {
+                let name = data.classes.iter().find(|c| c.id == id).map(|c| &c.name);
+                (
+                    format!("new {}", name.map_or("instance", |n| n.as_str())),
+                    false,
+                )
+            }
+            None => (NO_CLASS.to_owned(), true),
+        })
     }
 
     fn stroke_input(&mut self, ui: &egui::Ui, response: &egui::Response, cx: &mut PanelCtx<'_>) {
@@ -1051,21 +1113,36 @@ impl ImageView {
         }
     }
 
-    /// Starts a stroke at image point `p` (brush paints, eraser erases).
+    /// Starts a stroke at image point `p` (brush paints, eraser erases). With nothing selected
+    /// the brush starts a new instance of [`Self::new_instance_class`]; a stroke that cannot
+    /// start says why in [`Self::hint`] (at the cursor and in the toolbar), never silently.
     fn begin_stroke(&mut self, p: [f64; 2]) {
         let Some(data) = self.data.as_ref() else {
             return;
         };
-        if self.stale {
-            return; // the masks on screen are about to be replaced by the store's
-        }
         let value = self.tool != Tool::Eraser;
         let target = self
             .selected
             .and_then(|id| data.instances.iter().find(|i| i.row.id == id));
-        if target.is_none() && !value {
-            return; // erasing nothing
+        let refused = match target {
+            None if !value => Some(NOTHING_TO_ERASE),
+            None if self.new_instance_class().is_none() => Some(NO_CLASS),
+            // The selected instance's mask (or id) on screen is about to be replaced by the
+            // store's. A new instance depends on neither, so it may start meanwhile.
+            Some(_) if self.stale => Some("saving the previous edit; paint again in a moment"),
+            _ => None,
+        };
+        if let Some(why) = refused {
+            self.hint = Some(why.to_owned());
+            return;
         }
+        self.hint = None;
+        let Some(data) = self.data.as_ref() else {
+            return;
+        };
+        let target = self
+            .selected
+            .and_then(|id| data.instances.iter().find(|i| i.row.id == id));
         let mask = target.map_or_else(
             || Mask::new(data.meta.width, data.meta.height),
             |i| Mask::clone(&i.mask),
@@ -1124,6 +1201,7 @@ impl ImageView {
             }
             None => {
                 if !stroke.mask.data().contains(&1) {
+                    self.hint = Some("the stroke missed the image".to_owned());
                     return;
                 }
                 // The overlay already shows the stroke in the new instance's colour.
@@ -1176,15 +1254,11 @@ impl ImageView {
         class: Option<i64>,
         cx: &mut PanelCtx<'_>,
     ) {
-        let Some(data) = self.data.as_mut() else {
+        let Some(class_id) = class.or(self.new_instance_class()) else {
+            cx.notices.warn(NO_CLASS);
             return;
         };
-        let Some(class_id) = class
-            .or(self.new_class)
-            .or(data.classes.first().map(|c| c.id))
-        else {
-            cx.notices
-                .warn("the project has no class yet; import a dataset first");
+        let Some(data) = self.data.as_mut() else {
             return;
         };
         let id = self.next_temp_id;
@@ -1215,15 +1289,15 @@ impl ImageView {
         });
         self.selected = Some(id);
         let image = self.image_id;
-        self.send(
-            EditCommand::AddInstance {
-                image,
-                class: class_id,
-                mask,
-                origin,
-            },
-            cx,
-        );
+        let command = EditCommand::AddInstance {
+            image,
+            class: class_id,
+            mask,
+            origin,
+        };
+        if let Some(seq) = self.send(command, cx) {
+            self.new_ids.push_back((seq, id));
+        }
     }
 
     /// Changes an instance's class on screen and in the store.
@@ -1263,9 +1337,10 @@ impl ImageView {
         !self.stale
     }
 
-    /// Queues a store mutation on the writer (never blocks). A refused one is reported and
-    /// the view re-reads the store so it shows what was really saved.
-    fn send(&mut self, command: EditCommand, cx: &mut PanelCtx<'_>) -> bool {
+    /// Queues a store mutation on the writer (never blocks); returns its sequence number. A
+    /// refused one is reported and the view re-reads the store so it shows what was really
+    /// saved.
+    fn send(&mut self, command: EditCommand, cx: &mut PanelCtx<'_>) -> Option<u64> {
         let subject = command.subject(self.image_id);
         let reload = command.needs_reload();
         let history_unknown = matches!(
@@ -1276,17 +1351,17 @@ impl ImageView {
                 | EditCommand::Reload
         );
         match self.writer.submit(command, reload, self.ctx.clone()) {
-            Ok(_) => {
+            Ok(seq) => {
                 self.stale |= reload;
                 if !history_unknown && let Some(data) = self.data.as_mut() {
                     data.history = (true, false); // the writer's answer confirms it
                 }
-                true
+                Some(seq)
             }
             Err(e) => {
                 cx.notices.error(format!("{subject}: {e}"));
                 self.stale = true;
-                false
+                None
             }
         }
     }
@@ -1323,9 +1398,21 @@ impl ImageView {
     }
 
     fn apply_reply(&mut self, reply: EditReply, cx: &mut PanelCtx<'_>) {
-        if let (Some(summary), Some(data)) = (reply.summary, self.data.as_mut()) {
-            data.history = summary.history;
-            data.progress = summary.progress;
+        let new_instance = match self.new_ids.front() {
+            Some(&(seq, temp)) if seq == reply.seq => {
+                self.new_ids.pop_front();
+                Some(temp)
+            }
+            _ => None,
+        };
+        if let Some(summary) = reply.summary {
+            // The status bar's "N edited" (the shell loaded it with the project).
+            cx.requests
+                .push(ShellRequest::EditedInstances(summary.edited_instances));
+            if let Some(data) = self.data.as_mut() {
+                data.history = summary.history;
+                data.progress = summary.progress;
+            }
         }
         match reply.outcome {
             Err(e) => {
@@ -1342,7 +1429,17 @@ impl ImageView {
                 }
             }
             Ok(EditOutcome::Created { instance }) => {
-                if self.selected.is_none_or(|s| s < 0) {
+                // The temporary id of this new instance becomes the store's, selection
+                // included (the user may have selected another, or none, meanwhile).
+                if let Some(temp) = new_instance
+                    && let Some(inst) = self
+                        .data
+                        .as_mut()
+                        .and_then(|d| d.instances.iter_mut().find(|i| i.row.id == temp))
+                {
+                    inst.row.id = instance;
+                }
+                if new_instance.is_some() && self.selected == new_instance {
                     self.selected = Some(instance);
                 }
             }
@@ -1387,6 +1484,7 @@ impl ImageView {
     /// recomposed only when something differs from what is on screen.
     fn apply_snapshot(&mut self, snapshot: Snapshot) {
         self.stale = false;
+        self.new_ids.clear(); // every edit is answered (or lost with a stopped writer)
         let Some(data) = self.data.as_mut() else {
             return;
         };
@@ -1792,8 +1890,8 @@ impl ImageView {
         if let Some(s) = &self.stroke
             && s.target.is_none()
         {
-            let class = self.new_class.or(data.classes.first().map(|c| c.id));
-            let [r, g, b] = class
+            let [r, g, b] = self
+                .new_instance_class()
                 .and_then(|c| data.colors.get(&c))
                 .copied()
                 .unwrap_or([255; 3]);
@@ -1835,6 +1933,12 @@ impl ImageView {
         ColorImage::new([rw, rh], pixels)
     }
 }
+
+/// Why an eraser stroke with nothing selected does nothing.
+const NOTHING_TO_ERASE: &str = "select an instance to erase from (V, then click it)";
+
+/// Why a brush stroke with nothing selected cannot start a new instance.
+const NO_CLASS: &str = "the project has no class for a new instance; import a dataset first";
 
 /// Overlay pixels recomposed per frame from [`ImageView`]'s deferred region (a 2000-pixel-wide
 /// region: 131 rows, a few milliseconds).
