@@ -614,7 +614,15 @@ fn cli_download_and_classes_run() {
         search: Some("hot".into()),
         splits: "validation".into(),
         all: false,
+        refresh: true,
         source,
     };
     run_classes(&classes, env.cfg.cache_dir.clone(), &CancelToken::default()).unwrap();
+    // `--refresh` downloaded the class files again: the index holds the mirror's catalogue.
+    let cat = Catalogue::cached(&env.cfg).unwrap();
+    assert_eq!(
+        cat.source(),
+        maskstudio::openimages::CatalogueSource::Downloaded
+    );
+    assert!(cat.masks_known());
 }

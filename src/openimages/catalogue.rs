@@ -2,6 +2,10 @@
 //! hierarchy DAG (`Subcategory` is-a edges, `Part` part-of edges), name search, expansion of a
 //! parent to its segmentable descendants, per-split counts and download-size estimates.
 //! Parsed once and kept in the cache index.
+//!
+//! The three small class files are also built into the binary ([`builtin`]), so browsing,
+//! search and the hierarchy work offline: the index is seeded from the network when it answers
+//! and from the built-in copy when it does not ([`CatalogueSource`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::AtomicU64;
@@ -10,6 +14,7 @@ use rusqlite::params;
 
 use crate::dataset::store::CancelToken;
 
+use super::builtin;
 use super::http::Http;
 use super::{Config, Error, Index, Split};
 
@@ -29,6 +34,18 @@ pub const ROOT_MID: &str = "/m/0bl9f";
 pub const MASK_BYTES_ESTIMATE: u64 = 2_048;
 
 const CATALOGUE_KEY: &str = "catalogue";
+/// `meta` value of a catalogue parsed from the built-in files (anything else was downloaded).
+const BUILTIN_VALUE: &str = "builtin";
+
+/// Where the catalogue's class files came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CatalogueSource {
+    /// Downloaded from the Open Images bucket (or the configured mirror).
+    #[default]
+    Downloaded,
+    /// The copy built into the binary ([`builtin::VERSION`]).
+    BuiltIn,
+}
 
 /// Images and masks of a class in one split.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -98,6 +115,11 @@ pub struct Catalogue {
     children: HashMap<String, Vec<(String, EdgeKind)>>,
     parents: HashMap<String, Vec<(String, EdgeKind)>>,
     indexed: Vec<Split>,
+    source: CatalogueSource,
+    /// Whether any class is marked segmentable ([`Catalogue::masks_known`]).
+    masks_known: bool,
+    /// Why this load fell back to the built-in files (the network error), if it did.
+    fallback_reason: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -183,9 +205,10 @@ fn fetch_small(
     path: &str,
     cancel: &CancelToken,
     counter: &AtomicU64,
+    force: bool,
 ) -> Result<Vec<u8>, Error> {
     let dest = cfg.file_path(path);
-    if !dest.is_file() {
+    if force || !dest.is_file() {
         http.download_file(&cfg.gcs_url(path), &dest, cancel, counter, &|_, _| {})?;
     }
     std::fs::read(&dest).map_err(Error::io(&dest))
@@ -198,36 +221,42 @@ fn fetch_either(
     paths: [&str; 2],
     cancel: &CancelToken,
     counter: &AtomicU64,
+    force: bool,
 ) -> Result<(Vec<u8>, String), Error> {
-    match fetch_small(http, cfg, paths[0], cancel, counter) {
+    match fetch_small(http, cfg, paths[0], cancel, counter, force) {
         Ok(b) => Ok((b, paths[0].to_owned())),
         Err(Error::Status {
             status: 403 | 404, ..
         }) => Ok((
-            fetch_small(http, cfg, paths[1], cancel, counter)?,
+            fetch_small(http, cfg, paths[1], cancel, counter, force)?,
             paths[1].to_owned(),
         )),
         Err(e) => Err(e),
     }
 }
 
-/// Makes sure the catalogue is in the index (downloading the three small files once).
-pub(crate) fn ensure_in_index(
+/// The three class files, parsed: names, segmentable MIDs, hierarchy edges.
+pub(crate) type ClassFiles = (
+    Vec<(String, String)>,
+    Vec<String>,
+    Vec<(String, String, EdgeKind)>,
+);
+
+/// Downloads and parses the three class files (`force` re-downloads cached copies).
+fn download_class_files(
     http: &Http,
     cfg: &Config,
-    index: &mut Index,
     cancel: &CancelToken,
     counter: &AtomicU64,
-) -> Result<(), Error> {
-    if index.meta(CATALOGUE_KEY)?.is_some() {
-        return Ok(());
-    }
+    force: bool,
+) -> Result<ClassFiles, Error> {
     let (desc, desc_name) = fetch_either(
         http,
         cfg,
         [CLASS_DESCRIPTIONS, CLASS_DESCRIPTIONS_V7],
         cancel,
         counter,
+        force,
     )?;
     let names = parse_class_descriptions(&desc, &desc_name)?;
     let (seg, _) = fetch_either(
@@ -236,11 +265,57 @@ pub(crate) fn ensure_in_index(
         [SEGMENTATION_CLASSES, SEGMENTATION_CLASSES_V7],
         cancel,
         counter,
+        force,
     )?;
     let seg = parse_segmentation_classes(&String::from_utf8_lossy(&seg));
-    let hierarchy = fetch_small(http, cfg, HIERARCHY, cancel, counter)?;
+    let hierarchy = fetch_small(http, cfg, HIERARCHY, cancel, counter, force)?;
     let edges = parse_hierarchy(&hierarchy, HIERARCHY)?;
-    store_catalogue(index, &names, &seg, &edges)
+    Ok((names, seg, edges))
+}
+
+/// Makes sure the catalogue is in the index: downloaded once when the network answers, else the
+/// built-in copy (returned: the reason it was used). A built-in catalogue is tried again on
+/// every call, so it is replaced as soon as the network answers. Cancelling is an error, never
+/// a fallback.
+pub(crate) fn ensure_in_index(
+    http: &Http,
+    cfg: &Config,
+    index: &mut Index,
+    cancel: &CancelToken,
+    counter: &AtomicU64,
+) -> Result<Option<String>, Error> {
+    let stored = index.meta(CATALOGUE_KEY)?;
+    if stored.as_deref().is_some_and(|v| v != BUILTIN_VALUE) {
+        return Ok(None);
+    }
+    match download_class_files(http, cfg, cancel, counter, false) {
+        Ok((names, seg, edges)) => {
+            store_catalogue(index, &names, &seg, &edges, CatalogueSource::Downloaded)?;
+            Ok(None)
+        }
+        Err(Error::Cancelled) => Err(Error::Cancelled),
+        Err(e) => {
+            log::info!("Open Images class files not downloaded ({e}); using the built-in copy");
+            if stored.is_none() {
+                let (names, seg, edges) = builtin::class_files()?;
+                store_catalogue(index, &names, &seg, &edges, CatalogueSource::BuiltIn)?;
+            }
+            Ok(Some(e.to_string()))
+        }
+    }
+}
+
+/// Downloads the class files again and replaces the index's catalogue with them; on failure
+/// the catalogue in the index is left as it was.
+pub(crate) fn refresh_index(
+    http: &Http,
+    cfg: &Config,
+    index: &mut Index,
+    cancel: &CancelToken,
+    counter: &AtomicU64,
+) -> Result<(), Error> {
+    let (names, seg, edges) = download_class_files(http, cfg, cancel, counter, true)?;
+    store_catalogue(index, &names, &seg, &edges, CatalogueSource::Downloaded)
 }
 
 /// Writes the parsed catalogue into the index.
@@ -249,6 +324,7 @@ pub(crate) fn store_catalogue(
     names: &[(String, String)],
     segmentable: &[String],
     edges: &[(String, String, EdgeKind)],
+    source: CatalogueSource,
 ) -> Result<(), Error> {
     let tx = index.conn_mut().transaction()?;
     tx.execute("UPDATE classes SET segmentable = 0", [])?;
@@ -276,23 +352,116 @@ pub(crate) fn store_catalogue(
             params![p, c, kind.as_str()],
         )?;
     }
+    let value = match source {
+        CatalogueSource::Downloaded => "v1",
+        CatalogueSource::BuiltIn => BUILTIN_VALUE,
+    };
     tx.execute(
-        "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, 'v1')",
-        [CATALOGUE_KEY],
+        "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+        [CATALOGUE_KEY, value],
     )?;
     tx.commit()?;
     Ok(())
 }
 
 impl Catalogue {
-    /// Loads the catalogue, downloading the class files into the cache on first use, and the
+    /// Loads the catalogue, downloading the class files into the cache on first use (the
+    /// built-in copy when the network fails, see [`Catalogue::fallback_reason`]), and the
     /// counts of every split already indexed. Use [`Catalogue::load_with_counts`] to index more.
     pub fn load(cfg: &Config, cancel: &CancelToken) -> Result<Self, Error> {
         Self::load_with_counts(cfg, &[], cancel, &|_| {})
     }
 
+    /// The catalogue in the cache index as it is (with the counts of indexed splits), or the
+    /// built-in one when the index has none yet; never touches the network.
+    pub fn cached(cfg: &Config) -> Result<Self, Error> {
+        let index = Index::open(&cfg.cache_dir)?;
+        match index.meta(CATALOGUE_KEY)? {
+            Some(_) => Self::from_index(&index),
+            None => Self::builtin(),
+        }
+    }
+
+    /// The catalogue of the built-in class files, without counts (no disk, no network).
+    pub fn builtin() -> Result<Self, Error> {
+        let (names, seg, edges) = builtin::class_files()?;
+        let mut cat = Self::from_parts(&names, &seg, &edges);
+        cat.source = CatalogueSource::BuiltIn;
+        Ok(cat)
+    }
+
+    /// Downloads the class files again (replacing a built-in or older catalogue in the index),
+    /// then loads as [`Catalogue::load`] does. Fails, leaving the index as it was, when the
+    /// network does.
+    pub fn refresh(cfg: &Config, cancel: &CancelToken) -> Result<Self, Error> {
+        let http = Http::new(cfg);
+        let mut index = Index::open(&cfg.cache_dir)?;
+        refresh_index(&http, cfg, &mut index, cancel, &AtomicU64::new(0))?;
+        Self::from_index(&index)
+    }
+
+    /// Builds a catalogue (no counts) from parsed class files; the root is named "Entity".
+    fn from_parts(
+        names: &[(String, String)],
+        segmentable: &[String],
+        edges: &[(String, String, EdgeKind)],
+    ) -> Self {
+        let seg: HashSet<&str> = segmentable.iter().map(String::as_str).collect();
+        let mut named: BTreeMap<&str, &str> = names
+            .iter()
+            .map(|(m, n)| (m.as_str(), n.as_str()))
+            .collect();
+        named.entry(ROOT_MID).or_insert("Entity");
+        let mut rows: Vec<(&str, &str)> = named.into_iter().collect();
+        rows.sort_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0)));
+        let mut cat = Catalogue::default();
+        for (mid, name) in rows {
+            cat.by_mid.insert(mid.to_owned(), cat.classes.len());
+            cat.classes.push(ClassInfo {
+                mid: mid.to_owned(),
+                name: name.to_owned(),
+                segmentable: seg.contains(mid),
+                counts: BTreeMap::new(),
+            });
+        }
+        cat.masks_known = cat.classes.iter().any(|c| c.segmentable);
+        for (p, c, kind) in edges {
+            if cat.by_mid.contains_key(p) && cat.by_mid.contains_key(c) {
+                cat.children
+                    .entry(p.clone())
+                    .or_default()
+                    .push((c.clone(), *kind));
+                cat.parents
+                    .entry(c.clone())
+                    .or_default()
+                    .push((p.clone(), *kind));
+            }
+        }
+        cat
+    }
+
+    /// Where the class files came from.
+    pub fn source(&self) -> CatalogueSource {
+        self.source
+    }
+
+    /// Whether the catalogue knows which classes have masks: always once downloaded; not from a
+    /// built-in copy without the segmentation list ([`builtin`]). When unknown, every class is
+    /// `segmentable: false` and the UI lets any class be picked.
+    pub fn masks_known(&self) -> bool {
+        self.masks_known
+    }
+
+    /// Why this load used the built-in class files instead of downloading them (the network
+    /// error), when it did.
+    pub fn fallback_reason(&self) -> Option<&str> {
+        self.fallback_reason.as_deref()
+    }
+
     /// Like [`Catalogue::load`], first indexing `splits` (downloading their segmentation CSVs:
-    /// train is 770 MiB, validation 2.8 MiB, test 8.3 MiB) so their counts are known.
+    /// train is 770 MiB, validation 2.8 MiB, test 8.3 MiB) so their counts are known. When the
+    /// class files fell back to the built-in copy the network is down: no split is indexed and
+    /// [`Catalogue::fallback_reason`] says why.
     pub fn load_with_counts(
         cfg: &Config,
         splits: &[Split],
@@ -302,19 +471,30 @@ impl Catalogue {
         let http = Http::new(cfg);
         let mut index = Index::open(&cfg.cache_dir)?;
         let counter = AtomicU64::new(0);
-        ensure_in_index(&http, cfg, &mut index, cancel, &counter)?;
+        let fallback_reason = ensure_in_index(&http, cfg, &mut index, cancel, &counter)?;
+        // The network just failed: indexing would fail the same way after its retries.
+        let splits = if fallback_reason.is_some() {
+            &[]
+        } else {
+            splits
+        };
         for &split in splits {
             super::download::ensure_split_index(
                 &http, cfg, &mut index, split, cancel, &counter, events,
             )?;
         }
-        Self::from_index(&index)
+        let mut cat = Self::from_index(&index)?;
+        cat.fallback_reason = fallback_reason;
+        Ok(cat)
     }
 
     /// Reads the catalogue from an index.
     pub fn from_index(index: &Index) -> Result<Self, Error> {
         let conn = index.conn();
         let mut cat = Catalogue::default();
+        if index.meta(CATALOGUE_KEY)?.as_deref() == Some(BUILTIN_VALUE) {
+            cat.source = CatalogueSource::BuiltIn;
+        }
         let mut ids: HashMap<i64, String> = HashMap::new();
         let mut stmt = conn.prepare(
             "SELECT id, mid, name, segmentable FROM classes WHERE name IS NOT NULL ORDER BY name, mid",
@@ -338,6 +518,7 @@ impl Catalogue {
                 counts: BTreeMap::new(),
             });
         }
+        cat.masks_known = cat.classes.iter().any(|c| c.segmentable);
         let mut stmt = conn.prepare("SELECT parent, child, kind FROM edges")?;
         let rows = stmt.query_map([], |r| {
             Ok((
@@ -540,7 +721,14 @@ mod tests {
         let names = parse_class_descriptions(desc.as_bytes(), "d").unwrap();
         let seg = parse_segmentation_classes("/m/01b9xk\n/m/02y6n\n/m/0k4j\n/m/083wq\n");
         let edges = parse_hierarchy(HIER.as_bytes(), "h").unwrap();
-        store_catalogue(&mut index, &names, &seg, &edges).unwrap();
+        store_catalogue(
+            &mut index,
+            &names,
+            &seg,
+            &edges,
+            CatalogueSource::Downloaded,
+        )
+        .unwrap();
         Catalogue::from_index(&index).unwrap()
     }
 

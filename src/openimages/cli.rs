@@ -91,6 +91,9 @@ pub struct ClassesArgs {
     /// Show classes without masks too.
     #[arg(long)]
     pub all: bool,
+    /// Download the class files again, replacing the cached (or built-in) catalogue.
+    #[arg(long)]
+    pub refresh: bool,
     /// Hosts.
     #[command(flatten)]
     pub source: SourceArgs,
@@ -310,12 +313,32 @@ pub fn run_classes(
     cancel: &CancelToken,
 ) -> anyhow::Result<()> {
     let cfg = args.source.config(cache_dir);
+    if args.refresh {
+        Catalogue::refresh(&cfg, cancel)?;
+    }
     let bars = Bars::new();
-    let cat = Catalogue::load_with_counts(&cfg, &parse_splits(&args.splits)?, cancel, &|e| {
+    let loaded = Catalogue::load_with_counts(&cfg, &parse_splits(&args.splits)?, cancel, &|e| {
         bars.event(e)
     });
     bars.finish();
-    let cat = cat?;
+    let cat = match loaded {
+        Ok(cat) => cat,
+        Err(super::Error::Cancelled) => return Err(super::Error::Cancelled.into()),
+        // Offline: the class list still works (cached or built in); counts need the network.
+        Err(e) => {
+            eprintln!("counts not updated: {e}");
+            Catalogue::cached(&cfg)?
+        }
+    };
+    if let Some(reason) = cat.fallback_reason() {
+        eprintln!("Open Images not reachable ({reason}): no counts updated");
+    }
+    if cat.source() == super::CatalogueSource::BuiltIn {
+        eprintln!(
+            "class list: built into Mask Studio ({}); `--refresh` downloads it",
+            super::builtin::VERSION
+        );
+    }
     let list: Vec<_> = match &args.search {
         Some(q) => cat.search(q),
         None => cat.classes().iter().collect(),
@@ -328,8 +351,10 @@ pub fn run_classes(
     header.push_str(&format!(" {:>10}", "est. size"));
     println!("{header}");
     let mut shown = 0;
+    // Without the mask list (built-in copy, offline) every class is listed, its mask column `?`.
+    let masks_known = cat.masks_known();
     for c in list {
-        if !c.segmentable && !args.all {
+        if !c.segmentable && !args.all && masks_known {
             let below = cat.segmentable_descendants(&c.mid);
             if below.is_empty() {
                 continue;
@@ -349,7 +374,11 @@ pub fn run_classes(
             "{:<12} {:<32} {:>4}",
             c.mid,
             c.name,
-            if c.segmentable { "yes" } else { "-" }
+            match (masks_known, c.segmentable) {
+                (false, _) => "?",
+                (true, true) => "yes",
+                (true, false) => "-",
+            }
         );
         for s in &splits {
             let n = c.counts.get(s).copied().unwrap_or_default();

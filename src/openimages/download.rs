@@ -658,7 +658,13 @@ fn run(
         phase: Phase::Catalogue,
         message: "class lists and hierarchy".into(),
     });
-    catalogue::ensure_in_index(&http, cfg, &mut index, cancel, &counters.index)?;
+    if let Some(reason) =
+        catalogue::ensure_in_index(&http, cfg, &mut index, cancel, &counters.index)?
+    {
+        events(DownloadEvent::Warning(format!(
+            "class files not downloaded ({reason}); using the class list built into Mask Studio"
+        )));
+    }
     let cat = Catalogue::from_index(&index)?;
     let mut mids: Vec<(String, String)> = Vec::new();
     for name in req.classes.iter().filter(|c| !c.trim().is_empty()) {

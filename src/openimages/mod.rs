@@ -17,6 +17,7 @@
 //! interrupted run resumes), [`Catalogue`] (classes, hierarchy, search, counts, size estimates)
 //! and [`export_seed_layout`].
 
+pub mod builtin;
 pub mod catalogue;
 pub mod cli;
 mod config;
@@ -29,7 +30,7 @@ mod masks;
 mod select;
 pub mod zip;
 
-pub use catalogue::{Catalogue, ClassCounts, ClassInfo, SizeEstimate};
+pub use catalogue::{Catalogue, CatalogueSource, ClassCounts, ClassInfo, SizeEstimate};
 pub use config::{Config, GCS_BASE_ENV, IMAGES_BASE_ENV};
 pub use download::{
     DownloadEvent, DownloadRequest, DownloadSummary, Failure, FailureKind, Phase, Transfer,
