@@ -144,3 +144,54 @@ fn cancel_stops_within_a_step_and_leaves_a_loadable_bundle() {
     let csv = std::fs::read_to_string(summary.run_dir.join("metrics.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + 3);
 }
+
+/// The Train form's sample recipe (what "Try the sample" trains): every epoch runs, the loss
+/// falls and validation finds the shapes (mask AP well above zero). The README quotes its time
+/// on a 2-core CPU; here only the outcome is checked, never the speed.
+#[test]
+fn the_sample_recipe_converges_to_a_non_zero_validation_ap() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("sample");
+    maskstudio::sample::create_sample_project(&project, &mut |_| {}).unwrap();
+    let cfg = TrainConfig {
+        device: DeviceChoice::Cpu,
+        auto_config: true,
+        ..maskstudio::sample::train_config()
+    };
+    let mut obs = Collect::default();
+    let started = std::time::Instant::now();
+    let summary = train::train(
+        &project,
+        &dir.path().join("runs"),
+        &cfg,
+        &CancelToken::default(),
+        &mut obs,
+    )
+    .unwrap();
+    let epochs: Vec<(f64, Option<f64>)> = obs
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            TrainEvent::EpochEnd {
+                mean_loss,
+                val_segm_ap,
+                ..
+            } => Some((*mean_loss, *val_segm_ap)),
+            _ => None,
+        })
+        .collect();
+    eprintln!(
+        "sample recipe: {} steps in {:.0} s; (mean loss, val mask AP) per epoch {epochs:?}",
+        summary.iterations,
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(summary.epochs_completed, cfg.epochs);
+    assert_eq!(epochs.len(), cfg.epochs);
+    let (first, last) = (epochs[0].0, epochs[cfg.epochs - 1].0);
+    assert!(
+        last < 0.75 * first,
+        "loss did not converge: {first} -> {last}"
+    );
+    let ap = epochs[cfg.epochs - 1].1.expect("validation every epoch");
+    assert!(ap > 0.1, "validation mask AP {ap} after the sample recipe");
+}

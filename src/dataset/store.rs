@@ -232,6 +232,15 @@ pub struct ProjectInfo {
     pub unreviewed_images: u64,
     /// Images per review status, sorted by status name.
     pub review: BTreeMap<String, u64>,
+    /// Images per `source` (`sample`, `openimages`, an import format…), sorted by source.
+    pub sources: BTreeMap<String, u64>,
+}
+
+impl ProjectInfo {
+    /// Whether every image came from the generated sample ([`crate::sample`]).
+    pub fn is_sample(&self) -> bool {
+        !self.sources.is_empty() && self.sources.keys().all(|s| s == crate::sample::SOURCE)
+    }
 }
 
 /// One image's row, for the image view.
@@ -697,6 +706,14 @@ impl Project {
             info.review.insert(status, count as u64);
         }
         info.unreviewed_images = info.review.get("unreviewed").copied().unwrap_or(0);
+        let mut stmt = self
+            .conn
+            .prepare("SELECT source, COUNT(*) FROM images GROUP BY 1 ORDER BY 1")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        for row in rows {
+            let (source, count) = row?;
+            info.sources.insert(source, count as u64);
+        }
         Ok(info)
     }
 
