@@ -1,7 +1,8 @@
 //! The Predict panel driven through its real widgets (egui_kittest, by accessible label): load a
 //! bundle, drop an image (simulated drop), see the instances listed, move the score slider and
 //! see the count change, export, and drop a corrupt file and an unsupported one and see the
-//! error named while the rest keeps working.
+//! error named while the rest keeps working; drop a folder of nested folders with a file that is
+//! no image; pick a model from the project's runs (listed with their AP), remembered per project.
 
 mod common;
 
@@ -36,14 +37,21 @@ impl eframe::egui::DroppedFile for FakeDrop {
 
 struct State {
     panel: PredictPanel,
+    project: Option<PathBuf>,
     settings: Settings,
     notices: Notices,
     requests: Vec<ShellRequest>,
 }
 
 fn harness(settings: Settings) -> Harness<'static, State> {
+    harness_in(settings, None)
+}
+
+/// The panel with `project` open.
+fn harness_in(settings: Settings, project: Option<PathBuf>) -> Harness<'static, State> {
     let state = State {
         panel: PredictPanel::default(),
+        project,
         settings,
         notices: Notices::default(),
         requests: Vec::new(),
@@ -53,7 +61,7 @@ fn harness(settings: Settings) -> Harness<'static, State> {
         .build_ui_state(
             |ui, s: &mut State| {
                 let mut cx = PanelCtx {
-                    project: None,
+                    project: s.project.as_deref(),
                     settings: &mut s.settings,
                     notices: &mut s.notices,
                     requests: &mut s.requests,
@@ -368,4 +376,219 @@ fn a_folder_larger_than_the_pixel_budget_keeps_only_the_shown_image_in_memory() 
         .map(|r| r.detections.len())
         .sum();
     assert_eq!(results.len(), total);
+}
+
+#[test]
+fn a_dropped_folder_with_nested_folders_predicts_every_image_and_names_the_file_that_is_not_one() {
+    let _rng = RNG_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("shoot");
+    let deeper = folder.join("day 1").join("camera b");
+    std::fs::create_dir_all(&deeper).unwrap();
+    std::fs::create_dir_all(folder.join("empty")).unwrap();
+    write_blocks(&folder.join("top.png"), 120, 96);
+    write_blocks(&folder.join("day 1").join("a.PNG"), 96, 120);
+    write_blocks(&deeper.join("b.jpg"), 120, 96);
+    std::fs::write(folder.join("day 1").join("notes.txt"), b"exposure +1").unwrap();
+    std::fs::write(deeper.join(".DS_Store"), b"\0\0").unwrap();
+    let bundle = random_bundle(dir.path(), &folder.join("top.png"));
+
+    let settings = Settings {
+        score_threshold: 0.0,
+        ..Settings::default()
+    };
+    let mut h = harness(settings);
+    h.run();
+    load_model(&mut h, &bundle);
+    h.input_mut()
+        .dropped_files
+        .push(Arc::new(FakeDrop(folder.clone())));
+    wait_for(&mut h, "the folder", |s| {
+        s.panel.results().len() == 3 && !s.panel.busy()
+    });
+    h.run();
+    let mut found: Vec<PathBuf> = h
+        .state()
+        .panel
+        .results()
+        .iter()
+        .map(|r| r.path.clone())
+        .collect();
+    found.sort();
+    let mut expected = vec![
+        folder.join("top.png"),
+        folder.join("day 1").join("a.PNG"),
+        deeper.join("b.jpg"),
+    ];
+    expected.sort();
+    assert_eq!(found, expected, "every image of every nested folder");
+    let sizes: Vec<[u32; 2]> = h.state().panel.results().iter().map(|r| r.size).collect();
+    assert!(sizes.contains(&[96, 120]), "{sizes:?}");
+
+    // The text file is skipped and named (the hidden file silently), nothing failed to predict.
+    let failures = h.state().panel.failures();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(failures[0].contains("notes.txt") && failures[0].contains("not an image"));
+    let warnings: Vec<&str> = h
+        .state()
+        .notices
+        .items
+        .iter()
+        .filter(|n| n.level == NoticeLevel::Warning)
+        .map(|n| n.text.as_str())
+        .collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("skipped 1 file that is not an image") && w.contains("notes.txt")),
+        "{warnings:?}"
+    );
+    assert!(
+        h.state()
+            .notices
+            .items
+            .iter()
+            .all(|n| n.level != NoticeLevel::Error),
+        "no errors"
+    );
+    h.get_by_label("Problems (1)");
+    h.get_by_label_contains("notes.txt: not an image");
+    // Every result can be shown.
+    for i in 0..3 {
+        h.state_mut().panel.select(i);
+        h.run();
+        let n = h.state().panel.results()[i].detections.len();
+        h.get_by_label(&format!("Instances shown: {n}"));
+    }
+}
+
+/// Copies a bundle's files into `dest` (a run's checkpoint folder).
+fn copy_bundle(src: &Path, dest: &Path) {
+    std::fs::create_dir_all(dest).unwrap();
+    for f in ["model.safetensors", "labels.txt", "model.json"] {
+        std::fs::copy(src.join(f), dest.join(f)).unwrap();
+    }
+}
+
+/// A run folder as the trainer leaves it: config, epochs.csv with validation AP per epoch
+/// (best 0.41 at epoch 1, last 0.38), best and last checkpoints holding `bundle`.
+fn fake_run(project: &Path, id: &str, bundle: &Path) -> PathBuf {
+    let run = project.join("runs").join(id);
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(
+        run.join("config.json"),
+        r#"{"train": {"preset": "cpu-fast", "epochs": 3}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        run.join("epochs.csv"),
+        "epoch,steps,mean_loss,lr,val_segm_ap,val_bbox_ap,seconds\n\
+         0,4,2.0,0.01,0.125,0.2,3.5\n1,4,1.5,0.01,0.41,0.5,3.5\n2,4,1.2,0.01,0.38,0.45,3.5\n",
+    )
+    .unwrap();
+    copy_bundle(bundle, &run.join("checkpoints/best"));
+    copy_bundle(bundle, &run.join("checkpoints/last"));
+    run
+}
+
+fn wait_listed(h: &mut Harness<'_, State>) {
+    wait_for(h, "the project's models", |s| {
+        !s.panel.picker().listing() && !s.panel.picker().entries().is_empty()
+    });
+}
+
+#[test]
+fn the_picker_lists_the_projects_runs_loads_the_chosen_one_and_remembers_it_per_project() {
+    use eframe::egui::accesskit::Role;
+    let _rng = RNG_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.png");
+    write_blocks(&good, 120, 96);
+    let bundle = random_bundle(dir.path(), &good);
+    let project = dir.path().join("cells");
+    let old = fake_run(&project, "20261204-101500", &bundle);
+    let run = fake_run(&project, "20261205-140200", &bundle);
+    let other = dir.path().join("leaves");
+    let other_run = fake_run(&other, "20261130-080000", &bundle);
+
+    let settings = Settings {
+        score_threshold: 0.0,
+        ..Settings::default()
+    };
+    let mut h = harness_in(settings, Some(project.clone()));
+    h.run();
+    wait_listed(&mut h);
+    let entries = h.state().panel.picker().entries().to_vec();
+    assert_eq!(entries.len(), 4, "best and last of two runs");
+    assert_eq!(entries[0].dir, run.join("checkpoints/best"), "newest first");
+    assert_eq!(entries[2].dir, old.join("checkpoints/best"));
+    // Nothing remembered yet: the newest run's best checkpoint is preselected (not loaded).
+    let best = run.join("checkpoints/best").display().to_string();
+    assert_eq!(h.state().panel.model_path(), best);
+    assert!(!h.state().panel.model_loaded());
+
+    // The list shows each bundle with its run, kind, AP and date; choosing one loads it.
+    h.get_by_role_and_label(Role::ComboBox, "Project models")
+        .click();
+    h.run();
+    let item = |prefix: &'static str| {
+        move |n: &egui_kittest::kittest::AccessKitNode<'_>| {
+            n.role() == Role::Button && n.label().is_some_and(|l| l.starts_with(prefix))
+        }
+    };
+    h.get_by(item("run 20261205-140200 · best · AP 0.410 · "));
+    h.get_by(item("run 20261205-140200 · last · AP 0.380 · "));
+    h.get_by(item("run 20261204-101500 · best · AP 0.410 · "));
+    h.get_by(item("run 20261204-101500 · last · AP 0.380 · "))
+        .click();
+    wait_for(&mut h, "the chosen model", |s| {
+        s.panel.model_loaded() && !s.panel.busy()
+    });
+    let last_old = old.join("checkpoints/last");
+    assert_eq!(h.state().panel.loaded_model(), Some(last_old.as_path()));
+    h.get_by_label("Classes: cat, dog");
+    let key = project.display().to_string();
+    assert_eq!(
+        h.state().settings.last_bundle[&key]["predict"],
+        last_old.display().to_string()
+    );
+    let settings = h.state().settings.clone();
+    drop(h);
+
+    // A restarted studio on the same project preselects the remembered bundle; a drop loads it
+    // and predicts.
+    let mut h = harness_in(settings.clone(), Some(project.clone()));
+    h.run();
+    wait_listed(&mut h);
+    assert_eq!(h.state().panel.model_path(), last_old.display().to_string());
+    h.input_mut()
+        .dropped_files
+        .push(Arc::new(FakeDrop(good.clone())));
+    wait_for(&mut h, "the prediction with the remembered model", |s| {
+        s.panel.results().len() == 1 && !s.panel.busy()
+    });
+    assert_eq!(h.state().panel.loaded_model(), Some(last_old.as_path()));
+    drop(h);
+
+    // Another project has its own choice: its newest best, nothing of the first project's.
+    let mut h = harness_in(settings.clone(), Some(other.clone()));
+    h.run();
+    wait_listed(&mut h);
+    assert_eq!(
+        h.state().panel.model_path(),
+        other_run.join("checkpoints/best").display().to_string()
+    );
+    drop(h);
+
+    // A remembered bundle that is gone is not preselected.
+    std::fs::remove_dir_all(&last_old).unwrap();
+    let mut h = harness_in(settings, Some(project.clone()));
+    h.run();
+    wait_listed(&mut h);
+    assert_eq!(h.state().panel.model_path(), best);
+    assert_eq!(h.state().panel.picker().entries().len(), 3);
 }

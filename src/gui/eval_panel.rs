@@ -1,5 +1,5 @@
-//! Evaluate section (inside the Train tab): a bundle (a run's or any folder) on a project split,
-//! evaluated on the `eval-run` thread with [`crate::eval::errors::evaluate_with_errors`]:
+//! Evaluate section (inside the Train tab): a bundle (one of the project's runs or exports from
+//! the [`crate::gui::model_picker`], or any folder) on a project split, evaluated on the `eval-run` thread with [`crate::eval::errors::evaluate_with_errors`]:
 //! per-class AP next to instance counts, precision-recall curves, and the images with the most
 //! false positives / negatives, each opening in Review.
 
@@ -11,9 +11,11 @@ use egui_plot::{Legend, Line, Plot, PlotPoints};
 use crate::dataset::store::CancelToken;
 use crate::eval::coco_eval::{EvalResult, IouType};
 use crate::eval::errors::{EvalReport, evaluate_with_errors};
+use crate::gui::model_picker::{self, ModelPicker, Purpose};
 use crate::gui::predict_panel::device_choice;
 use crate::gui::shared::{JobView, PanelCtx, ShellRequest};
 use crate::gui::worker::{Polled, Worker};
+use crate::train::runs::RunInfo;
 
 /// Errors are counted at this mask IoU.
 pub const ERROR_IOU: f64 = 0.5;
@@ -37,7 +39,13 @@ struct Job {
 
 /// The Evaluate section.
 pub struct EvalPanel {
+    /// The bundle folder in the picker's path field.
     bundle_path: String,
+    /// The project's models, "Browse…" and the path field ("Bundle to evaluate").
+    picker: ModelPicker,
+    /// The Train tab's run list as last seen (id, has a bundle, steps): when it changes, the
+    /// picker lists the project again.
+    runs_seen: Vec<(String, bool, usize)>,
     split: Option<String>,
     job: Option<Job>,
     report: Option<EvalReport>,
@@ -51,6 +59,8 @@ impl Default for EvalPanel {
     fn default() -> Self {
         Self {
             bundle_path: String::new(),
+            picker: ModelPicker::new(Purpose::Eval, "Bundle to evaluate").with_field_width(260.0),
+            runs_seen: Vec::new(),
             split: None,
             job: None,
             report: None,
@@ -89,6 +99,16 @@ impl EvalPanel {
     /// The last finished evaluation.
     pub fn report(&self) -> Option<&EvalReport> {
         self.report.as_ref()
+    }
+
+    /// The bundle folder in the model field (chosen, preselected or typed).
+    pub fn bundle_path(&self) -> &str {
+        &self.bundle_path
+    }
+
+    /// The model picker (its listing of the project's bundles).
+    pub fn picker(&self) -> &ModelPicker {
+        &self.picker
     }
 
     /// Whether an evaluation is running.
@@ -211,26 +231,23 @@ impl EvalPanel {
         }
     }
 
-    /// Draws the section; `bundles` are the runs' bundles offered in the picker.
-    pub fn ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelCtx, bundles: &[(String, PathBuf)]) {
+    /// Draws the section; `runs` is the Train tab's run list (when it changes, a run finished
+    /// or was rescanned, the picker lists the project's models again).
+    pub fn ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelCtx, runs: &[RunInfo]) {
         self.forget_other_projects(cx);
         self.drain(cx);
+        let seen: Vec<(String, bool, usize)> = runs
+            .iter()
+            .map(|r| (r.id.clone(), r.has_bundle, r.steps))
+            .collect();
+        if seen != self.runs_seen {
+            self.runs_seen = seen;
+            self.picker.refresh();
+        }
+        ui.horizontal_wrapped(|ui| {
+            self.picker.ui(ui, cx, &mut self.bundle_path);
+        });
         ui.horizontal(|ui| {
-            let label = ui.label("Bundle to evaluate");
-            ui.add(egui::TextEdit::singleline(&mut self.bundle_path).desired_width(300.0))
-                .labelled_by(label.id);
-            let label = ui.label("Run");
-            egui::ComboBox::from_id_salt("eval_run_pick")
-                .selected_text("from a run")
-                .show_ui(ui, |ui| {
-                    for (id, dir) in bundles {
-                        if ui.selectable_label(false, id).clicked() {
-                            self.bundle_path = dir.display().to_string();
-                        }
-                    }
-                })
-                .response
-                .labelled_by(label.id);
             let label = ui.label("Split");
             egui::ComboBox::from_id_salt("eval_split")
                 .selected_text(self.split.as_deref().unwrap_or("all"))
@@ -248,6 +265,7 @@ impl EvalPanel {
                 .clicked()
             {
                 let bundle = PathBuf::from(self.bundle_path.trim());
+                model_picker::remember(cx, Purpose::Eval, &bundle);
                 self.start(ui.ctx(), bundle, cx);
             }
             if let Some(job) = &self.job {

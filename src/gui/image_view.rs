@@ -711,24 +711,34 @@ impl ImageView {
                 action = Some(ImageViewAction::Close);
             }
             ui.separator();
-            let label = ui.label("Model bundle");
+            // The project's models, "Browse…" and the typed "Model bundle" field: one picker
+            // for every image's view (kept in the context's memory, listed once per project).
+            use crate::gui::model_picker::{self, ModelPicker, Purpose};
+            let picker = ModelPicker::shared(ui.ctx(), Purpose::Assist, "Model bundle");
+            let mut picker = picker
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if self.model_path.is_empty() && !self.model_path_from_settings {
-                // The last bundle used, from the settings: it does not reset on every image.
-                self.model_path = cx.settings.assist_bundle.clone();
+                // This project's last choice (else its newest best checkpoint), else the last
+                // bundle used anywhere: it does not reset on every image.
+                self.model_path = picker
+                    .initial_choice(cx)
+                    .unwrap_or_else(|| cx.settings.assist_bundle.clone());
             }
             self.model_path_from_settings = true;
-            if ui
-                .add(egui::TextEdit::singleline(&mut self.model_path).desired_width(180.0))
-                .labelled_by(label.id)
-                .changed()
-            {
+            if picker.ui(ui, cx, &mut self.model_path).edited {
                 cx.settings.assist_bundle = self.model_path.trim().to_owned();
             }
+            drop(picker);
             let running = self.assist_rx.is_some();
             if ui
                 .add_enabled(!running, egui::Button::new("Propose masks"))
                 .clicked()
             {
+                let chosen = self.model_path.trim();
+                if !chosen.is_empty() {
+                    model_picker::remember(cx, Purpose::Assist, Path::new(chosen));
+                }
                 self.propose(ui.ctx(), cx);
             }
             if running {

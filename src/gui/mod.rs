@@ -14,6 +14,7 @@ pub mod eval_panel;
 pub mod gallery;
 pub mod image_view;
 pub mod log_toasts;
+pub mod model_picker;
 pub mod predict_panel;
 pub mod shared;
 pub mod thumbs;

@@ -1,9 +1,12 @@
-//! Predict tab: drop images or folders (or open them), load any model bundle, and see the
-//! detections over each image. The model runs once per image on the `predict-worker` thread
+//! Predict tab: drop images or folders (or open them), pick one of the project's models (or any
+//! bundle folder: [`crate::gui::model_picker`]), and see the detections over each image. The model runs once per image on the `predict-worker` thread
 //! while a `predict-decode` thread reads and prepares the next images
 //! ([`crate::infer::pipeline`]); the worker keeps each mask's probabilities, and the score and
 //! mask-threshold sliders re-render the overlay from them without running the model again.
 //! Results export as overlay PNGs, per-instance PNG masks and a COCO results JSON.
+//!
+//! Dropped folders are searched recursively ([`collect_inputs`]); files in them that are not
+//! images are skipped and named in the Problems list.
 //!
 //! Memory stays bounded on large folders: each result keeps its detections (soft masks cropped
 //! to their boxes, no full-size binary masks: [`Predictor::predict_soft`]) but pixels only for the few images shown last
@@ -20,10 +23,11 @@ use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use eframe::egui;
 
 use crate::dataset::store::{CancelToken, write_atomic};
+use crate::gui::model_picker::{self, ModelPicker, Purpose};
 use crate::gui::shared::{DeviceSetting, JobView, PanelCtx};
 use crate::gui::worker::{Polled, Worker, WorkerTx};
 use crate::infer::pipeline::DecodeAhead;
-use crate::infer::{Detection, Predictor, collect_images, overlay, read_image};
+use crate::infer::{Detection, Predictor, overlay, read_image};
 use crate::runtime::DeviceChoice;
 
 /// The model keeps detections down to this score, so the score slider can go as low.
@@ -89,6 +93,8 @@ enum Event {
     Started {
         total: usize,
     },
+    /// Files inside the dropped folders that are not images (or could not be listed), with why.
+    Skipped(Vec<(PathBuf, String)>),
     Image(Box<PredictedImage>),
     ImageFailed {
         path: PathBuf,
@@ -123,7 +129,6 @@ enum Event {
     },
     Picked {
         paths: Vec<PathBuf>,
-        model: bool,
     },
 }
 
@@ -152,7 +157,10 @@ impl PredictedImage {
 
 /// The Predict tab.
 pub struct PredictPanel {
+    /// The bundle folder in the picker's path field.
     model_path: String,
+    /// The project's models, "Browse…" and the path field.
+    picker: ModelPicker,
     input_path: String,
     export_dir: String,
     model: Option<(PathBuf, Vec<String>)>,
@@ -193,6 +201,7 @@ impl Default for PredictPanel {
     fn default() -> Self {
         Self {
             model_path: String::new(),
+            picker: ModelPicker::new(Purpose::Predict, "Model bundle").with_field_width(260.0),
             input_path: String::new(),
             export_dir: String::new(),
             model: None,
@@ -229,6 +238,58 @@ pub fn visible_detections(all: &[Detection], score: f32, mask_threshold: f32) ->
         .collect()
 }
 
+/// Whether `path` has an image extension the predictor reads (jpg, jpeg, png).
+fn is_image_name(path: &Path) -> bool {
+    path.extension().is_some_and(|e| {
+        matches!(
+            e.to_ascii_lowercase().to_str(),
+            Some("jpg" | "jpeg" | "png")
+        )
+    })
+}
+
+/// The images to predict for dropped or opened `inputs`: files as given (a file that is no
+/// image fails when decoded, naming it), folders searched recursively (sorted by path within
+/// each folder; links to folders are not followed, so a link loop cannot recurse forever).
+/// Files inside folders that are not images, and entries that cannot be listed, are returned
+/// apart with the reason; hidden files (`.DS_Store`, ...) are left out silently.
+pub fn collect_inputs(inputs: &[PathBuf]) -> (Vec<PathBuf>, Vec<(PathBuf, String)>) {
+    let (mut images, mut skipped) = (Vec::new(), Vec::new());
+    for input in inputs {
+        if !input.is_dir() {
+            images.push(input.clone());
+            continue;
+        }
+        let mut found = Vec::new();
+        for entry in walkdir::WalkDir::new(input).follow_links(false) {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    let path = e.path().unwrap_or(input).to_path_buf();
+                    skipped.push((path, format!("cannot be listed: {e}")));
+                    continue;
+                }
+            };
+            let path = entry.path();
+            let hidden = entry.file_name().to_string_lossy().starts_with('.');
+            if entry.file_type().is_dir() || hidden || !path.is_file() {
+                continue;
+            }
+            if is_image_name(path) {
+                found.push(path.to_path_buf());
+            } else {
+                skipped.push((
+                    path.to_path_buf(),
+                    "not an image (jpg, jpeg or png); skipped".to_owned(),
+                ));
+            }
+        }
+        found.sort();
+        images.extend(found);
+    }
+    (images, skipped)
+}
+
 fn file_label(path: &Path) -> String {
     path.file_name().map_or_else(
         || path.display().to_string(),
@@ -263,17 +324,11 @@ fn worker_loop(rx: Receiver<Command>, tx: WorkerTx<Event>) {
                 let Some(p) = &predictor else {
                     continue;
                 };
-                let files = match collect_images(&inputs) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        send(Event::ImageFailed {
-                            path: inputs.first().cloned().unwrap_or_default(),
-                            error: format!("{e:#}"),
-                        });
-                        Vec::new()
-                    }
-                };
+                let (files, skipped) = collect_inputs(&inputs);
                 if !send(Event::Started { total: files.len() }) {
+                    return;
+                }
+                if !skipped.is_empty() && !send(Event::Skipped(skipped)) {
                     return;
                 }
                 // The next images are read and prepared on `predict-decode` while the model
@@ -437,6 +492,21 @@ impl PredictPanel {
     /// Whether a model is loaded.
     pub fn model_loaded(&self) -> bool {
         self.model.is_some()
+    }
+
+    /// The bundle folder of the loaded model.
+    pub fn loaded_model(&self) -> Option<&Path> {
+        self.model.as_ref().map(|(p, _)| p.as_path())
+    }
+
+    /// The bundle folder in the model field (chosen, preselected or typed).
+    pub fn model_path(&self) -> &str {
+        &self.model_path
+    }
+
+    /// The model picker (its listing of the project's bundles).
+    pub fn picker(&self) -> &ModelPicker {
+        &self.picker
     }
 
     /// Whether a prediction batch is running.
@@ -614,8 +684,20 @@ impl PredictPanel {
         }
         if self.model.is_none() || self.model_loading || self.batch.is_some() {
             if self.model.is_none() && !self.model_loading {
-                cx.notices
-                    .warn("load a model bundle first; the dropped images will be predicted then");
+                let chosen = self.model_path.trim();
+                if chosen.is_empty() {
+                    cx.notices.warn(
+                        "load a model bundle first; the dropped images will be predicted then",
+                    );
+                } else {
+                    // The picker's choice (remembered or newest best) is loaded for them.
+                    let path = PathBuf::from(chosen);
+                    cx.notices.info(format!(
+                        "loading the model {}; the dropped images are predicted then",
+                        path.display()
+                    ));
+                    self.load_model(ctx, path, cx);
+                }
             }
             self.pending.extend(inputs);
             return;
@@ -686,6 +768,7 @@ impl PredictPanel {
             match event {
                 Event::Loaded { path, labels } => {
                     self.model_loading = false;
+                    model_picker::remember(cx, Purpose::Predict, &path);
                     cx.notices.info(format!(
                         "model {} loaded: {}",
                         path.display(),
@@ -703,6 +786,32 @@ impl PredictPanel {
                 Event::Started { total } => {
                     if let Some(b) = &mut self.batch {
                         b.total = total;
+                    }
+                }
+                Event::Skipped(skipped) => {
+                    let names: Vec<String> = skipped
+                        .iter()
+                        .take(3)
+                        .map(|(p, _)| p.display().to_string())
+                        .collect();
+                    let more = skipped.len().saturating_sub(names.len());
+                    let more = if more > 0 {
+                        format!(" and {more} more")
+                    } else {
+                        String::new()
+                    };
+                    let what = if skipped.len() == 1 {
+                        "file that is not an image"
+                    } else {
+                        "files that are not images"
+                    };
+                    cx.notices.warn(format!(
+                        "skipped {} {what} in the dropped folders: {}{more}",
+                        skipped.len(),
+                        names.join(", ")
+                    ));
+                    for (path, why) in skipped {
+                        self.failures.push(format!("{}: {why}", path.display()));
                     }
                 }
                 Event::Image(item) => {
@@ -788,15 +897,7 @@ impl PredictPanel {
                     self.exporting = None;
                     cx.notices.error(format!("export failed: {error}"));
                 }
-                Event::Picked { paths, model } => {
-                    if model {
-                        if let Some(p) = paths.into_iter().next() {
-                            self.load_model(ctx, p, cx);
-                        }
-                    } else {
-                        self.predict(ctx, paths, cx);
-                    }
-                }
+                Event::Picked { paths } => self.predict(ctx, paths, cx),
             }
         }
         for (name, why) in died {
@@ -808,23 +909,15 @@ impl PredictPanel {
         }
     }
 
-    /// Opens a file dialog on a thread (never on the UI thread: it blocks until closed).
-    fn pick(&mut self, ctx: &egui::Context, model: bool, cx: &mut PanelCtx) {
+    /// Opens an image file dialog on a thread (never on the UI thread: it blocks until closed).
+    fn pick(&mut self, ctx: &egui::Context, cx: &mut PanelCtx) {
         let spawned = Worker::once("predict-dialog", ctx, move || {
-            let paths = if model {
-                rfd::FileDialog::new()
-                    .set_title("Model bundle folder")
-                    .pick_folder()
-                    .map(|p| vec![p])
-            } else {
-                rfd::FileDialog::new()
-                    .add_filter("Images", &["jpg", "jpeg", "png"])
-                    .pick_files()
-            };
+            let paths = rfd::FileDialog::new()
+                .add_filter("Images", &["jpg", "jpeg", "png"])
+                .pick_files();
             // A cancelled dialog picks nothing.
             Event::Picked {
                 paths: paths.unwrap_or_default(),
-                model,
             }
         });
         match spawned {
@@ -894,10 +987,14 @@ impl PredictPanel {
         }
         let hovering = ui.input(|i| !i.raw.hovered_files.is_empty());
 
-        ui.horizontal(|ui| {
-            let label = ui.label("Model bundle");
-            ui.add(egui::TextEdit::singleline(&mut self.model_path).desired_width(320.0))
-                .labelled_by(label.id);
+        ui.horizontal_wrapped(|ui| {
+            let picked = self.picker.ui(ui, cx, &mut self.model_path);
+            if let Some(path) = picked.chosen
+                && !self.model_loading
+            {
+                // Choosing a model (from the list or Browse…) loads it.
+                self.load_model(&ctx, path, cx);
+            }
             let can_load = !self.model_loading && !self.model_path.trim().is_empty();
             if ui
                 .add_enabled(can_load, egui::Button::new("Load model"))
@@ -905,9 +1002,6 @@ impl PredictPanel {
             {
                 let path = PathBuf::from(self.model_path.trim());
                 self.load_model(&ctx, path, cx);
-            }
-            if ui.button("Browse model...").clicked() {
-                self.pick(&ctx, true, cx);
             }
             if self.model_loading {
                 ui.spinner();
@@ -932,7 +1026,7 @@ impl PredictPanel {
                 self.predict(&ctx, vec![p], cx);
             }
             if ui.button("Open images...").clicked() {
-                self.pick(&ctx, false, cx);
+                self.pick(&ctx, cx);
             }
             if let Some(b) = &self.batch {
                 let frac = if b.total > 0 {

@@ -4,6 +4,7 @@
 //! Panels are plain structs with `fn ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelCtx)`; they
 //! start their work on named threads and drain bounded channels at the start of `ui`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -70,6 +71,9 @@ pub struct Settings {
     pub recent_projects: Vec<PathBuf>,
     /// The editor's model-assist bundle folder (kept across images and restarts).
     pub assist_bundle: String,
+    /// The model bundle last chosen per project and use: project folder → `"predict"`,
+    /// `"eval"` or `"assist"` → bundle folder ([`crate::gui::model_picker`]).
+    pub last_bundle: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl Default for Settings {
@@ -84,6 +88,7 @@ impl Default for Settings {
             theme: Theme::System,
             recent_projects: Vec::new(),
             assist_bundle: String::new(),
+            last_bundle: BTreeMap::new(),
         }
     }
 }

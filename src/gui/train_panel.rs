@@ -467,96 +467,8 @@ pub fn read_history(run_dir: &Path) -> anyhow::Result<History> {
     Ok(h)
 }
 
-/// One run folder as the run list shows it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RunInfo {
-    /// Folder name.
-    pub id: String,
-    /// The folder.
-    pub dir: PathBuf,
-    /// Preset from `config.json`.
-    pub preset: String,
-    /// Planned epochs from `config.json`.
-    pub epochs: Option<u64>,
-    /// Rows in `metrics.csv`.
-    pub steps: usize,
-    /// The last row's `total` loss.
-    pub final_loss: Option<f64>,
-    /// Columns of the last row whose name starts with `val_` (validation metrics).
-    pub val_metrics: Vec<(String, f64)>,
-    /// `checkpoints/last` holds a bundle.
-    pub has_bundle: bool,
-}
-
-impl RunInfo {
-    /// The run's model bundle folder.
-    pub fn bundle_dir(&self) -> PathBuf {
-        self.dir.join(LAST_CHECKPOINT)
-    }
-}
-
-/// Reads one run folder (missing or unreadable files leave fields empty).
-pub fn read_run(dir: &Path) -> RunInfo {
-    let id = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let config: Option<serde_json::Value> = std::fs::read(dir.join("config.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    let train = config.as_ref().and_then(|c| c.get("train"));
-    let preset = train
-        .and_then(|t| t.get("preset"))
-        .and_then(|p| p.as_str())
-        .unwrap_or("-")
-        .to_owned();
-    let epochs = train.and_then(|t| t.get("epochs")).and_then(|e| e.as_u64());
-    let (mut steps, mut final_loss, mut val_metrics) = (0, None, Vec::new());
-    if let Ok(text) = std::fs::read_to_string(dir.join("metrics.csv")) {
-        let mut lines = text.lines();
-        let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
-        let rows: Vec<&str> = lines.filter(|l| !l.trim().is_empty()).collect();
-        steps = rows.len();
-        if let Some(last) = rows.last() {
-            for (name, v) in header.iter().zip(last.split(',')) {
-                let Ok(v) = v.trim().parse::<f64>() else {
-                    continue;
-                };
-                if *name == "total" {
-                    final_loss = Some(v);
-                } else if name.starts_with("val_") && v.is_finite() {
-                    val_metrics.push(((*name).to_owned(), v));
-                }
-            }
-        }
-    }
-    let has_bundle = crate::model::bundle::Bundle::read(&dir.join(LAST_CHECKPOINT)).is_ok();
-    RunInfo {
-        id,
-        dir: dir.to_path_buf(),
-        preset,
-        epochs,
-        steps,
-        final_loss,
-        val_metrics,
-        has_bundle,
-    }
-}
-
-/// Every run folder under `runs`, newest (largest id) first.
-pub fn scan_runs(runs: &Path) -> Vec<RunInfo> {
-    let Ok(entries) = std::fs::read_dir(runs) else {
-        return Vec::new();
-    };
-    let mut out: Vec<RunInfo> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.is_dir() && p.join("config.json").is_file())
-        .map(|p| read_run(&p))
-        .collect();
-    out.sort_by(|a, b| b.id.cmp(&a.id));
-    out
-}
+/// Run folders as the run list shows them (moved to [`crate::train::runs`]; re-exported here).
+pub use crate::train::runs::{RunInfo, read_run, scan_runs};
 
 /// Copies the bundle of `run` to `<dest_parent>/<run id>` (temp folder + rename); returns it.
 pub fn export_run_bundle(run: &RunInfo, dest_parent: &Path) -> anyhow::Result<PathBuf> {
@@ -1378,15 +1290,9 @@ impl TrainPanel {
                 ui.separator();
                 self.runs_ui(ui, cx);
                 ui.separator();
-                let bundles: Vec<(String, PathBuf)> = self
-                    .runs
-                    .iter()
-                    .filter(|r| r.has_bundle)
-                    .map(|r| (r.id.clone(), r.bundle_dir()))
-                    .collect();
                 egui::CollapsingHeader::new("Evaluate")
                     .default_open(false)
-                    .show(ui, |ui| self.eval.ui(ui, cx, &bundles));
+                    .show(ui, |ui| self.eval.ui(ui, cx, &self.runs));
             });
     }
 

@@ -15,6 +15,7 @@ pub mod loader;
 pub mod observer;
 pub mod optim;
 pub mod plot;
+pub mod runs;
 pub mod sampler;
 pub mod state;
 pub mod trainer;

@@ -1,0 +1,476 @@
+//! A project's trained models as lists, for the run list and the model pickers: the run folders
+//! under `<project>/runs/` ([`RunInfo`], [`scan_runs`]) and every model bundle a picker offers
+//! ([`list_bundles`]): each run's `checkpoints/best`, `checkpoints/last` and `checkpoints/refit`
+//! with the run's validation mask AP from `epochs.csv`, and the exported bundles under
+//! `<project>/exports/` (with `metrics.json`'s AP when [`crate::train::export`] wrote them).
+//!
+//! Only small files are read (JSON, CSV, file metadata); the weights are never opened. Callers
+//! in the GUI run these on a worker thread.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::model::bundle::{Bundle, SPEC_FILE};
+use crate::train::state::{self, BEST_CHECKPOINT, LAST_CHECKPOINT};
+use crate::train::trainer::REFIT_CHECKPOINT;
+
+/// Folder of a project's training runs (`<project>/runs`).
+pub const RUNS_DIR: &str = "runs";
+/// Folder of a project's exported model bundles (`<project>/exports`): the pickers list each
+/// bundle folder directly inside it (`maskstudio export --run RUN --out <project>/exports/NAME`).
+pub const EXPORTS_DIR: &str = "exports";
+
+/// One run folder as the run list shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunInfo {
+    /// Folder name.
+    pub id: String,
+    /// The folder.
+    pub dir: PathBuf,
+    /// Preset from `config.json`.
+    pub preset: String,
+    /// Planned epochs from `config.json`.
+    pub epochs: Option<u64>,
+    /// Rows in `metrics.csv`.
+    pub steps: usize,
+    /// The last row's `total` loss.
+    pub final_loss: Option<f64>,
+    /// Columns of the last row whose name starts with `val_` (validation metrics).
+    pub val_metrics: Vec<(String, f64)>,
+    /// `checkpoints/last` holds a bundle.
+    pub has_bundle: bool,
+}
+
+impl RunInfo {
+    /// The run's model bundle folder.
+    pub fn bundle_dir(&self) -> PathBuf {
+        self.dir.join(LAST_CHECKPOINT)
+    }
+}
+
+/// Reads one run folder (missing or unreadable files leave fields empty).
+pub fn read_run(dir: &Path) -> RunInfo {
+    let id = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let config: Option<serde_json::Value> = std::fs::read(dir.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let train = config.as_ref().and_then(|c| c.get("train"));
+    let preset = train
+        .and_then(|t| t.get("preset"))
+        .and_then(|p| p.as_str())
+        .unwrap_or("-")
+        .to_owned();
+    let epochs = train.and_then(|t| t.get("epochs")).and_then(|e| e.as_u64());
+    let (mut steps, mut final_loss, mut val_metrics) = (0, None, Vec::new());
+    if let Ok(text) = std::fs::read_to_string(dir.join("metrics.csv")) {
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+        let rows: Vec<&str> = lines.filter(|l| !l.trim().is_empty()).collect();
+        steps = rows.len();
+        if let Some(last) = rows.last() {
+            for (name, v) in header.iter().zip(last.split(',')) {
+                let Ok(v) = v.trim().parse::<f64>() else {
+                    continue;
+                };
+                if *name == "total" {
+                    final_loss = Some(v);
+                } else if name.starts_with("val_") && v.is_finite() {
+                    val_metrics.push(((*name).to_owned(), v));
+                }
+            }
+        }
+    }
+    let has_bundle = Bundle::read(&dir.join(LAST_CHECKPOINT)).is_ok();
+    RunInfo {
+        id,
+        dir: dir.to_path_buf(),
+        preset,
+        epochs,
+        steps,
+        final_loss,
+        val_metrics,
+        has_bundle,
+    }
+}
+
+/// Every run folder under `runs`, newest (largest id) first.
+pub fn scan_runs(runs: &Path) -> Vec<RunInfo> {
+    let Ok(entries) = std::fs::read_dir(runs) else {
+        return Vec::new();
+    };
+    let mut out: Vec<RunInfo> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_dir() && p.join("config.json").is_file())
+        .map(|p| read_run(&p))
+        .collect();
+    out.sort_by(|a, b| b.id.cmp(&a.id));
+    out
+}
+
+/// Which checkpoint of a run a bundle is, or an exported bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BundleKind {
+    /// `checkpoints/best`: the epoch with the best validation mask AP.
+    Best,
+    /// `checkpoints/last`: the latest checkpoint.
+    Last,
+    /// `checkpoints/refit`: retrained on train + validation (no validation AP of its own).
+    Refit,
+    /// A bundle folder under `<project>/exports/`.
+    Export,
+}
+
+impl BundleKind {
+    /// Short name (`best`, `last`, `refit`, `export`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Best => "best",
+            Self::Last => "last",
+            Self::Refit => "refit",
+            Self::Export => "export",
+        }
+    }
+}
+
+/// One model bundle a picker offers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BundleEntry {
+    /// The bundle folder (`model.json`, `labels.txt`, `model.safetensors`).
+    pub dir: PathBuf,
+    /// Which checkpoint, or an export.
+    pub kind: BundleKind,
+    /// The run it comes from: the run folder's name, or an export's `metrics.json` `run_id`.
+    pub run_id: Option<String>,
+    /// The export folder's name (exports only).
+    pub export_name: Option<String>,
+    /// When `model.json` was written (a checkpoint is written whole, then renamed into place).
+    pub modified: Option<SystemTime>,
+    /// Validation mask AP: the run's best epoch for `best` and exports of a best checkpoint, the
+    /// last evaluated epoch for `last`; `None` for a refit (it trained on the validation images)
+    /// or when the run never evaluated.
+    pub val_ap: Option<f64>,
+    /// The class names (`labels.txt`).
+    pub classes: Vec<String>,
+}
+
+impl BundleEntry {
+    /// One line for a list: `run 20261205-140200 · best · AP 0.412 · 5 Dec 14:02 UTC`, or
+    /// `export cells-v1 · best of 20261204-101500 · AP 0.398 · 4 Dec 10:40 UTC`.
+    pub fn title(&self) -> String {
+        let mut parts = Vec::new();
+        match (self.kind, &self.export_name) {
+            (BundleKind::Export, name) => {
+                parts.push(format!("export {}", name.as_deref().unwrap_or("?")));
+                if let Some(run) = &self.run_id {
+                    parts.push(format!("from run {run}"));
+                }
+            }
+            (kind, _) => {
+                parts.push(format!("run {}", self.run_id.as_deref().unwrap_or("?")));
+                parts.push(match kind {
+                    BundleKind::Refit => "refit on train + validation".to_owned(),
+                    k => k.as_str().to_owned(),
+                });
+            }
+        }
+        if let Some(ap) = self.val_ap {
+            parts.push(format!("AP {ap:.3}"));
+        }
+        if let Some(t) = self.modified {
+            parts.push(fmt_utc(t));
+        }
+        parts.join(" · ")
+    }
+}
+
+/// Validation mask AP of every evaluated epoch in `epochs.csv`, in file order (empty when the
+/// file is missing or has no `val_segm_ap` column).
+pub fn epoch_aps(run_dir: &Path) -> Vec<f64> {
+    let Ok(text) = std::fs::read_to_string(run_dir.join("epochs.csv")) else {
+        return Vec::new();
+    };
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or_default();
+    let Some(col) = header.split(',').position(|h| h.trim() == "val_segm_ap") else {
+        return Vec::new();
+    };
+    lines
+        .filter_map(|l| l.split(',').nth(col))
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .filter(|v| v.is_finite())
+        .collect()
+}
+
+fn modified(dir: &Path) -> Option<SystemTime> {
+    std::fs::metadata(dir.join(SPEC_FILE))
+        .and_then(|m| m.modified())
+        .ok()
+}
+
+/// The bundles of one run folder: best, last, refit (those that hold a readable bundle).
+pub fn run_bundles(run_dir: &Path) -> Vec<BundleEntry> {
+    let run_id = run_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned());
+    let aps = epoch_aps(run_dir);
+    let best_ap = aps.iter().copied().reduce(f64::max);
+    [
+        (BundleKind::Best, BEST_CHECKPOINT, best_ap),
+        (BundleKind::Last, LAST_CHECKPOINT, aps.last().copied()),
+        (BundleKind::Refit, REFIT_CHECKPOINT, None),
+    ]
+    .into_iter()
+    .filter_map(|(kind, name, val_ap)| {
+        let dir = state::checkpoint_dir(run_dir, name)?;
+        let bundle = Bundle::read(&dir).ok()?;
+        Some(BundleEntry {
+            modified: modified(&dir),
+            dir,
+            kind,
+            run_id: run_id.clone(),
+            export_name: None,
+            val_ap,
+            classes: bundle.labels,
+        })
+    })
+    .collect()
+}
+
+/// An exported bundle folder, or `None` when it holds no readable bundle.
+pub fn export_bundle(dir: &Path) -> Option<BundleEntry> {
+    let bundle = Bundle::read(dir).ok()?;
+    let metrics: Option<serde_json::Value> = std::fs::read(dir.join("metrics.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let field = |key: &str| {
+        metrics
+            .as_ref()
+            .and_then(|m| m.get(key))
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+    };
+    let checkpoint = field("checkpoint");
+    // The best epoch's AP describes a best checkpoint only (a refit trained on those images).
+    let val_ap = metrics
+        .as_ref()
+        .filter(|_| checkpoint.as_deref() == Some("best"))
+        .and_then(|m| m.get("best"))
+        .and_then(|b| b.get("val_segm_ap"))
+        .and_then(serde_json::Value::as_f64);
+    Some(BundleEntry {
+        dir: dir.to_path_buf(),
+        kind: BundleKind::Export,
+        run_id: field("run_id"),
+        export_name: dir.file_name().map(|n| n.to_string_lossy().into_owned()),
+        modified: modified(dir),
+        val_ap,
+        classes: bundle.labels,
+    })
+}
+
+/// Every model bundle of the project at `project`: the runs' bundles, newest run first (run ids
+/// are their UTC start times) and best, last, refit within a run; then the bundles under
+/// `<project>/exports/`, newest first. Unreadable or half-written folders are left out.
+pub fn list_bundles(project: &Path) -> Vec<BundleEntry> {
+    let mut out: Vec<BundleEntry> = scan_runs(&project.join(RUNS_DIR))
+        .iter()
+        .flat_map(|r| run_bundles(&r.dir))
+        .collect();
+    let mut exports: Vec<BundleEntry> = std::fs::read_dir(project.join(EXPORTS_DIR))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .filter_map(|p| export_bundle(&p))
+                .collect()
+        })
+        .unwrap_or_default();
+    exports.sort_by(|a, b| b.modified.cmp(&a.modified).then(b.dir.cmp(&a.dir)));
+    out.extend(exports);
+    out
+}
+
+/// Whether `dir` holds a readable model bundle (`model.json`, `labels.txt`, weights file).
+pub fn is_bundle(dir: &Path) -> bool {
+    Bundle::read(dir).is_ok()
+}
+
+/// `5 Dec 14:02 UTC` (run ids are UTC too).
+pub fn fmt_utc(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let (_, month, day) = civil_from_days(secs.div_euclid(86_400));
+    let s = secs.rem_euclid(86_400);
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let name = MONTHS
+        .get(usize::try_from(month - 1).unwrap_or(0))
+        .copied()
+        .unwrap_or("?");
+    format!("{day} {name} {:02}:{:02} UTC", s / 3600, (s / 60) % 60)
+}
+
+/// Days since 1970-01-01 → (year, month, day) (Howard Hinnant's `civil_from_days`, as the
+/// trainer names run folders).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Backbone;
+    use crate::model::bundle::{LABELS_FILE, ModelSpec, WEIGHTS_FILE};
+    use std::time::Duration;
+
+    /// A bundle's files as a checkpoint holds them (the weights are never read by the listing).
+    fn fake_bundle(dir: &Path, mtime: SystemTime) {
+        std::fs::create_dir_all(dir).unwrap();
+        let spec = ModelSpec::new(Backbone::MobilenetV2, 3);
+        std::fs::write(dir.join(SPEC_FILE), serde_json::to_string(&spec).unwrap()).unwrap();
+        std::fs::write(dir.join(LABELS_FILE), "cat\ndog\n").unwrap();
+        std::fs::write(dir.join(WEIGHTS_FILE), b"not read").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(dir.join(SPEC_FILE))
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+    }
+
+    fn run(project: &Path, id: &str, epochs_csv: &str) -> PathBuf {
+        let dir = project.join(RUNS_DIR).join(id);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("config.json"),
+            r#"{"run_id": "x", "train": {"preset": "cpu-fast", "epochs": 3}}"#,
+        )
+        .unwrap();
+        std::fs::write(dir.join("epochs.csv"), epochs_csv).unwrap();
+        dir
+    }
+
+    const HEADER: &str = "epoch,steps,mean_loss,loss_classifier,loss_box_reg,loss_mask,\
+                          loss_objectness,loss_rpn_box_reg,lr,val_segm_ap,val_bbox_ap,seconds\n";
+
+    #[test]
+    fn bundles_are_listed_newest_run_first_with_the_validation_ap_of_epochs_csv() {
+        let tmp = tempfile::tempdir().unwrap();
+        let project = tmp.path();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_943_320); // 5 Dec 2025 14:02
+        let hour = Duration::from_secs(3600);
+
+        // An older run: best (epoch 1, AP 0.41), last (epoch 2, AP 0.38) and a refit.
+        let old = run(
+            project,
+            "20251205-140000",
+            &format!(
+                "{HEADER}0,4,2.0,1,1,1,1,1,0.01,0.125,0.2,3.5\n\
+                 1,4,1.5,1,1,1,1,1,0.01,0.41,0.5,3.5\n\
+                 2,4,1.2,1,1,1,1,1,0.01,0.38,0.45,3.5\n"
+            ),
+        );
+        fake_bundle(&old.join(BEST_CHECKPOINT), t0);
+        fake_bundle(&old.join(LAST_CHECKPOINT), t0 + hour);
+        fake_bundle(&old.join(REFIT_CHECKPOINT), t0 + hour * 2);
+        // A newer run that never evaluated and only has a last checkpoint; a half-written best
+        // (no weights) is left out.
+        let new = run(
+            project,
+            "20251206-090000",
+            &format!("{HEADER}0,4,2.0,1,1,1,1,1,0.01,,,3.5\n"),
+        );
+        fake_bundle(&new.join(LAST_CHECKPOINT), t0 + hour * 20);
+        std::fs::create_dir_all(new.join(BEST_CHECKPOINT)).unwrap();
+        std::fs::write(new.join(BEST_CHECKPOINT).join(SPEC_FILE), "{}").unwrap();
+        // A folder without config.json is no run.
+        fake_bundle(&project.join(RUNS_DIR).join("stray/checkpoints/last"), t0);
+        // Exports: one written by `export --run` (metrics.json), one plain copy, one not a bundle.
+        let exports = project.join(EXPORTS_DIR);
+        fake_bundle(&exports.join("cells-v1"), t0 + hour * 3);
+        std::fs::write(
+            exports.join("cells-v1/metrics.json"),
+            r#"{"run_id": "20251205-140000", "checkpoint": "best", "best": {"val_segm_ap": 0.41}}"#,
+        )
+        .unwrap();
+        fake_bundle(&exports.join("copy"), t0 + hour * 30);
+        std::fs::create_dir_all(exports.join("notes")).unwrap();
+
+        let listed = list_bundles(project);
+        let summary: Vec<(BundleKind, Option<&str>, Option<f64>)> = listed
+            .iter()
+            .map(|b| (b.kind, b.run_id.as_deref(), b.val_ap))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (BundleKind::Last, Some("20251206-090000"), None),
+                (BundleKind::Best, Some("20251205-140000"), Some(0.41)),
+                (BundleKind::Last, Some("20251205-140000"), Some(0.38)),
+                (BundleKind::Refit, Some("20251205-140000"), None),
+                (BundleKind::Export, None, None),
+                (BundleKind::Export, Some("20251205-140000"), Some(0.41)),
+            ]
+        );
+        assert_eq!(listed[1].dir, old.join(BEST_CHECKPOINT));
+        assert_eq!(listed[1].classes, ["cat", "dog"]);
+        assert_eq!(listed[1].modified, Some(t0));
+        assert_eq!(
+            listed[1].title(),
+            "run 20251205-140000 · best · AP 0.410 · 5 Dec 14:02 UTC"
+        );
+        assert_eq!(
+            listed[5].title(),
+            "export cells-v1 · from run 20251205-140000 · AP 0.410 · 5 Dec 17:02 UTC"
+        );
+        assert_eq!(listed[4].export_name.as_deref(), Some("copy"));
+        assert_eq!(epoch_aps(&old), vec![0.125, 0.41, 0.38]);
+        assert!(is_bundle(&old.join(BEST_CHECKPOINT)));
+        assert!(!is_bundle(&new.join(BEST_CHECKPOINT)));
+        assert!(list_bundles(&project.join("missing")).is_empty());
+    }
+
+    #[test]
+    fn run_folders_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("runs/20260101-000000");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(
+            run.join("config.json"),
+            r#"{"train": {"preset": "cpu-fast", "epochs": 3}}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            run.join("metrics.csv"),
+            "epoch,iter,total,lr,val_segm_ap\n0,0,2.0,0.1,\n0,1,1.5,0.1,0.125\n",
+        )
+        .unwrap();
+        let runs = scan_runs(&dir.path().join("runs"));
+        assert_eq!(runs.len(), 1);
+        let r = &runs[0];
+        assert_eq!(r.id, "20260101-000000");
+        assert_eq!(
+            (r.preset.as_str(), r.epochs, r.steps),
+            ("cpu-fast", Some(3), 2)
+        );
+        assert_eq!(r.final_loss, Some(1.5));
+        assert_eq!(r.val_metrics, vec![("val_segm_ap".to_owned(), 0.125)]);
+        assert!(!r.has_bundle);
+        assert_eq!(r.bundle_dir(), run.join(LAST_CHECKPOINT));
+    }
+}
