@@ -117,3 +117,19 @@ fn invalid_inputs_are_errors_not_panics() {
         Err(ModelError::InvalidConfig(_))
     ));
 }
+
+/// Zero proposals (every RPN score under `rpn_score_thresh`, as an untrained or tiny model can
+/// give) reach the box head as an empty batch: empty detections, not a reshape error.
+#[test]
+fn zero_proposals_give_empty_detections() {
+    let cfg = MaskRcnnConfig {
+        rpn_score_thresh: 1.0,
+        ..config()
+    };
+    let (_vs, model) = small_model(cfg);
+    let images = [Tensor::rand([3, 50, 70], (Kind::Float, Device::Cpu))];
+    let dets = tch::no_grad(|| model.forward_eval(&images)).unwrap();
+    assert_eq!(dets[0].boxes.size(), vec![0, 4]);
+    assert_eq!(dets[0].scores.size(), vec![0]);
+    assert_eq!(dets[0].masks.size(), vec![0, 1, 50, 70]);
+}

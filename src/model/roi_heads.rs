@@ -391,8 +391,8 @@ impl RoiHeads {
         )?;
         let pos = labels.f_gt(0)?.f_nonzero()?.f_select(1, 0)?;
         let labels_pos = labels.f_index_select(0, &pos)?;
-        let k = class_logits.size()[0];
-        let box_regression = box_regression.f_reshape([k, -1, 4])?;
+        let (k, num_classes) = (class_logits.size()[0], class_logits.size()[1]);
+        let box_regression = box_regression.f_reshape([k, num_classes, 4])?; // K may be 0
         let pred = box_regression.f_index_select(0, &pos)?.f_gather(
             1,
             &labels_pos.f_view([-1, 1, 1])?.f_expand([-1, 1, 4], false)?,
@@ -475,7 +475,7 @@ impl RoiHeads {
         let concat = Tensor::f_cat(proposals, 0)?;
         let pred_boxes = self
             .box_coder
-            .decode(&box_regression.f_reshape([k, -1])?, &concat)?
+            .decode(&box_regression.f_reshape([k, num_classes * 4])?, &concat)? // [K, C*4]; K may be 0
             .f_reshape([k, num_classes, 4])?;
         let pred_scores = class_logits.f_softmax(-1, class_logits.kind())?;
 
