@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Screenshots of each studio tab, taken from the real window under Xvfb (software rendering),
-# with coco128-seg imported into a fresh project: docs/screenshots/<tab>.png.
+# with coco128-seg imported into a fresh project: docs/screenshots/<tab>.png, plus welcome.png
+# (no project: the first run). Without network access the Classes tab shows its offline state.
 #
 #   scripts/screenshots.sh [DATASET]      # default ../shared/data/coco128-seg
 #
@@ -56,8 +57,13 @@ xvfb_pid=$!
 sleep 1
 
 mkdir -p "$out"
-for tab in classes download review train predict; do
-  DISPLAY="$display" "$bin" gui --project "$project" --tab "$tab" >"$work/$tab.log" 2>&1 &
+# welcome: the first run, no project (what a new user sees first); the others with the project.
+for tab in welcome classes download review train predict; do
+  if [ "$tab" = welcome ]; then
+    DISPLAY="$display" "$bin" gui >"$work/$tab.log" 2>&1 &
+  else
+    DISPLAY="$display" "$bin" gui --project "$project" --tab "$tab" >"$work/$tab.log" 2>&1 &
+  fi
   app_pid=$!
   sleep "$wait_s"
   DISPLAY="$display" import -window root "$work/$tab.png"

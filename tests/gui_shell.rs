@@ -291,6 +291,18 @@ fn path_field_recent_list_help_and_first_run() {
     let images: u64 = info.splits.values().map(|s| s.images).sum();
     assert_eq!(images, 24, "the generated sample has 24 scenes");
     assert_eq!(info.classes.len(), 3);
+    // The sample brings its quick recipe to the Train form, and says real data takes longer.
+    assert!(info.is_sample());
+    assert!(h.state().train.has_sample_recipe());
+    assert_eq!(
+        h.state().train.config().epochs,
+        maskstudio::sample::train_config().epochs
+    );
+    h.state_mut().set_tab(Tab::Train);
+    h.run_steps(3);
+    h.get_by_label("Use the standard recipe");
+    h.state_mut().set_tab(Tab::Review);
+    h.run_steps(2);
 
     // The field now holds the sample's path: select it all and type over it.
     h.get_by_label("Project folder").focus();
@@ -304,6 +316,12 @@ fn path_field_recent_list_help_and_first_run() {
     wait_until(&mut h, "the project", |a| {
         a.project().is_some_and(|(r, _)| *r == root)
     });
+    // Another project: the untouched sample recipe gives way to the standard one.
+    assert!(!h.state().train.has_sample_recipe());
+    assert_eq!(
+        h.state().train.config().epochs,
+        maskstudio::train::TrainConfig::default().epochs
+    );
     let recent = vec![root.clone(), sample.clone()];
     assert_eq!(h.state().settings().recent_projects, recent);
     // Settings are saved (debounced) with the projects in the recent list, newest first.
@@ -422,5 +440,113 @@ fn closing_right_after_a_change_keeps_the_settings() {
         (saved.score_threshold - 0.625).abs() < 1e-6,
         "saved {}",
         saved.score_threshold
+    );
+}
+
+/// A loopback address nothing listens on (bound, then closed): "the network unplugged".
+fn closed_port_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    format!("http://127.0.0.1:{port}")
+}
+
+#[test]
+fn first_run_offline_opens_on_the_welcome_and_browses_the_built_in_classes() {
+    let dir = tempfile::tempdir().unwrap();
+    let unplugged = closed_port_url();
+    let settings = Settings {
+        data_dir: dir.path().join("data"),
+        annotations_base_url: format!("{unplugged}/gcs"),
+        images_base_url: format!("{unplugged}/s3"),
+        ..Settings::default()
+    };
+    settings
+        .save(&dir.path().join("config/settings.json"))
+        .unwrap();
+    let app = StudioApp::with_options(StudioOptions {
+        project: None,
+        settings_path: dir.path().join("config/settings.json"),
+        oi_cache_dir: dir.path().join("oi-cache"),
+        start_tab: None,
+        log_toasts: None,
+    });
+    let mut h = harness(app);
+    h.run_steps(2);
+    // No project: the studio opens on the Welcome, with the sample one click away.
+    assert_eq!(h.state().tab(), Tab::Review);
+    h.get_by_label("Welcome to Mask Studio");
+    h.get_by_label("Try the sample");
+    assert!(h.state().notices().items.is_empty(), "nothing failed yet");
+
+    h.get_by_label("Browse Open Images classes").click();
+    h.run_steps(2);
+    assert_eq!(h.state().tab(), Tab::Classes);
+    // The built-in list shows at once, before any network answer.
+    let cat = h.state().classes.catalogue().expect("the built-in list");
+    // 601 boxable classes and the hierarchy root, from the files built into the binary.
+    assert_eq!(cat.classes().len(), 602);
+    assert_eq!(
+        cat.source(),
+        maskstudio::openimages::CatalogueSource::BuiltIn
+    );
+    h.get_by_label("Search classes").focus();
+    h.step();
+    h.get_by_label("Search classes").type_text("hot d");
+    h.run_steps(3);
+    h.get_by_label("Hot dog");
+
+    // The background load finds no server: a calm line with Retry and a way to a mirror,
+    // no error toast, and the class list still there.
+    wait_until(&mut h, "the catalogue load to give up", |a| {
+        !a.classes.is_loading()
+    });
+    let reason = h.state().classes.offline_reason().map(str::to_owned);
+    assert!(reason.is_some(), "the fallback reason is kept");
+    h.get_by_label("Open Images is not reachable");
+    h.get_by_label("Retry");
+    assert!(
+        h.state()
+            .notices()
+            .items
+            .iter()
+            .all(|n| n.level != NoticeLevel::Error),
+        "network trouble is not an error toast: {:?}",
+        h.state().notices().items
+    );
+    assert_eq!(
+        h.state().classes.catalogue().unwrap().source(),
+        maskstudio::openimages::CatalogueSource::BuiltIn
+    );
+    h.get_by_label("Hot dog");
+
+    // "Use a mirror…" opens the settings; with a reachable mirror, Retry downloads the files.
+    assert!(h.query_by_label("Annotations mirror URL").is_none());
+    h.get_by_label("Use a mirror…").click();
+    h.run_steps(3);
+    h.get_by_label("Annotations mirror URL");
+    let server = OiServer::start(build_fixture(&FxOptions::default()).files);
+    h.state_mut().settings_mut().annotations_base_url = server.gcs_base.clone();
+    h.state_mut().settings_mut().images_base_url = server.images_base.clone();
+    h.get_by_label("Retry").click();
+    h.run_steps(2);
+    wait_until(&mut h, "the refreshed catalogue", |a| {
+        !a.classes.is_loading()
+            && a.classes
+                .catalogue()
+                .is_some_and(|c| c.source() == maskstudio::openimages::CatalogueSource::Downloaded)
+    });
+    assert_eq!(h.state().classes.offline_reason(), None);
+    assert_eq!(h.state().classes.error(), None);
+    assert!(h.query_by_label("Open Images is not reachable").is_none());
+    assert_eq!(
+        h.state()
+            .classes
+            .catalogue()
+            .unwrap()
+            .get(HOT_DOG)
+            .unwrap()
+            .name,
+        "Hot dog"
     );
 }

@@ -2,8 +2,11 @@
 //! hierarchy, see image/mask counts per indexed split with a download-size estimate, and pick
 //! classes into the download request.
 //!
-//! The catalogue comes from the Open Images cache index exactly as `maskstudio classes` gets it
-//! ([`Catalogue::load_with_counts`]), on a named worker thread.
+//! The class list built into the binary shows at once ([`Catalogue::builtin`]), offline too;
+//! then the cache index's catalogue with its counts replaces it, loaded exactly as
+//! `maskstudio classes` loads it ([`Catalogue::load_with_counts`]) on a named worker thread.
+//! Network trouble is a calm line in the panel (what failed, Retry, Use a mirror…), not an error
+//! toast: the list works without the network, only counts and downloads need it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,10 +18,10 @@ use eframe::egui;
 use crate::dataset::store::CancelToken;
 use crate::openimages::catalogue::{EdgeKind, ROOT_MID};
 use crate::openimages::cli::human_bytes;
-use crate::openimages::{Catalogue, ClassInfo, DownloadEvent, Split};
+use crate::openimages::{Catalogue, CatalogueSource, ClassInfo, DownloadEvent, Split, builtin};
 
 use super::download_panel::oi_config;
-use super::shared::{JobView, PanelCtx, Tab};
+use super::shared::{JobView, PanelCtx, ShellRequest, Tab};
 use super::worker::{Polled, Worker};
 
 /// Classes picked for download: MID → display name.
@@ -27,6 +30,21 @@ pub type Picked = BTreeMap<String, String>;
 enum Msg {
     Progress(String),
     Loaded(Result<Box<Catalogue>, String>),
+}
+
+/// Attempts per class file when loading in the background: the built-in list already shows,
+/// so a missing network is reported after two tries instead of the downloader's five.
+const BACKGROUND_ATTEMPTS: u32 = 2;
+
+/// What a load does besides reading the index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum LoadKind {
+    /// The index's catalogue (seeded once: downloaded, or built in when offline).
+    Cached,
+    /// Index these splits for their counts (downloads their CSVs).
+    Counts(Vec<Split>),
+    /// Download the class files again.
+    Refresh,
 }
 
 /// How the classes are listed.
@@ -45,7 +63,10 @@ pub struct ClassesPanel {
     catalogue: Option<Arc<Catalogue>>,
     loading: Option<(CancelToken, Instant)>,
     progress: String,
+    /// The last load's network or disk trouble, shown calmly with Retry.
     error: Option<String>,
+    /// Why the catalogue in use is the built-in copy (the network error of this session).
+    offline: Option<String>,
     requested: bool,
     query: String,
     show_all: bool,
@@ -64,6 +85,7 @@ impl ClassesPanel {
             loading: None,
             progress: String::new(),
             error: None,
+            offline: None,
             requested: false,
             query: String::new(),
             show_all: false,
@@ -93,12 +115,25 @@ impl ClassesPanel {
         })
     }
 
-    /// Starts loading the catalogue, first indexing `splits` for their counts.
-    fn load(&mut self, cx: &PanelCtx, splits: Vec<Split>, ctx: &egui::Context) {
+    /// The load's trouble shown in the panel (network or disk), if any.
+    pub fn error(&self) -> Option<&str> {
+        self.error.as_deref()
+    }
+
+    /// Why the built-in class list is in use this session (the network error), if it is.
+    pub fn offline_reason(&self) -> Option<&str> {
+        self.offline.as_deref()
+    }
+
+    /// Starts loading the catalogue (see [`LoadKind`]).
+    fn load(&mut self, cx: &PanelCtx, kind: LoadKind, ctx: &egui::Context) {
         if self.loading.is_some() {
             return;
         }
-        let cfg = oi_config(cx.settings, &self.oi_cache);
+        let mut cfg = oi_config(cx.settings, &self.oi_cache);
+        if kind == LoadKind::Cached {
+            cfg.attempts = cfg.attempts.min(BACKGROUND_ATTEMPTS);
+        }
         let cancel = CancelToken::default();
         let token = cancel.clone();
         let terminal = |m: &Msg| matches!(m, Msg::Loaded(_));
@@ -121,9 +156,15 @@ impl ClassesPanel {
                 // Progress may be dropped when the GUI is behind; the next one replaces it.
                 tx.try_send(Msg::Progress(text));
             };
-            let result = Catalogue::load_with_counts(&cfg, &splits, &token, &events)
-                .map(Box::new)
-                .map_err(|e| format!("{e}"));
+            let result = match kind {
+                LoadKind::Cached => Catalogue::load(&cfg, &token),
+                LoadKind::Counts(splits) => {
+                    Catalogue::load_with_counts(&cfg, &splits, &token, &events)
+                }
+                LoadKind::Refresh => Catalogue::refresh(&cfg, &token),
+            }
+            .map(Box::new)
+            .map_err(|e| format!("{e}"));
             tx.send(Msg::Loaded(result));
         });
         match spawned {
@@ -137,7 +178,7 @@ impl ClassesPanel {
         }
     }
 
-    fn drain(&mut self, cx: &mut PanelCtx) {
+    fn drain(&mut self) {
         let polled = self.loader.as_mut().map(Worker::poll).unwrap_or_default();
         if self.loader.as_ref().is_some_and(|w| !w.running()) {
             self.loader = None;
@@ -152,15 +193,19 @@ impl ClassesPanel {
                 Msg::Progress(text) => self.progress = text,
                 Msg::Loaded(Ok(cat)) => {
                     self.loading = None;
+                    self.error = None;
+                    if let Some(reason) = cat.fallback_reason() {
+                        self.offline = Some(reason.to_owned());
+                    } else if cat.source() == CatalogueSource::Downloaded {
+                        self.offline = None;
+                    }
                     self.catalogue = Some(Arc::from(cat));
                 }
                 Msg::Loaded(Err(e)) => {
                     let cancelled = self.loading.take().is_some_and(|(c, _)| c.is_cancelled());
-                    if !cancelled {
-                        cx.notices
-                            .error(format!("Open Images classes could not be loaded: {e}"));
-                    }
-                    self.error = Some(e);
+                    // Shown in the panel with Retry; the class list keeps working.
+                    log::info!("Open Images classes: {e}");
+                    self.error = Some(if cancelled { "cancelled".into() } else { e });
                 }
             }
         }
@@ -168,10 +213,17 @@ impl ClassesPanel {
 
     /// Draws the panel; `picked` is the download request's class set.
     pub fn ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelCtx, picked: &mut Picked) {
-        self.drain(cx);
+        self.drain();
         if !self.requested {
             self.requested = true;
-            self.load(cx, Vec::new(), ui.ctx());
+            if self.catalogue.is_none() {
+                // ~105 kB parsed once (a few ms): the list shows on the first frame, offline too.
+                match Catalogue::builtin() {
+                    Ok(cat) => self.catalogue = Some(Arc::new(cat)),
+                    Err(e) => self.error = Some(format!("the built-in class list: {e}")),
+                }
+            }
+            self.load(cx, LoadKind::Cached, ui.ctx());
         }
         ui.horizontal(|ui| {
             let label = ui.label("Search classes");
@@ -199,7 +251,7 @@ impl ClassesPanel {
                     .filter(|(_, on)| *on)
                     .map(|(s, _)| *s)
                     .collect();
-                self.load(cx, splits, ui.ctx());
+                self.load(cx, LoadKind::Counts(splits), ui.ctx());
             }
             if let Some((cancel, started)) = &self.loading {
                 ui.spinner();
@@ -213,14 +265,7 @@ impl ClassesPanel {
                 }
             }
         });
-        if let Some(e) = self.error.clone() {
-            ui.horizontal(|ui| {
-                ui.colored_label(ui.visuals().error_fg_color, e);
-                if self.loading.is_none() && ui.button("Retry").clicked() {
-                    self.load(cx, Vec::new(), ui.ctx());
-                }
-            });
-        }
+        self.source_ui(ui, cx);
         self.picked_ui(ui, cx, picked);
         ui.separator();
         let Some(cat) = self.catalogue.clone() else {
@@ -237,10 +282,57 @@ impl ClassesPanel {
                     .auto_shrink([false, false])
                     .show(ui, |ui| {
                         let mut path = Vec::new();
-                        tree_ui(ui, &cat, ROOT_MID, picked, self.show_all, &mut path);
+                        let all = self.show_all || !cat.masks_known();
+                        tree_ui(ui, &cat, ROOT_MID, picked, all, &mut path);
                     });
             }
         }
+    }
+
+    /// Where the list comes from and, calmly, what failed: Retry, Use a mirror…, Refresh.
+    fn source_ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelCtx) {
+        let builtin = self
+            .catalogue
+            .as_ref()
+            .is_some_and(|c| c.source() == CatalogueSource::BuiltIn);
+        let trouble = self.error.clone().or_else(|| self.offline.clone());
+        ui.horizontal_wrapped(|ui| {
+            if let Some(why) = &trouble {
+                ui.colored_label(ui.visuals().warn_fg_color, "Open Images is not reachable")
+                    .on_hover_text(why);
+                ui.weak(format!("({})", shorten(why, 120)));
+            }
+            if builtin {
+                ui.label("Showing the class list built into Mask Studio")
+                    .on_hover_text(builtin::VERSION);
+                let masks_known = self.catalogue.as_ref().is_some_and(|c| c.masks_known());
+                ui.weak(if masks_known {
+                    "· counts and downloads need the network"
+                } else {
+                    "· which classes have masks (350 of 601), counts and downloads need the network"
+                });
+            }
+            let idle = self.loading.is_none();
+            if trouble.is_some() {
+                if ui.add_enabled(idle, egui::Button::new("Retry")).clicked() {
+                    self.load(cx, LoadKind::Cached, ui.ctx());
+                }
+                if ui
+                    .button("Use a mirror…")
+                    .on_hover_text("Settings: the Open Images annotations and images base URLs")
+                    .clicked()
+                {
+                    cx.requests.push(ShellRequest::ShowSettings);
+                }
+            } else if builtin
+                && ui
+                    .add_enabled(idle, egui::Button::new("Refresh from Open Images"))
+                    .on_hover_text("Download the three class files (about 105 kB)")
+                    .clicked()
+            {
+                self.load(cx, LoadKind::Refresh, ui.ctx());
+            }
+        });
     }
 
     fn picked_ui(&self, ui: &mut egui::Ui, cx: &mut PanelCtx, picked: &mut Picked) {
@@ -281,10 +373,12 @@ impl ClassesPanel {
     }
 
     fn list_ui(&self, ui: &mut egui::Ui, cat: &Catalogue, picked: &mut Picked) {
+        // Without the mask list (built-in copy, offline) every class is listed and pickable.
+        let masks_known = cat.masks_known();
         let hits: Vec<&ClassInfo> = cat
             .search(&self.query)
             .into_iter()
-            .filter(|c| self.show_all || c.segmentable)
+            .filter(|c| self.show_all || c.segmentable || !masks_known)
             .collect();
         let splits = cat.indexed_splits();
         ui.label(format!(
@@ -314,7 +408,7 @@ impl ClassesPanel {
                         ui.set_height(row_h);
                         let mut on = picked.contains_key(&c.mid);
                         let resp = ui.add_enabled(
-                            c.segmentable,
+                            c.segmentable || !masks_known,
                             egui::Checkbox::new(&mut on, c.name.as_str()),
                         );
                         if resp.changed() {
@@ -326,6 +420,9 @@ impl ClassesPanel {
                             ui.add_space(x - cursor);
                         }
                         ui.weak(&c.mid);
+                        if splits.is_empty() && (c.segmentable || !masks_known) {
+                            ui.weak("counts: needs download");
+                        }
                         for s in splits {
                             let n = c.counts.get(s).copied().unwrap_or_default();
                             ui.label(format!("{s}: {}/{}", n.images, n.masks));
@@ -334,7 +431,7 @@ impl ClassesPanel {
                             let est = cat.estimate(&[c.mid.as_str()], splits, None);
                             ui.weak(format!("~{}", human_bytes(est.total_bytes())));
                         }
-                        if !c.segmentable {
+                        if !c.segmentable && masks_known {
                             let below = cat.segmentable_descendants(&c.mid);
                             if !below.is_empty()
                                 && ui
@@ -349,6 +446,14 @@ impl ClassesPanel {
                     });
                 }
             });
+    }
+}
+
+/// `text` cut to `max` characters with an ellipsis (network errors can be long).
+fn shorten(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
     }
 }
 
@@ -387,11 +492,12 @@ fn tree_ui(
         } else {
             ""
         };
+        let pickable = info.segmentable || !cat.masks_known();
         if has_children {
             egui::CollapsingHeader::new(format!("{}{suffix}", info.name))
                 .id_salt(("class_tree", path.as_slice(), child))
                 .show(ui, |ui| {
-                    if info.segmentable {
+                    if pickable {
                         let mut on = picked.contains_key(&info.mid);
                         if ui
                             .checkbox(&mut on, format!("{} itself", info.name))
@@ -402,7 +508,7 @@ fn tree_ui(
                     }
                     tree_ui(ui, cat, child, picked, show_all, path);
                 });
-        } else if info.segmentable {
+        } else if pickable {
             let mut on = picked.contains_key(&info.mid);
             if ui
                 .checkbox(&mut on, format!("{}{suffix}", info.name))

@@ -93,7 +93,7 @@ pub struct StudioOptions {
     pub settings_path: PathBuf,
     /// The Open Images cache folder.
     pub oi_cache_dir: PathBuf,
-    /// The tab to start on (default: Review with a project, else Classes).
+    /// The tab to start on (default: Review, which shows the Welcome while no project is open).
     pub start_tab: Option<Tab>,
     /// Warnings and errors logged anywhere, shown as toasts ([`log_toasts::install`]).
     pub log_toasts: Option<LogToasts>,
@@ -203,11 +203,8 @@ impl StudioApp {
                 (Settings::default(), false)
             }
         };
-        let tab = options.start_tab.unwrap_or(if options.project.is_some() {
-            Tab::Review
-        } else {
-            Tab::Classes
-        });
+        // Review, which shows the Welcome (New / Open / Try the sample) until a project opens.
+        let tab = options.start_tab.unwrap_or(Tab::Review);
         let mut app = Self {
             saved_settings: settings.clone(),
             settings,
@@ -408,6 +405,9 @@ impl StudioApp {
                     self.loading = None;
                 }
                 let reopened = self.project.as_ref().is_some_and(|(r, _)| *r == root);
+                if !reopened {
+                    self.train.project_opened(info.is_sample());
+                }
                 self.project_path = root.display().to_string();
                 self.settings.touch_recent(&root);
                 self.project = Some((root, *info));
@@ -647,6 +647,12 @@ impl StudioApp {
                 ShellRequest::OpenProject(root) => {
                     self.open_project(root, false, Some(ctx.clone()))
                 }
+                ShellRequest::ShowSettings => self.show_settings = true,
+                ShellRequest::EditedInstances(n) => {
+                    if let Some((_, info)) = &mut self.project {
+                        info.edited_instances = n;
+                    }
+                }
             }
         }
     }
@@ -800,6 +806,16 @@ impl StudioApp {
             }
             if self.sample_running {
                 ui.spinner();
+            }
+            if ui
+                .button("Browse Open Images classes")
+                .on_hover_text(
+                    "Search and browse the Open Images classes (offline too); downloading needs \
+                     a project and the network",
+                )
+                .clicked()
+            {
+                self.tab = Tab::Classes;
             }
             ui.add_space(8.0);
             ui.weak("No dialog? Type a folder in the Project folder field above and press Open or Create.");

@@ -261,6 +261,11 @@ pub enum ShellRequest {
     },
     /// Open (or reopen after a change) this project folder.
     OpenProject(PathBuf),
+    /// Open the settings window (e.g. to set an Open Images mirror).
+    ShowSettings,
+    /// The open project's store now counts this many edited instances (after an edit, undo or
+    /// redo was saved): the status bar shows it without re-reading the project.
+    EditedInstances(u64),
 }
 
 /// What a panel gets each frame.

@@ -97,8 +97,8 @@ pub fn coco_status_line() -> String {
         )
     } else {
         format!(
-            "COCO weights: not found — quality starts from random initialisation; add {} in \
-             Settings → weights folder ({}) or `maskstudio weights --add`",
+            "COCO weights: not found — quality starts from random initialisation; put {} in \
+             the weights folder ({}) or run `maskstudio weights --add`",
             entry.file_name,
             runtime::weights_dir().display()
         )
