@@ -174,7 +174,10 @@ fn start_a_cpu_run_see_points_stop_list_export_and_evaluate() {
     h.get_by_label(&run.id).click_accesskit();
     h.run();
     let out = dir.path().join("exported");
+    // Prefilled with the project's exports folder (where the model pickers look): type over it.
     h.get_by_label("Export to folder").focus();
+    h.step();
+    h.key_combination_modifiers(eframe::egui::Modifiers::COMMAND, &[eframe::egui::Key::A]);
     h.step();
     h.get_by_label("Export to folder")
         .type_text(&out.display().to_string());

@@ -1082,6 +1082,11 @@ impl TrainPanel {
             return;
         }
         self.scanning = true;
+        if self.runs_for.as_deref() != Some(project) {
+            // Exports land where the model pickers list them (`train::runs::EXPORTS_DIR`).
+            let exports = project.join(crate::train::runs::EXPORTS_DIR);
+            self.export_dir = exports.display().to_string();
+        }
         self.runs_for = Some(project.to_path_buf());
         let runs = runs_dir(project);
         let spawned = self.spawn_bg("train-runs-scan", ctx, move || {
