@@ -4,6 +4,7 @@
 
 pub mod alloc;
 pub mod bench;
+pub mod cancel;
 pub mod cli;
 pub mod dataset;
 pub mod eval;
