@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use eframe::egui;
 use egui_kittest::Harness;
+use maskstudio::cancel::CancelToken;
 use maskstudio::dataset::maskops;
-use maskstudio::dataset::store::{CancelToken, Project};
+use maskstudio::dataset::store::Project;
 use maskstudio::dataset::{
     Attribution, ClassDef, ImportImage, ImportInstance, ImportSet, Mask, Origin, Segmentation,
 };

@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 use eframe::egui;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable as _;
-use maskstudio::dataset::store::{CancelToken, Project};
+use maskstudio::cancel::CancelToken;
+use maskstudio::dataset::store::Project;
 use maskstudio::dataset::{
     ClassDef, ImportImage, ImportInstance, ImportSet, Mask, Origin, Segmentation,
 };

@@ -11,7 +11,7 @@
 use std::io::Write as _;
 use std::time::Instant;
 
-use maskstudio::dataset::store::CancelToken;
+use maskstudio::cancel::CancelToken;
 use maskstudio::openimages::Split;
 use maskstudio::openimages::index::{Index, SEGMENTATION_HEADER, parse_segmentation_csv};
 

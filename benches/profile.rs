@@ -24,9 +24,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use maskstudio::cancel::CancelToken;
 use maskstudio::dataset::export::{self, ExportFormat};
 use maskstudio::dataset::formats::{self, Format};
-use maskstudio::dataset::store::{CancelToken, Project};
+use maskstudio::dataset::store::Project;
 use maskstudio::profile;
 use maskstudio::runtime::DeviceChoice;
 use maskstudio::train::config::{OptimizerKind, ScheduleKind};

@@ -51,10 +51,11 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use clap::Parser as _;
+use maskstudio::cancel::CancelToken;
 use maskstudio::dataset::export::{self, ExportFormat};
 use maskstudio::dataset::formats::{self, Format};
 use maskstudio::dataset::stats::DatasetStats;
-use maskstudio::dataset::store::{CancelToken, Project};
+use maskstudio::dataset::store::Project;
 use maskstudio::rng::SplitMix64;
 use maskstudio::train::{autoconfig, data};
 use serde_json::{Value, json};

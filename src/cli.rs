@@ -7,9 +7,10 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::cancel::CancelToken;
 use crate::dataset::export::{self, ExportFormat};
 use crate::dataset::formats::{self, Format};
-use crate::dataset::store::{CancelToken, ImportProgress, Project};
+use crate::dataset::store::{ImportProgress, Project};
 
 /// Mask Studio: Open Images classes → reviewed masks → Mask R-CNN → predictions.
 ///

@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use image::{Rgb, RgbImage};
 
+use crate::cancel::CancelToken;
 use crate::dataset::mask::MaskError;
-use crate::dataset::store::{CancelToken, DB_FILE, Project};
+use crate::dataset::store::{DB_FILE, Project};
 use crate::dataset::{
     Attribution, ClassDef, ImportImage, ImportInstance, ImportSet, Mask, Origin, Segmentation,
 };

@@ -4,9 +4,10 @@
 
 mod common;
 
+use maskstudio::cancel::CancelToken;
 use maskstudio::dataset::formats::{self, Format};
 use maskstudio::dataset::stats::DatasetStats;
-use maskstudio::dataset::store::{CancelToken, Project};
+use maskstudio::dataset::store::Project;
 use maskstudio::model::MaskRcnnConfig;
 use maskstudio::train::TrainConfig;
 use maskstudio::train::autoconfig::{AutoConfig, anchor_coverage, input_shapes, resolve};

@@ -7,8 +7,9 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
+use maskstudio::cancel::CancelToken;
 use maskstudio::dataset::formats::{self, Format};
-use maskstudio::dataset::store::{CancelToken, Project};
+use maskstudio::dataset::store::Project;
 use maskstudio::infer::{Predictor, read_image};
 
 /// A torchvision MobileNetV2 Mask R-CNN with random but confident weights, as a bundle.

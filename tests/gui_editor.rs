@@ -19,7 +19,8 @@ const HANG_GUARD: Duration = Duration::from_secs(600);
 use eframe::egui::{self, Key, Modifiers, Pos2};
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable as _;
-use maskstudio::dataset::store::{CancelToken, Project, ReviewStatus};
+use maskstudio::cancel::CancelToken;
+use maskstudio::dataset::store::{Project, ReviewStatus};
 use maskstudio::dataset::{
     Attribution, ClassDef, ImportImage, ImportInstance, ImportSet, Mask, Origin, Segmentation,
 };

@@ -14,7 +14,8 @@ const HANG_GUARD: Duration = Duration::from_secs(600);
 use common::oi_server::{FxOptions, HOT_DOG, OiServer, build_fixture};
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable as _;
-use maskstudio::dataset::store::{CancelToken, Project};
+use maskstudio::cancel::CancelToken;
+use maskstudio::dataset::store::Project;
 use maskstudio::dataset::{
     ClassDef, ImportImage, ImportInstance, ImportSet, Mask, Origin, Segmentation,
 };

@@ -6,7 +6,8 @@ mod common;
 use std::process::Command;
 use std::time::Instant;
 
-use maskstudio::dataset::store::{CancelToken, Project};
+use maskstudio::cancel::CancelToken;
+use maskstudio::dataset::store::Project;
 
 #[test]
 fn the_window_opens_a_project_renders_and_closes() {

@@ -7,8 +7,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::oi_server::{FxImage, FxOptions, HOT_DOG};
+use maskstudio::cancel::CancelToken;
 use maskstudio::dataset::Rle;
-use maskstudio::dataset::store::{CancelToken, Project};
+use maskstudio::dataset::store::Project;
 use maskstudio::openimages::{
     Catalogue, DownloadEvent, DownloadRequest, DownloadSummary, FailureKind, Phase, Split,
     download, export_seed_layout,

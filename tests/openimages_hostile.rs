@@ -15,7 +15,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
 use common::oi_server::{FxImage, FxOptions, HOT_DOG, PIZZA, ZipBuilder, build_fixture, png_1bit};
-use maskstudio::dataset::store::CancelToken;
+use maskstudio::cancel::CancelToken;
 use maskstudio::openimages::index::{Index, SEGMENTATION_HEADER, parse_segmentation_csv};
 use maskstudio::openimages::zip::{
     self, CentralDirectory, MAX_CENTRAL_DIR_BYTES, MAX_ENTRY_BYTES, RangeSource,

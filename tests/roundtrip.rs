@@ -9,9 +9,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
+use maskstudio::cancel::CancelToken;
 use maskstudio::dataset::export::{self, ExportFormat};
 use maskstudio::dataset::formats::{self, Format};
-use maskstudio::dataset::store::{CancelToken, Project};
+use maskstudio::dataset::store::Project;
 use maskstudio::dataset::{ExportSet, Mask};
 
 fn import(project: &Path, path: &Path, format: Option<Format>) -> Project {

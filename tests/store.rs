@@ -5,7 +5,8 @@ mod common;
 
 use std::path::Path;
 
-use maskstudio::dataset::store::{CancelToken, Project, ReviewStatus, StoreError};
+use maskstudio::cancel::CancelToken;
+use maskstudio::dataset::store::{Project, ReviewStatus, StoreError};
 use maskstudio::dataset::{
     Attribution, ClassDef, ImportImage, ImportInstance, ImportSet, Mask, Origin, Segmentation,
 };

@@ -6,7 +6,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use maskstudio::dataset::store::{CancelToken, Project};
+use maskstudio::cancel::CancelToken;
+use maskstudio::dataset::store::Project;
 use maskstudio::dataset::{
     Attribution, ClassDef, ImportImage, ImportInstance, ImportSet, Mask, Origin, Segmentation,
 };

@@ -8,7 +8,7 @@ mod common;
 
 use std::sync::{Mutex, MutexGuard};
 
-use maskstudio::dataset::store::CancelToken;
+use maskstudio::cancel::CancelToken;
 use maskstudio::model::bundle::Bundle;
 use maskstudio::runtime::DeviceChoice;
 use maskstudio::train::config::RefitMode;

@@ -3,7 +3,7 @@
 
 mod common;
 
-use maskstudio::dataset::store::CancelToken;
+use maskstudio::cancel::CancelToken;
 use maskstudio::runtime::DeviceChoice;
 use maskstudio::train::{self, TrainConfig, TrainEvent, TrainObserver};
 

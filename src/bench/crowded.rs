@@ -12,8 +12,9 @@ use std::path::Path;
 use anyhow::Context as _;
 use image::{Rgb, RgbImage};
 
+use crate::cancel::CancelToken;
 use crate::dataset::mask::MaskError;
-use crate::dataset::store::{CancelToken, Project};
+use crate::dataset::store::Project;
 use crate::dataset::{
     Attribution, ClassDef, ImportImage, ImportInstance, ImportSet, Mask, Origin, Segmentation,
 };

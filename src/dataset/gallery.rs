@@ -180,7 +180,7 @@ impl GalleryFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataset::store::CancelToken;
+    use crate::cancel::CancelToken;
     use crate::dataset::{
         ClassDef, ImportImage, ImportInstance, ImportSet, Mask, Origin, Segmentation,
     };

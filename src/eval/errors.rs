@@ -7,8 +7,9 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
+use crate::cancel::CancelToken;
 use crate::dataset::Rle;
-use crate::dataset::store::{CancelToken, Project};
+use crate::dataset::store::Project;
 use crate::eval::coco_eval::{DtAnn, EvalParams, GtAnn, IouType, evaluate};
 use crate::eval::project::{Annotations, ProjectEval, predict_annotations};
 use crate::infer::Predictor;

@@ -6,8 +6,9 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
+use crate::cancel::CancelToken;
 use crate::dataset::ExportSet;
-use crate::dataset::store::{CancelToken, Project};
+use crate::dataset::store::Project;
 use crate::eval::coco_eval::{DtAnn, EvalParams, EvalResult, GtAnn, IouType, STAT_NAMES, evaluate};
 use crate::infer::{Predictor, read_image};
 

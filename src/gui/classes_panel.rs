@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use eframe::egui;
 
-use crate::dataset::store::CancelToken;
+use crate::cancel::CancelToken;
 use crate::openimages::catalogue::{EdgeKind, ROOT_MID};
 use crate::openimages::cli::human_bytes;
 use crate::openimages::{Catalogue, CatalogueSource, ClassInfo, DownloadEvent, Split, builtin};

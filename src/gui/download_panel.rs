@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use eframe::egui;
 
-use crate::dataset::store::{CancelToken, Project};
+use crate::cancel::CancelToken;
+use crate::dataset::store::Project;
 use crate::openimages::cli::human_bytes;
 use crate::openimages::{
     Config, DownloadEvent, DownloadRequest, DownloadSummary, Phase, Split, download,

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use eframe::egui;
 use egui_plot::{Legend, Line, Plot, PlotPoints};
 
-use crate::dataset::store::CancelToken;
+use crate::cancel::CancelToken;
 use crate::eval::coco_eval::{EvalResult, IouType};
 use crate::eval::errors::{EvalReport, evaluate_with_errors};
 use crate::gui::model_picker::{self, ModelPicker, Purpose};

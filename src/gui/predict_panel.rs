@@ -22,7 +22,8 @@ use anyhow::Context as _;
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use eframe::egui;
 
-use crate::dataset::store::{CancelToken, write_atomic};
+use crate::cancel::CancelToken;
+use crate::dataset::store::write_atomic;
 use crate::gui::model_picker::{self, ModelPicker, Purpose};
 use crate::gui::shared::{DeviceSetting, JobView, PanelCtx};
 use crate::gui::worker::{Polled, Worker, WorkerTx};

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::dataset::store::CancelToken;
+use crate::cancel::CancelToken;
 
 /// Torch device preference (mirrors `maskstudio train --device`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

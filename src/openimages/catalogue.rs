@@ -12,7 +12,7 @@ use std::sync::atomic::AtomicU64;
 
 use rusqlite::params;
 
-use crate::dataset::store::CancelToken;
+use crate::cancel::CancelToken;
 
 use super::builtin;
 use super::http::Http;

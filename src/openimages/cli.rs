@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::dataset::store::{CancelToken, Project};
+use crate::cancel::CancelToken;
+use crate::dataset::store::Project;
 
 use super::{
     Catalogue, Config, DownloadEvent, DownloadRequest, DownloadSummary, Phase, Split, download,

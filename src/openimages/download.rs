@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::dataset::store::{CancelToken, Project, StoreError, decode_limits, write_atomic};
+use crate::cancel::CancelToken;
+use crate::dataset::store::{Project, StoreError, decode_limits, write_atomic};
 use crate::dataset::{
     Attribution, ClassDef, ImportImage, ImportInstance, ImportSet, Mask, Origin, Segmentation,
 };

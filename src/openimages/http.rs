@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::dataset::store::CancelToken;
+use crate::cancel::CancelToken;
 
 use super::{Config, Error};
 

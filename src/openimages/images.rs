@@ -5,7 +5,8 @@
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 
-use crate::dataset::store::{CancelToken, check_image_bytes};
+use crate::cancel::CancelToken;
+use crate::dataset::store::check_image_bytes;
 
 use super::download::FailureKind;
 use super::http::Http;

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension as _, params};
 
-use crate::dataset::store::CancelToken;
+use crate::cancel::CancelToken;
 
 use super::{Error, Split, parse_hex, parse_image_id};
 

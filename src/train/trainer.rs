@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use tch::{Device, Tensor, nn};
 
+use crate::cancel::CancelToken;
 use crate::dataset::stats::DatasetStats;
-use crate::dataset::store::CancelToken;
 use crate::dataset::{ExportImage, ExportSet};
 use crate::infer::panic_text;
 use crate::model::bundle::{Bundle, ModelSpec};

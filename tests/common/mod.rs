@@ -136,8 +136,9 @@ pub const TRAIN_CLASSES: [&str; 2] = ["person", "dog"];
 /// Imports the first `n` coco128 images (by file name) that hold one of [`TRAIN_CLASSES`],
 /// keeping only those instances, into `dir/project`; returns the project folder.
 pub fn coco128_subset_project(data: &std::path::Path, dir: &std::path::Path, n: usize) -> PathBuf {
+    use maskstudio::cancel::CancelToken;
     use maskstudio::dataset::formats::{self, Format};
-    use maskstudio::dataset::store::{CancelToken, Project};
+    use maskstudio::dataset::store::Project;
     let root = data.join("coco128-seg");
     let mut set = formats::read(&root, Format::YoloSeg).unwrap();
     set.classes
@@ -215,7 +216,8 @@ pub fn scaled_random_bundle(
 /// `n` (at most 6) images of 96 x 72 with one bright square of `class` each on a gradient, as a
 /// project at `dir/project` (no splits: the trainer splits it); `dir/src` holds the PNGs.
 pub fn square_project(dir: &std::path::Path, class: &str, n: u32) -> PathBuf {
-    use maskstudio::dataset::store::{CancelToken, Project};
+    use maskstudio::cancel::CancelToken;
+    use maskstudio::dataset::store::Project;
     use maskstudio::dataset::{
         ClassDef, ImportImage, ImportInstance, ImportSet, Mask, Origin, Segmentation,
     };
