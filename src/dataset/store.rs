@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension as _, params};
 use sha2::{Digest as _, Sha256};
 
+use crate::cancel::CancelToken;
 use crate::dataset::mask::MaskError;
 use crate::dataset::paths::{PathError, safe_relative_path};
 use crate::dataset::schema::{self, SchemaError};
@@ -144,8 +145,6 @@ impl ReviewStatus {
         })
     }
 }
-
-pub use crate::cancel::CancelToken;
 
 /// Progress of an import, reported once per image.
 #[derive(Debug, Clone, Copy)]
