@@ -24,7 +24,7 @@ use maskstudio::dataset::store::{Project, ReviewStatus};
 use maskstudio::dataset::{
     Attribution, ClassDef, ImportImage, ImportInstance, ImportSet, Mask, Origin, Segmentation,
 };
-use maskstudio::gui::image_view::{ImageView, ImageViewAction, Tool};
+use maskstudio::gui::editor::{ImageView, ImageViewAction, Tool};
 use maskstudio::gui::shared::{
     DeviceSetting, NoticeLevel, Notices, PanelCtx, Settings, ShellRequest, Tab,
 };

@@ -21,8 +21,8 @@ use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable as _;
 use maskstudio::dataset::store::{Project, ReviewStatus};
 use maskstudio::gui::download_panel::DownloadPanel;
+use maskstudio::gui::editor::ImageView;
 use maskstudio::gui::eval_panel::EvalPanel;
-use maskstudio::gui::image_view::ImageView;
 use maskstudio::gui::predict_panel::PredictPanel;
 use maskstudio::gui::shared::{
     DeviceSetting, NoticeLevel, Notices, PanelCtx, Settings, ShellRequest,

@@ -14,7 +14,7 @@ use eframe::egui;
 use crate::dataset::gallery::{GalleryFilter, GalleryListing, listing};
 use crate::dataset::store::{Project, ReviewStatus};
 
-use super::image_view::{ImageView, ImageViewAction};
+use super::editor::{ImageView, ImageViewAction};
 use super::shared::PanelCtx;
 use super::thumbs::{Thumb, ThumbCache};
 use super::worker::{Polled, Worker};

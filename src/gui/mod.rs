@@ -9,10 +9,9 @@
 
 pub mod classes_panel;
 pub mod download_panel;
-pub mod edit_writer;
+pub mod editor;
 pub mod eval_panel;
 pub mod gallery;
-pub mod image_view;
 pub mod log_toasts;
 pub mod model_picker;
 pub mod predict_panel;
@@ -21,6 +20,10 @@ pub mod thumbs;
 pub mod train_autoconfig;
 pub mod train_panel;
 pub mod worker;
+
+/// The editor's old paths, still used by `tests/edit_crash.rs` and `benches/brush.rs`.
+pub use editor as image_view;
+pub use editor::writer as edit_writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -852,7 +855,7 @@ impl StudioApp {
                     ui.end_row();
                     ui.strong("Review image view");
                     ui.end_row();
-                    for (keys, what) in image_view::shortcuts() {
+                    for (keys, what) in editor::shortcuts() {
                         ui.strong(*keys);
                         ui.label(*what);
                         ui.end_row();
