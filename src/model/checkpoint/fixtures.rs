@@ -4,6 +4,7 @@ use std::path::Path;
 
 use super::legacy::LEGACY_MAGIC;
 
+/// The file name the tests' messages name.
 pub(super) fn src() -> &'static Path {
     Path::new("t.pth")
 }
