@@ -1,12 +1,14 @@
 //! `maskstudio export --run RUN_DIR --out DIR`: the model bundle of a run's refit on train +
 //! validation (else its best checkpoint, else its last) plus `metrics.json` (validation AP per epoch, the best, classes, the
-//! training and model configs).
+//! training and model configs). The Train tab's "Export model bundle" copies a run's last
+//! checkpoint ([`export_run_bundle`]).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
 use crate::model::bundle::Bundle;
+use crate::train::runs::{RunConfig, RunInfo};
 use crate::train::state::{self, BEST_CHECKPOINT, LAST_CHECKPOINT};
 use crate::train::trainer::REFIT_CHECKPOINT;
 
@@ -49,12 +51,7 @@ pub fn export_run(run_dir: &Path, out: &Path) -> anyhow::Result<RunExport> {
     // Refuse a broken bundle before writing anything.
     let bundle =
         Bundle::read(&source).with_context(|| format!("reading the checkpoint {source:?}"))?;
-    let config_path = run_dir.join("config.json");
-    let config: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&config_path)
-            .with_context(|| format!("reading {config_path:?}"))?,
-    )
-    .with_context(|| format!("{config_path:?}: not valid JSON"))?;
+    let config = RunConfig::read(run_dir)?;
     let train_state = state::read_state(run_dir).ok().map(|(s, _)| s);
 
     if out.exists() {
@@ -119,7 +116,7 @@ pub fn export_run(run_dir: &Path, out: &Path) -> anyhow::Result<RunExport> {
             .and_then(|r| r.val_bbox_ap)
     });
     let metrics = serde_json::json!({
-        "run_id": config.get("run_id"),
+        "run_id": config.run_id,
         "checkpoint": which,
         "classes": bundle.labels,
         "best": {
@@ -132,8 +129,8 @@ pub fn export_run(run_dir: &Path, out: &Path) -> anyhow::Result<RunExport> {
         "refit": std::fs::read_to_string(run_dir.join(crate::train::trainer::REFIT_FILE))
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()),
-        "train_config": config.get("train"),
-        "model_config": config.get("model"),
+        "train_config": config.train,
+        "model_config": config.model,
     });
     std::fs::write(
         tmp.join("metrics.json"),
@@ -151,4 +148,59 @@ pub fn export_run(run_dir: &Path, out: &Path) -> anyhow::Result<RunExport> {
         checkpoint: which,
         best_segm_ap,
     })
+}
+
+/// Copies the bundle of `run` (its last checkpoint, every file of the folder) to
+/// `<dest_parent>/<run id>` (temp folder + rename); returns it. An existing folder is refused.
+pub fn export_run_bundle(run: &RunInfo, dest_parent: &Path) -> anyhow::Result<PathBuf> {
+    let src = run.bundle_dir();
+    Bundle::read(&src).map_err(|e| anyhow::anyhow!("run {} has no usable bundle: {e}", run.id))?;
+    std::fs::create_dir_all(dest_parent)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", dest_parent.display()))?;
+    let dest = dest_parent.join(&run.id);
+    anyhow::ensure!(
+        !dest.exists(),
+        "{} already exists; choose another folder",
+        dest.display()
+    );
+    let tmp = dest_parent.join(format!(".{}.tmp-{}", run.id, std::process::id()));
+    let copy = || -> anyhow::Result<()> {
+        std::fs::create_dir(&tmp).map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
+        for entry in std::fs::read_dir(&src)? {
+            let path = entry?.path();
+            if path.is_file()
+                && let Some(name) = path.file_name()
+            {
+                std::fs::copy(&path, tmp.join(name))
+                    .map_err(|e| anyhow::anyhow!("copying {}: {e}", path.display()))?;
+            }
+        }
+        std::fs::rename(&tmp, &dest).map_err(|e| anyhow::anyhow!("{}: {e}", dest.display()))?;
+        Ok(())
+    };
+    let result = copy();
+    if result.is_err() && tmp.exists() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result.map(|()| dest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::runs::read_run;
+
+    #[test]
+    fn a_run_without_a_bundle_is_not_exported() {
+        // Reading run folders is tested in `train::runs`; here only the export's refusal.
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("runs/20260101-000000");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(run.join("config.json"), r#"{"train": {"epochs": 3}}"#).unwrap();
+        let r = read_run(&run);
+        assert!(!r.has_bundle);
+        let err = export_run_bundle(&r, &dir.path().join("out")).unwrap_err();
+        assert!(format!("{err:#}").contains("no usable bundle"), "{err:#}");
+        assert!(!dir.path().join("out/20260101-000000").exists());
+    }
 }

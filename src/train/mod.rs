@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod export;
+pub mod history;
 pub mod init;
 pub mod loader;
 pub mod observer;
@@ -19,6 +20,7 @@ pub mod runs;
 pub mod sampler;
 pub mod state;
 pub mod trainer;
+pub mod watch;
 
 pub use augment::AugmentConfig;
 pub use config::{Preset, TrainConfig};

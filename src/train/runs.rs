@@ -4,13 +4,20 @@
 //! with the run's validation mask AP from `epochs.csv`, and the exported bundles under
 //! `<project>/exports/` (with `metrics.json`'s AP when [`crate::train::export`] wrote them).
 //!
+//! A run's `config.json` is read here, typed, once ([`RunConfig`]).
+//!
 //! Only small files are read (JSON, CSV, file metadata); the weights are never opened. Callers
 //! in the GUI run these on a worker thread.
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+use crate::model::MaskRcnnConfig;
 use crate::model::bundle::{Bundle, SPEC_FILE};
+use crate::train::TrainConfig;
 use crate::train::state::{self, BEST_CHECKPOINT, LAST_CHECKPOINT};
 use crate::train::trainer::REFIT_CHECKPOINT;
 
@@ -19,6 +26,61 @@ pub const RUNS_DIR: &str = "runs";
 /// Folder of a project's exported model bundles (`<project>/exports`): the pickers list each
 /// bundle folder directly inside it (`maskstudio export --run RUN --out <project>/exports/NAME`).
 pub const EXPORTS_DIR: &str = "exports";
+/// A run folder's recipe file ([`RunConfig`]), written by the trainer when the run starts.
+pub const CONFIG_FILE: &str = "config.json";
+
+/// Folder of a project's training runs (`<project>/runs`).
+pub fn runs_dir(project: &Path) -> PathBuf {
+    project.join(RUNS_DIR)
+}
+
+/// A run's `config.json` ([`CONFIG_FILE`]) as the trainer writes it when the run starts: the
+/// resolved recipe, the model it builds, the classes and the train/validation split. Missing
+/// keys take their defaults (`None`, empty), so a partial file reads; the recipe inside is as
+/// strict as [`TrainConfig`] (unknown keys are errors).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunConfig {
+    /// The run folder's name (its UTC start time).
+    pub run_id: Option<String>,
+    /// The project folder (absolute).
+    pub project: Option<PathBuf>,
+    /// The resolved training recipe (auto-configuration applied).
+    pub train: Option<TrainConfig>,
+    /// The model configuration built from the recipe.
+    pub model: Option<MaskRcnnConfig>,
+    /// The device the run started on (tch's `Debug` form: `Cpu`, `Cuda(0)`).
+    pub device: Option<String>,
+    /// Class names in label order (label = index + 1).
+    pub classes: Vec<String>,
+    /// The image ids of each split.
+    pub split: RunSplit,
+}
+
+/// The image ids a run trains and validates on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunSplit {
+    /// Training image ids.
+    pub train: Vec<i64>,
+    /// Validation image ids.
+    pub val: Vec<i64>,
+}
+
+impl RunConfig {
+    /// Reads `<run_dir>/config.json`.
+    pub fn read(run_dir: &Path) -> anyhow::Result<Self> {
+        let path = run_dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path:?}"))?;
+        serde_json::from_str(&text).with_context(|| format!("{path:?}: not a run configuration"))
+    }
+
+    /// The recipe's preset by its name (`cpu-fast`, `quality`), when the file has a recipe.
+    pub fn preset_name(&self) -> Option<String> {
+        let preset = serde_json::to_value(self.train.as_ref()?.preset).ok()?;
+        preset.as_str().map(str::to_owned)
+    }
+}
 
 /// One run folder as the run list shows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,16 +116,9 @@ pub fn read_run(dir: &Path) -> RunInfo {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let config: Option<serde_json::Value> = std::fs::read(dir.join("config.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    let train = config.as_ref().and_then(|c| c.get("train"));
-    let preset = train
-        .and_then(|t| t.get("preset"))
-        .and_then(|p| p.as_str())
-        .unwrap_or("-")
-        .to_owned();
-    let epochs = train.and_then(|t| t.get("epochs")).and_then(|e| e.as_u64());
+    let config = RunConfig::read(dir).unwrap_or_default();
+    let preset = config.preset_name().unwrap_or_else(|| "-".to_owned());
+    let epochs = config.train.as_ref().map(|t| t.epochs as u64);
     let (mut steps, mut final_loss, mut val_metrics) = (0, None, Vec::new());
     if let Ok(text) = std::fs::read_to_string(dir.join("metrics.csv")) {
         let mut lines = text.lines();
@@ -104,7 +159,7 @@ pub fn scan_runs(runs: &Path) -> Vec<RunInfo> {
     let mut out: Vec<RunInfo> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.is_dir() && p.join("config.json").is_file())
+        .filter(|p| p.is_dir() && p.join(CONFIG_FILE).is_file())
         .map(|p| read_run(&p))
         .collect();
     out.sort_by(|a, b| b.id.cmp(&a.id));
