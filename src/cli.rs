@@ -593,7 +593,7 @@ fn predict(
                 &mut std::io::Cursor::new(&mut bytes),
                 image::ImageFormat::Png,
             )?;
-            crate::dataset::store::write_atomic(&png, &bytes)?;
+            crate::fsutil::write_atomic(&png, &bytes)?;
         }
     }
     bar.finish_and_clear();
@@ -688,7 +688,7 @@ fn eval(
     print_stdout(&out)?;
     if let Some(path) = json {
         let bytes = serde_json::to_vec_pretty(&result.to_json())?;
-        crate::dataset::store::write_atomic(path, &bytes)?;
+        crate::fsutil::write_atomic(path, &bytes)?;
     }
     Ok(())
 }

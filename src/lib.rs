@@ -10,6 +10,7 @@ pub mod dataset;
 pub mod eval;
 #[doc(hidden)]
 pub mod fault;
+pub mod fsutil;
 pub mod gui;
 pub mod infer;
 pub mod model;

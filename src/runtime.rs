@@ -358,7 +358,7 @@ pub fn fetch_pretrained(weights: &PretrainedWeights) -> anyhow::Result<(PathBuf,
             }
             let bytes = std::fs::read(&candidate)?;
             if verify(&bytes, &weights.checksum) {
-                crate::dataset::store::write_atomic(&dest, &bytes)?;
+                crate::fsutil::write_atomic(&dest, &bytes)?;
                 return Ok((dest, WeightsSource::PythonPackage(candidate)));
             }
             failures.push(format!("{candidate:?}: sha256 mismatch"));
@@ -367,7 +367,7 @@ pub fn fetch_pretrained(weights: &PretrainedWeights) -> anyhow::Result<(PathBuf,
     for url in weights.urls {
         match download(url) {
             Ok(bytes) if verify(&bytes, &weights.checksum) => {
-                crate::dataset::store::write_atomic(&dest, &bytes)?;
+                crate::fsutil::write_atomic(&dest, &bytes)?;
                 return Ok((dest, WeightsSource::Url((*url).to_owned())));
             }
             Ok(_) => failures.push(format!("{url}: sha256 mismatch")),

@@ -19,6 +19,7 @@ use crate::dataset::{
     Attribution, ExportClass, ExportImage, ExportInstance, ExportSet, ImportSet, Mask, Origin, Rle,
     Segmentation,
 };
+use crate::fsutil::{WriteError, write_atomic};
 
 /// File name of the database inside a project folder.
 pub const DB_FILE: &str = "project.sqlite";
@@ -106,6 +107,12 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
         path: path.to_path_buf(),
         source,
+    }
+}
+
+impl From<WriteError> for StoreError {
+    fn from(WriteError { path, source }: WriteError) -> Self {
+        Self::Io { path, source }
     }
 }
 
@@ -1470,25 +1477,7 @@ fn remove_partial_files(dir: &Path) {
 }
 
 /// Prefix of temp files written by [`write_atomic`].
-pub const PARTIAL_PREFIX: &str = ".partial-";
-
-/// Writes `bytes` to a temp file beside `dest`, syncs it and renames it over `dest`.
-pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    use std::io::Write as _;
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(PARTIAL_PREFIX)
-        .tempfile_in(dir)
-        .map_err(io_err(dir))?;
-    tmp.write_all(bytes).map_err(io_err(dest))?;
-    tmp.as_file().sync_all().map_err(io_err(dest))?;
-    tmp.persist(dest).map_err(|e| StoreError::Io {
-        path: dest.to_path_buf(),
-        source: e.error,
-    })?;
-    Ok(())
-}
+pub const PARTIAL_PREFIX: &str = crate::fsutil::TEMP_PREFIX;
 
 /// Checks an image file's header against the pixel limits, then decodes it fully (so truncated
 /// or corrupt files are refused before they enter a project). Returns (width, height).

@@ -23,7 +23,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use eframe::egui;
 
 use crate::cancel::CancelToken;
-use crate::dataset::store::write_atomic;
+use crate::fsutil::write_atomic;
 use crate::gui::model_picker::{self, ModelPicker, Purpose};
 use crate::gui::shared::{DeviceSetting, JobView, PanelCtx};
 use crate::gui::worker::{Polled, Worker, WorkerTx};

@@ -115,7 +115,7 @@ impl Settings {
     /// Writes settings atomically (temp file + rename).
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
         let bytes = serde_json::to_vec_pretty(self)?;
-        crate::dataset::store::write_atomic(path, &bytes)
+        crate::fsutil::write_atomic(path, &bytes)
             .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))
     }
 

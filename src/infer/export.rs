@@ -222,11 +222,8 @@ impl CocoResults {
             "categories": categories,
             "annotations": [],
         });
-        crate::dataset::store::write_atomic(
-            results_json,
-            &serde_json::to_vec_pretty(&self.results)?,
-        )?;
-        crate::dataset::store::write_atomic(
+        crate::fsutil::write_atomic(results_json, &serde_json::to_vec_pretty(&self.results)?)?;
+        crate::fsutil::write_atomic(
             &images_file_for(results_json),
             &serde_json::to_vec_pretty(&images)?,
         )?;

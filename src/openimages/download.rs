@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::cancel::CancelToken;
-use crate::dataset::store::{Project, StoreError, decode_limits, write_atomic};
+use crate::dataset::store::{Project, StoreError, decode_limits};
 use crate::dataset::{
     Attribution, ClassDef, ImportImage, ImportInstance, ImportSet, Mask, Origin, Segmentation,
 };
+use crate::fsutil::write_atomic;
 
 use super::catalogue::{self, Catalogue};
 use super::http::Http;

@@ -82,6 +82,12 @@ fn suggest(s: &[String]) -> String {
     }
 }
 
+impl From<crate::fsutil::WriteError> for Error {
+    fn from(crate::fsutil::WriteError { path, source }: crate::fsutil::WriteError) -> Self {
+        Self::Io { path, source }
+    }
+}
+
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::cancel::CancelToken;
-use crate::dataset::store::write_atomic;
+use crate::fsutil::write_atomic;
 
 use super::download::FailureKind;
 use super::http::{Http, RangeReply};

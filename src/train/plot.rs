@@ -428,14 +428,14 @@ pub fn draw(curves: &Curves) -> RgbImage {
     img
 }
 
-/// Draws `loss.png` into the run folder (temporary file, then rename).
+/// Draws `loss.png` into the run folder ([`crate::fsutil::write_atomic`]).
 pub fn write_loss_png(run_dir: &Path) -> anyhow::Result<()> {
     let img = draw(&read_curves(run_dir)?);
     let path = run_dir.join("loss.png");
-    let tmp = run_dir.join(".loss.png.tmp");
-    img.save_with_format(&tmp, image::ImageFormat::Png)
-        .with_context(|| format!("writing {tmp:?}"))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("renaming {tmp:?} to {path:?}"))?;
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .with_context(|| format!("encoding {path:?}"))?;
+    crate::fsutil::write_atomic(&path, &png)?;
     Ok(())
 }
 

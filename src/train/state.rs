@@ -142,16 +142,6 @@ impl TrainState {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary sibling and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {tmp:?}"))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {tmp:?} to {path:?}"))?;
-    Ok(())
-}
-
 fn sibling(dir: &Path, suffix: &str) -> PathBuf {
     let mut name = std::ffi::OsString::from(".");
     name.push(dir.file_name().unwrap_or_default());
@@ -261,7 +251,10 @@ pub fn write_epochs_csv(run_dir: &Path, history: &[EpochRecord]) -> anyhow::Resu
             r.seconds
         ));
     }
-    write_atomic(&run_dir.join("epochs.csv"), text.as_bytes())
+    Ok(crate::fsutil::write_atomic(
+        &run_dir.join("epochs.csv"),
+        text.as_bytes(),
+    )?)
 }
 
 /// Resident memory of this process in bytes (`/proc/self/statm`), `None` where unavailable.

@@ -532,7 +532,7 @@ fn run_refit(
         "cancelled": result.cancelled,
         "checkpoint": checkpoint.as_ref().map(|_| REFIT_CHECKPOINT),
     });
-    run_state::write_atomic(
+    crate::fsutil::write_atomic(
         &run_dir.join(REFIT_FILE),
         (serde_json::to_string_pretty(&record)? + "\n").as_bytes(),
     )?;
@@ -559,7 +559,7 @@ fn copy_bundle(from: &Path, to: &Path) -> anyhow::Result<()> {
     for name in crate::train::export::BUNDLE_FILES {
         let bytes = std::fs::read(from.join(name))
             .with_context(|| format!("reading {:?}", from.join(name)))?;
-        run_state::write_atomic(&tmp.join(name), &bytes)?;
+        crate::fsutil::write_atomic(&tmp.join(name), &bytes)?;
     }
     if to.exists() {
         std::fs::remove_dir_all(to).with_context(|| format!("removing {to:?}"))?;
@@ -699,7 +699,7 @@ fn start_fresh(
     if cfg.auto_config {
         let stats = DatasetStats::from_images(&pick_images(&set, &split.train)?);
         let resolved = autoconfig::resolve(&cfg, &stats, num_classes)?;
-        run_state::write_atomic(
+        crate::fsutil::write_atomic(
             &run_dir.join(AUTOCONFIG_FILE),
             (serde_json::to_string_pretty(&resolved.to_json(&stats))? + "\n").as_bytes(),
         )?;
@@ -719,7 +719,7 @@ fn start_fresh(
         "classes": &class_names,
         "split": {"train": &split.train, "val": &split.val},
     });
-    run_state::write_atomic(
+    crate::fsutil::write_atomic(
         &run_dir.join("config.json"),
         (serde_json::to_string_pretty(&config_json)? + "\n").as_bytes(),
     )?;
@@ -873,7 +873,7 @@ fn start_resumed(
         state.stopped_early = false;
         state.evals_since_best = 0;
         config_json["train"] = serde_json::to_value(&cfg)?;
-        run_state::write_atomic(
+        crate::fsutil::write_atomic(
             &config_path,
             (serde_json::to_string_pretty(&config_json)? + "\n").as_bytes(),
         )?;
@@ -917,7 +917,7 @@ fn reopen_metrics(path: &Path, iter: usize) -> anyhow::Result<BufWriter<File>> {
             kept.push('\n');
         }
     }
-    run_state::write_atomic(path, kept.as_bytes())?;
+    crate::fsutil::write_atomic(path, kept.as_bytes())?;
     let f = OpenOptions::new()
         .append(true)
         .open(path)
@@ -1369,7 +1369,7 @@ impl Session {
                 *best = Some(best_dir);
             }
             // The checkpoint's state now records the evaluation (one atomic file).
-            run_state::write_atomic(
+            crate::fsutil::write_atomic(
                 &dir.join(run_state::STATE_FILE),
                 (serde_json::to_string_pretty(&self.state)? + "\n").as_bytes(),
             )?;

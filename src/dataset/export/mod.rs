@@ -12,7 +12,6 @@ pub mod yolo_seg;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -190,19 +189,10 @@ pub(crate) fn out_path(out: &Path, rel: &str) -> Result<PathBuf, ExportError> {
     Ok(out.join(rel_path))
 }
 
-/// Writes `bytes` to `out/rel` through a temporary file in the same folder and a rename.
+/// Writes `bytes` to `out/rel` (a checked relative name) with [`crate::fsutil::write_atomic`].
 pub(crate) fn write_atomic(out: &Path, rel: &str, bytes: &[u8]) -> Result<PathBuf, ExportError> {
     let path = out_path(out, rel)?;
-    let dir = path.parent().unwrap_or(out);
-    std::fs::create_dir_all(dir).map_err(|e| ExportError::io(dir, e))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| ExportError::io(dir, e))?;
-    tmp.write_all(bytes)
-        .map_err(|e| ExportError::io(tmp.path(), e))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| ExportError::io(&path, e))?;
-    tmp.persist(&path)
-        .map_err(|e| ExportError::io(&path, e.error))?;
+    crate::fsutil::write_atomic(&path, bytes).map_err(|e| ExportError::io(&e.path, e.source))?;
     Ok(path)
 }
 
