@@ -5,6 +5,9 @@ use tch::{Device, Kind, Tensor};
 
 use crate::model::error::Result;
 
+/// Smooth-L1 beta of the RPN and box losses (`rpn.py:322`, `roi_heads.py:48`).
+pub const SMOOTH_L1_BETA: f64 = 1.0 / 9.0;
+
 /// `log(1000 / 16)`: clamp of `dw`/`dh` before `exp` in `BoxCoder.decode` (`_utils.py:129`).
 pub const BBOX_XFORM_CLIP: f64 = 4.135_166_556_742_356; // = (1000.0f64 / 16.0).ln()
 

@@ -14,6 +14,7 @@ use crate::model::fpn::FeaturePyramidNetwork;
 use crate::model::layers::to_channels_last;
 use crate::model::roi_heads::{RoiHeads, RoiHeadsParams};
 use crate::model::rpn::{RegionProposalNetwork, RpnParams};
+pub use crate::model::transform::Target;
 use crate::model::transform::{
     GeneralizedRcnnTransform, ImageList, PastedMask, masks_on_canvas, paste_masks_cropped,
     resize_boxes,
@@ -24,17 +25,6 @@ use crate::profile;
 const FPN_OUT_CHANNELS: i64 = 256;
 /// Maps pooled by the RoI heads (`MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"])`).
 const MAX_POOLED_LEVELS: usize = 4;
-
-/// Ground truth of one training image, in original pixel coordinates.
-#[derive(Debug)]
-pub struct Target {
-    /// `[G, 4]` f32 xyxy boxes with `x2 > x1`, `y2 > y1`.
-    pub boxes: Tensor,
-    /// `[G]` int64 class labels in `1..num_classes`.
-    pub labels: Tensor,
-    /// `[G, H, W]` u8 instance masks (0/1) of the image size.
-    pub masks: Tensor,
-}
 
 /// Detections of one image, in original pixel coordinates.
 #[derive(Debug)]
@@ -84,6 +74,15 @@ impl CroppedDetections {
         })
     }
 }
+
+/// Loss names in the order of `metrics.csv` (sorted, as [`Losses::to_map`] returns them).
+pub const LOSS_NAMES: [&str; 5] = [
+    "loss_box_reg",
+    "loss_classifier",
+    "loss_mask",
+    "loss_objectness",
+    "loss_rpn_box_reg",
+];
 
 /// The five training losses under torchvision's names.
 #[derive(Debug)]

@@ -24,4 +24,4 @@ pub mod weights;
 
 pub use config::{Backbone, MaskRcnnConfig};
 pub use error::{ModelError, Result};
-pub use mask_rcnn::{CroppedDetections, Detections, Losses, MaskRcnn, Target};
+pub use mask_rcnn::{CroppedDetections, Detections, LOSS_NAMES, Losses, MaskRcnn, Target};

@@ -4,17 +4,17 @@
 
 use tch::{Kind, Reduction, Tensor, nn};
 
+use crate::model::box_ops::SMOOTH_L1_BETA;
 use crate::model::box_ops::{
     BoxCoder, batched_nms_top, box_iou, clip_boxes_to_image, remove_small_boxes,
 };
 use crate::model::error::Result;
 use crate::model::layers::{Conv2d, ConvSpec, WeightInit, bias, weight};
-use crate::model::mask_rcnn::Target;
 use crate::model::matcher::{
     BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, BalancedPositiveNegativeSampler, Matcher,
 };
 use crate::model::roi_align::{MultiScaleRoiAlign, project_masks_on_boxes};
-use crate::model::rpn::SMOOTH_L1_BETA;
+use crate::model::transform::Target;
 use crate::profile;
 
 /// Minimum detection side kept by `postprocess_detections` (`roi_heads.py:722`).

@@ -4,19 +4,17 @@ use tch::{Kind, Reduction, Tensor, nn};
 
 use crate::model::anchors::AnchorGenerator;
 use crate::model::box_ops::{
-    BoxCoder, batched_nms_top, box_iou, clip_boxes_to_image, remove_small_boxes,
+    BoxCoder, SMOOTH_L1_BETA, batched_nms_top, box_iou, clip_boxes_to_image, remove_small_boxes,
 };
 use crate::model::error::Result;
 use crate::model::layers::{Conv2d, ConvSpec, WeightInit};
-use crate::model::mask_rcnn::Target;
 use crate::model::matcher::{
     BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, BalancedPositiveNegativeSampler, Matcher,
 };
 use crate::model::transform::ImageList;
+use crate::model::transform::Target;
 use crate::profile;
 
-/// Smooth-L1 beta of the RPN and box losses (`rpn.py:322`, `roi_heads.py:48`).
-pub const SMOOTH_L1_BETA: f64 = 1.0 / 9.0;
 /// Minimum proposal side kept by `filter_proposals` (`rpn.py:172` `self.min_size = 1e-3`).
 const RPN_MIN_BOX_SIZE: f64 = 1e-3;
 

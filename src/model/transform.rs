@@ -4,7 +4,17 @@
 use tch::{Kind, Tensor};
 
 use crate::model::error::{ModelError, Result};
-use crate::model::mask_rcnn::Target;
+
+/// Ground truth of one training image, in original pixel coordinates.
+#[derive(Debug)]
+pub struct Target {
+    /// `[G, 4]` f32 xyxy boxes with `x2 > x1`, `y2 > y1`.
+    pub boxes: Tensor,
+    /// `[G]` int64 class labels in `1..num_classes`.
+    pub labels: Tensor,
+    /// `[G, H, W]` u8 instance masks (0/1) of the image size.
+    pub masks: Tensor,
+}
 
 /// A padded batch of images plus the un-padded size of each resized image.
 #[derive(Debug)]

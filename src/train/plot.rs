@@ -264,7 +264,7 @@ pub fn read_curves(run_dir: &Path) -> anyhow::Result<Curves> {
     let col = |name: &str| header.iter().position(|h| *h == name);
     let iter_col = col("iter").with_context(|| format!("{path:?}: no iter column"))?;
     let names: Vec<&str> = std::iter::once("total")
-        .chain(crate::train::trainer::LOSS_NAMES)
+        .chain(crate::model::LOSS_NAMES)
         .collect();
     let cols: Vec<Option<usize>> = names.iter().map(|n| col(n)).collect();
     let mut curves = Curves {

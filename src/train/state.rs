@@ -14,6 +14,12 @@ use crate::train::optim::{LossScaler, Optimizer, Schedule};
 
 /// Folder of the latest checkpoint inside a run.
 pub const LAST_CHECKPOINT: &str = "checkpoints/last";
+/// Where a refit on train + validation trains (a run folder of its own inside the run).
+pub const REFIT_DIR: &str = "refit";
+/// The refit's final bundle, the run's result when present.
+pub const REFIT_CHECKPOINT: &str = "checkpoints/refit";
+/// What the refit did (`mode`, `epochs`, `images`, `steps`), beside `config.json`.
+pub const REFIT_FILE: &str = "refit.json";
 /// Folder of the checkpoint with the best validation mask AP inside a run.
 pub const BEST_CHECKPOINT: &str = "checkpoints/best";
 /// Optimiser state file inside `checkpoints/last`.
@@ -217,7 +223,7 @@ pub fn read_state(run_dir: &Path) -> anyhow::Result<(TrainState, PathBuf)> {
 
 /// Loss column names in `epochs.csv` / `metrics.csv` order.
 pub fn loss_columns() -> [&'static str; 5] {
-    crate::train::trainer::LOSS_NAMES
+    crate::model::LOSS_NAMES
 }
 
 /// Rewrites `epochs.csv` from the history (a few rows; atomic).

@@ -32,23 +32,11 @@ use crate::train::optim::{LossScaler, Optimizer, Schedule};
 use crate::train::state::{self as run_state, EpochRecord, TrainState};
 pub use crate::train::state::{BEST_CHECKPOINT, LAST_CHECKPOINT};
 
-/// Loss names in the order of `metrics.csv` (sorted, as `Losses::to_map` returns them).
-pub const LOSS_NAMES: [&str; 5] = [
-    "loss_box_reg",
-    "loss_classifier",
-    "loss_mask",
-    "loss_objectness",
-    "loss_rpn_box_reg",
-];
+pub use crate::model::LOSS_NAMES;
 
 /// The auto-configuration of a run (proposed keys with reasons, kept rules, coverage, statistics).
 pub const AUTOCONFIG_FILE: &str = "autoconfig.json";
-/// Where a refit on train + validation trains (a run folder of its own inside the run).
-pub const REFIT_DIR: &str = "refit";
-/// The refit's final bundle, the run's result when present.
-pub const REFIT_CHECKPOINT: &str = "checkpoints/refit";
-/// What the refit did (`mode`, `epochs`, `images`, `steps`), beside `config.json`.
-pub const REFIT_FILE: &str = "refit.json";
+pub use crate::train::state::{REFIT_CHECKPOINT, REFIT_DIR, REFIT_FILE};
 
 /// Prefix of the variables `freeze_epochs` freezes (the backbone body; FPN and heads train).
 pub const FROZEN_PREFIX: &str = "backbone.body.";
