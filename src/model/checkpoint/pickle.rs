@@ -6,11 +6,13 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use super::globals::lookup_global;
+mod globals;
+
 use super::value::{Obj, StorageRef, Value, dict_key};
 use super::{
     COPY_BUDGET_BASE, COPY_BUDGET_PER_BYTE, CheckpointErrorKind, Kindr, malformed, truncated,
 };
+use globals::lookup_global;
 
 pub(super) struct Unpickler<'a> {
     data: &'a [u8],

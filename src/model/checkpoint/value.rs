@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use super::globals::{Dtype, Global};
+use tch::Kind;
 
 /// A pickle value. Composite objects live in an arena and are referenced by index, so values
 /// are cheap to clone, cycles are harmless and dropping never recurses.
@@ -70,4 +70,32 @@ pub(super) fn dict_key(v: &Value) -> Option<DictKey> {
         Value::None => Some(DictKey::None),
         _ => None,
     }
+}
+
+/// Globals the unpickler accepts. Nothing is ever called; REDUCE on these builds plain values.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum Global {
+    OrderedDict,
+    Set,
+    FrozenSet,
+    TorchSize,
+    RebuildTensor,
+    RebuildTensorV2,
+    RebuildTensorV3,
+    RebuildParameter,
+    RebuildParameterWithState,
+    /// `torch.FloatStorage` etc. (`None` = `UntypedStorage`, element type `u8`).
+    StorageType {
+        name: Rc<str>,
+        dtype: Option<Dtype>,
+    },
+    Dtype(Dtype),
+}
+
+/// A tensor element type as named by PyTorch. Only some map to a `tch::Kind`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Dtype {
+    pub(super) name: &'static str,
+    pub(super) kind: Option<Kind>,
+    pub(super) size: usize,
 }

@@ -8,37 +8,11 @@ use std::rc::Rc;
 
 use tch::Kind;
 
-use super::pickle::{HASHED_BYTES_PER_COPY, Unpickler};
-use super::value::{Obj, StorageRef, TensorSpec, Value};
-use super::{CheckpointErrorKind, Kindr, MAX_DIMS, MAX_STORAGE_KEY_BYTES, malformed};
-
-/// Globals the unpickler accepts. Nothing is ever called; REDUCE on these builds plain values.
-#[derive(Clone, Debug, PartialEq)]
-pub(super) enum Global {
-    OrderedDict,
-    Set,
-    FrozenSet,
-    TorchSize,
-    RebuildTensor,
-    RebuildTensorV2,
-    RebuildTensorV3,
-    RebuildParameter,
-    RebuildParameterWithState,
-    /// `torch.FloatStorage` etc. (`None` = `UntypedStorage`, element type `u8`).
-    StorageType {
-        name: Rc<str>,
-        dtype: Option<Dtype>,
-    },
-    Dtype(Dtype),
-}
-
-/// A tensor element type as named by PyTorch. Only some map to a `tch::Kind`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Dtype {
-    pub(super) name: &'static str,
-    pub(super) kind: Option<Kind>,
-    pub(super) size: usize,
-}
+use super::{HASHED_BYTES_PER_COPY, Unpickler};
+use crate::model::checkpoint::value::{Dtype, Global, Obj, StorageRef, TensorSpec, Value};
+use crate::model::checkpoint::{
+    CheckpointErrorKind, Kindr, MAX_DIMS, MAX_STORAGE_KEY_BYTES, malformed,
+};
 
 /// (canonical torch name, aliases, legacy storage class, kind, element size)
 type DtypeRow = (
