@@ -1,8 +1,7 @@
 //! Polygon rasterisation, an exact port of pycocotools `rleFrPoly` (`common/maskApi.c`).
 
 use crate::dataset::Rle;
-use crate::dataset::mask::MaskError;
-use crate::dataset::rle::check_size;
+use crate::dataset::rle::{MaskError, check_size};
 
 /// Upsampling factor of the boundary walk; maskApi.c rleFrPoly `double scale=5`.
 const SCALE: f64 = 5.0;

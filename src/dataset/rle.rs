@@ -4,7 +4,86 @@
 //! starting with a run of zeros (which may be empty). The compressed string form is the
 //! one stored in COCO JSON `segmentation.counts`.
 
-use crate::dataset::mask::MaskError;
+/// What went wrong building or decoding a mask.
+#[derive(Debug, thiserror::Error)]
+pub enum MaskError {
+    /// The pixel buffer length does not match `width * height`.
+    #[error("pixel buffer has {got} bytes, a {width}x{height} mask needs {expected}")]
+    BufferLength {
+        /// Bytes given.
+        got: usize,
+        /// Bytes needed.
+        expected: usize,
+        /// Mask width.
+        width: u32,
+        /// Mask height.
+        height: u32,
+    },
+    /// Width or height is zero.
+    #[error("mask size {width}x{height} is empty: width and height must be at least 1")]
+    EmptySize {
+        /// Mask width.
+        width: u32,
+        /// Mask height.
+        height: u32,
+    },
+    /// RLE runs do not add up to the mask's pixel count.
+    #[error("RLE runs cover {total} pixels, but a {width}x{height} mask has {expected}")]
+    RunTotal {
+        /// Sum of all runs.
+        total: u64,
+        /// `width * height`.
+        expected: u64,
+        /// Mask width.
+        width: u32,
+        /// Mask height.
+        height: u32,
+    },
+    /// A character of a compressed RLE string is outside `'0'..='o'`.
+    #[error("RLE string has invalid character {ch:?} at byte {position} (allowed: '0'..='o')")]
+    BadRleChar {
+        /// The offending character (first byte of it for non-ASCII).
+        ch: char,
+        /// Byte offset in the string.
+        position: usize,
+    },
+    /// A compressed RLE string ends in the middle of a value.
+    #[error("RLE string ends inside the value that starts at byte {position}")]
+    TruncatedRle {
+        /// Byte offset where the unfinished value starts.
+        position: usize,
+    },
+    /// A decoded run is negative or does not fit in 32 bits.
+    #[error("RLE value starting at byte {position} gives a run outside 0..=4294967295")]
+    RunOutOfRange {
+        /// Byte offset where the value starts.
+        position: usize,
+    },
+    /// A polygon has fewer than three points.
+    #[error("polygon {index} has {points} points, needs at least 3")]
+    PolygonTooShort {
+        /// Index of the polygon in the list.
+        index: usize,
+        /// Number of points it has.
+        points: usize,
+    },
+    /// A polygon has an odd number of coordinates.
+    #[error("polygon {index} has an odd number of coordinates ({len}); expected x,y pairs")]
+    PolygonOddLength {
+        /// Index of the polygon in the list.
+        index: usize,
+        /// Number of coordinates it has.
+        len: usize,
+    },
+    /// A polygon coordinate is NaN or infinite.
+    #[error("polygon {index} has a non-finite coordinate at position {position}")]
+    PolygonNotFinite {
+        /// Index of the polygon in the list.
+        index: usize,
+        /// Index of the coordinate.
+        position: usize,
+    },
+}
 
 /// First character of the compressed alphabet (`'0'`); maskApi.c rleToString uses chars 48..=111.
 const CHAR_BASE: u8 = 48;
