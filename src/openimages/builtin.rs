@@ -12,29 +12,16 @@
 //! Provenance: `builtin/README.md` names each file's URL, size and MD5 (the official ones, from
 //! `docs/openimages.md` §2.1); the test below pins their SHA-256 so an edit cannot slip in.
 
-use super::Error;
-use super::catalogue::{
-    ClassFiles, parse_class_descriptions, parse_hierarchy, parse_segmentation_classes,
-};
-
 /// What the built-in files are, for the UI and `maskstudio classes`.
 pub const VERSION: &str =
     "Open Images V5/V6 class files: boxable class names of 2019-05, hierarchy of 2018-04";
 
 /// `v5/class-descriptions-boxable.csv` (no header; 601 rows).
-const BOXABLE: &[u8] = include_bytes!("builtin/class-descriptions-boxable.csv");
+pub(crate) const BOXABLE: &[u8] = include_bytes!("builtin/class-descriptions-boxable.csv");
 /// `v5/classes-segmentation.txt` (350 MIDs), empty when not fetched yet.
-const SEGMENTATION: &[u8] = include_bytes!("builtin/classes-segmentation.txt");
+pub(crate) const SEGMENTATION: &[u8] = include_bytes!("builtin/classes-segmentation.txt");
 /// `2018_04/bbox_labels_600_hierarchy.json`.
-const HIERARCHY: &[u8] = include_bytes!("builtin/bbox_labels_600_hierarchy.json");
-
-/// The built-in files, parsed (names, segmentable MIDs, hierarchy edges).
-pub(crate) fn class_files() -> Result<ClassFiles, Error> {
-    let names = parse_class_descriptions(BOXABLE, "built-in class-descriptions-boxable.csv")?;
-    let seg = parse_segmentation_classes(&String::from_utf8_lossy(SEGMENTATION));
-    let edges = parse_hierarchy(HIERARCHY, "built-in bbox_labels_600_hierarchy.json")?;
-    Ok((names, seg, edges))
-}
+pub(crate) const HIERARCHY: &[u8] = include_bytes!("builtin/bbox_labels_600_hierarchy.json");
 
 #[cfg(test)]
 mod tests {

@@ -236,11 +236,23 @@ fn fetch_either(
 }
 
 /// The three class files, parsed: names, segmentable MIDs, hierarchy edges.
-pub(crate) type ClassFiles = (
+type ClassFiles = (
     Vec<(String, String)>,
     Vec<String>,
     Vec<(String, String, EdgeKind)>,
 );
+
+/// The built-in class files ([`builtin`]), parsed.
+fn builtin_class_files() -> Result<ClassFiles, Error> {
+    let names =
+        parse_class_descriptions(builtin::BOXABLE, "built-in class-descriptions-boxable.csv")?;
+    let seg = parse_segmentation_classes(&String::from_utf8_lossy(builtin::SEGMENTATION));
+    let edges = parse_hierarchy(
+        builtin::HIERARCHY,
+        "built-in bbox_labels_600_hierarchy.json",
+    )?;
+    Ok((names, seg, edges))
+}
 
 /// Downloads and parses the three class files (`force` re-downloads cached copies).
 fn download_class_files(
@@ -297,7 +309,7 @@ pub(crate) fn ensure_in_index(
         Err(e) => {
             log::info!("Open Images class files not downloaded ({e}); using the built-in copy");
             if stored.is_none() {
-                let (names, seg, edges) = builtin::class_files()?;
+                let (names, seg, edges) = builtin_class_files()?;
                 store_catalogue(index, &names, &seg, &edges, CatalogueSource::BuiltIn)?;
             }
             Ok(Some(e.to_string()))
@@ -369,7 +381,16 @@ impl Catalogue {
     /// built-in copy when the network fails, see [`Catalogue::fallback_reason`]), and the
     /// counts of every split already indexed. Use [`Catalogue::load_with_counts`] to index more.
     pub fn load(cfg: &Config, cancel: &CancelToken) -> Result<Self, Error> {
-        Self::load_with_counts(cfg, &[], cancel, &|_| {})
+        let http = Http::new(cfg);
+        let mut index = Index::open(&cfg.cache_dir)?;
+        let fallback_reason = ensure_in_index(&http, cfg, &mut index, cancel, &AtomicU64::new(0))?;
+        Ok(Self::from_index(&index)?.with_fallback_reason(fallback_reason))
+    }
+
+    /// Records why this load used the built-in class files ([`Catalogue::fallback_reason`]).
+    pub(crate) fn with_fallback_reason(mut self, reason: Option<String>) -> Self {
+        self.fallback_reason = reason;
+        self
     }
 
     /// The catalogue in the cache index as it is (with the counts of indexed splits), or the
@@ -384,7 +405,7 @@ impl Catalogue {
 
     /// The catalogue of the built-in class files, without counts (no disk, no network).
     pub fn builtin() -> Result<Self, Error> {
-        let (names, seg, edges) = builtin::class_files()?;
+        let (names, seg, edges) = builtin_class_files()?;
         let mut cat = Self::from_parts(&names, &seg, &edges);
         cat.source = CatalogueSource::BuiltIn;
         Ok(cat)
@@ -456,36 +477,6 @@ impl Catalogue {
     /// error), when it did.
     pub fn fallback_reason(&self) -> Option<&str> {
         self.fallback_reason.as_deref()
-    }
-
-    /// Like [`Catalogue::load`], first indexing `splits` (downloading their segmentation CSVs:
-    /// train is 770 MiB, validation 2.8 MiB, test 8.3 MiB) so their counts are known. When the
-    /// class files fell back to the built-in copy the network is down: no split is indexed and
-    /// [`Catalogue::fallback_reason`] says why.
-    pub fn load_with_counts(
-        cfg: &Config,
-        splits: &[Split],
-        cancel: &CancelToken,
-        events: &dyn Fn(super::DownloadEvent),
-    ) -> Result<Self, Error> {
-        let http = Http::new(cfg);
-        let mut index = Index::open(&cfg.cache_dir)?;
-        let counter = AtomicU64::new(0);
-        let fallback_reason = ensure_in_index(&http, cfg, &mut index, cancel, &counter)?;
-        // The network just failed: indexing would fail the same way after its retries.
-        let splits = if fallback_reason.is_some() {
-            &[]
-        } else {
-            splits
-        };
-        for &split in splits {
-            super::download::ensure_split_index(
-                &http, cfg, &mut index, split, cancel, &counter, events,
-            )?;
-        }
-        let mut cat = Self::from_index(&index)?;
-        cat.fallback_reason = fallback_reason;
-        Ok(cat)
     }
 
     /// Reads the catalogue from an index.

@@ -14,6 +14,7 @@ use crate::dataset::{
 use crate::fsutil::write_atomic;
 
 use super::catalogue::{self, Catalogue};
+use super::error::FailureKind;
 use super::http::Http;
 use super::images::{self, ImageJob, ImageResult};
 use super::index::{self, ImageMeta, MaskRow};
@@ -117,50 +118,6 @@ pub enum DownloadEvent {
     },
     /// Something the user should know (skipped empty mask, class expanded, ...).
     Warning(String),
-}
-
-/// Why an image or mask was left out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-pub enum FailureKind {
-    /// 403/404 from the image host.
-    NotFound,
-    /// Retries exhausted (5xx, dropped connections, timeouts).
-    Network,
-    /// Truncated or undecodable JPEG (never stored).
-    CorruptImage,
-    /// A mask named in the CSV is not in its shard.
-    MaskMissing,
-    /// A mask failed its CRC, did not inflate or did not decode.
-    MaskCorrupt,
-    /// A mask with no foreground pixels at image size (skipped).
-    EmptyMask,
-    /// A `MaskPath` that is not a plain Open Images mask name (`../x`, `/home/u/x`, ...):
-    /// never joined onto a folder, so nothing outside the cache is read, written or deleted.
-    UnsafeMaskPath,
-    /// The project refused the image.
-    Import,
-}
-
-impl FailureKind {
-    /// Short name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailureKind::NotFound => "not found",
-            FailureKind::Network => "network",
-            FailureKind::CorruptImage => "corrupt image",
-            FailureKind::MaskMissing => "mask missing",
-            FailureKind::MaskCorrupt => "mask corrupt",
-            FailureKind::EmptyMask => "empty mask",
-            FailureKind::UnsafeMaskPath => super::UNSAFE_MASK_PATH,
-            FailureKind::Import => "import",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Self> {
-        [FailureKind::NotFound, FailureKind::CorruptImage]
-            .into_iter()
-            .find(|k| k.as_str() == s)
-    }
 }
 
 /// One thing that was left out.
@@ -284,6 +241,35 @@ fn fetch_file(
 }
 
 /// Makes sure a split's segmentation CSV is downloaded (resumable) and indexed.
+impl Catalogue {
+    /// Like [`Catalogue::load`], first indexing `splits` (downloading their segmentation CSVs:
+    /// train is 770 MiB, validation 2.8 MiB, test 8.3 MiB) so their counts are known. When the
+    /// class files fell back to the built-in copy the network is down: no split is indexed and
+    /// [`Catalogue::fallback_reason`] says why. (Here, not in `catalogue`, so the catalogue does
+    /// not depend on the downloader.)
+    pub fn load_with_counts(
+        cfg: &Config,
+        splits: &[Split],
+        cancel: &CancelToken,
+        events: &dyn Fn(DownloadEvent),
+    ) -> Result<Self, Error> {
+        let http = Http::new(cfg);
+        let mut index = Index::open(&cfg.cache_dir)?;
+        let counter = AtomicU64::new(0);
+        let fallback_reason = catalogue::ensure_in_index(&http, cfg, &mut index, cancel, &counter)?;
+        // The network just failed: indexing would fail the same way after its retries.
+        let splits = if fallback_reason.is_some() {
+            &[]
+        } else {
+            splits
+        };
+        for &split in splits {
+            ensure_split_index(&http, cfg, &mut index, split, cancel, &counter, events)?;
+        }
+        Ok(Self::from_index(&index)?.with_fallback_reason(fallback_reason))
+    }
+}
+
 pub(crate) fn ensure_split_index(
     http: &Http,
     cfg: &Config,

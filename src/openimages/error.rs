@@ -94,3 +94,47 @@ impl Error {
         move |source| Error::Io { path, source }
     }
 }
+
+/// Why an image or mask was left out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub enum FailureKind {
+    /// 403/404 from the image host.
+    NotFound,
+    /// Retries exhausted (5xx, dropped connections, timeouts).
+    Network,
+    /// Truncated or undecodable JPEG (never stored).
+    CorruptImage,
+    /// A mask named in the CSV is not in its shard.
+    MaskMissing,
+    /// A mask failed its CRC, did not inflate or did not decode.
+    MaskCorrupt,
+    /// A mask with no foreground pixels at image size (skipped).
+    EmptyMask,
+    /// A `MaskPath` that is not a plain Open Images mask name (`../x`, `/home/u/x`, ...):
+    /// never joined onto a folder, so nothing outside the cache is read, written or deleted.
+    UnsafeMaskPath,
+    /// The project refused the image.
+    Import,
+}
+
+impl FailureKind {
+    /// Short name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::NotFound => "not found",
+            FailureKind::Network => "network",
+            FailureKind::CorruptImage => "corrupt image",
+            FailureKind::MaskMissing => "mask missing",
+            FailureKind::MaskCorrupt => "mask corrupt",
+            FailureKind::EmptyMask => "empty mask",
+            FailureKind::UnsafeMaskPath => super::UNSAFE_MASK_PATH,
+            FailureKind::Import => "import",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        [FailureKind::NotFound, FailureKind::CorruptImage]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}

@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicU64;
 use crate::cancel::CancelToken;
 use crate::dataset::store::check_image_bytes;
 
-use super::download::FailureKind;
+use super::error::FailureKind;
 use super::http::Http;
 use super::{Config, Error, Split, image_id_str};
 

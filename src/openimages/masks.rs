@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::cancel::CancelToken;
 use crate::fsutil::write_atomic;
 
-use super::download::FailureKind;
+use super::error::FailureKind;
 use super::http::{Http, RangeReply};
 use super::zip::{self, CentralDirectory, DirLocation, FileSource, RangeSource};
 use super::{Config, Error, Split};

@@ -33,10 +33,10 @@ pub mod zip;
 pub use catalogue::{Catalogue, CatalogueSource, ClassCounts, ClassInfo, SizeEstimate};
 pub use config::{Config, GCS_BASE_ENV, IMAGES_BASE_ENV};
 pub use download::{
-    DownloadEvent, DownloadRequest, DownloadSummary, Failure, FailureKind, Phase, Transfer,
-    download, export_seed_layout,
+    DownloadEvent, DownloadRequest, DownloadSummary, Failure, Phase, Transfer, download,
+    export_seed_layout,
 };
-pub use error::Error;
+pub use error::{Error, FailureKind};
 pub use index::Index;
 
 /// One of the three Open Images splits (directory names as the hosts spell them).
