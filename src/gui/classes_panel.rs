@@ -8,7 +8,6 @@
 //! Network trouble is a calm line in the panel (what failed, Retry, Use a mirror…), not an error
 //! toast: the list works without the network, only counts and downloads need it.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,12 +19,8 @@ use crate::openimages::catalogue::{EdgeKind, ROOT_MID};
 use crate::openimages::cli::human_bytes;
 use crate::openimages::{Catalogue, CatalogueSource, ClassInfo, DownloadEvent, Split, builtin};
 
-use super::download_panel::oi_config;
-use super::shared::{JobView, PanelCtx, ShellRequest, Tab};
+use super::shared::{JobView, PanelCtx, Picked, ShellRequest, Tab};
 use super::worker::{Polled, Worker};
-
-/// Classes picked for download: MID → display name.
-pub type Picked = BTreeMap<String, String>;
 
 enum Msg {
     Progress(String),
@@ -130,7 +125,7 @@ impl ClassesPanel {
         if self.loading.is_some() {
             return;
         }
-        let mut cfg = oi_config(cx.settings, &self.oi_cache);
+        let mut cfg = cx.settings.oi_config(&self.oi_cache);
         if kind == LoadKind::Cached {
             cfg.attempts = cfg.attempts.min(BACKGROUND_ATTEMPTS);
         }

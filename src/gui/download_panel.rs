@@ -14,26 +14,10 @@ use eframe::egui;
 use crate::cancel::CancelToken;
 use crate::dataset::store::Project;
 use crate::openimages::cli::human_bytes;
-use crate::openimages::{
-    Config, DownloadEvent, DownloadRequest, DownloadSummary, Phase, Split, download,
-};
+use crate::openimages::{DownloadEvent, DownloadRequest, DownloadSummary, Phase, Split, download};
 
-use super::classes_panel::Picked;
-use super::shared::{JobView, PanelCtx, Settings, ShellRequest, Tab};
+use super::shared::{JobView, PanelCtx, Picked, Settings, ShellRequest, Tab};
 use super::worker::{Polled, Worker};
-
-/// The downloader configuration: `cache` plus the mirror base URLs from the settings (empty
-/// settings keep the defaults, which honour `MASKSTUDIO_OI_GCS_BASE` / `_IMAGES_BASE`).
-pub fn oi_config(settings: &Settings, cache: &Path) -> Config {
-    let mut cfg = Config::new(cache.to_path_buf());
-    if !settings.annotations_base_url.trim().is_empty() {
-        cfg.gcs_base = settings.annotations_base_url.trim().to_owned();
-    }
-    if !settings.images_base_url.trim().is_empty() {
-        cfg.images_base = settings.images_base_url.trim().to_owned();
-    }
-    cfg
-}
 
 /// The phases shown, in order.
 const PHASES: [Phase; 5] = [
@@ -194,7 +178,7 @@ impl DownloadPanel {
 
     fn start(&mut self, project: &Path, settings: &Settings, ctx: &egui::Context) {
         let req = self.request();
-        let mut cfg = oi_config(settings, &self.oi_cache);
+        let mut cfg = settings.oi_config(&self.oi_cache);
         cfg.workers = 8;
         let cancel = CancelToken::default();
         let (token, root) = (cancel.clone(), project.to_path_buf());
@@ -567,11 +551,11 @@ mod tests {
         );
         assert_eq!(fmt_duration(Duration::from_secs(3725)), "1h02m");
         let mut s = Settings::default();
-        let cfg = oi_config(&s, Path::new("/tmp/c"));
+        let cfg = s.oi_config(Path::new("/tmp/c"));
         assert!(cfg.images_base.starts_with("http"));
         s.images_base_url = " http://127.0.0.1:9/s3 ".into();
         s.annotations_base_url = "http://127.0.0.1:9/gcs".into();
-        let cfg = oi_config(&s, Path::new("/tmp/c"));
+        let cfg = s.oi_config(Path::new("/tmp/c"));
         assert_eq!(cfg.images_base, "http://127.0.0.1:9/s3");
         assert_eq!(cfg.gcs_base, "http://127.0.0.1:9/gcs");
     }

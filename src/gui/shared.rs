@@ -119,6 +119,20 @@ impl Settings {
             .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))
     }
 
+    /// The Open Images downloader configuration: `cache` plus the mirror base URLs from the
+    /// settings (empty settings keep the defaults, which honour `MASKSTUDIO_OI_GCS_BASE` /
+    /// `_IMAGES_BASE`).
+    pub fn oi_config(&self, cache: &Path) -> crate::openimages::Config {
+        let mut cfg = crate::openimages::Config::new(cache.to_path_buf());
+        if !self.annotations_base_url.trim().is_empty() {
+            cfg.gcs_base = self.annotations_base_url.trim().to_owned();
+        }
+        if !self.images_base_url.trim().is_empty() {
+            cfg.images_base = self.images_base_url.trim().to_owned();
+        }
+        cfg
+    }
+
     /// Puts `project` first in the recent list.
     pub fn touch_recent(&mut self, project: &Path) {
         self.recent_projects.retain(|p| p != project);
@@ -267,6 +281,9 @@ pub enum ShellRequest {
     /// redo was saved): the status bar shows it without re-reading the project.
     EditedInstances(u64),
 }
+
+/// Classes picked for download: MID → display name.
+pub type Picked = BTreeMap<String, String>;
 
 /// What a panel gets each frame.
 pub struct PanelCtx<'a> {
