@@ -10,16 +10,18 @@
 pub mod classes_panel;
 pub mod download_panel;
 pub mod editor;
-pub mod eval_panel;
 pub mod gallery;
 pub mod log_toasts;
 pub mod model_picker;
 pub mod predict_panel;
 pub mod shared;
 pub mod thumbs;
-pub mod train_autoconfig;
-pub mod train_panel;
+pub mod train;
 pub mod worker;
+
+/// The Train tab's and its Evaluate section's old paths, still used by tests and benches.
+pub use train as train_panel;
+pub use train::eval as eval_panel;
 
 /// The editor's old paths, still used by `tests/edit_crash.rs` and `benches/brush.rs`.
 pub use editor as image_view;
@@ -42,7 +44,7 @@ use predict_panel::PredictPanel;
 use shared::{
     DeviceSetting, JobView, NoticeLevel, Notices, PanelCtx, Settings, ShellRequest, Tab, Theme,
 };
-use train_panel::TrainPanel;
+use train::TrainPanel;
 
 /// Set to a number of frames to close the window after that many (smoke tests under Xvfb).
 pub const EXIT_AFTER_FRAMES_ENV: &str = "MASKSTUDIO_EXIT_AFTER_FRAMES";

@@ -1,6 +1,8 @@
 //! Training: recipe ([`config`]), project data ([`data`]), progress events ([`observer`]),
 //! optimisers and schedules ([`optim`]), run-folder state and checkpoints ([`state`]), the loop
 //! that writes run folders ([`trainer`]), the loss chart ([`plot`]) and run export ([`export`]);
+//! a project's runs and their typed `config.json` ([`runs`]), a run's plot series ([`history`])
+//! and watch images ([`watch`]);
 //! the `quality` preset's COCO Mask R-CNN start ([`init`]); augmentation ([`augment`]), batch
 //! planning ([`sampler`]) and the prefetching loader ([`loader`]) supply the loop's batches.
 
