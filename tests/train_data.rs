@@ -106,7 +106,7 @@ fn preview_gives_augmented_samples_with_consistent_masks() {
     let dir = tempfile::tempdir().unwrap();
     let root = project(dir.path(), 8);
     let cfg = config();
-    let samples = train::augment::preview(&root, &cfg, 0, 4).unwrap();
+    let samples = train::preview::preview(&root, &cfg, 0, 4).unwrap();
     assert_eq!(samples.len(), 4);
     for s in &samples {
         let (w, h) = s.image.dimensions();
@@ -122,9 +122,9 @@ fn preview_gives_augmented_samples_with_consistent_masks() {
         }
     }
     // Same seed and epoch: same pixels; another epoch draws differently.
-    let again = train::augment::preview(&root, &cfg, 0, 4).unwrap();
+    let again = train::preview::preview(&root, &cfg, 0, 4).unwrap();
     assert!(samples.iter().zip(&again).all(|(a, b)| a.image == b.image));
-    let other = train::augment::preview(&root, &cfg, 1, 4).unwrap();
+    let other = train::preview::preview(&root, &cfg, 1, 4).unwrap();
     assert!(samples.iter().zip(&other).any(|(a, b)| a.image != b.image));
 }
 

@@ -46,11 +46,7 @@ pub const MAX_DETECTIONS: i64 = 1000;
 /// Cap on `rpn_post_nms_top_n_*` (twice torchvision's training default of 2000).
 pub const MAX_RPN_POST_NMS: i64 = 4000;
 
-/// Most training images for which [`RefitMode::Auto`](crate::train::config::RefitMode) refits
-/// on train + validation: below it the validation share (10 % by default) is data the model
-/// clearly misses (tens of images) and a refit costs at most minutes on a CPU; above it the
-/// refit's extra run costs more than the few percent more data brings.
-pub const REFIT_MAX_IMAGES: usize = 500;
+pub use crate::train::config::REFIT_MAX_IMAGES;
 
 /// Parts of the base configuration the user set, which auto-configuration leaves alone.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -6,10 +6,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::Context as _;
-use tch::Tensor;
 
 use crate::dataset::{ExportImage, ExportSet};
-use crate::model::Target;
 use crate::rng::SplitMix64;
 use crate::train::augment;
 
@@ -70,16 +68,7 @@ pub fn label_map(set: &ExportSet) -> (Vec<i64>, Vec<String>, HashMap<i64, i64>) 
     (ids, names, map)
 }
 
-/// One training sample on the CPU.
-#[derive(Debug)]
-pub struct Sample {
-    /// Project image id.
-    pub image_id: i64,
-    /// `[3, H, W]` f32 in 0..1.
-    pub image: Tensor,
-    /// Boxes, labels and masks at the image's (resized) size.
-    pub target: Target,
-}
+pub use crate::train::augment::Sample;
 
 /// Output size keeping the aspect ratio with the longer side at `size` (each side at least 1).
 pub fn resized_dims(width: u32, height: u32, size: u32) -> (u32, u32) {

@@ -9,8 +9,7 @@ use anyhow::Context as _;
 
 use crate::model::bundle::Bundle;
 use crate::train::runs::{RunConfig, RunInfo};
-use crate::train::state::{self, BEST_CHECKPOINT, LAST_CHECKPOINT};
-use crate::train::trainer::REFIT_CHECKPOINT;
+use crate::train::state::{self, BEST_CHECKPOINT, LAST_CHECKPOINT, REFIT_CHECKPOINT, REFIT_FILE};
 
 /// What [`export_run`] wrote.
 #[derive(Debug, Clone, PartialEq)]
@@ -126,7 +125,7 @@ pub fn export_run(run_dir: &Path, out: &Path) -> anyhow::Result<RunExport> {
         },
         "epochs": epochs,
         "iterations": train_state.as_ref().map(|s| s.iter),
-        "refit": std::fs::read_to_string(run_dir.join(crate::train::trainer::REFIT_FILE))
+        "refit": std::fs::read_to_string(run_dir.join(REFIT_FILE))
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()),
         "train_config": config.train,

@@ -18,6 +18,7 @@ pub mod loader;
 pub mod observer;
 pub mod optim;
 pub mod plot;
+pub mod preview;
 pub mod runs;
 pub mod sampler;
 pub mod state;

@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use crate::model::MaskRcnnConfig;
 use crate::model::bundle::{Bundle, SPEC_FILE};
 use crate::train::TrainConfig;
+use crate::train::state::REFIT_CHECKPOINT;
 use crate::train::state::{self, BEST_CHECKPOINT, LAST_CHECKPOINT};
-use crate::train::trainer::REFIT_CHECKPOINT;
 
 /// Folder of a project's training runs (`<project>/runs`).
 pub const RUNS_DIR: &str = "runs";

@@ -6,7 +6,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Backbone, MaskRcnnConfig};
 use crate::runtime::DeviceChoice;
-use crate::train::augment::AugmentConfig;
+
+mod augmentation;
+pub use augmentation::{AugmentConfig, PAD_FILL};
+
+/// Most training images for which [`RefitMode::Auto`](crate::train::config::RefitMode) refits
+/// on train + validation: below it the validation share (10 % by default) is data the model
+/// clearly misses (tens of images) and a refit costs at most minutes on a CPU; above it the
+/// refit's extra run costs more than the few percent more data brings.
+pub const REFIT_MAX_IMAGES: usize = 500;
 
 /// Model and size preset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -130,7 +138,7 @@ pub struct TrainConfig {
 #[serde(rename_all = "kebab-case")]
 pub enum RefitMode {
     /// On when the training split has at most
-    /// [`REFIT_MAX_IMAGES`](crate::train::autoconfig::REFIT_MAX_IMAGES) images.
+    /// [`REFIT_MAX_IMAGES`] images.
     #[default]
     Auto,
     /// Always refit.
@@ -155,7 +163,7 @@ impl RefitMode {
     /// Whether a run with `train_images` training images refits.
     pub fn applies(self, train_images: usize) -> bool {
         match self {
-            Self::Auto => train_images <= crate::train::autoconfig::REFIT_MAX_IMAGES,
+            Self::Auto => train_images <= REFIT_MAX_IMAGES,
             Self::On => true,
             Self::Off => false,
         }
