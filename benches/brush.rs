@@ -23,7 +23,7 @@ use maskstudio::dataset::store::Project;
 use maskstudio::dataset::{
     Attribution, ClassDef, ImportImage, ImportInstance, ImportSet, Mask, Origin, Segmentation,
 };
-use maskstudio::gui::image_view::{ImageView, ImageViewAction};
+use maskstudio::gui::editor::{ImageView, ImageViewAction};
 use maskstudio::gui::shared::{Notices, PanelCtx, Settings, ShellRequest};
 
 const W: u32 = 4000;
@@ -157,7 +157,7 @@ fn main() {
         t.elapsed().as_secs_f64() * 1e3
     );
     view.select(Some(1));
-    view.set_tool(maskstudio::gui::image_view::Tool::Brush);
+    view.set_tool(maskstudio::gui::editor::Tool::Brush);
     view.set_brush_size(20.0);
     let mut h = Harness::builder()
         .with_size([1400.0, 900.0])

@@ -12,14 +12,14 @@ use image::{Rgb, RgbImage};
 
 use crate::cancel::CancelToken;
 use crate::dataset::mask::MaskError;
-use crate::dataset::store::{DB_FILE, Project};
+use crate::dataset::store::{DB_FILE, Project, ProjectInfo};
 use crate::dataset::{
     Attribution, ClassDef, ImportImage, ImportInstance, ImportSet, Mask, Origin, Segmentation,
 };
 use crate::rng::SplitMix64;
 use crate::train::config::TrainConfig;
 
-/// The `source` of every sample image in the store ([`crate::dataset::store::ProjectInfo::is_sample`]).
+/// The `source` of every sample image in the store ([`is_sample`]).
 pub const SOURCE: &str = "sample";
 
 /// Number of images in the sample.
@@ -44,6 +44,11 @@ const CLASS_COLORS: [[f64; 3]; 3] = [
 const MIN_AREA: u64 = 400;
 /// An earlier instance must keep this fraction of its area visible when a later one is added.
 const MIN_VISIBLE: f64 = 0.6;
+
+/// Whether every image of a project came from the generated sample.
+pub fn is_sample(info: &ProjectInfo) -> bool {
+    !info.sources.is_empty() && info.sources.keys().all(|s| s == SOURCE)
+}
 
 /// The sample's training recipe, for the Train form when the sample is open: small inputs,
 /// few epochs and a higher learning rate, so a 2-core CPU shows a converging loss and a

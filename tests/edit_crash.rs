@@ -21,7 +21,7 @@ use maskstudio::dataset::store::Project;
 use maskstudio::dataset::{
     Attribution, ClassDef, ImportImage, ImportInstance, ImportSet, Mask, Origin, Segmentation,
 };
-use maskstudio::gui::edit_writer::{EditCommand, EditWriter};
+use maskstudio::gui::editor::writer::{EditCommand, EditWriter};
 
 const CHILD_ENV: &str = "MASKSTUDIO_EDIT_CRASH_CHILD";
 const WRITER_CHILD_ENV: &str = "MASKSTUDIO_EDIT_CRASH_WRITER_CHILD";

@@ -293,7 +293,7 @@ fn path_field_recent_list_help_and_first_run() {
     assert_eq!(images, 24, "the generated sample has 24 scenes");
     assert_eq!(info.classes.len(), 3);
     // The sample brings its quick recipe to the Train form, and says real data takes longer.
-    assert!(info.is_sample());
+    assert!(maskstudio::sample::is_sample(info));
     assert!(h.state().train.has_sample_recipe());
     assert_eq!(
         h.state().train.config().epochs,

@@ -23,10 +23,6 @@ pub mod worker;
 pub use train as train_panel;
 pub use train::eval as eval_panel;
 
-/// The editor's old paths, still used by `tests/edit_crash.rs` and `benches/brush.rs`.
-pub use editor as image_view;
-pub use editor::writer as edit_writer;
-
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -411,7 +407,7 @@ impl StudioApp {
                 }
                 let reopened = self.project.as_ref().is_some_and(|(r, _)| *r == root);
                 if !reopened {
-                    self.train.project_opened(info.is_sample());
+                    self.train.project_opened(crate::sample::is_sample(&info));
                 }
                 self.project_path = root.display().to_string();
                 self.settings.touch_recent(&root);

@@ -238,13 +238,6 @@ pub struct ProjectInfo {
     pub sources: BTreeMap<String, u64>,
 }
 
-impl ProjectInfo {
-    /// Whether every image came from the generated sample ([`crate::sample`]).
-    pub fn is_sample(&self) -> bool {
-        !self.sources.is_empty() && self.sources.keys().all(|s| s == crate::sample::SOURCE)
-    }
-}
-
 /// One image's row, for the image view.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageMeta {
