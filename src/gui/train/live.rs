@@ -14,7 +14,7 @@ use crate::gui::predict_panel::device_choice;
 use crate::gui::shared::PanelCtx;
 use crate::gui::worker::Worker;
 use crate::infer::overlay;
-use crate::train::augment::PreviewSample;
+use crate::train::preview::PreviewSample;
 use crate::train::watch::predict_watch_images;
 
 /// Exponential moving average of the y values (`s = a * s + (1 - a) * y`, starting at the
@@ -231,7 +231,7 @@ impl TrainPanel {
         let epoch = self.preview_epoch;
         self.preview_epoch += 1;
         let spawned = self.spawn_bg("train-aug-preview", ctx, move || {
-            let r = crate::train::augment::preview(&project, &cfg, epoch, PREVIEW_SAMPLES)
+            let r = crate::train::preview::preview(&project, &cfg, epoch, PREVIEW_SAMPLES)
                 .map_err(|e| format!("{e:#}"));
             Background::Preview(r)
         });

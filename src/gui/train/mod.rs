@@ -20,7 +20,7 @@ use eframe::egui;
 
 use crate::gui::shared::{DeviceSetting, JobView, PanelCtx};
 use crate::gui::worker::{Polled, Worker};
-use crate::train::augment::PreviewSample;
+use crate::train::preview::PreviewSample;
 use crate::train::{
     AugmentConfig, ChannelObserver, TrainConfig, TrainControl, TrainEvent, TrainObserver,
 };
