@@ -75,6 +75,11 @@ fn start_a_cpu_run_see_points_stop_list_export_and_evaluate() {
         warmup_iters: 2,
         val_fraction: 0.3,
         seed: 3,
+        // Batch 1 at lr 0.01 on 96 px squares swings the loss between 1 and 26; with the other
+        // test's libtorch threads splitting reductions differently from run to run, that chaos
+        // reached NaN now and then (the trainer then stops, as designed). Clipping keeps this
+        // workflow test about the workflow.
+        clip_grad_norm: Some(10.0),
         ..TrainConfig::default()
     };
     let state = State {

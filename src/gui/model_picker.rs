@@ -113,6 +113,11 @@ pub struct ModelPicker {
     /// The user chose or typed a path since `listed_for` became current: the preselection
     /// leaves it.
     touched: bool,
+    /// The typed field had the keyboard focus last frame: a listing that arrives then waits
+    /// (`pending_preselect`) instead of writing under the user's cursor.
+    field_focused: bool,
+    /// A preselection to apply once the field loses the focus (untouched).
+    pending_preselect: bool,
     /// The path shown last frame while `listed_for` was current (views rebuilt per image start
     /// from it).
     last_path: Option<String>,
@@ -132,6 +137,8 @@ impl ModelPicker {
             dialog: None,
             remembered_check: None,
             touched: false,
+            field_focused: false,
+            pending_preselect: false,
             last_path: None,
         }
     }
@@ -293,7 +300,10 @@ impl ModelPicker {
                     }
                     self.entries = entries;
                     self.remembered_check = remembered;
-                    if !self.touched {
+                    if self.touched {
+                    } else if self.field_focused {
+                        self.pending_preselect = true;
+                    } else {
                         self.preselect(path, resp);
                     }
                 }
@@ -426,6 +436,13 @@ impl ModelPicker {
         if response.changed() {
             self.touched = true;
             resp.edited = true;
+        }
+        self.field_focused = response.has_focus();
+        if self.pending_preselect && !self.field_focused {
+            self.pending_preselect = false;
+            if !self.touched {
+                self.preselect(path, &mut resp);
+            }
         }
         let browse = ui
             .add_enabled(self.dialog.is_none(), egui::Button::new("Browse…"))
