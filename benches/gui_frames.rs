@@ -29,7 +29,7 @@ use maskstudio::dataset::{
     ClassDef, ImportImage, ImportInstance, ImportSet, Mask, Origin, Segmentation,
 };
 use maskstudio::gui::shared::{DeviceSetting, Tab};
-use maskstudio::gui::train_panel::TrainPanel;
+use maskstudio::gui::train::TrainPanel;
 use maskstudio::gui::{StudioApp, StudioOptions};
 use maskstudio::train::TrainConfig;
 

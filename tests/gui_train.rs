@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable as _;
 use maskstudio::gui::shared::{DeviceSetting, Notices, PanelCtx, Settings, ShellRequest};
-use maskstudio::gui::train_panel::TrainPanel;
+use maskstudio::gui::train::TrainPanel;
 use maskstudio::train::TrainConfig;
 
 struct State {
@@ -133,7 +133,7 @@ fn start_a_cpu_run_see_points_stop_list_export_and_evaluate() {
     assert_eq!(run.steps, steps, "metrics.csv has a row per step");
     assert_eq!(run.preset, "cpu-fast");
     wait_for(&mut h, "the watch images", |s| s.panel.watch_count() > 0);
-    assert!(h.state().panel.watch_count() <= maskstudio::gui::train_panel::WATCH_IMAGES);
+    assert!(h.state().panel.watch_count() <= maskstudio::gui::train::WATCH_IMAGES);
     // The watch thread may still predict the last checkpoint (its spinner keeps repainting).
     wait_for(&mut h, "the background work", |s| s.panel.idle());
 
@@ -257,7 +257,7 @@ fn start_a_cpu_run_see_points_stop_list_export_and_evaluate() {
 
     // A fresh panel (the studio restarted) resumes the run: its plots start with the steps
     // recorded in metrics.csv, and the new steps follow them.
-    let recorded = maskstudio::gui::train_panel::read_history(&run.dir)
+    let recorded = maskstudio::gui::train::read_history(&run.dir)
         .unwrap()
         .total
         .len();
@@ -305,7 +305,7 @@ fn start_a_cpu_run_see_points_stop_list_export_and_evaluate() {
 
 /// The run folder's `config.json` once the trainer has written it.
 fn run_config(project: &std::path::Path) -> Option<serde_json::Value> {
-    let runs = maskstudio::gui::train_panel::runs_dir(project);
+    let runs = maskstudio::gui::train::runs_dir(project);
     std::fs::read_dir(runs)
         .ok()?
         .filter_map(Result::ok)

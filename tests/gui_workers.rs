@@ -22,13 +22,13 @@ use egui_kittest::kittest::Queryable as _;
 use maskstudio::dataset::store::{Project, ReviewStatus};
 use maskstudio::gui::download_panel::DownloadPanel;
 use maskstudio::gui::editor::ImageView;
-use maskstudio::gui::eval_panel::EvalPanel;
 use maskstudio::gui::predict_panel::PredictPanel;
 use maskstudio::gui::shared::{
     DeviceSetting, NoticeLevel, Notices, PanelCtx, Settings, ShellRequest,
 };
 use maskstudio::gui::thumbs::{Thumb, ThumbCache};
-use maskstudio::gui::train_panel::{TrainPanel, runs_dir};
+use maskstudio::gui::train::eval::EvalPanel;
+use maskstudio::gui::train::{TrainPanel, runs_dir};
 use maskstudio::train::TrainConfig;
 
 /// Held by the tests whose workers pass the same fault points (both predict tests' workers

@@ -19,10 +19,6 @@ pub mod thumbs;
 pub mod train;
 pub mod worker;
 
-/// The Train tab's and its Evaluate section's old paths, still used by tests and benches.
-pub use train as train_panel;
-pub use train::eval as eval_panel;
-
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

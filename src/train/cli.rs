@@ -70,7 +70,7 @@ pub struct TrainArgs {
     /// Seed of the split, order, flips and initial weights.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Stop after this many steps.
+    /// Stop after this many iterations (optimizer steps; the Train form's "Max iterations").
     #[arg(long)]
     pub max_iters: Option<usize>,
     /// auto | cpu | cuda

@@ -43,7 +43,7 @@ impl TrainPanel {
 
     pub(super) fn use_recipe(&mut self, cfg: TrainConfig, sample: bool) {
         self.aug = AugmentConfig::resolve(&cfg);
-        self.max_steps = cfg.max_iters.unwrap_or(0);
+        self.max_iters = cfg.max_iters.unwrap_or(0);
         self.cfg = cfg;
         self.sample_recipe = sample;
     }
@@ -51,7 +51,7 @@ impl TrainPanel {
     /// The form's recipe as the trainer takes it (device from the settings), or what is wrong.
     pub fn recipe(&self, device: DeviceSetting) -> anyhow::Result<TrainConfig> {
         let mut cfg = self.cfg.clone();
-        cfg.max_iters = (self.max_steps > 0).then_some(self.max_steps);
+        cfg.max_iters = (self.max_iters > 0).then_some(self.max_iters);
         cfg.device = device_choice(device);
         cfg.clip_grad_norm = self.clip_enabled.then_some(self.clip_value);
         cfg.patience = self.patience_enabled.then_some(self.patience_value);
@@ -152,8 +152,8 @@ impl TrainPanel {
                     labelled_drag(ui, "Warm-up steps", &mut cfg.warmup_iters, 0..=100_000, 1.0);
                     labelled_drag(
                         ui,
-                        "Max steps (0 = all)",
-                        &mut self.max_steps,
+                        "Max iterations (0 = all)",
+                        &mut self.max_iters,
                         0..=10_000_000,
                         1.0,
                     );

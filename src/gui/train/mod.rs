@@ -86,8 +86,8 @@ enum RunJob {
 /// The Train tab.
 pub struct TrainPanel {
     cfg: TrainConfig,
-    /// Max steps in the form; 0 = all epochs.
-    max_steps: usize,
+    /// `TrainConfig::max_iters` in the form; 0 = all epochs.
+    max_iters: usize,
     run: Option<ActiveRun>,
     history: History,
     smoothing: f32,
@@ -145,7 +145,7 @@ impl TrainPanel {
     /// A panel whose form starts at `cfg`.
     pub fn new(cfg: TrainConfig) -> Self {
         Self {
-            max_steps: cfg.max_iters.unwrap_or(0),
+            max_iters: cfg.max_iters.unwrap_or(0),
             run: None,
             history: History::default(),
             smoothing: 0.6,
