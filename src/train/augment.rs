@@ -8,6 +8,8 @@
 //! scale-jittered resize-and-pad. Validation is [`resize_and_pad`] (IceVision's `resize_and_pad`).
 //! Every random choice comes from a [`SplitMix64`] seeded per sample ([`sample_seed`]), so a run
 //! is reproducible whatever thread does the work.
+//!
+//! Over 800 lines only with its unit tests (617 lines of code before them).
 
 use std::collections::HashMap;
 

@@ -11,6 +11,8 @@
 //! Points up to [`COORD_TOLERANCE`] pixels outside the image are clamped onto its border
 //! (real COCO data has many points a hair outside); points further out are rejected with
 //! [`FormatError::OutOfBounds`].
+//!
+//! Over 800 lines only with its unit tests (663 lines of code before them).
 
 pub mod coco;
 pub mod mask_folders;
