@@ -74,9 +74,18 @@ fn pick_a_class_and_download_it_from_a_loopback_mirror() {
     app.settings_mut().annotations_base_url = server.gcs_base.clone();
     app.settings_mut().images_base_url = server.images_base.clone();
     let mut h = harness(app);
-    wait_until(&mut h, "the project and the class catalogue", |a| {
-        a.project().is_some() && a.classes.catalogue().is_some()
-    });
+    // The built-in list shows at once; wait for the mirror's catalogue to replace it.
+    wait_until(
+        &mut h,
+        "the project and the mirror's class catalogue",
+        |a| {
+            a.project().is_some()
+                && !a.classes.is_loading()
+                && a.classes.catalogue().is_some_and(|c| {
+                    c.source() == maskstudio::openimages::CatalogueSource::Downloaded
+                })
+        },
+    );
     assert_eq!(
         h.state()
             .classes
