@@ -14,6 +14,7 @@ pub mod gallery;
 pub mod log_toasts;
 pub mod model_picker;
 pub mod predict_panel;
+pub mod progress;
 pub mod shared;
 pub mod thumbs;
 pub mod train;
