@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
 
 use super::checkpoint;
+use super::config::MaskRcnnConfig;
 use super::weights::{self, LoadReport, WeightsError};
 
 /// The `format` value of the current bundle layout.
@@ -183,43 +184,9 @@ pub struct ResolvedSpec {
     pub frozen_bn_eps: f64,
 }
 
-/// Defaults (torchvision 0.28, `torchvision/models/detection/faster_rcnn.py`, `FasterRCNN.__init__`
-/// unless stated).
-pub mod defaults {
-    /// `backbone_utils.py:139-140`: `returned_layers = [1, 2, 3, 4]` (the same default is used
-    /// for `mobilenet_v2` here).
-    pub const RETURNED_LAYERS: [i64; 4] = [1, 2, 3, 4];
-    /// `min_size=800` (`faster_rcnn.py:172`).
-    pub const MIN_SIZE: i64 = 800;
-    /// `max_size=1333` (`faster_rcnn.py:173`).
-    pub const MAX_SIZE: i64 = 1333;
-    /// ImageNet mean (`faster_rcnn.py:278`).
-    pub const IMAGE_MEAN: [f64; 3] = [0.485, 0.456, 0.406];
-    /// ImageNet std (`faster_rcnn.py:280`).
-    pub const IMAGE_STD: [f64; 3] = [0.229, 0.224, 0.225];
-    /// `_default_anchorgen` (`faster_rcnn.py:37-40`): `((32,), (64,), (128,), (256,), (512,))`
-    /// for levels `'0'..'3','pool'`. Generalised here as 32·2^(k−1) for returned layer k and
-    /// twice the last size for the extra `pool` level, which is exactly torchvision's table for
-    /// `[1, 2, 3, 4]`.
-    pub const ANCHOR_SIZE_LAYER1: f64 = 32.0;
-    /// `aspect_ratios = ((0.5, 1.0, 2.0),) * len(anchor_sizes)` (`faster_rcnn.py:39`).
-    pub const ASPECT_RATIOS: [f64; 3] = [0.5, 1.0, 2.0];
-    /// `rpn_pre_nms_top_n_test=1000` (`faster_rcnn.py:180`).
-    pub const RPN_PRE_NMS_TOP_N_TEST: i64 = 1000;
-    /// `rpn_post_nms_top_n_test=1000` (`faster_rcnn.py:182`).
-    pub const RPN_POST_NMS_TOP_N_TEST: i64 = 1000;
-    /// `rpn_nms_thresh=0.7` (`faster_rcnn.py:183`).
-    pub const RPN_NMS_THRESH: f64 = 0.7;
-    /// `box_score_thresh=0.05` (`faster_rcnn.py:193`).
-    pub const BOX_SCORE_THRESH: f64 = 0.05;
-    /// `box_nms_thresh=0.5` (`faster_rcnn.py:194`).
-    pub const BOX_NMS_THRESH: f64 = 0.5;
-    /// `box_detections_per_img=100` (`faster_rcnn.py:195`).
-    pub const BOX_DETECTIONS_PER_IMG: i64 = 100;
-    /// `FrozenBatchNorm2d(eps=1e-5)` (`torchvision/ops/misc.py:26`). Note: torchvision's COCO_V1
-    /// Mask R-CNN weights are used with eps 0.0 (`mask_rcnn.py:507-509`, `overwrite_eps`);
-    /// bundles converted from them should say `"frozen_bn_eps": 0.0`.
-    pub const FROZEN_BN_EPS: f64 = 1e-5;
+/// `[f64; 3]` of a 3-value list (`image_mean`, `image_std`), `None` for another length.
+fn three(v: &[f64]) -> Option<[f64; 3]> {
+    v.try_into().ok()
 }
 
 impl ModelSpec {
@@ -247,56 +214,64 @@ impl ModelSpec {
         }
     }
 
-    /// All settings with defaults filled in (see [`defaults`] for values and sources).
+    /// All settings with defaults filled in: torchvision's, as [`MaskRcnnConfig::default`]
+    /// lists them (`min_size` its last entry).
     ///
     /// Default anchors depend on `returned_layers`: one level per returned layer k with size
     /// 32·2^(k−1), plus the `pool` level at twice the last size, each with aspect ratios
-    /// `[0.5, 1.0, 2.0]`; for `[1, 2, 3, 4]` this is torchvision's `_default_anchorgen`.
+    /// `[0.5, 1.0, 2.0]`; for `[1, 2, 3, 4]` this is torchvision's `_default_anchorgen`
+    /// (the sizes and ratios of its first level generalised).
     pub fn resolved(&self) -> ResolvedSpec {
+        let d = MaskRcnnConfig::default();
         let returned_layers = self
             .returned_layers
             .clone()
-            .unwrap_or_else(|| defaults::RETURNED_LAYERS.to_vec());
+            .unwrap_or_else(|| d.returned_layers.clone());
+        let layer1 = d
+            .anchor_sizes
+            .first()
+            .and_then(|l| l.first())
+            .map_or(32.0, |&s| s as f64);
         let default_sizes = || {
             let mut sizes: Vec<Vec<f64>> = returned_layers
                 .iter()
-                .map(|&k| {
-                    vec![defaults::ANCHOR_SIZE_LAYER1 * 2f64.powi((k.clamp(1, 30) - 1) as i32)]
-                })
+                .map(|&k| vec![layer1 * 2f64.powi((k.clamp(1, 30) - 1) as i32)])
                 .collect();
-            let pool = sizes
-                .last()
-                .map_or(defaults::ANCHOR_SIZE_LAYER1, |s| s[0] * 2.0);
+            let pool = sizes.last().map_or(layer1, |s| s[0] * 2.0);
             sizes.push(vec![pool]);
             sizes
         };
         let anchor_sizes = self.anchor_sizes.clone().unwrap_or_else(default_sizes);
+        let ratios = d.aspect_ratios.first().cloned().unwrap_or_default();
         let aspect_ratios = self
             .aspect_ratios
             .clone()
-            .unwrap_or_else(|| vec![defaults::ASPECT_RATIOS.to_vec(); anchor_sizes.len()]);
+            .unwrap_or_else(|| vec![ratios; anchor_sizes.len()]);
         ResolvedSpec {
             backbone: self.backbone,
             num_classes: self.num_classes,
-            min_size: self.min_size.unwrap_or(defaults::MIN_SIZE),
-            max_size: self.max_size.unwrap_or(defaults::MAX_SIZE),
-            image_mean: self.image_mean.unwrap_or(defaults::IMAGE_MEAN),
-            image_std: self.image_std.unwrap_or(defaults::IMAGE_STD),
+            min_size: self
+                .min_size
+                .or(d.min_size.last().copied())
+                .unwrap_or_default(),
+            max_size: self.max_size.unwrap_or(d.max_size),
+            image_mean: self.image_mean.or(three(&d.image_mean)).unwrap_or_default(),
+            image_std: self.image_std.or(three(&d.image_std)).unwrap_or_default(),
             anchor_sizes,
             aspect_ratios,
             rpn_pre_nms_top_n_test: self
                 .rpn_pre_nms_top_n_test
-                .unwrap_or(defaults::RPN_PRE_NMS_TOP_N_TEST),
+                .unwrap_or(d.rpn_pre_nms_top_n_test),
             rpn_post_nms_top_n_test: self
                 .rpn_post_nms_top_n_test
-                .unwrap_or(defaults::RPN_POST_NMS_TOP_N_TEST),
-            rpn_nms_thresh: self.rpn_nms_thresh.unwrap_or(defaults::RPN_NMS_THRESH),
-            box_score_thresh: self.box_score_thresh.unwrap_or(defaults::BOX_SCORE_THRESH),
-            box_nms_thresh: self.box_nms_thresh.unwrap_or(defaults::BOX_NMS_THRESH),
+                .unwrap_or(d.rpn_post_nms_top_n_test),
+            rpn_nms_thresh: self.rpn_nms_thresh.unwrap_or(d.rpn_nms_thresh),
+            box_score_thresh: self.box_score_thresh.unwrap_or(d.box_score_thresh),
+            box_nms_thresh: self.box_nms_thresh.unwrap_or(d.box_nms_thresh),
             box_detections_per_img: self
                 .box_detections_per_img
-                .unwrap_or(defaults::BOX_DETECTIONS_PER_IMG),
-            frozen_bn_eps: self.frozen_bn_eps.unwrap_or(defaults::FROZEN_BN_EPS),
+                .unwrap_or(d.box_detections_per_img),
+            frozen_bn_eps: self.frozen_bn_eps.unwrap_or(d.frozen_bn_eps),
             returned_layers,
         }
     }
@@ -580,11 +555,40 @@ impl Bundle {
     }
 }
 
+impl ModelSpec {
+    /// The bundle description of a model config, every inference-relevant value written out
+    /// (the inverse of [`ResolvedSpec::to_config`]; `min_size` is the last, the eval size).
+    pub fn from_config(cfg: &MaskRcnnConfig) -> Self {
+        Self {
+            returned_layers: Some(cfg.returned_layers.clone()),
+            min_size: cfg.min_size.last().copied(),
+            max_size: Some(cfg.max_size),
+            image_mean: three(&cfg.image_mean),
+            image_std: three(&cfg.image_std),
+            anchor_sizes: Some(
+                cfg.anchor_sizes
+                    .iter()
+                    .map(|l| l.iter().map(|&s| s as f64).collect())
+                    .collect(),
+            ),
+            aspect_ratios: Some(cfg.aspect_ratios.clone()),
+            rpn_pre_nms_top_n_test: Some(cfg.rpn_pre_nms_top_n_test),
+            rpn_post_nms_top_n_test: Some(cfg.rpn_post_nms_top_n_test),
+            rpn_nms_thresh: Some(cfg.rpn_nms_thresh),
+            box_score_thresh: Some(cfg.box_score_thresh),
+            box_nms_thresh: Some(cfg.box_nms_thresh),
+            box_detections_per_img: Some(cfg.box_detections_per_img),
+            frozen_bn_eps: Some(cfg.frozen_bn_eps),
+            ..Self::new(cfg.backbone, cfg.num_classes)
+        }
+    }
+}
+
 impl ResolvedSpec {
     /// The model configuration this bundle describes (training-only fields keep torchvision's
     /// defaults). Anchor sizes are rounded to whole pixels, as torchvision's are integers.
-    pub fn to_config(&self) -> crate::model::MaskRcnnConfig {
-        crate::model::MaskRcnnConfig {
+    pub fn to_config(&self) -> MaskRcnnConfig {
+        MaskRcnnConfig {
             backbone: self.backbone,
             num_classes: self.num_classes,
             returned_layers: self.returned_layers.clone(),
@@ -605,7 +609,7 @@ impl ResolvedSpec {
             box_score_thresh: self.box_score_thresh,
             box_nms_thresh: self.box_nms_thresh,
             box_detections_per_img: self.box_detections_per_img,
-            ..crate::model::MaskRcnnConfig::for_backbone(self.backbone)
+            ..MaskRcnnConfig::for_backbone(self.backbone)
         }
     }
 }
