@@ -372,9 +372,9 @@ pub fn fmt_utc(t: SystemTime) -> String {
     format!("{day} {name} {:02}:{:02} UTC", s / 3600, (s / 60) % 60)
 }
 
-/// Days since 1970-01-01 → (year, month, day) (Howard Hinnant's `civil_from_days`, as the
-/// trainer names run folders).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
+/// Days since 1970-01-01 → (year, month, day) (Howard Hinnant's `civil_from_days`); the trainer
+/// names run folders with it.
+pub(crate) fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -498,6 +498,12 @@ mod tests {
         assert!(is_bundle(&old.join(BEST_CHECKPOINT)));
         assert!(!is_bundle(&new.join(BEST_CHECKPOINT)));
         assert!(list_bundles(&project.join("missing")).is_empty());
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_000), (2024, 10, 4));
     }
 
     #[test]
