@@ -1,8 +1,9 @@
 //! The offline sample project behind the first-run "Try the sample" button and
 //! `maskstudio sample`: procedurally generated scenes (three shape classes on textured
-//! backgrounds) with exact instance masks, imported through [`Project::import`] so the result is
-//! an ordinary project. Nothing is downloaded or copied from a dataset; the same seed gives the
-//! same pixels and masks on every machine.
+//! backgrounds) with exact instance masks, imported through
+//! [`crate::dataset::generated::write_generated_project`] so the result is an ordinary project.
+//! Nothing is downloaded or copied from a dataset; the same seed gives the same pixels and masks
+//! on every machine.
 
 use std::f64::consts::PI;
 use std::path::{Path, PathBuf};
@@ -10,12 +11,12 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use image::{Rgb, RgbImage};
 
-use crate::cancel::CancelToken;
-use crate::dataset::mask::MaskError;
-use crate::dataset::store::{DB_FILE, Project, ProjectInfo};
-use crate::dataset::{
-    Attribution, ClassDef, ImportImage, ImportInstance, ImportSet, Mask, Origin, Segmentation,
+use crate::dataset::Mask;
+use crate::dataset::generated::{
+    GeneratedImage, GeneratedSet, Scene, Waves, clamp_u8, write_generated_project,
 };
+use crate::dataset::mask::MaskError;
+use crate::dataset::store::{DB_FILE, ProjectInfo};
 use crate::rng::SplitMix64;
 use crate::train::config::TrainConfig;
 
@@ -95,78 +96,29 @@ pub fn create_sample_project(dir: &Path, progress: &mut dyn FnMut(f32)) -> anyho
         dir.display()
     );
     progress(0.0);
-    let src = tempfile::Builder::new()
-        .prefix("maskstudio-sample-")
-        .tempdir()
-        .context("creating a temporary folder for the sample images")?;
-    let mut images = Vec::with_capacity(SAMPLE_IMAGES);
-    for index in 0..SAMPLE_IMAGES {
-        let scene = generate_scene(index).context("generating a sample scene")?;
-        let file_name = format!("sample-{index:02}.png");
-        let path = src.path().join(&file_name);
-        scene
-            .image
-            .save(&path)
-            .with_context(|| format!("writing {}", path.display()))?;
-        let instances = scene
-            .instances
-            .into_iter()
-            .map(|(class, mask)| ImportInstance {
-                class: SAMPLE_CLASSES[class].to_owned(),
-                segmentation: Segmentation::Bitmap(mask),
-                iscrowd: false,
-                origin: Origin::Import,
-                provenance: Some(
-                    serde_json::json!({"generator": "maskstudio sample", "scene": index}),
-                ),
-            })
-            .collect();
-        images.push(ImportImage {
-            src_path: path,
-            file_name,
-            width: SAMPLE_WIDTH,
-            height: SAMPLE_HEIGHT,
-            split: Some(sample_split(index).to_owned()),
-            source: SOURCE.to_owned(),
-            attribution: Attribution {
-                author: Some("Mask Studio sample generator".to_owned()),
-                license: Some("CC0-1.0".to_owned()),
-                original_url: None,
-                title: Some(format!("Synthetic scene {index}")),
-            },
-            instances,
-        });
-        progress(0.8 * (index + 1) as f32 / SAMPLE_IMAGES as f32);
-    }
-    let set = ImportSet {
-        format: "sample".to_owned(),
-        classes: SAMPLE_CLASSES
-            .iter()
-            .map(|name| ClassDef {
-                name: (*name).to_owned(),
-                mid: None,
-            })
-            .collect(),
-        images,
+    let set = GeneratedSet {
+        source: SOURCE,
+        classes: &SAMPLE_CLASSES,
+        author: "Mask Studio sample generator",
+        what: "the sample",
     };
-    let mut project = Project::create_or_open(dir)
-        .with_context(|| format!("creating the sample project in {}", dir.display()))?;
-    project
-        .import(&set, src.path(), &CancelToken::default(), &mut |p| {
-            progress(0.8 + 0.2 * p.done as f32 / p.total.max(1) as f32)
-        })
-        .with_context(|| format!("importing the sample into {}", dir.display()))?;
+    write_generated_project(
+        dir,
+        set,
+        SAMPLE_IMAGES,
+        &mut |index| {
+            Ok(GeneratedImage {
+                scene: generate_scene(index).context("generating a sample scene")?,
+                file_name: format!("sample-{index:02}.png"),
+                split: Some(sample_split(index).to_owned()),
+                title: format!("Synthetic scene {index}"),
+                provenance: serde_json::json!({"generator": "maskstudio sample", "scene": index}),
+            })
+        },
+        progress,
+    )?;
     progress(1.0);
     Ok(())
-}
-
-/// One generated image with its instances (class index, visible mask), in paint order.
-#[derive(Debug, Clone)]
-pub struct Scene {
-    /// The RGB image, [`SAMPLE_WIDTH`]×[`SAMPLE_HEIGHT`].
-    pub image: RgbImage,
-    /// `(class index into SAMPLE_CLASSES, visible mask)`; masks of one scene never overlap.
-    pub instances: Vec<(usize, Mask)>,
 }
 
 /// A filled shape in pixel coordinates.
@@ -187,21 +139,13 @@ impl Shape {
         let cx = rng.uniform(28.0, w - 28.0);
         let cy = rng.uniform(28.0, h - 28.0);
         let angle = rng.uniform(0.0, PI);
+        // Centre, two half axes uniform in `lo..hi`, angle.
+        let axes = |rng: &mut SplitMix64, lo, hi| {
+            [cx, cy, rng.uniform(lo, hi), rng.uniform(lo, hi), angle]
+        };
         match class {
-            0 => Shape::Ellipse([
-                cx,
-                cy,
-                rng.uniform(18.0, 50.0),
-                rng.uniform(18.0, 50.0),
-                angle,
-            ]),
-            1 => Shape::Rectangle([
-                cx,
-                cy,
-                rng.uniform(14.0, 48.0),
-                rng.uniform(14.0, 48.0),
-                angle,
-            ]),
+            0 => Shape::Ellipse(axes(rng, 18.0, 50.0)),
+            1 => Shape::Rectangle(axes(rng, 14.0, 48.0)),
             _ => {
                 let mut vertex = |k: usize| {
                     let a = angle + k as f64 * 2.0 * PI / 3.0 + rng.uniform(-0.35, 0.35);
@@ -261,11 +205,8 @@ fn noise(rng: &mut SplitMix64, amplitude: f64) -> f64 {
     rng.uniform(-amplitude, amplitude)
 }
 
-fn clamp_u8(v: f64) -> u8 {
-    v.round().clamp(0.0, 255.0) as u8
-}
-
-/// Generates sample scene `index` (deterministic).
+/// Generates sample scene `index` (deterministic): a [`SAMPLE_WIDTH`]×[`SAMPLE_HEIGHT`] image
+/// and 1–4 instances of [`SAMPLE_CLASSES`].
 pub fn generate_scene(index: usize) -> Result<Scene, MaskError> {
     let mut rng = SplitMix64::new(SEED ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     // Background: a muted grey-ish tint, a luminance texture of three waves, per-pixel noise.
@@ -275,24 +216,9 @@ pub fn generate_scene(index: usize) -> Result<Scene, MaskError> {
         noise(&mut rng, 14.0),
         noise(&mut rng, 14.0),
     ];
-    let waves: Vec<[f64; 4]> = (0..3)
-        .map(|_| {
-            let freq = rng.uniform(0.01, 0.08);
-            let dir = rng.uniform(0.0, PI);
-            [
-                freq * dir.cos(),
-                freq * dir.sin(),
-                rng.uniform(0.0, 2.0 * PI),
-                rng.uniform(5.0, 16.0),
-            ]
-        })
-        .collect();
+    let waves = Waves::random(&mut rng, 3, (0.01, 0.08), (5.0, 16.0));
     let mut image = RgbImage::from_fn(SAMPLE_WIDTH, SAMPLE_HEIGHT, |x, y| {
-        let (fx, fy) = (f64::from(x), f64::from(y));
-        let texture: f64 = waves
-            .iter()
-            .map(|[kx, ky, phase, amp]| amp * (kx * fx + ky * fy + phase).sin())
-            .sum();
+        let texture = waves.at(f64::from(x), f64::from(y));
         Rgb(std::array::from_fn(|c| {
             clamp_u8(grey + tint[c] + texture + noise(&mut rng, 12.0))
         }))
@@ -367,6 +293,7 @@ pub fn generate_scene(index: usize) -> Result<Scene, MaskError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataset::store::Project;
 
     #[test]
     fn scenes_are_deterministic_and_masks_are_exact() {

@@ -12,12 +12,11 @@ use std::path::Path;
 use anyhow::Context as _;
 use image::{Rgb, RgbImage};
 
-use crate::cancel::CancelToken;
-use crate::dataset::mask::MaskError;
-use crate::dataset::store::Project;
-use crate::dataset::{
-    Attribution, ClassDef, ImportImage, ImportInstance, ImportSet, Mask, Origin, Segmentation,
+use crate::dataset::Mask;
+use crate::dataset::generated::{
+    GeneratedImage, GeneratedSet, Scene, Waves, clamp_u8, write_generated_project,
 };
+use crate::dataset::mask::MaskError;
 use crate::rng::SplitMix64;
 
 /// Width and height of every crowded image in pixels.
@@ -44,16 +43,6 @@ const CLASS_COLORS: [[f64; 3]; 3] = [
     [60.0, 110.0, 220.0],
     [70.0, 190.0, 80.0],
 ];
-
-/// One generated image with its instances (class index, visible mask), in paint order.
-#[derive(Debug, Clone)]
-pub struct CrowdedScene {
-    /// The RGB image, [`CROWDED_SIZE`]².
-    pub image: RgbImage,
-    /// `(class index into CROWDED_CLASSES, visible mask)`; masks of one scene never overlap and
-    /// each has at least [`MIN_VISIBLE_AREA`] pixels.
-    pub instances: Vec<(usize, Mask)>,
-}
 
 /// A filled shape: centre, half extents along its own axes, rotation (radians).
 #[derive(Debug, Clone, Copy)]
@@ -115,12 +104,10 @@ impl Shape {
     }
 }
 
-fn clamp_u8(v: f64) -> u8 {
-    v.round().clamp(0.0, 255.0) as u8
-}
-
-/// Generates crowded scene `index` of the set seeded with `seed` (deterministic).
-pub fn generate(seed: u64, index: usize) -> Result<CrowdedScene, MaskError> {
+/// Generates crowded scene `index` of the set seeded with `seed` (deterministic): a
+/// [`CROWDED_SIZE`]² image and [`MIN_INSTANCES`]…[`MAX_INSTANCES`] instances of
+/// [`CROWDED_CLASSES`], each with at least [`MIN_VISIBLE_AREA`] visible pixels.
+pub fn generate(seed: u64, index: usize) -> Result<Scene, MaskError> {
     let mut rng = SplitMix64::new(
         seed ^ 0x0063_726f_7764_6564 ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
     );
@@ -175,18 +162,7 @@ pub fn generate(seed: u64, index: usize) -> Result<CrowdedScene, MaskError> {
     // class colour, a linear shading across the image, per-pixel noise.
     let grey = rng.uniform(80.0, 160.0);
     let tint: [f64; 3] = std::array::from_fn(|_| rng.uniform(-12.0, 12.0));
-    let waves: Vec<[f64; 4]> = (0..3)
-        .map(|_| {
-            let freq = rng.uniform(0.02, 0.15);
-            let dir = rng.uniform(0.0, PI);
-            [
-                freq * dir.cos(),
-                freq * dir.sin(),
-                rng.uniform(0.0, 2.0 * PI),
-                rng.uniform(4.0, 14.0),
-            ]
-        })
-        .collect();
+    let waves = Waves::random(&mut rng, 3, (0.02, 0.15), (4.0, 14.0));
     let colors: Vec<[f64; 3]> = shapes
         .iter()
         .map(|s| std::array::from_fn(|c| CLASS_COLORS[s.class][c] + rng.uniform(-30.0, 30.0)))
@@ -197,10 +173,7 @@ pub fn generate(seed: u64, index: usize) -> Result<CrowdedScene, MaskError> {
         let (fx, fy) = (f64::from(x), f64::from(y));
         let k = owner[(y * CROWDED_SIZE + x) as usize];
         let base: [f64; 3] = if k == 0 {
-            let texture: f64 = waves
-                .iter()
-                .map(|[kx, ky, phase, amp]| amp * (kx * fx + ky * fy + phase).sin())
-                .sum();
+            let texture = waves.at(fx, fy);
             std::array::from_fn(|c| grey + tint[c] + texture)
         } else {
             let t = (fx * sx + fy * sy) / f64::from(CROWDED_SIZE);
@@ -221,7 +194,7 @@ pub fn generate(seed: u64, index: usize) -> Result<CrowdedScene, MaskError> {
         .zip(masks)
         .map(|(s, m)| Ok((s.class, Mask::from_vec(CROWDED_SIZE, CROWDED_SIZE, m)?)))
         .collect::<Result<_, MaskError>>()?;
-    Ok(CrowdedScene { image, instances })
+    Ok(Scene { image, instances })
 }
 
 /// Creates a project in `dir` (created if missing) with `train_n` crowded scenes in the training
@@ -229,71 +202,37 @@ pub fn generate(seed: u64, index: usize) -> Result<CrowdedScene, MaskError> {
 /// scenes in split `test` (held out: training never reads them). Scenes are [`generate`]`(seed,
 /// i)` for `i` in `0..train_n + test_n`, named `crowded-{i:04}.png`.
 pub fn write_project(dir: &Path, train_n: usize, test_n: usize, seed: u64) -> anyhow::Result<()> {
-    let src = tempfile::Builder::new()
-        .prefix("maskstudio-crowded-")
-        .tempdir()
-        .context("creating a temporary folder for the crowded images")?;
-    let mut images = Vec::with_capacity(train_n + test_n);
-    for index in 0..train_n + test_n {
-        let scene = generate(seed, index).context("generating a crowded scene")?;
-        let file_name = format!("crowded-{index:04}.png");
-        let path = src.path().join(&file_name);
-        scene
-            .image
-            .save(&path)
-            .with_context(|| format!("writing {}", path.display()))?;
-        let instances = scene
-            .instances
-            .into_iter()
-            .map(|(class, mask)| ImportInstance {
-                class: CROWDED_CLASSES[class].to_owned(),
-                segmentation: Segmentation::Bitmap(mask),
-                iscrowd: false,
-                origin: Origin::Import,
-                provenance: Some(serde_json::json!({
+    let set = GeneratedSet {
+        source: "crowded",
+        classes: &CROWDED_CLASSES,
+        author: "Mask Studio crowded-scene generator",
+        what: "crowded scenes",
+    };
+    write_generated_project(
+        dir,
+        set,
+        train_n + test_n,
+        &mut |index| {
+            Ok(GeneratedImage {
+                scene: generate(seed, index).context("generating a crowded scene")?,
+                file_name: format!("crowded-{index:04}.png"),
+                split: (index >= train_n).then(|| "test".to_owned()),
+                title: format!("Crowded scene {index} (seed {seed})"),
+                provenance: serde_json::json!({
                     "generator": "maskstudio bench crowded",
                     "seed": seed,
                     "scene": index,
-                })),
+                }),
             })
-            .collect();
-        images.push(ImportImage {
-            src_path: path,
-            file_name,
-            width: CROWDED_SIZE,
-            height: CROWDED_SIZE,
-            split: (index >= train_n).then(|| "test".to_owned()),
-            source: "crowded".to_owned(),
-            attribution: Attribution {
-                author: Some("Mask Studio crowded-scene generator".to_owned()),
-                license: Some("CC0-1.0".to_owned()),
-                original_url: None,
-                title: Some(format!("Crowded scene {index} (seed {seed})")),
-            },
-            instances,
-        });
-    }
-    let set = ImportSet {
-        format: "crowded".to_owned(),
-        classes: CROWDED_CLASSES
-            .iter()
-            .map(|name| ClassDef {
-                name: (*name).to_owned(),
-                mid: None,
-            })
-            .collect(),
-        images,
-    };
-    Project::create_or_open(dir)
-        .with_context(|| format!("creating a project in {}", dir.display()))?
-        .import(&set, src.path(), &CancelToken::default(), &mut |_| {})
-        .with_context(|| format!("importing crowded scenes into {}", dir.display()))?;
-    Ok(())
+        },
+        &mut |_| {},
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataset::store::Project;
 
     #[test]
     fn scenes_are_crowded_exact_and_seeded() {

@@ -8,6 +8,7 @@ pub mod contour;
 pub mod export;
 pub mod formats;
 pub mod gallery;
+pub mod generated;
 pub mod mask;
 pub mod maskops;
 pub mod paths;
