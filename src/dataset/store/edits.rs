@@ -30,27 +30,9 @@ impl Project {
         instance_id: i64,
         mask: &Mask,
     ) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
-        let (image_id, before) = load_state(&tx, instance_id)?;
-        let mut after = before.clone();
-        after.rle = mask.to_rle().to_compressed();
-        after.height = mask.height();
-        after.width = mask.width();
-        if !after.edited {
-            after.original_rle = Some(before.rle.clone());
-            after.original_class_id = Some(before.class_id);
-            after.edited = true;
-        }
-        put_state(&tx, Some(instance_id), image_id, &after)?;
-        log_edit(
-            &tx,
-            image_id,
-            instance_id,
-            "update",
-            Some(&before),
-            Some(&after),
-        )?;
-        tx.commit()?;
+        self.update_step(instance_id, "update", |before| {
+            Some(edited_state(before, mask))
+        })?;
         Ok(())
     }
 
@@ -60,25 +42,9 @@ impl Project {
         instance_id: i64,
         class_id: i64,
     ) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
-        let (image_id, before) = load_state(&tx, instance_id)?;
-        let mut after = before.clone();
-        after.class_id = class_id;
-        if !after.edited {
-            after.original_rle = Some(before.rle.clone());
-            after.original_class_id = Some(before.class_id);
-            after.edited = true;
-        }
-        put_state(&tx, Some(instance_id), image_id, &after)?;
-        log_edit(
-            &tx,
-            image_id,
-            instance_id,
-            "update",
-            Some(&before),
-            Some(&after),
-        )?;
-        tx.commit()?;
+        self.update_step(instance_id, "update", |before| {
+            Some(edited(before, |after| after.class_id = class_id))
+        })?;
         Ok(())
     }
 
@@ -91,20 +57,8 @@ impl Project {
         origin: Origin,
     ) -> Result<i64, StoreError> {
         let tx = self.conn.transaction()?;
-        let state = InstanceState {
-            class_id,
-            rle: mask.to_rle().to_compressed(),
-            height: mask.height(),
-            width: mask.width(),
-            iscrowd: false,
-            origin: origin.as_str().to_owned(),
-            provenance: None,
-            original_rle: None,
-            original_class_id: None,
-            edited: false,
-        };
-        let id = put_state(&tx, None, image_id, &state)?;
-        log_edit(&tx, image_id, id, "create", None, Some(&state))?;
+        let state = InstanceState::new(class_id, mask, false, origin, None);
+        let id = create_instance(&tx, image_id, &state, "create")?;
         tx.commit()?;
         Ok(id)
     }
@@ -232,27 +186,44 @@ impl Project {
     /// Restores an instance's original mask and class (from before its first edit); one
     /// undoable step. Returns `false` (nothing written) when it was never edited.
     pub fn revert_instance(&mut self, instance_id: i64) -> Result<bool, StoreError> {
+        self.update_step(instance_id, "revert", |before| {
+            if !before.edited {
+                return None;
+            }
+            let mut after = before.clone();
+            if let Some(rle) = before.original_rle.clone() {
+                after.rle = rle;
+            }
+            if let Some(class_id) = before.original_class_id {
+                after.class_id = class_id;
+            }
+            after.original_rle = None;
+            after.original_class_id = None;
+            after.edited = false;
+            Some(after)
+        })
+    }
+
+    /// Rewrites one instance in one transaction and one undoable step logged as `kind`:
+    /// `change` gets its current state and returns the new one, or `None` to write nothing.
+    /// Returns whether it wrote.
+    fn update_step(
+        &mut self,
+        instance_id: i64,
+        kind: &str,
+        change: impl FnOnce(&InstanceState) -> Option<InstanceState>,
+    ) -> Result<bool, StoreError> {
         let tx = self.conn.transaction()?;
         let (image_id, before) = load_state(&tx, instance_id)?;
-        if !before.edited {
+        let Some(after) = change(&before) else {
             return Ok(false);
-        }
-        let mut after = before.clone();
-        if let Some(rle) = before.original_rle.clone() {
-            after.rle = rle;
-        }
-        if let Some(class_id) = before.original_class_id {
-            after.class_id = class_id;
-        }
-        after.original_rle = None;
-        after.original_class_id = None;
-        after.edited = false;
+        };
         put_state(&tx, Some(instance_id), image_id, &after)?;
         log_edit(
             &tx,
             image_id,
             instance_id,
-            "revert",
+            kind,
             Some(&before),
             Some(&after),
         )?;
@@ -276,11 +247,8 @@ impl Project {
                 "instances {keep} (image {image_id}) and {other} (image {other_image}) are on different images"
             )));
         }
-        let mut mask = Mask::from_rle(&state_rle(&before)?)
-            .map_err(|source| StoreError::CorruptMask { id: keep, source })?;
-        let second = Mask::from_rle(&state_rle(&other_state)?)
-            .map_err(|source| StoreError::CorruptMask { id: other, source })?;
-        mask.union_with(&second);
+        let mut mask = before.mask(keep)?;
+        mask.union_with(&other_state.mask(other)?);
         let after = edited_state(&before, &mask);
         put_state(&tx, Some(keep), image_id, &after)?;
         log_edit(&tx, image_id, keep, "merge+", Some(&before), Some(&after))?;
@@ -297,12 +265,7 @@ impl Project {
     pub fn split_instance(&mut self, instance_id: i64) -> Result<Vec<i64>, StoreError> {
         let tx = self.conn.transaction()?;
         let (image_id, before) = load_state(&tx, instance_id)?;
-        let mask =
-            Mask::from_rle(&state_rle(&before)?).map_err(|source| StoreError::CorruptMask {
-                id: instance_id,
-                source,
-            })?;
-        let parts = crate::dataset::maskops::split_components(&mask);
+        let parts = crate::dataset::maskops::split_components(&before.mask(instance_id)?);
         if parts.len() <= 1 {
             return Ok(vec![instance_id]);
         }
@@ -318,26 +281,19 @@ impl Project {
         )?;
         let mut ids = vec![instance_id];
         for (k, part) in parts.iter().enumerate().skip(1) {
-            let state = InstanceState {
-                class_id: before.class_id,
-                rle: part.to_rle().to_compressed(),
-                height: part.height(),
-                width: part.width(),
-                iscrowd: before.iscrowd,
-                origin: Origin::Manual.as_str().to_owned(),
-                provenance: Some(serde_json::json!({ "split_from": instance_id }).to_string()),
-                original_rle: None,
-                original_class_id: None,
-                edited: false,
-            };
-            let id = put_state(&tx, None, image_id, &state)?;
+            let state = InstanceState::new(
+                before.class_id,
+                part,
+                before.iscrowd,
+                Origin::Manual,
+                Some(serde_json::json!({ "split_from": instance_id }).to_string()),
+            );
             let kind = if k + 1 < parts.len() {
                 "create+"
             } else {
                 "create"
             };
-            log_edit(&tx, image_id, id, kind, None, Some(&state))?;
-            ids.push(id);
+            ids.push(create_instance(&tx, image_id, &state, kind)?);
         }
         tx.commit()?;
         Ok(ids)
@@ -347,12 +303,60 @@ impl Project {
 /// Suffix of an edit-log kind that joins the entry to the next one in one undo step.
 pub const CHAIN_SUFFIX: &str = "+";
 
+impl InstanceState {
+    /// A new, never edited instance.
+    fn new(
+        class_id: i64,
+        mask: &Mask,
+        iscrowd: bool,
+        origin: Origin,
+        provenance: Option<String>,
+    ) -> Self {
+        Self {
+            class_id,
+            rle: mask.to_rle().to_compressed(),
+            height: mask.height(),
+            width: mask.width(),
+            iscrowd,
+            origin: origin.as_str().to_owned(),
+            provenance,
+            original_rle: None,
+            original_class_id: None,
+            edited: false,
+        }
+    }
+
+    /// The decoded mask; a bad RLE is [`StoreError::CorruptMask`] naming instance `id`.
+    fn mask(&self, id: i64) -> Result<Mask, StoreError> {
+        Mask::from_rle(&state_rle(self)?).map_err(|source| StoreError::CorruptMask { id, source })
+    }
+}
+
+/// Inserts a new instance from `state` and logs its creation as `kind`; returns its id.
+fn create_instance(
+    tx: &rusqlite::Transaction<'_>,
+    image_id: i64,
+    state: &InstanceState,
+    kind: &str,
+) -> Result<i64, StoreError> {
+    let id = put_state(tx, None, image_id, state)?;
+    log_edit(tx, image_id, id, kind, None, Some(state))?;
+    Ok(id)
+}
+
 /// `before` with a new mask, marked edited (keeping the original on the first edit).
 fn edited_state(before: &InstanceState, mask: &Mask) -> InstanceState {
+    edited(before, |after| {
+        after.rle = mask.to_rle().to_compressed();
+        after.height = mask.height();
+        after.width = mask.width();
+    })
+}
+
+/// `before` changed by `change`, marked edited (keeping the original on the first edit).
+fn edited(before: &InstanceState, change: impl FnOnce(&mut InstanceState)) -> InstanceState {
     let mut after = before.clone();
-    after.rle = mask.to_rle().to_compressed();
-    after.height = mask.height();
-    after.width = mask.width();
+    change(&mut after);
     if !after.edited {
         after.original_rle = Some(before.rle.clone());
         after.original_class_id = Some(before.class_id);

@@ -277,17 +277,10 @@ pub struct ClassProgress {
 }
 
 /// An open project.
+#[derive(Debug)]
 pub struct Project {
     root: PathBuf,
     conn: Connection,
-}
-
-impl std::fmt::Debug for Project {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Project")
-            .field("root", &self.root)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Project {

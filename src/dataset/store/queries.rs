@@ -1,9 +1,9 @@
 //! Read-only views of a project: classes, counts, export snapshots, one image's rows, review
 //! progress and navigation.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-use rusqlite::{OptionalExtension as _, params};
+use rusqlite::{OptionalExtension as _, Row, params};
 
 use crate::dataset::{
     Attribution, ExportClass, ExportImage, ExportInstance, ExportSet, Origin, Rle,
@@ -20,13 +20,7 @@ impl Project {
         let mut stmt = self
             .conn
             .prepare("SELECT id, name, mid FROM classes ORDER BY id")?;
-        let rows = stmt.query_map([], |r| {
-            Ok(ExportClass {
-                id: r.get(0)?,
-                name: r.get(1)?,
-                mid: r.get(2)?,
-            })
-        })?;
+        let rows = stmt.query_map([], export_class)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -37,16 +31,7 @@ impl Project {
             "SELECT c.id, c.name, c.mid, COUNT(i.id) FROM classes c
              LEFT JOIN instances i ON i.class_id = c.id GROUP BY c.id ORDER BY c.id",
         )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                ExportClass {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                    mid: r.get(2)?,
-                },
-                r.get::<_, i64>(3)?,
-            ))
-        })?;
+        let rows = stmt.query_map([], |r| Ok((export_class(r)?, r.get::<_, i64>(3)?)))?;
         for row in rows {
             let (class, count) = row?;
             info.classes.push((class, count as u64));
@@ -78,24 +63,21 @@ impl Project {
                 .query_row("SELECT COUNT(*) FROM instances WHERE edited = 1", [], |r| {
                     r.get::<_, i64>(0)
                 })? as u64;
-        let mut stmt = self
-            .conn
-            .prepare("SELECT review_status, COUNT(*) FROM images GROUP BY 1 ORDER BY 1")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-        for row in rows {
-            let (status, count) = row?;
-            info.review.insert(status, count as u64);
-        }
+        info.review = self.images_per("review_status")?;
         info.unreviewed_images = info.review.get("unreviewed").copied().unwrap_or(0);
-        let mut stmt = self
-            .conn
-            .prepare("SELECT source, COUNT(*) FROM images GROUP BY 1 ORDER BY 1")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-        for row in rows {
-            let (source, count) = row?;
-            info.sources.insert(source, count as u64);
-        }
+        info.sources = self.images_per("source")?;
         Ok(info)
+    }
+
+    /// Images per value of one text column of `images`, sorted by value.
+    fn images_per(&self, column: &str) -> Result<BTreeMap<String, u64>, StoreError> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {column}, COUNT(*) FROM images GROUP BY 1 ORDER BY 1"
+        ))?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// A snapshot of the project for exporters and training; `split` limits it to one split.
@@ -116,12 +98,7 @@ impl Project {
                 width: r.get(2)?,
                 height: r.get(3)?,
                 split: r.get(4)?,
-                attribution: Attribution {
-                    author: r.get(5)?,
-                    license: r.get(6)?,
-                    original_url: r.get(7)?,
-                    title: r.get(8)?,
-                },
+                attribution: attribution(r, 5)?,
                 instances: Vec::new(),
             })
         })?;
@@ -137,9 +114,7 @@ impl Project {
         while let Some(r) = rows.next()? {
             let id: i64 = r.get(0)?;
             let image_id: i64 = r.get(1)?;
-            let counts: String = r.get(3)?;
-            let rle = Rle::from_compressed(r.get(5)?, r.get(6)?, &counts)
-                .map_err(|source| StoreError::CorruptMask { id, source })?;
+            let rle = row_rle(r, id, 3, 5)?;
             if let Some(&at) = index.get(&image_id) {
                 images[at].instances.push(ExportInstance {
                     id,
@@ -164,9 +139,7 @@ impl Project {
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
             let id: i64 = r.get(0)?;
-            let counts: String = r.get(3)?;
-            let rle = Rle::from_compressed(r.get(13)?, r.get(14)?, &counts)
-                .map_err(|source| StoreError::CorruptMask { id, source })?;
+            let rle = row_rle(r, id, 3, 13)?;
             let origin: String = r.get(10)?;
             let provenance: Option<String> = r.get(11)?;
             out.push(InstanceRow {
@@ -205,12 +178,7 @@ impl Project {
                         split: r.get(4)?,
                         review_status: ReviewStatus::parse(&status)
                             .unwrap_or(ReviewStatus::Unreviewed),
-                        attribution: Attribution {
-                            author: r.get(6)?,
-                            license: r.get(7)?,
-                            original_url: r.get(8)?,
-                            title: r.get(9)?,
-                        },
+                        attribution: attribution(r, 6)?,
                     })
                 },
             )
@@ -232,10 +200,7 @@ impl Project {
         let mut out = HashMap::new();
         while let Some(r) = rows.next()? {
             let id: i64 = r.get(0)?;
-            let counts: String = r.get(1)?;
-            let rle = Rle::from_compressed(r.get(2)?, r.get(3)?, &counts)
-                .map_err(|source| StoreError::CorruptMask { id, source })?;
-            out.insert(id, rle);
+            out.insert(id, row_rle(r, id, 1, 2)?);
         }
         Ok(out)
     }
@@ -320,4 +285,31 @@ impl Project {
         }
         Ok(None)
     }
+}
+
+/// A class from columns `id, name, mid` (0–2).
+fn export_class(r: &Row<'_>) -> rusqlite::Result<ExportClass> {
+    Ok(ExportClass {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        mid: r.get(2)?,
+    })
+}
+
+/// The attribution from columns `author, license, original_url, title` starting at `first`.
+fn attribution(r: &Row<'_>, first: usize) -> rusqlite::Result<Attribution> {
+    Ok(Attribution {
+        author: r.get(first)?,
+        license: r.get(first + 1)?,
+        original_url: r.get(first + 2)?,
+        title: r.get(first + 3)?,
+    })
+}
+
+/// Instance `id`'s mask from its compressed counts at column `counts` and the image's
+/// `height, width` at columns `size` and `size + 1`.
+fn row_rle(r: &Row<'_>, id: i64, counts: usize, size: usize) -> Result<Rle, StoreError> {
+    let text: String = r.get(counts)?;
+    Rle::from_compressed(r.get(size)?, r.get(size + 1)?, &text)
+        .map_err(|source| StoreError::CorruptMask { id, source })
 }
