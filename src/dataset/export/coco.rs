@@ -79,12 +79,7 @@ pub fn write(set: &ExportSet, polygons: bool, out: &Path) -> Result<ExportSummar
             let mask = instance_mask(img, inst)?;
             let area = mask.area();
             if area == 0 {
-                log::warn!(
-                    "{}: instance {} has an empty mask, skipped",
-                    img.file_name,
-                    inst.id
-                );
-                summary.skipped += 1;
+                summary.skip_empty(img, inst);
                 continue;
             }
             let rle_json = || serde_json::json!({"size": [inst.rle.height, inst.rle.width], "counts": inst.rle.to_compressed()});
@@ -166,7 +161,8 @@ pub(crate) fn write_attribution(set: &ExportSet, out: &Path) -> Result<bool, Exp
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_util::sample_set;
+    use super::super::ExportFormat;
+    use super::super::test_util::export_sample;
     use super::*;
     use crate::dataset::{Mask, Segmentation};
 
@@ -180,15 +176,7 @@ mod tests {
 
     #[test]
     fn rle_round_trip_is_lossless() {
-        let src = tempfile::tempdir().unwrap();
-        let set = sample_set(src.path());
-        let out = tempfile::tempdir().unwrap();
-        let s = super::super::write(
-            &set,
-            super::super::ExportFormat::Coco { polygons: false },
-            out.path(),
-        )
-        .unwrap();
+        let (_src, set, out, s) = export_sample(ExportFormat::Coco { polygons: false });
         assert_eq!((s.images, s.instances, s.skipped, s.files), (2, 3, 0, 4));
         let csv = std::fs::read_to_string(out.path().join("ATTRIBUTION.csv")).unwrap();
         assert!(csv.contains("a.png,\"Ann, \"\"A\"\"\""), "{csv}");
@@ -214,15 +202,7 @@ mod tests {
 
     #[test]
     fn polygon_export_fills_holes_only() {
-        let src = tempfile::tempdir().unwrap();
-        let set = sample_set(src.path());
-        let out = tempfile::tempdir().unwrap();
-        super::super::write(
-            &set,
-            super::super::ExportFormat::Coco { polygons: true },
-            out.path(),
-        )
-        .unwrap();
+        let (_src, set, out, _) = export_sample(ExportFormat::Coco { polygons: true });
         let back = crate::dataset::formats::coco::read(&out.path().join(ANNOTATIONS_FILE)).unwrap();
         let a = &back.images[0];
         assert!(matches!(

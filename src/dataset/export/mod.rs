@@ -87,6 +87,22 @@ pub struct ExportSummary {
     pub files: usize,
 }
 
+impl ExportSummary {
+    /// Logs why an instance is left out and counts it in [`Self::skipped`].
+    pub(crate) fn skip(&mut self, why: fmt::Arguments<'_>) {
+        log::warn!("{why}");
+        self.skipped += 1;
+    }
+
+    /// Leaves out `inst` of `img` because its mask is empty.
+    pub(crate) fn skip_empty(&mut self, img: &ExportImage, inst: &ExportInstance) {
+        self.skip(format_args!(
+            "{}: instance {} has an empty mask, skipped",
+            img.file_name, inst.id
+        ));
+    }
+}
+
 impl fmt::Display for ExportSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -286,11 +302,7 @@ pub(crate) fn unique_stems(set: &ExportSet) -> Vec<String> {
     set.images
         .iter()
         .map(|img| {
-            let no_ext = match img.file_name.rfind('.') {
-                Some(i) if !img.file_name[i..].contains('/') => &img.file_name[..i],
-                _ => img.file_name.as_str(),
-            };
-            let mut stem = file_safe(&no_ext.replace('/', "_"));
+            let mut stem = file_safe(&without_extension(&img.file_name).replace('/', "_"));
             if !seen.insert(stem.clone()) {
                 stem = format!("{stem}_{}", img.id);
                 seen.insert(stem.clone());
@@ -298,6 +310,14 @@ pub(crate) fn unique_stems(set: &ExportSet) -> Vec<String> {
             stem
         })
         .collect()
+}
+
+/// A relative file name without the extension of its last component (`a/b.jpg` → `a/b`).
+pub(crate) fn without_extension(name: &str) -> &str {
+    match name.rfind('.') {
+        Some(i) if !name[i..].contains('/') => &name[..i],
+        _ => name,
+    }
 }
 
 /// The extension of a file name (lower case, without dot), `jpg` when there is none.
@@ -333,7 +353,20 @@ pub(crate) mod test_util {
 
     use std::path::Path;
 
+    use tempfile::TempDir;
+
+    use super::{ExportFormat, ExportSummary};
     use crate::dataset::{Attribution, ExportClass, ExportImage, ExportInstance, ExportSet, Mask};
+
+    /// [`sample_set`] written under a new folder and exported as `format` into another:
+    /// `(source folder, set, output folder, summary)`.
+    pub fn export_sample(format: ExportFormat) -> (TempDir, ExportSet, TempDir, ExportSummary) {
+        let src = tempfile::tempdir().unwrap();
+        let set = sample_set(src.path());
+        let out = tempfile::tempdir().unwrap();
+        let summary = super::write(&set, format, out.path()).unwrap();
+        (src, set, out, summary)
+    }
 
     /// Two images (one in a subfolder, one validation) with three instances, one with a hole
     /// and one crowd, written under `dir`.

@@ -51,16 +51,13 @@ pub fn write(set: &ExportSet, out: &Path) -> Result<ExportSummary, ExportError> 
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_util::sample_set;
+    use super::super::ExportFormat;
+    use super::super::test_util::export_sample;
     use crate::dataset::Mask;
 
     #[test]
     fn writes_masks_and_index() {
-        let src = tempfile::tempdir().unwrap();
-        let set = sample_set(src.path());
-        let out = tempfile::tempdir().unwrap();
-        let s =
-            super::super::write(&set, super::super::ExportFormat::PngMasks, out.path()).unwrap();
+        let (_src, set, out, s) = export_sample(ExportFormat::PngMasks);
         assert_eq!((s.images, s.instances, s.files), (2, 3, 6));
         let p = out.path().join("masks/a/11_big_dog_x.png");
         let m = Mask::from_gray(&image::open(&p).unwrap().to_luma8());

@@ -36,21 +36,6 @@ pub fn voc_palette() -> [[u8; 3]; 256] {
     pal
 }
 
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = 0xffff_ffffu32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xedb8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
 /// An 8-bit palette PNG of `indices` (row-major) with the VOC colour map.
 ///
 /// Encodes the indices as an 8-bit gray PNG and turns it into an indexed one (colour type 3
@@ -87,13 +72,13 @@ pub fn palette_png(width: u32, height: u32, indices: Vec<u8>) -> Result<Vec<u8>,
         }
         out.extend_from_slice(&(len as u32).to_be_bytes());
         out.extend_from_slice(&body);
-        out.extend_from_slice(&crc32(&body).to_be_bytes());
+        out.extend_from_slice(&crc32fast::hash(&body).to_be_bytes());
         if kind == b"IHDR" {
             let mut plte = b"PLTE".to_vec();
             plte.extend(voc_palette().iter().flatten());
             out.extend_from_slice(&768u32.to_be_bytes());
             out.extend_from_slice(&plte);
-            out.extend_from_slice(&crc32(&plte).to_be_bytes());
+            out.extend_from_slice(&crc32fast::hash(&plte).to_be_bytes());
         }
         pos = end;
     }
@@ -140,22 +125,15 @@ pub fn write(set: &ExportSet, out: &Path) -> Result<ExportSummary, ExportError> 
         for inst in &img.instances {
             let class = class_of(&classes, img, inst)?;
             if k == 254 {
-                log::warn!(
+                summary.skip(format_args!(
                     "{}: more than 254 instances; instance {} skipped",
-                    img.file_name,
-                    inst.id
-                );
-                summary.skipped += 1;
+                    img.file_name, inst.id
+                ));
                 continue;
             }
             let mask = instance_mask(img, inst)?;
             if mask.area() == 0 {
-                log::warn!(
-                    "{}: instance {} has an empty mask, skipped",
-                    img.file_name,
-                    inst.id
-                );
-                summary.skipped += 1;
+                summary.skip_empty(img, inst);
                 continue;
             }
             k += 1;
@@ -218,7 +196,8 @@ pub fn write(set: &ExportSet, out: &Path) -> Result<ExportSummary, ExportError> 
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_util::sample_set;
+    use super::super::ExportFormat;
+    use super::super::test_util::export_sample;
     use super::*;
 
     #[test]
@@ -233,10 +212,7 @@ mod tests {
 
     #[test]
     fn writes_voc_layout() {
-        let src = tempfile::tempdir().unwrap();
-        let set = sample_set(src.path());
-        let out = tempfile::tempdir().unwrap();
-        let s = super::super::write(&set, super::super::ExportFormat::Voc, out.path()).unwrap();
+        let (_src, _set, out, s) = export_sample(ExportFormat::Voc);
         assert_eq!((s.images, s.instances), (2, 3));
         let o = out.path();
         for f in [

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use super::{
     ExportError, ExportSummary, class_of, class_positions, copy_atomic, instance_mask, split_dir,
-    write_atomic,
+    without_extension, write_atomic,
 };
 use crate::dataset::ExportSet;
 use crate::dataset::contour::{bridge_polygons, outer_contours};
@@ -39,12 +39,7 @@ pub fn write(set: &ExportSet, out: &Path) -> Result<ExportSummary, ExportError> 
             let mask = instance_mask(img, inst)?;
             let polys = outer_contours(&mask);
             if polys.is_empty() {
-                log::warn!(
-                    "{}: instance {} has an empty mask, skipped",
-                    img.file_name,
-                    inst.id
-                );
-                summary.skipped += 1;
+                summary.skip_empty(img, inst);
                 continue;
             }
             // One line per instance: several parts are joined by zero-width bridges.
@@ -56,10 +51,7 @@ pub fn write(set: &ExportSet, out: &Path) -> Result<ExportSummary, ExportError> 
             text.push('\n');
             summary.instances += 1;
         }
-        let stem = match img.file_name.rfind('.') {
-            Some(i) if !img.file_name[i..].contains('/') => &img.file_name[..i],
-            _ => img.file_name.as_str(),
-        };
+        let stem = without_extension(&img.file_name);
         write_atomic(out, &format!("labels/{split}/{stem}.txt"), text.as_bytes())?;
         summary.files += 2;
         summary.images += 1;
@@ -86,15 +78,13 @@ pub fn write(set: &ExportSet, out: &Path) -> Result<ExportSummary, ExportError> 
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_util::sample_set;
+    use super::super::ExportFormat;
+    use super::super::test_util::export_sample;
     use crate::dataset::{Mask, Segmentation};
 
     #[test]
     fn round_trip_through_reader() {
-        let src = tempfile::tempdir().unwrap();
-        let set = sample_set(src.path());
-        let out = tempfile::tempdir().unwrap();
-        let s = super::super::write(&set, super::super::ExportFormat::YoloSeg, out.path()).unwrap();
+        let (_src, set, out, s) = export_sample(ExportFormat::YoloSeg);
         assert_eq!((s.images, s.instances), (2, 3));
         let yaml = std::fs::read_to_string(out.path().join("data.yaml")).unwrap();
         assert!(

@@ -401,36 +401,42 @@ pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T
     serde_json::from_slice(&bytes).map_err(|e| FormatError::json(path, &e))
 }
 
-/// Immediate subfolders, sorted (symlinked folders are skipped).
-pub(crate) fn subfolders(dir: &Path) -> Result<Vec<PathBuf>, FormatError> {
+/// The entries directly inside `dir` with their file types (of the entry itself: a symlink
+/// is a symlink), in directory order.
+fn entries(dir: &Path) -> Result<Vec<(PathBuf, std::fs::FileType)>, FormatError> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| FormatError::io(dir, e))? {
         let entry = entry.map_err(|e| FormatError::io(dir, e))?;
         let ft = entry
             .file_type()
             .map_err(|e| FormatError::io(&entry.path(), e))?;
-        if ft.is_dir() {
-            out.push(entry.path());
-        }
+        out.push((entry.path(), ft));
     }
+    Ok(out)
+}
+
+/// The paths of the entries of `dir` whose type passes `keep`, sorted.
+fn entries_where(
+    dir: &Path,
+    keep: impl Fn(std::fs::FileType) -> bool,
+) -> Result<Vec<PathBuf>, FormatError> {
+    let mut out: Vec<PathBuf> = entries(dir)?
+        .into_iter()
+        .filter(|(_, ft)| keep(*ft))
+        .map(|(path, _)| path)
+        .collect();
     out.sort();
     Ok(out)
 }
 
+/// Immediate subfolders, sorted (symlinked folders are skipped).
+pub(crate) fn subfolders(dir: &Path) -> Result<Vec<PathBuf>, FormatError> {
+    entries_where(dir, |ft| ft.is_dir())
+}
+
 /// Plain files directly inside `dir`, sorted.
 pub(crate) fn files_in(dir: &Path) -> Result<Vec<PathBuf>, FormatError> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| FormatError::io(dir, e))? {
-        let entry = entry.map_err(|e| FormatError::io(dir, e))?;
-        let ft = entry
-            .file_type()
-            .map_err(|e| FormatError::io(&entry.path(), e))?;
-        if ft.is_file() || ft.is_symlink() {
-            out.push(entry.path());
-        }
-    }
-    out.sort();
-    Ok(out)
+    entries_where(dir, |ft| ft.is_file() || ft.is_symlink())
 }
 
 /// All files under `dir`, recursively, sorted; symlinked folders are not followed.
@@ -438,15 +444,11 @@ pub(crate) fn files_recursive(dir: &Path) -> Result<Vec<PathBuf>, FormatError> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).map_err(|e| FormatError::io(&d, e))? {
-            let entry = entry.map_err(|e| FormatError::io(&d, e))?;
-            let ft = entry
-                .file_type()
-                .map_err(|e| FormatError::io(&entry.path(), e))?;
+        for (path, ft) in entries(&d)? {
             if ft.is_dir() {
-                stack.push(entry.path());
+                stack.push(path);
             } else {
-                out.push(entry.path());
+                out.push(path);
             }
         }
     }
@@ -668,22 +670,6 @@ pub(crate) mod test_util {
 
     use std::path::Path;
 
-    /// CRC-32 (PNG / zlib polynomial).
-    pub fn crc32(bytes: &[u8]) -> u32 {
-        let mut crc = 0xffff_ffffu32;
-        for &b in bytes {
-            crc ^= u32::from(b);
-            for _ in 0..8 {
-                crc = if crc & 1 != 0 {
-                    (crc >> 1) ^ 0xedb8_8320
-                } else {
-                    crc >> 1
-                };
-            }
-        }
-        !crc
-    }
-
     /// A PNG whose IHDR claims `w`×`h` (8-bit gray) followed by a tiny IDAT and IEND.
     pub fn bomb_png(w: u32, h: u32) -> Vec<u8> {
         fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
@@ -691,7 +677,7 @@ pub(crate) mod test_util {
             let mut c = kind.to_vec();
             c.extend_from_slice(data);
             out.extend_from_slice(&c);
-            out.extend_from_slice(&crc32(&c).to_be_bytes());
+            out.extend_from_slice(&crc32fast::hash(&c).to_be_bytes());
         }
         let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
         let mut ihdr = Vec::new();
