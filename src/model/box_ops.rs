@@ -140,22 +140,24 @@ impl BoxCoder {
     }
 }
 
-fn to_vec_f32(t: &Tensor) -> Result<Vec<f32>> {
+/// Every element of `t` (any shape and kind), converted to `T`, on the host in row-major order.
+fn host_vec<T: tch::kind::Element + Copy>(t: &Tensor) -> Result<Vec<T>> {
     let t = t
         .f_to_device(Device::Cpu)?
-        .f_to_kind(Kind::Float)?
+        .f_to_kind(T::KIND)?
         .f_contiguous()?
         .f_view([-1])?;
-    Ok(Vec::<f32>::try_from(&t)?)
+    Ok(Vec::<T>::try_from(&t)?)
 }
 
-fn to_vec_i64(t: &Tensor) -> Result<Vec<i64>> {
-    let t = t
-        .f_to_device(Device::Cpu)?
-        .f_to_kind(Kind::Int64)?
-        .f_contiguous()?
-        .f_view([-1])?;
-    Ok(Vec::<i64>::try_from(&t)?)
+/// Every element of `t` as f32 on the host, row-major.
+pub(crate) fn to_vec_f32(t: &Tensor) -> Result<Vec<f32>> {
+    host_vec(t)
+}
+
+/// Every element of `t` as i64 on the host, row-major.
+pub(crate) fn to_vec_i64(t: &Tensor) -> Result<Vec<i64>> {
+    host_vec(t)
 }
 
 /// Greedy NMS exactly like torchvision's CPU kernel (IoU in f32, suppress when `IoU > thr`),

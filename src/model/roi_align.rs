@@ -9,7 +9,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use crate::model::box_ops::box_area;
+use crate::model::box_ops::{box_area, to_vec_f32, to_vec_i64};
 use crate::model::error::{ModelError, Result};
 
 /// `embedding_bag` mode "sum".
@@ -221,13 +221,7 @@ fn adaptive_grid_bags(
     aligned: bool,
 ) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
     let device = rois.device();
-    let r = Vec::<f32>::try_from(
-        &rois
-            .f_to_device(Device::Cpu)?
-            .f_to_kind(Kind::Float)?
-            .f_contiguous()?
-            .f_view([-1])?,
-    )?;
+    let r = to_vec_f32(rois)?;
     let k = r.len() / 5;
     let mut ind: Vec<i64> = Vec::new();
     let mut psw: Vec<f32> = Vec::new();
@@ -376,18 +370,8 @@ pub fn project_masks_on_boxes(
     } else {
         MaskPixels::Floats(Vec::<f32>::try_from(&cpu.f_to_kind(Kind::Float)?)?)
     };
-    let bx = Vec::<f32>::try_from(
-        &boxes
-            .f_to_device(Device::Cpu)?
-            .f_to_kind(Kind::Float)?
-            .f_contiguous()?
-            .f_view([-1])?,
-    )?;
-    let idx = Vec::<i64>::try_from(
-        &matched_idxs
-            .f_to_device(Device::Cpu)?
-            .f_to_kind(Kind::Int64)?,
-    )?;
+    let bx = to_vec_f32(boxes)?; // [P * 4]
+    let idx = to_vec_i64(matched_idxs)?; // [P]
     let mut out = vec![0f32; (p * m * m) as usize];
     for (r, (bb, &gi)) in bx.chunks_exact(4).zip(&idx).enumerate() {
         if gi < 0 || gi >= g {

@@ -68,29 +68,23 @@ fn mismatch_list(items: &[(String, Vec<i64>, Vec<i64>)]) -> String {
 impl fmt::Display for LoadReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "loaded {} tensors", self.loaded.len())?;
-        if !self.missing.is_empty() {
-            write!(
-                f,
-                "; {} missing ({})",
-                self.missing.len(),
-                name_list(&self.missing)
-            )?;
-        }
-        if !self.shape_mismatch.is_empty() {
-            write!(
-                f,
-                "; {} with a different shape ({})",
+        let parts = [
+            (self.missing.len(), "missing", name_list(&self.missing)),
+            (
                 self.shape_mismatch.len(),
-                mismatch_list(&self.shape_mismatch)
-            )?;
-        }
-        if !self.unexpected.is_empty() {
-            write!(
-                f,
-                "; {} unused from the file ({})",
+                "with a different shape",
+                mismatch_list(&self.shape_mismatch),
+            ),
+            (
                 self.unexpected.len(),
-                name_list(&self.unexpected)
-            )?;
+                "unused from the file",
+                name_list(&self.unexpected),
+            ),
+        ];
+        for (n, what, names) in parts {
+            if n > 0 {
+                write!(f, "; {n} {what} ({names})")?;
+            }
         }
         Ok(())
     }

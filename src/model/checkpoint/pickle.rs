@@ -85,21 +85,48 @@ impl<'a> Unpickler<'a> {
         Ok(n as usize)
     }
 
-    fn pop(&mut self) -> Kindr<Value> {
+    /// `n` bytes announced by a length argument, checked against what is left first.
+    fn counted(&mut self, n: u64, what: &str) -> Kindr<&'a [u8]> {
+        let n = self.len_arg(n, what)?;
+        self.take(n, what)
+    }
+
+    /// A signed 4-byte length argument of opcode `opcode` (negative is malformed).
+    fn i32_len(&mut self, opcode: &str) -> Kindr<u64> {
+        let n = i32::from_le_bytes(self.arr()?);
+        if n < 0 {
+            return malformed(format!("negative {opcode} length"));
+        }
+        Ok(n as u64)
+    }
+
+    /// A text-line argument parsed as `T` (surrounding white space ignored); "bad {what}"
+    /// when it does not parse.
+    fn line_arg<T: std::str::FromStr>(&mut self, what: &str) -> Kindr<T> {
+        self.line()?
+            .trim()
+            .parse()
+            .map_err(|_| CheckpointErrorKind::Malformed(format!("bad {what}")))
+    }
+
+    /// An error unless the stack holds a value above the innermost MARK.
+    fn above_mark(&self) -> Kindr<()> {
         let floor = self.marks.last().copied().unwrap_or(0);
         if self.stack.len() <= floor {
             return malformed(format!("pickle stack underflow at byte {}", self.pos));
         }
+        Ok(())
+    }
+
+    fn pop(&mut self) -> Kindr<Value> {
+        self.above_mark()?;
         self.stack
             .pop()
             .ok_or_else(|| CheckpointErrorKind::Malformed("stack underflow".into()))
     }
 
     fn top(&self) -> Kindr<&Value> {
-        let floor = self.marks.last().copied().unwrap_or(0);
-        if self.stack.len() <= floor {
-            return malformed(format!("pickle stack underflow at byte {}", self.pos));
-        }
+        self.above_mark()?;
         self.stack
             .last()
             .ok_or_else(|| CheckpointErrorKind::Malformed("stack underflow".into()))
@@ -301,11 +328,7 @@ impl<'a> Unpickler<'a> {
                     self.memo_put(i)?;
                 }
                 b'p' => {
-                    let l = self.line()?;
-                    let i: u64 = l
-                        .trim()
-                        .parse()
-                        .map_err(|_| CheckpointErrorKind::Malformed("bad PUT index".into()))?;
+                    let i = self.line_arg("PUT index")?;
                     self.memo_put(i)?;
                 }
                 b'h' => {
@@ -317,11 +340,7 @@ impl<'a> Unpickler<'a> {
                     self.memo_get(u64::from(i))?;
                 }
                 b'g' => {
-                    let l = self.line()?;
-                    let i: u64 = l
-                        .trim()
-                        .parse()
-                        .map_err(|_| CheckpointErrorKind::Malformed("bad GET index".into()))?;
+                    let i = self.line_arg("GET index")?;
                     self.memo_get(i)?;
                 }
                 b'J' => {
@@ -343,13 +362,8 @@ impl<'a> Unpickler<'a> {
                     self.stack.push(v);
                 }
                 0x8b => {
-                    let n = i32::from_le_bytes(self.arr()?);
-                    if n < 0 {
-                        return malformed("negative LONG4 length");
-                    }
-                    let n = self.len_arg(n as u64, "a LONG4 integer")?;
-                    let b = self.take(n, "a LONG4 integer")?;
-                    let v = Self::int_from_le(b)?;
+                    let n = self.i32_len("LONG4")?;
+                    let v = Self::int_from_le(self.counted(n, "a LONG4 integer")?)?;
                     self.stack.push(v);
                 }
                 b'I' | b'L' => {
@@ -368,11 +382,7 @@ impl<'a> Unpickler<'a> {
                     self.stack.push(Value::Float(v));
                 }
                 b'F' => {
-                    let l = self.line()?;
-                    let v: f64 = l
-                        .trim()
-                        .parse()
-                        .map_err(|_| CheckpointErrorKind::Malformed("bad text float".into()))?;
+                    let v = self.line_arg("text float")?;
                     self.stack.push(Value::Float(v));
                 }
                 0x8c => {
@@ -383,16 +393,12 @@ impl<'a> Unpickler<'a> {
                 }
                 b'X' => {
                     let n = u32::from_le_bytes(self.arr()?);
-                    let n = self.len_arg(u64::from(n), "a string")?;
-                    let b = self.take(n, "a string")?;
-                    let v = Self::str_value(b)?;
+                    let v = Self::str_value(self.counted(u64::from(n), "a string")?)?;
                     self.stack.push(v);
                 }
                 0x8d => {
                     let n = u64::from_le_bytes(self.arr()?);
-                    let n = self.len_arg(n, "a string")?;
-                    let b = self.take(n, "a string")?;
-                    let v = Self::str_value(b)?;
+                    let v = Self::str_value(self.counted(n, "a string")?)?;
                     self.stack.push(v);
                 }
                 b'U' => {
@@ -401,12 +407,8 @@ impl<'a> Unpickler<'a> {
                     self.stack.push(Self::py2_str_value(b));
                 }
                 b'T' => {
-                    let n = i32::from_le_bytes(self.arr()?);
-                    if n < 0 {
-                        return malformed("negative BINSTRING length");
-                    }
-                    let n = self.len_arg(n as u64, "a string")?;
-                    let b = self.take(n, "a string")?;
+                    let n = self.i32_len("BINSTRING")?;
+                    let b = self.counted(n, "a string")?;
                     self.stack.push(Self::py2_str_value(b));
                 }
                 b'C' => {
@@ -416,14 +418,12 @@ impl<'a> Unpickler<'a> {
                 }
                 b'B' => {
                     let n = u32::from_le_bytes(self.arr()?);
-                    let n = self.len_arg(u64::from(n), "bytes")?;
-                    let b = self.take(n, "bytes")?;
+                    let b = self.counted(u64::from(n), "bytes")?;
                     self.stack.push(Value::Bytes(Rc::from(b)));
                 }
                 0x8e | 0x96 => {
                     let n = u64::from_le_bytes(self.arr()?);
-                    let n = self.len_arg(n, "bytes")?;
-                    let b = self.take(n, "bytes")?;
+                    let b = self.counted(n, "bytes")?;
                     self.stack.push(Value::Bytes(Rc::from(b)));
                 }
                 b'N' => self.stack.push(Value::None),
@@ -608,32 +608,36 @@ mod tests {
     use crate::model::checkpoint::fixtures::{legacy, long_str, src};
     use crate::model::checkpoint::read_checkpoint_from_bytes;
 
-    /// One memoised 64 KiB key set 20,000 times: hashing it each time is 1.3 GB of work from
-    /// 150 KB of pickle. Key hashing is charged to the copy budget.
-    #[test]
-    fn hashing_a_memoised_long_key_again_and_again_is_bounded() {
-        let mut b = b"\x80\x02}".to_vec();
-        b.extend(long_str(&"k".repeat(1 << 16)));
-        b.extend_from_slice(b"q\x00Ns");
-        for _ in 0..20_000 {
-            b.extend_from_slice(b"h\x00Ns");
-        }
-        b.push(b'.');
+    /// `pickle(many)` runs out of the copy budget ("more work"); `pickle(few)` reads (empty).
+    fn assert_work_is_bounded(pickle: impl Fn(usize) -> Vec<u8>, many: usize, few: usize) {
+        let b = pickle(many);
         let err = read_checkpoint_from_bytes(&legacy(&b, &[], &[]), src()).unwrap_err();
         assert!(err.to_string().contains("more work"), "{err}");
-        // A handful of long keys is fine.
-        let mut b = b"\x80\x02}".to_vec();
-        b.extend(long_str(&"k".repeat(1 << 16)));
-        b.extend_from_slice(b"q\x00Ns");
-        for _ in 0..10 {
-            b.extend_from_slice(b"h\x00Ns");
-        }
-        b.push(b'.');
+        let b = pickle(few);
         assert!(
             read_checkpoint_from_bytes(&legacy(&b, &[], &[]), src())
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    /// One memoised 64 KiB key set 20,000 times: hashing it each time is 1.3 GB of work from
+    /// 150 KB of pickle. Key hashing is charged to the copy budget.
+    #[test]
+    fn hashing_a_memoised_long_key_again_and_again_is_bounded() {
+        // A dict whose memoised 64 KiB key is set again `times` times.
+        let pickle = |times: usize| {
+            let mut b = b"\x80\x02}".to_vec();
+            b.extend(long_str(&"k".repeat(1 << 16)));
+            b.extend_from_slice(b"q\x00Ns");
+            for _ in 0..times {
+                b.extend_from_slice(b"h\x00Ns");
+            }
+            b.push(b'.');
+            b
+        };
+        // A handful of long keys is fine.
+        assert_work_is_bounded(pickle, 20_000, 10);
     }
 
     #[test]
@@ -656,27 +660,18 @@ mod tests {
     /// the list, so the work grows with the square of the file size. The copy budget stops it.
     #[test]
     fn repeated_copies_of_a_memoised_list_are_bounded() {
-        let mut b = b"\x80\x02]q\x00(".to_vec();
-        b.extend(std::iter::repeat_n(&b"K\x01"[..], 1000).flatten());
-        b.extend_from_slice(b"ectorch\nSize\nq\x010");
-        for _ in 0..200 {
-            b.extend_from_slice(b"h\x01h\x00\x85R0");
-        }
-        b.extend_from_slice(b"N.");
-        let err = read_checkpoint_from_bytes(&legacy(&b, &[], &[]), src()).unwrap_err();
-        assert!(err.to_string().contains("more work"), "{err}");
+        // `torch.Size` reduced `times` times on the memoised list.
+        let pickle = |times: usize| {
+            let mut b = b"\x80\x02]q\x00(".to_vec();
+            b.extend(std::iter::repeat_n(&b"K\x01"[..], 1000).flatten());
+            b.extend_from_slice(b"ectorch\nSize\nq\x010");
+            for _ in 0..times {
+                b.extend_from_slice(b"h\x01h\x00\x85R0");
+            }
+            b.extend_from_slice(b"N.");
+            b
+        };
         // Ten calls fit the budget.
-        let mut b = b"\x80\x02]q\x00(".to_vec();
-        b.extend(std::iter::repeat_n(&b"K\x01"[..], 1000).flatten());
-        b.extend_from_slice(b"ectorch\nSize\nq\x010");
-        for _ in 0..10 {
-            b.extend_from_slice(b"h\x01h\x00\x85R0");
-        }
-        b.extend_from_slice(b"N.");
-        assert!(
-            read_checkpoint_from_bytes(&legacy(&b, &[], &[]), src())
-                .unwrap()
-                .is_empty()
-        );
+        assert_work_is_bounded(pickle, 200, 10);
     }
 }

@@ -135,6 +135,20 @@ impl Unpickler<'_> {
         }
     }
 
+    /// A copy of the items of the sequence in `args[0]` (none without arguments), charged to
+    /// the copy budget; "`what` built from a non-sequence" otherwise.
+    fn items_of_first(&mut self, args: &[Value], what: &str) -> Kindr<Vec<Value>> {
+        let items = match args.first() {
+            Some(v) => match self.seq_items(v) {
+                Some(items) => items.to_vec(),
+                None => return malformed(format!("{what} built from a non-sequence")),
+            },
+            None => Vec::new(),
+        };
+        self.charge(items.len())?;
+        Ok(items)
+    }
+
     fn int_tuple(&self, v: &Value, what: &str) -> Kindr<Vec<i64>> {
         let Some(items) = self.seq_items(v) else {
             return malformed(format!("tensor {what} is not a tuple"));
@@ -237,25 +251,11 @@ impl Unpickler<'_> {
                 Ok(d)
             }
             Global::Set | Global::FrozenSet => {
-                let items = match args.first() {
-                    Some(v) => match self.seq_items(v) {
-                        Some(items) => items.to_vec(),
-                        None => return malformed("set built from a non-sequence"),
-                    },
-                    None => Vec::new(),
-                };
-                self.charge(items.len())?;
+                let items = self.items_of_first(&args, "set")?;
                 Ok(self.alloc(Obj::Set(items)))
             }
             Global::TorchSize => {
-                let items = match args.first() {
-                    Some(v) => match self.seq_items(v) {
-                        Some(items) => items.to_vec(),
-                        None => return malformed("torch.Size built from a non-sequence"),
-                    },
-                    None => Vec::new(),
-                };
-                self.charge(items.len())?;
+                let items = self.items_of_first(&args, "torch.Size")?;
                 Ok(self.alloc(Obj::Tuple(items)))
             }
             Global::RebuildTensor | Global::RebuildTensorV2 | Global::RebuildTensorV3 => {
