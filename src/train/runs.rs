@@ -4,7 +4,8 @@
 //! with the run's validation mask AP from `epochs.csv`, and the exported bundles under
 //! `<project>/exports/` (with `metrics.json`'s AP when [`crate::train::export`] wrote them).
 //!
-//! A run's `config.json` is read here, typed, once ([`RunConfig`]).
+//! A run's `config.json` is read and written here, typed, once ([`RunConfig`]): the trainer
+//! writes it, resume, the refit, the run list, watch images and export read it.
 //!
 //! Only small files are read (JSON, CSV, file metadata); the weights are never opened. Callers
 //! in the GUI run these on a worker thread.
@@ -73,6 +74,23 @@ impl RunConfig {
         let path = run_dir.join(CONFIG_FILE);
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path:?}"))?;
         serde_json::from_str(&text).with_context(|| format!("{path:?}: not a run configuration"))
+    }
+
+    /// Writes `<run_dir>/config.json` (pretty JSON, atomically).
+    pub fn write(&self, run_dir: &Path) -> anyhow::Result<()> {
+        let json = serde_json::to_string_pretty(self)? + "\n";
+        crate::fsutil::write_atomic(&run_dir.join(CONFIG_FILE), json.as_bytes())?;
+        Ok(())
+    }
+
+    /// `value`, or an error naming the run's file and the missing `key` (for a resume, which
+    /// needs the whole file).
+    pub fn required<'a, T>(
+        run_dir: &Path,
+        key: &str,
+        value: Option<&'a T>,
+    ) -> anyhow::Result<&'a T> {
+        value.with_context(|| format!("{:?}: {key:?} is missing", run_dir.join(CONFIG_FILE)))
     }
 
     /// The recipe's preset by its name (`cpu-fast`, `quality`), when the file has a recipe.
@@ -498,6 +516,112 @@ mod tests {
         assert!(is_bundle(&old.join(BEST_CHECKPOINT)));
         assert!(!is_bundle(&new.join(BEST_CHECKPOINT)));
         assert!(list_bundles(&project.join("missing")).is_empty());
+    }
+
+    /// A `config.json` as the first trainer wrote it (`serde_json::json!`, keys sorted; the
+    /// recipe before optimiser, schedule, augmentation, auto-configuration and refit keys).
+    const FIRST_VERSION_CONFIG: &str = r#"{
+  "classes": [
+    "cat",
+    "dog"
+  ],
+  "device": "Cpu",
+  "model": {
+    "anchor_sizes": [[32], [64], [128], [256], [512]],
+    "aspect_ratios": [[0.5, 1.0, 2.0], [0.5, 1.0, 2.0], [0.5, 1.0, 2.0], [0.5, 1.0, 2.0], [0.5, 1.0, 2.0]],
+    "backbone": "mobilenet_v2",
+    "bbox_reg_weights": [10.0, 10.0, 5.0, 5.0],
+    "box_batch_size_per_image": 128,
+    "box_bg_iou_thresh": 0.5,
+    "box_detections_per_img": 100,
+    "box_fg_iou_thresh": 0.5,
+    "box_nms_thresh": 0.5,
+    "box_positive_fraction": 0.25,
+    "box_score_thresh": 0.05,
+    "frozen_bn_eps": 1e-5,
+    "image_mean": [0.485, 0.456, 0.406],
+    "image_std": [0.229, 0.224, 0.225],
+    "max_size": 320,
+    "min_size": [320],
+    "num_classes": 3,
+    "returned_layers": [1, 2, 3, 4],
+    "rpn_batch_size_per_image": 256,
+    "rpn_bg_iou_thresh": 0.3,
+    "rpn_fg_iou_thresh": 0.7,
+    "rpn_nms_thresh": 0.7,
+    "rpn_positive_fraction": 0.5,
+    "rpn_post_nms_top_n_test": 300,
+    "rpn_post_nms_top_n_train": 600,
+    "rpn_pre_nms_top_n_test": 300,
+    "rpn_pre_nms_top_n_train": 600,
+    "rpn_score_thresh": 0.0,
+    "size_divisible": 32,
+    "trainable_backbone_layers": 3
+  },
+  "project": "/home/user/cells",
+  "run_id": "20251126-101500",
+  "split": {
+    "train": [1, 2, 4],
+    "val": [3]
+  },
+  "train": {
+    "batch_size": 4,
+    "device": "auto",
+    "epochs": 12,
+    "hflip_prob": 0.5,
+    "image_size": null,
+    "lr": 0.01,
+    "max_iters": null,
+    "momentum": 0.9,
+    "preset": "cpu-fast",
+    "pretrained_backbone": true,
+    "seed": 0,
+    "val_fraction": 0.1,
+    "warmup_factor": 0.001,
+    "warmup_iters": 100,
+    "weight_decay": 0.0001
+  }
+}
+"#;
+
+    #[test]
+    fn a_config_of_the_first_version_still_reads_and_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(CONFIG_FILE), FIRST_VERSION_CONFIG).unwrap();
+        let config = RunConfig::read(dir.path()).unwrap();
+        assert_eq!(config.run_id.as_deref(), Some("20251126-101500"));
+        assert_eq!(config.project, Some(PathBuf::from("/home/user/cells")));
+        assert_eq!(config.device.as_deref(), Some("Cpu"));
+        assert_eq!(config.classes, ["cat", "dog"]);
+        assert_eq!(
+            (config.split.train.clone(), config.split.val.clone()),
+            (vec![1, 2, 4], vec![3])
+        );
+        let train = config.train.clone().unwrap();
+        assert_eq!((train.epochs, train.batch_size, train.lr), (12, 4, 0.01));
+        // Keys the first version did not write take today's defaults.
+        let defaults = TrainConfig::default();
+        assert_eq!(
+            (train.refit, train.auto_config),
+            (defaults.refit, defaults.auto_config)
+        );
+        let model = config.model.clone().unwrap();
+        assert_eq!(
+            (model.min_size.clone(), model.rpn_pre_nms_top_n_test),
+            (vec![320], 300)
+        );
+        assert_eq!(config.preset_name().as_deref(), Some("cpu-fast"));
+        assert_eq!(read_run(dir.path()).epochs, Some(12));
+
+        // What the trainer writes today reads back equal.
+        let out = tempfile::tempdir().unwrap();
+        config.write(out.path()).unwrap();
+        assert_eq!(RunConfig::read(out.path()).unwrap(), config);
+        let err = RunConfig::required::<String>(out.path(), "run_id", None).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("\"run_id\" is missing"),
+            "{err:#}"
+        );
     }
 
     #[test]

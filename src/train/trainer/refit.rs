@@ -14,6 +14,7 @@ use crate::train::autoconfig;
 use crate::train::config::TrainConfig;
 use crate::train::data;
 use crate::train::observer::{TrainEvent, TrainObserver};
+use crate::train::runs::{RunConfig, RunSplit};
 use crate::train::state::{self as run_state, REFIT_CHECKPOINT, REFIT_DIR, REFIT_FILE};
 
 /// A refit to run after a finished run.
@@ -37,17 +38,12 @@ pub(super) fn refit_plan(
     cfg: &TrainConfig,
     summary: &RunSummary,
 ) -> Option<RefitPlan> {
-    let config_path = run_dir.join("config.json");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(config_path).ok()?).ok()?;
-    let ids = |k: &str| -> Vec<i64> {
-        serde_json::from_value(json["split"][k].clone()).unwrap_or_default()
-    };
-    let (train, val) = (ids("train"), ids("val"));
+    let config = RunConfig::read(run_dir).ok()?;
+    let RunSplit { train, val } = config.split;
     if val.is_empty() || !cfg.refit.applies(train.len()) {
         return None;
     }
-    let mut rcfg: TrainConfig = serde_json::from_value(json["train"].clone()).ok()?;
+    let mut rcfg = config.train?;
     let state = run_state::read_state(run_dir).ok().map(|(s, _)| s);
     let best = state.as_ref().and_then(|s| s.best_epoch);
     let epochs = best.map_or(summary.epochs_completed, |b| b + 1);

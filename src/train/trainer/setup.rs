@@ -21,6 +21,7 @@ use crate::train::config::{Preset, TrainConfig};
 use crate::train::data;
 use crate::train::loader::TrainLoader;
 use crate::train::optim::{LossScaler, Optimizer, Schedule};
+use crate::train::runs::{CONFIG_FILE, RunConfig, RunSplit};
 use crate::train::state::{self as run_state, TrainState};
 
 /// Everything a run needs, fresh or resumed.
@@ -55,6 +56,20 @@ fn pick_images(set: &ExportSet, ids: &[i64]) -> anyhow::Result<Vec<ExportImage>>
             })
         })
         .collect()
+}
+
+/// The training images and the validation set of a split.
+fn split_set(
+    set: &ExportSet,
+    train: &[i64],
+    val: &[i64],
+) -> anyhow::Result<(Vec<ExportImage>, ExportSet)> {
+    let train_images = pick_images(set, train)?;
+    let val_set = ExportSet {
+        classes: set.classes.clone(),
+        images: pick_images(set, val)?,
+    };
+    Ok((train_images, val_set))
 }
 
 fn build_model(
@@ -109,19 +124,19 @@ pub(super) fn start_fresh(
     let model_cfg = cfg.model_config(num_classes)?;
     let device = crate::runtime::device(cfg.device)?;
     let project_abs = std::fs::canonicalize(project_dir).unwrap_or_else(|_| project_dir.into());
-    let config_json = serde_json::json!({
-        "run_id": run_id,
-        "project": project_abs,
-        "train": cfg,
-        "model": &model_cfg,
-        "device": format!("{device:?}"),
-        "classes": &class_names,
-        "split": {"train": &split.train, "val": &split.val},
-    });
-    crate::fsutil::write_atomic(
-        &run_dir.join("config.json"),
-        (serde_json::to_string_pretty(&config_json)? + "\n").as_bytes(),
-    )?;
+    RunConfig {
+        run_id: Some(run_id.to_owned()),
+        project: Some(project_abs),
+        train: Some(cfg.clone()),
+        model: Some(model_cfg.clone()),
+        device: Some(format!("{device:?}")),
+        classes: class_names.clone(),
+        split: RunSplit {
+            train: split.train.clone(),
+            val: split.val.clone(),
+        },
+    }
+    .write(run_dir)?;
 
     let (mut vs, mut model) = build_model(cfg, &model_cfg, device)?;
     model.seed(cfg.seed);
@@ -133,11 +148,7 @@ pub(super) fn start_fresh(
         notes.push(init.note());
     }
     let opt = Optimizer::new(&vs, cfg);
-    let train_images = pick_images(&set, &split.train)?;
-    let val_set = ExportSet {
-        classes: set.classes.clone(),
-        images: pick_images(&set, &split.val)?,
-    };
+    let (train_images, val_set) = split_set(&set, &split.train, &split.val)?;
     let loader = new_loader(&train_images, &label_of, cfg)?;
     let epoch_steps: Vec<usize> = (0..cfg.epochs).map(|e| loader.steps_in_epoch(e)).collect();
     let planned: usize = epoch_steps.iter().sum();
@@ -191,28 +202,16 @@ pub(super) fn start_resumed(
     continue_epochs: Option<usize>,
     reporter: &mut Reporter<'_>,
 ) -> anyhow::Result<Session> {
-    let config_path = run_dir.join("config.json");
-    let text = std::fs::read_to_string(&config_path)
-        .with_context(|| format!("reading {config_path:?}"))?;
-    let mut config_json: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{config_path:?}: not valid JSON"))?;
-    let field = |k: &str| {
-        config_json
-            .get(k)
-            .cloned()
-            .with_context(|| format!("{config_path:?}: {k:?} is missing"))
-    };
-    let mut cfg: TrainConfig = serde_json::from_value(field("train")?)
-        .with_context(|| format!("{config_path:?}: \"train\""))?;
-    let run_id: String = serde_json::from_value(field("run_id")?)?;
-    let project_dir: PathBuf = serde_json::from_value(field("project")?)?;
-    let saved_classes: Vec<String> = serde_json::from_value(field("classes")?)?;
-    let split = field("split")?;
-    let ids = |k: &str| -> anyhow::Result<Vec<i64>> {
-        serde_json::from_value(split.get(k).cloned().unwrap_or_default())
-            .with_context(|| format!("{config_path:?}: split.{k}"))
-    };
-    let (train_ids, val_ids) = (ids("train")?, ids("val")?);
+    let mut config = RunConfig::read(run_dir)?;
+    let mut cfg = RunConfig::required(run_dir, "train", config.train.as_ref())?.clone();
+    let run_id = RunConfig::required(run_dir, "run_id", config.run_id.as_ref())?.clone();
+    let project_dir = RunConfig::required(run_dir, "project", config.project.as_ref())?.clone();
+    let saved_classes = config.classes.clone();
+    anyhow::ensure!(
+        !config.split.train.is_empty(),
+        "{:?}: the split has no training images",
+        run_dir.join(CONFIG_FILE)
+    );
 
     let (mut state, checkpoint) = run_state::read_state(run_dir)?;
     match continue_epochs {
@@ -237,11 +236,7 @@ pub(super) fn start_resumed(
         class_names == saved_classes,
         "the project's classes changed since the run started ({saved_classes:?} → {class_names:?}); start a new run"
     );
-    let train_images = pick_images(&set, &train_ids)?;
-    let val_set = ExportSet {
-        classes: set.classes.clone(),
-        images: pick_images(&set, &val_ids)?,
-    };
+    let (train_images, val_set) = split_set(&set, &config.split.train, &config.split.val)?;
     let model_cfg = cfg.model_config(class_names.len() as i64 + 1)?;
     let device = crate::runtime::device(cfg.device)?;
     let (mut vs, model) = build_model(&cfg, &model_cfg, device)?;
@@ -271,11 +266,8 @@ pub(super) fn start_resumed(
         state.finished = false;
         state.stopped_early = false;
         state.evals_since_best = 0;
-        config_json["train"] = serde_json::to_value(&cfg)?;
-        crate::fsutil::write_atomic(
-            &config_path,
-            (serde_json::to_string_pretty(&config_json)? + "\n").as_bytes(),
-        )?;
+        config.train = Some(cfg.clone());
+        config.write(run_dir)?;
         reporter.note(&format!(
             "continuing for {n} more epochs ({steps} steps) with a new schedule"
         ));
