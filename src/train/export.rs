@@ -1,14 +1,14 @@
-//! `maskstudio export --run RUN_DIR --out DIR`: the model bundle of a run's refit on train +
-//! validation (else its best checkpoint, else its last) plus `metrics.json` (validation AP per epoch, the best, classes, the
-//! training and model configs). The Train tab's "Export model bundle" copies a run's last
-//! checkpoint ([`export_run_bundle`]).
+//! A run's model bundle exported ([`export_run`]), for `maskstudio export --run RUN_DIR --out
+//! DIR` and the Train tab's "Export model bundle" alike: the bundle of the run's refit on train +
+//! validation (else its best checkpoint, else its last) plus `metrics.json` (validation AP per
+//! epoch, the best, classes, the training and model configs) and the export marker.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
 use crate::model::bundle::Bundle;
-use crate::train::runs::{RunConfig, RunInfo};
+use crate::train::runs::RunConfig;
 use crate::train::state::{self, BEST_CHECKPOINT, LAST_CHECKPOINT, REFIT_CHECKPOINT, REFIT_FILE};
 
 /// What [`export_run`] wrote.
@@ -46,7 +46,9 @@ pub fn export_run(run_dir: &Path, out: &Path) -> anyhow::Result<RunExport> {
     ]
     .into_iter()
     .find_map(|(dir, which)| state::checkpoint_dir(run_dir, dir).map(|d| (d, which)))
-    .with_context(|| format!("{run_dir:?} has no checkpoint to export"))?;
+    .with_context(|| {
+        format!("{run_dir:?} has no usable bundle to export (no refit, best or last checkpoint)")
+    })?;
     // Refuse a broken bundle before writing anything.
     let bundle =
         Bundle::read(&source).with_context(|| format!("reading the checkpoint {source:?}"))?;
@@ -149,45 +151,25 @@ pub fn export_run(run_dir: &Path, out: &Path) -> anyhow::Result<RunExport> {
     })
 }
 
-/// Copies the bundle of `run` (its last checkpoint, every file of the folder) to
-/// `<dest_parent>/<run id>` (temp folder + rename); returns it. An existing folder is refused.
-pub fn export_run_bundle(run: &RunInfo, dest_parent: &Path) -> anyhow::Result<PathBuf> {
-    let src = run.bundle_dir();
-    Bundle::read(&src).map_err(|e| anyhow::anyhow!("run {} has no usable bundle: {e}", run.id))?;
-    std::fs::create_dir_all(dest_parent)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", dest_parent.display()))?;
-    let dest = dest_parent.join(&run.id);
-    anyhow::ensure!(
-        !dest.exists(),
-        "{} already exists; choose another folder",
-        dest.display()
-    );
-    let tmp = dest_parent.join(format!(".{}.tmp-{}", run.id, std::process::id()));
-    let copy = || -> anyhow::Result<()> {
-        std::fs::create_dir(&tmp).map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
-        for entry in std::fs::read_dir(&src)? {
-            let path = entry?.path();
-            if path.is_file()
-                && let Some(name) = path.file_name()
-            {
-                std::fs::copy(&path, tmp.join(name))
-                    .map_err(|e| anyhow::anyhow!("copying {}: {e}", path.display()))?;
-            }
-        }
-        std::fs::rename(&tmp, &dest).map_err(|e| anyhow::anyhow!("{}: {e}", dest.display()))?;
-        Ok(())
-    };
-    let result = copy();
-    if result.is_err() && tmp.exists() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    result.map(|()| dest)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::runs::read_run;
+    use crate::model::Backbone;
+    use crate::model::bundle::{LABELS_FILE, ModelSpec, SPEC_FILE, WEIGHTS_FILE};
+
+    /// A checkpoint's bundle files whose weights file holds `tag` (the export copies bytes).
+    fn fake_checkpoint(run: &Path, name: &str, tag: &str) {
+        let dir = run.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let spec = ModelSpec::new(Backbone::MobilenetV2, 2);
+        std::fs::write(dir.join(SPEC_FILE), serde_json::to_string(&spec).unwrap()).unwrap();
+        std::fs::write(dir.join(LABELS_FILE), "cell\n").unwrap();
+        std::fs::write(dir.join(WEIGHTS_FILE), tag).unwrap();
+    }
+
+    fn exported_weights(out: &Path) -> String {
+        std::fs::read_to_string(out.join(WEIGHTS_FILE)).unwrap()
+    }
 
     #[test]
     fn a_run_without_a_bundle_is_not_exported() {
@@ -196,10 +178,69 @@ mod tests {
         let run = dir.path().join("runs/20260101-000000");
         std::fs::create_dir_all(&run).unwrap();
         std::fs::write(run.join("config.json"), r#"{"train": {"epochs": 3}}"#).unwrap();
-        let r = read_run(&run);
+        let r = crate::train::runs::read_run(&run);
         assert!(!r.has_bundle);
-        let err = export_run_bundle(&r, &dir.path().join("out")).unwrap_err();
+        let out = dir.path().join("out/20260101-000000");
+        let err = export_run(&run, &out).unwrap_err();
         assert!(format!("{err:#}").contains("no usable bundle"), "{err:#}");
-        assert!(!dir.path().join("out/20260101-000000").exists());
+        assert!(!out.exists());
+    }
+
+    #[test]
+    fn the_refit_else_the_best_else_the_last_is_exported_with_marker_and_metrics() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("20260101-000000");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(
+            run.join("config.json"),
+            r#"{"run_id": "20260101-000000", "train": {"epochs": 3}}"#,
+        )
+        .unwrap();
+        let out = dir.path().join("exports/cells");
+
+        fake_checkpoint(&run, LAST_CHECKPOINT, "last");
+        let done = export_run(&run, &out).unwrap();
+        assert_eq!(
+            (done.checkpoint, done.out.as_path()),
+            ("last", out.as_path())
+        );
+        assert_eq!(exported_weights(&out), "last");
+        assert!(is_earlier_export(&out));
+        let metrics: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap())
+                .unwrap();
+        assert_eq!(metrics["run_id"], "20260101-000000");
+        assert_eq!(metrics["checkpoint"], "last");
+        assert_eq!(metrics["classes"], serde_json::json!(["cell"]));
+        assert_eq!(metrics["train_config"]["epochs"], 3);
+
+        // An earlier export is replaced as a whole: the best, then the refit, win.
+        fake_checkpoint(&run, BEST_CHECKPOINT, "best");
+        assert_eq!(export_run(&run, &out).unwrap().checkpoint, "best");
+        assert_eq!(exported_weights(&out), "best");
+        fake_checkpoint(&run, REFIT_CHECKPOINT, "refit");
+        assert_eq!(export_run(&run, &out).unwrap().checkpoint, "refit");
+        assert_eq!(exported_weights(&out), "refit");
+
+        // An empty folder is filled; a non-empty folder that is no export is refused, untouched.
+        let empty = dir.path().join("empty");
+        std::fs::create_dir_all(&empty).unwrap();
+        export_run(&run, &empty).unwrap();
+        assert_eq!(exported_weights(&empty), "refit");
+        let foreign = dir.path().join("thesis");
+        std::fs::create_dir_all(&foreign).unwrap();
+        std::fs::write(foreign.join("notes.txt"), "mine").unwrap();
+        let err = export_run(&run, &foreign).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("not an earlier Mask Studio export"),
+            "{err:#}"
+        );
+        assert_eq!(std::fs::read_dir(&foreign).unwrap().count(), 1);
+        // Nothing temporary is left beside the exports.
+        let names: Vec<String> = std::fs::read_dir(dir.path().join("exports"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["cells"]);
     }
 }

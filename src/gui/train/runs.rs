@@ -1,6 +1,6 @@
 //! The Train tab's run list: the project's runs with their final metrics (scanned on
 //! `train-runs-scan`), a selected run's plots read back on `train-replay`, the export row
-//! ([`crate::train::export::export_run_bundle`] on `train-export`) and resume / continue.
+//! ([`crate::train::export::export_run`] into `<folder>/<run id>` on `train-export`) and resume / continue.
 
 use std::path::{Path, PathBuf};
 
@@ -9,7 +9,7 @@ use eframe::egui;
 use super::form::labelled_drag;
 use super::{Background, RunJob, TrainPanel};
 use crate::gui::shared::PanelCtx;
-use crate::train::export::export_run_bundle;
+use crate::train::export::export_run;
 use crate::train::history::{History, read_history};
 use crate::train::runs::{runs_dir, scan_runs};
 
@@ -192,7 +192,9 @@ impl TrainPanel {
             {
                 let dest = PathBuf::from(self.export_dir.trim());
                 let spawned = self.spawn_bg("train-export", ui.ctx(), move || {
-                    let r = export_run_bundle(&run, &dest).map_err(|e| format!("{e:#}"));
+                    let r = export_run(&run.dir, &dest.join(&run.id))
+                        .map(|done| done.out)
+                        .map_err(|e| format!("{e:#}"));
                     Background::Exported(r)
                 });
                 match spawned {
