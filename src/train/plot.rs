@@ -1,6 +1,6 @@
 //! `loss.png`: the loss curves of a run (total and the five components per step, left axis)
 //! and the validation mask/box AP per epoch (right axis, 0..1), drawn with the `image` crate
-//! and a built-in 5x7 pixel font.
+//! and `font8x8`'s 8x8 pixel font (the one the exported overlays use).
 
 use std::path::Path;
 
@@ -26,143 +26,17 @@ const COLOURS: [Rgb<u8>; 5] = [
 const AP_SEGM: Rgb<u8> = Rgb([214, 39, 40]);
 const AP_BBOX: Rgb<u8> = Rgb([227, 119, 194]);
 
-/// 5x7 glyphs, one string of 7 rows (5 bits each, `#` = ink) per character.
-fn glyph(c: char) -> [&'static str; 7] {
-    match c.to_ascii_uppercase() {
-        '0' => [
-            " ### ", "#   #", "#  ##", "# # #", "##  #", "#   #", " ### ",
-        ],
-        '1' => [
-            "  #  ", " ##  ", "  #  ", "  #  ", "  #  ", "  #  ", " ### ",
-        ],
-        '2' => [
-            " ### ", "#   #", "    #", "   # ", "  #  ", " #   ", "#####",
-        ],
-        '3' => [
-            "#####", "   # ", "  #  ", "   # ", "    #", "#   #", " ### ",
-        ],
-        '4' => [
-            "   # ", "  ## ", " # # ", "#  # ", "#####", "   # ", "   # ",
-        ],
-        '5' => [
-            "#####", "#    ", "#### ", "    #", "    #", "#   #", " ### ",
-        ],
-        '6' => [
-            "  ## ", " #   ", "#    ", "#### ", "#   #", "#   #", " ### ",
-        ],
-        '7' => [
-            "#####", "    #", "   # ", "  #  ", " #   ", " #   ", " #   ",
-        ],
-        '8' => [
-            " ### ", "#   #", "#   #", " ### ", "#   #", "#   #", " ### ",
-        ],
-        '9' => [
-            " ### ", "#   #", "#   #", " ####", "    #", "   # ", " ##  ",
-        ],
-        'A' => [
-            " ### ", "#   #", "#   #", "#####", "#   #", "#   #", "#   #",
-        ],
-        'B' => [
-            "#### ", "#   #", "#   #", "#### ", "#   #", "#   #", "#### ",
-        ],
-        'C' => [
-            " ### ", "#   #", "#    ", "#    ", "#    ", "#   #", " ### ",
-        ],
-        'D' => [
-            "###  ", "#  # ", "#   #", "#   #", "#   #", "#  # ", "###  ",
-        ],
-        'E' => [
-            "#####", "#    ", "#    ", "#### ", "#    ", "#    ", "#####",
-        ],
-        'F' => [
-            "#####", "#    ", "#    ", "#### ", "#    ", "#    ", "#    ",
-        ],
-        'G' => [
-            " ### ", "#   #", "#    ", "# ###", "#   #", "#   #", " ####",
-        ],
-        'H' => [
-            "#   #", "#   #", "#   #", "#####", "#   #", "#   #", "#   #",
-        ],
-        'I' => [
-            " ### ", "  #  ", "  #  ", "  #  ", "  #  ", "  #  ", " ### ",
-        ],
-        'J' => [
-            "  ###", "   # ", "   # ", "   # ", "   # ", "#  # ", " ##  ",
-        ],
-        'K' => [
-            "#   #", "#  # ", "# #  ", "##   ", "# #  ", "#  # ", "#   #",
-        ],
-        'L' => [
-            "#    ", "#    ", "#    ", "#    ", "#    ", "#    ", "#####",
-        ],
-        'M' => [
-            "#   #", "## ##", "# # #", "# # #", "#   #", "#   #", "#   #",
-        ],
-        'N' => [
-            "#   #", "#   #", "##  #", "# # #", "#  ##", "#   #", "#   #",
-        ],
-        'O' => [
-            " ### ", "#   #", "#   #", "#   #", "#   #", "#   #", " ### ",
-        ],
-        'P' => [
-            "#### ", "#   #", "#   #", "#### ", "#    ", "#    ", "#    ",
-        ],
-        'Q' => [
-            " ### ", "#   #", "#   #", "#   #", "# # #", "#  # ", " ## #",
-        ],
-        'R' => [
-            "#### ", "#   #", "#   #", "#### ", "# #  ", "#  # ", "#   #",
-        ],
-        'S' => [
-            " ####", "#    ", "#    ", " ### ", "    #", "    #", "#### ",
-        ],
-        'T' => [
-            "#####", "  #  ", "  #  ", "  #  ", "  #  ", "  #  ", "  #  ",
-        ],
-        'U' => [
-            "#   #", "#   #", "#   #", "#   #", "#   #", "#   #", " ### ",
-        ],
-        'V' => [
-            "#   #", "#   #", "#   #", "#   #", "#   #", " # # ", "  #  ",
-        ],
-        'W' => [
-            "#   #", "#   #", "#   #", "# # #", "# # #", "# # #", " # # ",
-        ],
-        'X' => [
-            "#   #", "#   #", " # # ", "  #  ", " # # ", "#   #", "#   #",
-        ],
-        'Y' => [
-            "#   #", "#   #", " # # ", "  #  ", "  #  ", "  #  ", "  #  ",
-        ],
-        'Z' => [
-            "#####", "    #", "   # ", "  #  ", " #   ", "#    ", "#####",
-        ],
-        '.' => [
-            "     ", "     ", "     ", "     ", "     ", " ##  ", " ##  ",
-        ],
-        '-' => [
-            "     ", "     ", "     ", "#####", "     ", "     ", "     ",
-        ],
-        '_' => [
-            "     ", "     ", "     ", "     ", "     ", "     ", "#####",
-        ],
-        ':' => [
-            "     ", " ##  ", " ##  ", "     ", " ##  ", " ##  ", "     ",
-        ],
-        '(' => [
-            "   # ", "  #  ", " #   ", " #   ", " #   ", "  #  ", "   # ",
-        ],
-        ')' => [
-            " #   ", "  #  ", "   # ", "   # ", "   # ", "  #  ", " #   ",
-        ],
-        '/' => [
-            "     ", "    #", "   # ", "  #  ", " #   ", "#    ", "     ",
-        ],
-        '+' => [
-            "     ", "  #  ", "  #  ", "#####", "  #  ", "  #  ", "     ",
-        ],
-        _ => ["     "; 7],
-    }
+/// Glyph cell of `font8x8` (8x8 pixels, bit 0 of a row = leftmost column); also the advance.
+const GLYPH: i64 = 8;
+
+/// The `font8x8` rows of `c`; characters outside the font print as `?`.
+fn glyph(c: char) -> [u8; 8] {
+    use font8x8::UnicodeFonts as _;
+    font8x8::BASIC_FONTS
+        .get(c)
+        .or_else(|| font8x8::LATIN_FONTS.get(c))
+        .or_else(|| font8x8::BASIC_FONTS.get('?'))
+        .unwrap_or([0; 8])
 }
 
 fn put(img: &mut RgbImage, x: i64, y: i64, c: Rgb<u8>) {
@@ -175,14 +49,14 @@ fn put(img: &mut RgbImage, x: i64, y: i64, c: Rgb<u8>) {
 fn text(img: &mut RgbImage, x: i64, y: i64, s: &str, c: Rgb<u8>) -> i64 {
     for (i, ch) in s.chars().enumerate() {
         for (row, bits) in glyph(ch).iter().enumerate() {
-            for (col, b) in bits.bytes().enumerate() {
-                if b == b'#' {
-                    put(img, x + i as i64 * 6 + col as i64, y + row as i64, c);
+            for col in 0..GLYPH {
+                if bits >> col & 1 == 1 {
+                    put(img, x + i as i64 * GLYPH + col, y + row as i64, c);
                 }
             }
         }
     }
-    s.chars().count() as i64 * 6
+    s.chars().count() as i64 * GLYPH
 }
 
 /// Bresenham line, `thick` pixels wide (vertically).
@@ -332,8 +206,8 @@ pub fn draw(curves: &Curves) -> RgbImage {
         let label = tick_label(v);
         text(
             &mut img,
-            x0 - 8 - label.len() as i64 * 6,
-            y - 3,
+            x0 - 8 - label.len() as i64 * GLYPH,
+            y - GLYPH / 2,
             &label,
             BLACK,
         );
@@ -345,21 +219,27 @@ pub fn draw(curves: &Curves) -> RgbImage {
         let x = px(s);
         line(&mut img, (x, y1), (x, y1 + 4), BLACK, 1);
         let label = tick_label(s);
-        text(&mut img, x - label.len() as i64 * 3, y1 + 8, &label, BLACK);
+        text(
+            &mut img,
+            x - label.len() as i64 * GLYPH / 2,
+            y1 + 8,
+            &label,
+            BLACK,
+        );
         s += xstep;
     }
     for k in 0..=5 {
         let a = k as f64 / 5.0;
         let y = pap(a);
         line(&mut img, (x1, y), (x1 + 4, y), BLACK, 1);
-        text(&mut img, x1 + 8, y - 3, &tick_label(a), BLACK);
+        text(&mut img, x1 + 8, y - GLYPH / 2, &tick_label(a), BLACK);
     }
     line(&mut img, (x0, y0), (x0, y1), BLACK, 1);
     line(&mut img, (x0, y1), (x1, y1), BLACK, 1);
     line(&mut img, (x1, y0), (x1, y1), BLACK, 1);
-    text(&mut img, (x0 + x1) / 2 - 12, y1 + 24, "step", BLACK);
+    text(&mut img, (x0 + x1) / 2 - 2 * GLYPH, y1 + 24, "step", BLACK);
     text(&mut img, 4, 8, "loss", BLACK);
-    text(&mut img, x1 - 20, 8, "val ap", BLACK);
+    text(&mut img, x1 - 3 * GLYPH, 8, "val ap", BLACK);
 
     // Curves: components thin, total thick black.
     for (k, (_, values)) in curves.losses.iter().enumerate().rev() {
@@ -421,8 +301,14 @@ pub fn draw(curves: &Curves) -> RgbImage {
     }
     let lx = x1 - 150;
     for (i, (name, c)) in entries.iter().enumerate() {
-        let y = y0 + 8 + i as i64 * 12;
-        line(&mut img, (lx, y + 3), (lx + 16, y + 3), *c, 2);
+        let y = y0 + 8 + i as i64 * (GLYPH + 4);
+        line(
+            &mut img,
+            (lx, y + GLYPH / 2),
+            (lx + 16, y + GLYPH / 2),
+            *c,
+            2,
+        );
         text(&mut img, lx + 22, y, name, BLACK);
     }
     img
@@ -464,5 +350,24 @@ mod tests {
         assert_eq!(tick_label(0.25), "0.25");
         assert_eq!(tick_label(2.0), "2");
         assert_eq!(nice_step(3.0, 5.0), 0.5);
+    }
+
+    #[test]
+    fn text_is_drawn_in_font8x8() {
+        let mut img = RgbImage::from_pixel(40, 12, Rgb([255, 255, 255]));
+        assert_eq!(text(&mut img, 2, 1, "A_", BLACK), 2 * GLYPH);
+        // Every ink pixel of 'A' is where font8x8 has a set bit, and nowhere else.
+        let a = glyph('A');
+        for row in 0..8u32 {
+            for col in 0..8u32 {
+                let ink = *img.get_pixel(2 + col, 1 + row) == BLACK;
+                assert_eq!(ink, a[row as usize] >> col & 1 == 1, "A at ({col}, {row})");
+            }
+        }
+        assert!(a.iter().any(|&r| r != 0));
+        // '_' is the bottom row of the second cell; an unknown character prints as '?'.
+        assert_eq!(glyph('_'), [0, 0, 0, 0, 0, 0, 0, 0xFF]);
+        assert_eq!(glyph('\u{2603}'), glyph('?'));
+        assert_ne!(glyph('?'), [0; 8]);
     }
 }
