@@ -19,8 +19,9 @@ use crate::openimages::catalogue::{EdgeKind, ROOT_MID};
 use crate::openimages::cli::human_bytes;
 use crate::openimages::{Catalogue, CatalogueSource, ClassInfo, DownloadEvent, Split, builtin};
 
+use super::progress::cancel_button;
 use super::shared::{JobView, PanelCtx, Picked, ShellRequest, Tab};
-use super::worker::{Polled, Worker};
+use super::worker::Worker;
 
 enum Msg {
     Progress(String),
@@ -174,16 +175,8 @@ impl ClassesPanel {
     }
 
     fn drain(&mut self) {
-        let polled = self.loader.as_mut().map(Worker::poll).unwrap_or_default();
-        if self.loader.as_ref().is_some_and(|w| !w.running()) {
-            self.loader = None;
-        }
-        for polled in polled {
-            let msg = match polled {
-                Polled::Event(msg) => msg,
-                // The thread is gone: the load failed.
-                Polled::Died(why) => Msg::Loaded(Err(why)),
-            };
+        // A dead thread: the load failed.
+        for msg in Worker::drain(&mut self.loader, |why| Msg::Loaded(Err(why))) {
             match msg {
                 Msg::Progress(text) => self.progress = text,
                 Msg::Loaded(Ok(cat)) => {
@@ -255,9 +248,7 @@ impl ClassesPanel {
                     self.progress,
                     started.elapsed().as_secs_f32()
                 ));
-                if ui.button("Cancel loading").clicked() {
-                    cancel.cancel();
-                }
+                cancel_button(ui, cancel, "Cancel loading");
             }
         });
         self.source_ui(ui, cx);

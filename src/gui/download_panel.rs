@@ -16,8 +16,9 @@ use crate::dataset::store::Project;
 use crate::openimages::cli::human_bytes;
 use crate::openimages::{DownloadEvent, DownloadRequest, DownloadSummary, Phase, Split, download};
 
+use super::progress::{Progress, cancel_button, progress_bar};
 use super::shared::{JobView, PanelCtx, Picked, Settings, ShellRequest, Tab};
-use super::worker::{Polled, Worker};
+use super::worker::Worker;
 
 /// The phases shown, in order.
 const PHASES: [Phase; 5] = [
@@ -227,16 +228,8 @@ impl DownloadPanel {
     }
 
     fn drain(&mut self, cx: &mut PanelCtx) {
-        let polled = self.worker.as_mut().map(Worker::poll).unwrap_or_default();
-        if self.worker.as_ref().is_some_and(|w| !w.running()) {
-            self.worker = None;
-        }
-        for polled in polled {
-            let msg = match polled {
-                Polled::Event(msg) => msg,
-                // The thread is gone: the run failed; what it imported stays in the project.
-                Polled::Died(why) => Msg::Done(Err(why)),
-            };
+        // A dead thread: the run failed; what it imported stays in the project.
+        for msg in Worker::drain(&mut self.worker, |why| Msg::Done(Err(why))) {
             match msg {
                 Msg::Event(DownloadEvent::Phase { phase, message }) => {
                     self.current = Some(phase);
@@ -383,9 +376,7 @@ impl DownloadPanel {
                     "downloading ({:.0} s)",
                     run.started.elapsed().as_secs_f32()
                 ));
-                if ui.button("Cancel download").clicked() {
-                    run.cancel.cancel();
-                }
+                cancel_button(ui, &run.cancel, "Cancel download");
             } else {
                 let start = ui.add_enabled(ready, egui::Button::new("Start download"));
                 if start.clicked()
@@ -423,11 +414,8 @@ impl DownloadPanel {
                     } else {
                         p.fraction().unwrap_or(0.0)
                     };
-                    ui.add(
-                        egui::ProgressBar::new(fraction)
-                            .desired_width(320.0)
-                            .text(progress_text(phase, p)),
-                    );
+                    let text = Some(progress_text(phase, p));
+                    progress_bar(ui, Progress::Fraction(Some(fraction)), text, Some(320.0));
                     ui.weak(&p.message);
                     ui.end_row();
                 }

@@ -34,19 +34,40 @@ pub fn progress_row(
     width: f32,
     cancel: Option<(&CancelToken, &str)>,
 ) -> egui::Response {
+    let response = progress_bar(ui, progress, text, Some(width));
+    if let Some((token, label)) = cancel {
+        cancel_button(ui, token, label);
+    }
+    response
+}
+
+/// The row's bar alone (rows of phases or classes, each without its own Cancel): `width`
+/// points wide, or the available width when `None`; animated while the fraction is unknown.
+pub fn progress_bar(
+    ui: &mut egui::Ui,
+    progress: Progress,
+    text: Option<String>,
+    width: Option<f32>,
+) -> egui::Response {
     let text = text.unwrap_or_else(|| match progress {
         Progress::Count { done, total } => format!("{done} / {total}"),
         Progress::Fraction(Some(f)) => format!("{:.0}%", f * 100.0),
         Progress::Fraction(None) => String::new(),
     });
-    let bar = egui::ProgressBar::new(progress.fraction())
-        .desired_width(width)
+    let mut bar = egui::ProgressBar::new(progress.fraction())
         .text(text)
         .animate(matches!(progress, Progress::Fraction(None)));
-    let response = ui.add(bar);
-    if let Some((token, label)) = cancel
-        && ui.button(label).clicked()
-    {
+    if let Some(width) = width {
+        bar = bar.desired_width(width);
+    }
+    ui.add(bar)
+}
+
+/// A button labelled `label` that cancels `token` when clicked (a job shown with a spinner
+/// rather than a bar uses it alone).
+pub fn cancel_button(ui: &mut egui::Ui, token: &CancelToken, label: &str) -> egui::Response {
+    let response = ui.button(label);
+    if response.clicked() {
         token.cancel();
     }
     response

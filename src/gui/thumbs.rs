@@ -7,11 +7,12 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError, bounded};
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use eframe::egui;
 
 use crate::dataset::Mask;
 use crate::dataset::store::{Project, decode_limits};
+use crate::gui::worker::{Polled, Worker, WorkerTx};
 
 /// Longest side of a thumbnail, in pixels.
 pub const THUMB_SIDE: u32 = 128;
@@ -106,7 +107,8 @@ pub struct ThumbCache {
     /// Bumped by [`ThumbCache::clear`]; results of older requests are dropped.
     generation: u64,
     req_tx: Sender<Request>,
-    done_rx: Receiver<Done>,
+    /// The `thumbs-0`, `thumbs-1` pool (`None` when none of its threads could start).
+    workers: Option<Worker<Done>>,
     ctx: egui::Context,
 }
 
@@ -123,18 +125,18 @@ impl ThumbCache {
         capacity: usize,
     ) -> Self {
         let (req_tx, req_rx) = bounded::<Request>(48);
-        let (done_tx, done_rx) = bounded::<Done>(64);
-        let colors = Arc::new(colors);
-        for n in 0..2 {
-            let (req_rx, done_tx, colors) = (req_rx.clone(), done_tx.clone(), colors.clone());
-            let (root, ctx) = (root.to_path_buf(), ctx.clone());
-            let spawned = std::thread::Builder::new()
-                .name(format!("thumbs-{n}"))
-                .spawn(move || thumb_worker(&root, &req_rx, &done_tx, &colors, &ctx));
-            if let Err(e) = spawned {
-                log::error!("cannot start a thumbnail worker: {e}");
-            }
-        }
+        let (colors, root) = (Arc::new(colors), root.to_path_buf());
+        // Results are never terminal: the pool runs until the cache (its request sender) goes.
+        let workers = Worker::pool(
+            "thumbs",
+            ctx,
+            2,
+            64,
+            |_| false,
+            move |_, tx| thumb_worker(&root, &req_rx, &tx, &colors),
+        )
+        .map_err(|e| log::error!("cannot start a thumbnail worker: {e}"))
+        .ok();
         Self {
             textures: HashMap::new(),
             failed: HashMap::new(),
@@ -144,7 +146,7 @@ impl ThumbCache {
             overlay: true,
             generation: 0,
             req_tx,
-            done_rx,
+            workers,
             ctx: ctx.clone(),
         }
     }
@@ -152,12 +154,16 @@ impl ThumbCache {
     /// Drains finished thumbnails (a few per frame) and evicts the least recently used.
     pub fn begin_frame(&mut self) {
         self.frame += 1;
+        let Some(workers) = &mut self.workers else {
+            return;
+        };
         for _ in 0..UPLOADS_PER_FRAME {
-            let done = match self.done_rx.try_recv() {
-                Ok(done) => done,
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
+            let done = match workers.try_next() {
+                Some(Polled::Event(done)) => done,
+                None => break,
+                Some(Polled::Died(why)) => {
                     // Every worker is gone: what they had queued will never come.
+                    log::warn!("thumbnails: {why}");
                     for id in self.pending.drain() {
                         self.failed
                             .insert(id, "the thumbnail workers stopped".to_owned());
@@ -183,7 +189,7 @@ impl ThumbCache {
                 }
             }
         }
-        if !self.done_rx.is_empty() {
+        if workers.queued() > 0 {
             self.ctx.request_repaint();
         }
         if self.textures.len() > self.capacity {
@@ -262,12 +268,13 @@ impl ThumbCache {
     }
 }
 
+/// One pool thread: renders requests until the cache drops its sender; each result wakes the
+/// GUI.
 fn thumb_worker(
     root: &Path,
     requests: &Receiver<Request>,
-    done: &Sender<Done>,
+    done: &WorkerTx<Done>,
     colors: &HashMap<i64, [u8; 3]>,
-    ctx: &egui::Context,
 ) {
     // Each worker reads masks through its own connection (SQLite WAL: readers never block).
     let project = match Project::open(root) {
@@ -293,16 +300,13 @@ fn thumb_worker(
                 crate::gui::worker::panic_text(&*p)
             ))
         });
-        if done
-            .send(Done {
-                generation: req.generation,
-                image_id: req.image_id,
-                result,
-            })
-            .is_err()
-        {
+        let sent = done.send(Done {
+            generation: req.generation,
+            image_id: req.image_id,
+            result,
+        });
+        if !sent {
             return; // the cache is gone
         }
-        ctx.request_repaint();
     }
 }

@@ -5,12 +5,18 @@
 //! `catch_unwind`; a panic is recorded before the last sender is dropped. [`Worker::poll`]
 //! drains the channel on the GUI thread and turns a closed channel that was not preceded by
 //! the job's terminal event into [`Polled::Died`] carrying the panic message, so a job never
-//! stays "running" after its thread is gone.
+//! stays "running" after its thread is gone. [`Worker::pool`] is the same for several threads
+//! sharing one job (the channel closes when the last one ends), and [`Worker::try_next`] /
+//! [`Worker::recv_timeout`] take one event at a time for panels that bound their work per
+//! frame or wait at shutdown. Code with no window yet passes `&egui::Context::default()`
+//! (its repaint requests reach nobody; the panel polls anyway).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError, bounded};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError, bounded};
 use eframe::egui;
 
 pub use crate::infer::panic_text;
@@ -78,7 +84,7 @@ pub struct Worker<E> {
     is_terminal: fn(&E) -> bool,
     panic: Arc<Mutex<Option<String>>>,
     state: State,
-    handle: std::thread::JoinHandle<()>,
+    handles: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl<E: Send + 'static> Worker<E> {
@@ -97,33 +103,60 @@ impl<E: Send + 'static> Worker<E> {
     {
         let (tx, rx) = bounded(cap.max(1));
         let panic = Arc::new(Mutex::new(None));
-        let (slot, ctx2) = (panic.clone(), ctx.clone());
-        let handle = std::thread::Builder::new()
-            .name(name.to_owned())
-            .spawn(move || {
-                // Held until the panic is recorded: the receiver sees the channel close only
-                // after that.
-                let keep = tx.clone();
-                let wtx = WorkerTx {
-                    tx,
-                    ctx: ctx2.clone(),
-                };
-                if let Err(p) = std::panic::catch_unwind(AssertUnwindSafe(move || f(wtx))) {
-                    let text = panic_text(&*p);
-                    *slot
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(text);
-                }
-                drop(keep);
-                ctx2.request_repaint();
-            })?;
+        let handle = spawn_guarded(name.to_owned(), tx, ctx, &panic, f)?;
         Ok(Self {
             name: name.to_owned(),
             rx,
             is_terminal,
             panic,
             state: State::Running,
-            handle,
+            handles: vec![handle],
+        })
+    }
+
+    /// Starts `threads` threads named `name-0`, `name-1`, … sharing one channel of `cap`
+    /// events; each runs `f(n, tx)`. The job dies when the last thread ends (or the first
+    /// panics and the rest end) without the terminal event. A pool that could start no thread
+    /// is an error; one that started some runs with those.
+    pub fn pool<F>(
+        name: &str,
+        ctx: &egui::Context,
+        threads: usize,
+        cap: usize,
+        is_terminal: fn(&E) -> bool,
+        f: F,
+    ) -> std::io::Result<Self>
+    where
+        F: Fn(usize, WorkerTx<E>) + Clone + Send + 'static,
+    {
+        let (tx, rx) = bounded(cap.max(1));
+        let panic = Arc::new(Mutex::new(None));
+        let mut handles = Vec::new();
+        let mut first_error = None;
+        for n in 0..threads.max(1) {
+            let f = f.clone();
+            match spawn_guarded(format!("{name}-{n}"), tx.clone(), ctx, &panic, move |tx| {
+                f(n, tx)
+            }) {
+                Ok(handle) => handles.push(handle),
+                Err(e) => {
+                    log::error!("cannot start the {name}-{n} thread: {e}");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if handles.is_empty()
+            && let Some(e) = first_error
+        {
+            return Err(e);
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            rx,
+            is_terminal,
+            panic,
+            state: State::Running,
+            handles,
         })
     }
 
@@ -148,10 +181,12 @@ impl<E: Send + 'static> Worker<E> {
     /// clean-up is left: tensors freed before the process may exit). Events not polled yet are
     /// dropped.
     pub fn join(self) {
-        let Self { rx, handle, .. } = self;
+        let Self { rx, handles, .. } = self;
         drop(rx);
-        if handle.join().is_err() {
-            log::warn!("a worker thread panicked outside its guard");
+        for handle in handles {
+            if handle.join().is_err() {
+                log::warn!("a worker thread panicked outside its guard");
+            }
         }
     }
 
@@ -165,32 +200,89 @@ impl<E: Send + 'static> Worker<E> {
         self.state == State::Running
     }
 
+    /// Polls the worker in `slot` (if any) and empties the slot once its job finished or died;
+    /// a death becomes `died(reason)`, so a panel drains one event type.
+    pub fn drain(slot: &mut Option<Self>, died: impl FnOnce(String) -> E) -> Vec<E> {
+        let Some(worker) = slot else {
+            return Vec::new();
+        };
+        let mut died = Some(died);
+        let events = worker
+            .poll()
+            .into_iter()
+            .filter_map(|p| match p {
+                Polled::Event(e) => Some(e),
+                Polled::Died(why) => died.take().map(|f| f(why)),
+            })
+            .collect();
+        if !worker.running() {
+            *slot = None;
+        }
+        events
+    }
+
+    /// Whether every thread of the job has ended (its last events may still be unread).
+    pub fn threads_ended(&self) -> bool {
+        self.handles
+            .iter()
+            .all(std::thread::JoinHandle::is_finished)
+    }
+
+    /// Once every thread has ended without the terminal event: why, in the words of
+    /// [`Polled::Died`] (whether or not that was polled yet). `None` while a thread runs or
+    /// after the terminal event.
+    pub fn ended(&self) -> Option<String> {
+        (self.state != State::Finished && self.threads_ended()).then(|| self.death_reason())
+    }
+
+    /// Events sent and not polled yet.
+    pub fn queued(&self) -> usize {
+        self.rx.len()
+    }
+
     /// Everything the worker sent since the last call, in order; ends with
     /// [`Polled::Died`] (once) when the channel closed before the terminal event.
     pub fn poll(&mut self) -> Vec<Polled<E>> {
-        let mut out = Vec::new();
+        std::iter::from_fn(|| self.try_next()).collect()
+    }
+
+    /// The next event if one is ready (never blocks), or [`Polled::Died`] once when the
+    /// channel closed before the terminal event.
+    pub fn try_next(&mut self) -> Option<Polled<E>> {
+        let got = self.rx.try_recv().map_err(|e| match e {
+            TryRecvError::Empty => RecvTimeoutError::Timeout,
+            TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+        });
+        self.received(got)
+    }
+
+    /// Like [`Self::try_next`], waiting up to `timeout` for an event (tests, flushes at shutdown;
+    /// never on the GUI thread's frame path).
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Option<Polled<E>> {
+        let got = self.rx.recv_timeout(timeout);
+        self.received(got)
+    }
+
+    fn received(&mut self, got: Result<E, RecvTimeoutError>) -> Option<Polled<E>> {
         if self.state == State::Died {
-            return out;
+            return None;
         }
-        loop {
-            match self.rx.try_recv() {
-                Ok(e) => {
-                    if (self.is_terminal)(&e) {
-                        self.state = State::Finished;
-                    }
-                    out.push(Polled::Event(e));
+        match got {
+            Ok(e) => {
+                if (self.is_terminal)(&e) {
+                    self.state = State::Finished;
                 }
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
-                    if self.state == State::Running {
-                        self.state = State::Died;
-                        out.push(Polled::Died(self.death_reason()));
-                    }
-                    break;
+                Some(Polled::Event(e))
+            }
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => {
+                if self.state != State::Running {
+                    return None;
                 }
+                self.state = State::Died;
+                Some(Polled::Died(self.death_reason()))
             }
         }
-        out
     }
 
     fn death_reason(&self) -> String {
@@ -198,12 +290,45 @@ impl<E: Send + 'static> Worker<E> {
             .panic
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
+            .clone();
         match panic {
             Some(text) => format!("the {} thread panicked: {text}", self.name),
             None => format!("the {} thread stopped before finishing", self.name),
         }
     }
+}
+
+/// Starts `f` on a thread named `name` under `catch_unwind` with `tx` (this thread's sender of
+/// the job's channel); a panic is written to `slot` before this thread's last sender drops.
+fn spawn_guarded<E, F>(
+    name: String,
+    tx: Sender<E>,
+    ctx: &egui::Context,
+    slot: &Arc<Mutex<Option<String>>>,
+    f: F,
+) -> std::io::Result<std::thread::JoinHandle<()>>
+where
+    E: Send + 'static,
+    F: FnOnce(WorkerTx<E>) + Send + 'static,
+{
+    let (slot, ctx) = (slot.clone(), ctx.clone());
+    std::thread::Builder::new().name(name).spawn(move || {
+        // Held until the panic is recorded: the receiver sees the channel close only after
+        // that.
+        let keep = tx.clone();
+        let wtx = WorkerTx {
+            tx,
+            ctx: ctx.clone(),
+        };
+        if let Err(p) = std::panic::catch_unwind(AssertUnwindSafe(move || f(wtx))) {
+            let text = panic_text(&*p);
+            slot.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get_or_insert(text);
+        }
+        drop(keep);
+        ctx.request_repaint();
+    })
 }
 
 #[cfg(test)]
@@ -279,6 +404,64 @@ mod tests {
                 Polled::Event(7),
                 Polled::Died("the worker-quits thread stopped before finishing".to_owned())
             ]
+        );
+    }
+
+    #[test]
+    fn a_pool_dies_only_when_its_last_thread_ends_and_names_the_panic() {
+        let ctx = egui::Context::default();
+        let (go_tx, go_rx) = bounded::<()>(0);
+        let mut w = Worker::pool("worker-pool", &ctx, 3, 8, terminal, move |n, tx| {
+            tx.send(n as u32);
+            if n == 1 {
+                panic!("thread {n} fails");
+            }
+            // The others wait for the test to let them end.
+            go_rx.recv().ok();
+        })
+        .unwrap();
+        let start = Instant::now();
+        while w.queued() < 3 {
+            assert!(start.elapsed() < Duration::from_secs(60), "pool hung");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let mut first: Vec<Polled<u32>> = w.poll();
+        first.sort_by_key(|p| match p {
+            Polled::Event(n) => *n,
+            Polled::Died(_) => u32::MAX,
+        });
+        assert_eq!(first, [0, 1, 2].map(Polled::Event));
+        assert!(w.running(), "two threads still run");
+        assert_eq!(w.ended(), None);
+        drop(go_tx);
+        let rest = poll_to_end(&mut w);
+        let died = "the worker-pool thread panicked: thread 1 fails".to_owned();
+        assert_eq!(rest, vec![Polled::Died(died.clone())]);
+        assert!(w.threads_ended() || !w.running());
+        while !w.threads_ended() {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(w.ended(), Some(died), "the reason stays readable");
+    }
+
+    #[test]
+    fn recv_timeout_waits_for_one_event_and_times_out_empty() {
+        let ctx = egui::Context::default();
+        let (go_tx, go_rx) = bounded::<()>(0);
+        let mut w = Worker::spawn("worker-slow", &ctx, 1, terminal, move |tx| {
+            go_rx.recv().ok();
+            tx.send(99);
+        })
+        .unwrap();
+        assert_eq!(w.recv_timeout(Duration::from_millis(20)), None);
+        go_tx.send(()).unwrap();
+        let got = w.recv_timeout(Duration::from_secs(60));
+        assert_eq!(got, Some(Polled::Event(99)));
+        assert!(!w.running());
+        assert_eq!(
+            w.recv_timeout(Duration::from_millis(20)),
+            None,
+            "finished: no death"
         );
     }
 }

@@ -4,13 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crossbeam_channel::bounded;
 use eframe::egui;
 
 use super::ImageView;
 use crate::dataset::Origin;
 use crate::gui::model_picker::{self, ModelPicker, Purpose};
 use crate::gui::shared::PanelCtx;
+use crate::gui::worker::{Polled, Worker};
 use crate::infer::Detection;
 
 /// What the model-assist thread answers.
@@ -41,7 +41,7 @@ impl ImageView {
             cx.settings.assist_bundle = self.model_path.trim().to_owned();
         }
         drop(picker);
-        let running = self.assist_rx.is_some();
+        let running = self.assist.is_some();
         if ui
             .add_enabled(!running, egui::Button::new("Propose masks"))
             .clicked()
@@ -73,54 +73,46 @@ impl ImageView {
         cx.settings.assist_bundle = path.to_owned();
         let rgb = Arc::clone(&data.rgb);
         let device = cx.settings.device.as_str().to_owned();
-        let score = f64::from(cx.settings.score_threshold);
-        let (tx, rx) = bounded(1);
-        let ctx = ctx.clone();
-        let spawned = std::thread::Builder::new()
-            .name("model-assist".to_owned())
-            .spawn(move || {
-                let run = || -> anyhow::Result<Vec<Detection>> {
-                    let choice = device
-                        .parse::<crate::runtime::DeviceChoice>()
-                        .map_err(anyhow::Error::msg)?;
-                    let device = crate::runtime::device(choice)?;
-                    let predictor = crate::infer::Predictor::load(&bundle, device, Some(score))?;
-                    predictor.predict(&rgb)
-                };
-                let event = match run() {
-                    Ok(d) => AssistEvent::Done(d),
-                    Err(e) => AssistEvent::Failed(format!("{}: {e:#}", bundle.display())),
-                };
-                tx.send(event).ok();
-                ctx.request_repaint();
-            });
+        let score = cx.settings.score_threshold;
+        let spawned = Worker::once("model-assist", ctx, move || {
+            let run = || -> anyhow::Result<Vec<Detection>> {
+                let choice = device
+                    .parse::<crate::runtime::DeviceChoice>()
+                    .map_err(anyhow::Error::msg)?;
+                let device = crate::runtime::device(choice)?;
+                let predictor = crate::infer::Predictor::load_for_threshold(&bundle, device)?;
+                predictor.predict_above(&rgb, score)
+            };
+            match run() {
+                Ok(d) => AssistEvent::Done(d),
+                Err(e) => AssistEvent::Failed(format!("{}: {e:#}", bundle.display())),
+            }
+        });
         match spawned {
-            Ok(_) => self.assist_rx = Some(rx),
+            Ok(worker) => self.assist = Some(worker),
             Err(e) => cx.notices.error(format!("cannot start model assist: {e}")),
         }
     }
 
     pub(super) fn poll_assist(&mut self, cx: &mut PanelCtx<'_>) {
-        let Some(rx) = &self.assist_rx else {
+        let Some(polled) = self.assist.as_mut().and_then(Worker::try_next) else {
             return;
         };
-        match rx.try_recv() {
-            Ok(AssistEvent::Done(detections)) => {
+        self.assist = None;
+        match polled {
+            Polled::Event(AssistEvent::Done(detections)) => {
                 cx.notices
                     .info(format!("model proposed {} masks", detections.len()));
                 self.set_proposals(detections);
-                self.assist_rx = None;
             }
-            Ok(AssistEvent::Failed(e)) => {
+            Polled::Event(AssistEvent::Failed(e)) => {
                 cx.notices.error(format!("propose masks: {e}"));
-                self.assist_rx = None;
             }
-            Err(crossbeam_channel::TryRecvError::Empty) => {}
-            Err(crossbeam_channel::TryRecvError::Disconnected) => {
-                // It ended without an answer: it panicked (the log has why).
+            Polled::Died(why) => {
+                // It ended without an answer: it panicked.
+                log::error!("propose masks: {why}");
                 cx.notices
                     .error("propose masks: the model-assist thread stopped unexpectedly");
-                self.assist_rx = None;
             }
         }
     }

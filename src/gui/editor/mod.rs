@@ -30,7 +30,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, bounded};
 use eframe::egui;
 use egui::{Pos2, TextureHandle, Vec2};
 
@@ -39,6 +38,7 @@ use crate::dataset::maskops::Rect;
 use crate::dataset::store::{ClassProgress, ImageMeta, InstanceRow, Project, ReviewStatus};
 use crate::dataset::{ExportClass, Mask};
 use crate::gui::shared::PanelCtx;
+use crate::gui::worker::{Polled, Worker};
 use crate::infer::Detection;
 
 /// What the view asks its host (the Review tab) to do after a frame.
@@ -146,7 +146,8 @@ struct StrokeState {
 pub struct ImageView {
     root: PathBuf,
     image_id: i64,
-    load_rx: Option<Receiver<Result<Box<Loaded>, String>>>,
+    /// The `image-view-loader` worker until the image (or its error) arrives.
+    loader: Option<Worker<Result<Box<Loaded>, String>>>,
     data: Option<Box<Loaded>>,
     error: Option<String>,
     tool: Tool,
@@ -172,7 +173,8 @@ pub struct ImageView {
     model_path: String,
     /// Whether `model_path` was filled from `Settings::assist_bundle` (once per view).
     model_path_from_settings: bool,
-    assist_rx: Option<Receiver<assist::AssistEvent>>,
+    /// The `model-assist` worker while proposals are being computed.
+    assist: Option<Worker<assist::AssistEvent>>,
     proposals: Vec<(Detection, Vec<Vec<[f64; 2]>>)>,
     class_filter: Option<i64>,
     /// The store writer (its drop waits for the queued edits).
@@ -276,19 +278,16 @@ impl ImageView {
     /// returns at once; the view shows a spinner until the image arrives.
     pub fn open(project_root: &Path, image_id: i64) -> anyhow::Result<Self> {
         let writer = EditWriter::spawn(project_root, image_id)?;
-        let (tx, rx) = bounded(1);
         let root = project_root.to_path_buf();
         let thread_root = root.clone();
-        std::thread::Builder::new()
-            .name("image-view-loader".to_owned())
-            .spawn(move || {
-                let result = load(&thread_root, image_id).map_err(|e| format!("{e:#}"));
-                tx.send(result).ok(); // view gone = nothing to do
-            })?;
+        // No window context yet: the view polls the loader in `ui` every frame.
+        let loader = Worker::once("image-view-loader", &egui::Context::default(), move || {
+            load(&thread_root, image_id).map_err(|e| format!("{e:#}"))
+        })?;
         Ok(Self {
             root,
             image_id,
-            load_rx: Some(rx),
+            loader: Some(loader),
             data: None,
             error: None,
             tool: Tool::Select,
@@ -309,7 +308,7 @@ impl ImageView {
             deferred: Rect::EMPTY,
             model_path: String::new(),
             model_path_from_settings: false,
-            assist_rx: None,
+            assist: None,
             proposals: Vec::new(),
             class_filter: None,
             writer,
@@ -344,11 +343,14 @@ impl ImageView {
 
     /// Blocks until the loader reports (tests, benchmarks; the GUI polls in [`Self::ui`]).
     pub fn wait_until_loaded(&mut self, timeout: Duration) -> anyhow::Result<()> {
-        if let Some(rx) = self.load_rx.take() {
-            match rx.recv_timeout(timeout) {
-                Ok(Ok(data)) => self.data = Some(data),
-                Ok(Err(e)) => self.error = Some(e),
-                Err(e) => anyhow::bail!("image {} did not load: {e}", self.image_id),
+        if let Some(mut loader) = self.loader.take() {
+            match loader.recv_timeout(timeout) {
+                Some(Polled::Event(Ok(data))) => self.data = Some(data),
+                Some(Polled::Event(Err(e))) => self.error = Some(e),
+                Some(Polled::Died(why)) => {
+                    anyhow::bail!("image {} did not load: {why}", self.image_id)
+                }
+                None => anyhow::bail!("image {} did not load in {timeout:?}", self.image_id),
             }
         }
         match &self.error {
@@ -458,7 +460,7 @@ impl ImageView {
 
     /// Whether "Propose masks" is running.
     pub fn is_proposing(&self) -> bool {
-        self.assist_rx.is_some()
+        self.assist.is_some()
     }
 
     /// Edits queued for the store writer and not answered yet.
@@ -474,21 +476,19 @@ impl ImageView {
 
     /// Draws the view and handles input; returns what the host should do.
     pub fn ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelCtx<'_>) -> ImageViewAction {
-        if let Some(rx) = &self.load_rx {
-            match rx.try_recv() {
-                Ok(Ok(data)) => {
-                    self.data = Some(data);
-                    self.load_rx = None;
-                }
-                Ok(Err(e)) => {
+        if let Some(loader) = &mut self.loader
+            && let Some(polled) = loader.try_next()
+        {
+            self.loader = None;
+            match polled {
+                Polled::Event(Ok(data)) => self.data = Some(data),
+                Polled::Event(Err(e)) => {
                     cx.notices.error(format!("image {}: {e}", self.image_id));
                     self.error = Some(e);
-                    self.load_rx = None;
                 }
-                Err(crossbeam_channel::TryRecvError::Empty) => {}
-                Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                Polled::Died(why) => {
+                    log::error!("image {}: {why}", self.image_id);
                     self.error = Some("the image loader stopped".to_owned());
-                    self.load_rx = None;
                 }
             }
         }

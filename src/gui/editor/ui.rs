@@ -10,6 +10,7 @@ use super::{ImageView, ImageViewAction, NO_CLASS, NOTHING_TO_ERASE, Tool};
 use crate::dataset::Mask;
 use crate::dataset::maskops::Rect;
 use crate::dataset::store::ReviewStatus;
+use crate::gui::progress::{Progress, progress_bar};
 use crate::gui::shared::PanelCtx;
 
 impl ImageView {
@@ -222,15 +223,12 @@ impl ImageView {
             .iter()
             .filter(|p| present.contains(&p.class_id) || data.progress.len() <= 8)
         {
-            let fraction = if p.images == 0 {
-                0.0
-            } else {
-                p.reviewed as f32 / p.images as f32
-            };
-            ui.add(egui::ProgressBar::new(fraction).text(format!(
+            let text = format!(
                 "{}: {}/{} images reviewed, {} edited",
                 p.name, p.reviewed, p.images, p.edited
-            )));
+            );
+            let (done, total) = (p.reviewed, p.images);
+            progress_bar(ui, Progress::Count { done, total }, Some(text), None);
         }
         ui.separator();
         let a = &data.meta.attribution;

@@ -11,11 +11,13 @@
 //! closing the project loses nothing.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use eframe::egui;
+
+use crate::gui::worker::{Polled, Worker, WorkerTx};
 
 use crate::dataset::store::{ClassProgress, ImageMeta, InstanceRow, Project, ReviewStatus};
 use crate::dataset::{Mask, Origin};
@@ -235,11 +237,8 @@ pub enum SubmitError {
 pub struct EditWriter {
     image_id: i64,
     tx: Option<Sender<Request>>,
-    rx: Receiver<EditReply>,
-    /// Disconnected when the thread ends.
-    done: Receiver<()>,
-    /// The panic message, written before `done` disconnects.
-    panic: Arc<Mutex<Option<String>>>,
+    /// The thread and its answers (it never sends a terminal event: it ends when `tx` goes).
+    worker: Worker<EditReply>,
     /// Whether [`Self::take_stop`] reported the end.
     stop_taken: bool,
     next_seq: u64,
@@ -260,29 +259,23 @@ impl EditWriter {
     /// its own [`Project`] handle (WAL, busy timeout) and waits for commands.
     pub fn spawn(root: &Path, image_id: i64) -> std::io::Result<Self> {
         let (tx, requests) = bounded::<Request>(MAX_PENDING);
-        let (replies, rx) = bounded::<EditReply>(MAX_PENDING);
-        let (done_tx, done) = bounded::<()>(1);
         let root = root.to_path_buf();
-        let panic = Arc::new(Mutex::new(None));
-        let slot = panic.clone();
-        std::thread::Builder::new()
-            .name("edit-writer".to_owned())
-            .spawn(move || {
-                let _done = done_tx; // dropped when the thread ends: the flush sees it
-                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    run(&root, image_id, &requests, &replies);
-                }));
-                if let Err(p) = ran {
-                    *slot.lock().unwrap_or_else(PoisonError::into_inner) =
-                        Some(crate::gui::worker::panic_text(&*p));
-                }
-            })?;
+        // Each request carries the context to wake ([`Self::submit`]), so the worker's own is a
+        // stand-in.
+        let ctx = egui::Context::default();
+        let worker = Worker::spawn(
+            "edit-writer",
+            &ctx,
+            MAX_PENDING,
+            |_| false,
+            move |replies| {
+                run(&root, image_id, &requests, &replies);
+            },
+        )?;
         Ok(Self {
             image_id,
             tx: Some(tx),
-            rx,
-            done,
-            panic,
+            worker,
             stop_taken: false,
             next_seq: 0,
             pending: 0,
@@ -322,7 +315,9 @@ impl EditWriter {
 
     /// The next answer, if one is ready (never blocks).
     pub fn try_recv(&mut self) -> Option<EditReply> {
-        let reply = self.rx.try_recv().ok()?;
+        let Polled::Event(reply) = self.worker.try_next()? else {
+            return None; // the end: `take_stop` reports it
+        };
         self.pending = self.pending.saturating_sub(1);
         Some(reply)
     }
@@ -334,10 +329,7 @@ impl EditWriter {
 
     /// Whether the writer thread ended (it only ends early by panicking).
     pub fn is_stopped(&self) -> bool {
-        matches!(
-            self.done.try_recv(),
-            Err(crossbeam_channel::TryRecvError::Disconnected)
-        )
+        self.worker.threads_ended()
     }
 
     /// Once, after the writer thread ended: why (its panic message) and how many submitted
@@ -345,22 +337,14 @@ impl EditWriter {
     /// stops waiting for them. Answers sent before the end stay readable with
     /// [`Self::try_recv`] and are not counted as lost.
     pub fn take_stop(&mut self) -> Option<(String, usize)> {
-        if self.stop_taken || !self.is_stopped() {
+        if self.stop_taken {
             return None;
         }
+        let why = self.worker.ended()?;
         self.stop_taken = true;
-        let answered = self.rx.len();
+        let answered = self.worker.queued();
         let lost = self.pending.saturating_sub(answered);
         self.pending = answered;
-        let panic = self
-            .panic
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        let why = match panic {
-            Some(text) => format!("the edit-writer thread panicked: {text}"),
-            None => "the edit-writer thread stopped".to_owned(),
-        };
         Some((why, lost))
     }
 
@@ -371,12 +355,12 @@ impl EditWriter {
         let mut out = Vec::new();
         while self.pending > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(reply) => {
+            match self.worker.recv_timeout(left) {
+                Some(Polled::Event(reply)) => {
                     self.pending -= 1;
                     out.push(reply);
                 }
-                Err(_) => break,
+                Some(Polled::Died(_)) | None => break,
             }
         }
         out
@@ -390,14 +374,18 @@ impl Drop for EditWriter {
         self.tx = None;
         let deadline = Instant::now() + FLUSH_TIMEOUT;
         loop {
-            crossbeam_channel::select! {
-                recv(self.rx) -> reply => {
-                    if let Ok(EditReply { subject, outcome: Err(e), .. }) = reply {
-                        log::error!("{subject}: {e}");
-                    }
-                }
-                recv(self.done) -> _ => break,
-                default(deadline.saturating_duration_since(Instant::now())) => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.worker.recv_timeout(left) {
+                Some(Polled::Event(EditReply {
+                    subject,
+                    outcome: Err(e),
+                    ..
+                })) => log::error!("{subject}: {e}"),
+                Some(Polled::Event(_)) => {}
+                // The thread ended (now, or earlier and already seen by `try_recv`).
+                Some(Polled::Died(_)) => break,
+                None if !self.worker.running() => break,
+                None => {
                     log::warn!(
                         "image {}: edits still being saved after {FLUSH_TIMEOUT:?}; they finish in the background",
                         self.image_id
@@ -410,7 +398,7 @@ impl Drop for EditWriter {
 }
 
 /// The thread: apply each command in one transaction, answer in order.
-fn run(root: &Path, image_id: i64, requests: &Receiver<Request>, replies: &Sender<EditReply>) {
+fn run(root: &Path, image_id: i64, requests: &Receiver<Request>, replies: &WorkerTx<EditReply>) {
     let mut project = Project::open(root).map_err(|e| format!("{}: {e}", root.display()));
     let mut view_gone = false;
     while let Ok(request) = requests.recv() {
@@ -442,7 +430,7 @@ fn run(root: &Path, image_id: i64, requests: &Receiver<Request>, replies: &Sende
             summary,
             snapshot,
         };
-        if replies.send(reply).is_err() {
+        if !replies.send(reply) {
             view_gone = true;
         }
         if let Some(ctx) = request.wake {
