@@ -1,21 +1,18 @@
-//! Just enough ZIP (with ZIP64) to pull single entries out of a mask shard through range reads:
-//! the end-of-central-directory records, the central directory, and local entries
-//! (stored or deflated, CRC-32 checked).
+//! Pulling single entries out of a mask shard through range reads: the I/O around
+//! [`crate::zip`] (which parses the end records, the central directory and local entries),
+//! with the size limits of a mask shard.
 
 use std::collections::HashMap;
 use std::io::{Read as _, Seek as _, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use crate::zip::{EndRecord, ZIP64_EOCD_BYTES, ZipError};
+
 use super::Error;
 
-const EOCD_SIG: u32 = 0x0605_4b50;
-const ZIP64_LOCATOR_SIG: u32 = 0x0706_4b50;
-const ZIP64_EOCD_SIG: u32 = 0x0606_4b50;
-const CENTRAL_SIG: u32 = 0x0201_4b50;
-const LOCAL_SIG: u32 = 0x0403_4b50;
-/// Bytes read from the end of an archive to find the EOCD (comment ≤ 64 KiB) and its locator.
-pub const TAIL_BYTES: u64 = 65_536 + 22 + 20;
+pub use crate::zip::{DirLocation, Entry, TAIL_BYTES};
+
 /// The first, small tail read (enough when the archive has no comment).
 const SMALL_TAIL_BYTES: u64 = 1_024;
 /// Largest entry (compressed or uncompressed) that is read or inflated. A mask PNG is small: a
@@ -27,11 +24,6 @@ pub const MAX_ENTRY_BYTES: u64 = 64 << 20;
 /// entries of about 100 bytes) has a directory of about 25 MB; five times that is still a
 /// mask shard, more is not.
 pub const MAX_CENTRAL_DIR_BYTES: u64 = 128 << 20;
-/// Size of a central header without its variable fields (so a directory of `n` bytes holds at
-/// most `n / 46` entries, whatever the end record claims).
-const CENTRAL_HEADER_BYTES: u64 = 46;
-/// Size of a local header without its variable fields.
-const LOCAL_HEADER_BYTES: u64 = 30;
 
 /// Random access to an archive's bytes (an HTTP object via Range, or a local file).
 pub trait RangeSource {
@@ -109,38 +101,6 @@ impl RangeSource for Vec<u8> {
     }
 }
 
-/// Where the central directory is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct DirLocation {
-    /// Offset of the first central header.
-    pub offset: u64,
-    /// Size of the central directory in bytes.
-    pub size: u64,
-    /// Number of entries.
-    pub entries: u64,
-    /// Whether the ZIP64 records were used.
-    pub zip64: bool,
-}
-
-/// One central-directory entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    /// Entry name (flat mask file name in Open Images shards).
-    pub name: String,
-    /// CRC-32 of the uncompressed data.
-    pub crc32: u32,
-    /// Compressed size.
-    pub compressed_size: u64,
-    /// Uncompressed size.
-    pub size: u64,
-    /// Offset of the local header.
-    pub header_offset: u64,
-    /// Compression method (0 stored, 8 deflate).
-    pub method: u16,
-    /// General-purpose flags.
-    pub flags: u16,
-}
-
 /// A parsed central directory with each entry's byte span in the archive.
 #[derive(Debug, Clone)]
 pub struct CentralDirectory {
@@ -162,21 +122,18 @@ fn zerr(name: &str, message: impl Into<String>) -> Error {
     }
 }
 
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
+/// A [`ZipError`] of the archive `name`, about the whole archive.
+fn archive_err(name: &str) -> impl Fn(ZipError) -> Error + '_ {
+    move |e| zerr(name, e.message)
 }
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
+
+/// A [`ZipError`] of the archive `name`, about one of its entries.
+fn entry_err<'a>(name: &'a str, entry: &'a Entry) -> impl Fn(ZipError) -> Error + 'a {
+    move |e| zerr(name, format!("{}: {}", entry.name, e.message))
 }
 
 /// Finds the central directory: reads the tail (EOCD and ZIP64 locator), and the ZIP64 EOCD
-/// record when the locator points outside the tail. Returns the location and the tail reads'
-/// byte count.
+/// record when the locator points outside the tail.
 pub fn locate(src: &dyn RangeSource) -> Result<DirLocation, Error> {
     let name = src.name();
     let total = src.len();
@@ -188,190 +145,40 @@ pub fn locate(src: &dyn RangeSource) -> Result<DirLocation, Error> {
     }
     // A small tail first (EOCD + locator + ZIP64 record when there is no comment), the full
     // 64 KiB comment window only if that does not hold the EOCD.
-    let find = |tail: &[u8]| {
-        (0..=tail.len().saturating_sub(22)).rev().find(|&pos| {
-            u32_at(tail, pos) == EOCD_SIG
-                && pos + 22 + u16_at(tail, pos + 20) as usize == tail.len()
-        })
+    let find = |tail_start: u64| -> Result<Option<EndRecord>, Error> {
+        let tail = src.read_at(tail_start, total - tail_start)?;
+        crate::zip::find_end(&tail, tail_start, total).map_err(archive_err(&name))
     };
-    let mut tail_start = total.saturating_sub(SMALL_TAIL_BYTES);
-    let mut tail = src.read_at(tail_start, total - tail_start)?;
-    let mut eocd = find(&tail);
-    if eocd.is_none() && tail_start > 0 {
-        tail_start = total.saturating_sub(TAIL_BYTES);
-        tail = src.read_at(tail_start, total - tail_start)?;
-        eocd = find(&tail);
+    let small_start = total.saturating_sub(SMALL_TAIL_BYTES);
+    let mut end = find(small_start)?;
+    if end.is_none() && small_start > 0 {
+        end = find(total.saturating_sub(TAIL_BYTES))?;
     }
-    let pos = eocd.ok_or_else(|| zerr(&name, "no end-of-central-directory record"))?;
-    let entries16 = u16_at(&tail, pos + 10);
-    let size32 = u32_at(&tail, pos + 12);
-    let offset32 = u32_at(&tail, pos + 16);
-    let has_locator = pos >= 20 && u32_at(&tail, pos - 20) == ZIP64_LOCATOR_SIG;
-    if !has_locator {
-        if entries16 == 0xFFFF || size32 == 0xFFFF_FFFF || offset32 == 0xFFFF_FFFF {
-            return Err(zerr(&name, "EOCD says ZIP64 but there is no ZIP64 locator"));
+    match end {
+        None => Err(zerr(&name, "no end-of-central-directory record")),
+        Some(EndRecord::Located(location)) => Ok(location),
+        Some(EndRecord::Zip64At(at)) => {
+            let record = src.read_at(at, ZIP64_EOCD_BYTES)?;
+            crate::zip::parse_zip64_end(&record, at).map_err(archive_err(&name))
         }
-        return Ok(DirLocation {
-            offset: u64::from(offset32),
-            size: u64::from(size32),
-            entries: u64::from(entries16),
-            zip64: false,
-        });
     }
-    let record_at = u64_at(&tail, pos - 20 + 8);
-    let tail_end = tail_start.saturating_add(tail.len() as u64);
-    let in_tail =
-        record_at >= tail_start && record_at.checked_add(56).is_some_and(|e| e <= tail_end);
-    let record = if in_tail {
-        let s = usize::try_from(record_at - tail_start).unwrap_or(usize::MAX);
-        tail.get(s..s.saturating_add(56))
-            .unwrap_or_default()
-            .to_vec()
-    } else if record_at.checked_add(56).is_some_and(|e| e <= total) {
-        src.read_at(record_at, 56)?
-    } else {
-        return Err(zerr(
-            &name,
-            format!("ZIP64 end record offset {record_at} lies past the end ({total} bytes)"),
-        ));
-    };
-    if record.len() < 56 || u32_at(&record, 0) != ZIP64_EOCD_SIG {
-        return Err(zerr(
-            &name,
-            format!("no ZIP64 end-of-central-directory record at {record_at}"),
-        ));
-    }
-    Ok(DirLocation {
-        entries: u64_at(&record, 32),
-        size: u64_at(&record, 40),
-        offset: u64_at(&record, 48),
-        zip64: true,
-    })
 }
 
 impl CentralDirectory {
     /// Reads and parses the central directory; also returns its raw bytes (to cache).
     pub fn read(src: &dyn RangeSource) -> Result<(Self, Vec<u8>), Error> {
         let location = locate(src)?;
-        if location
-            .offset
-            .checked_add(location.size)
-            .is_none_or(|end| end > src.len())
-        {
-            return Err(zerr(
-                &src.name(),
-                format!(
-                    "central directory ({} bytes at {}) lies beyond the end of the file ({} bytes)",
-                    location.size,
-                    location.offset,
-                    src.len()
-                ),
-            ));
-        }
-        if location.size > MAX_CENTRAL_DIR_BYTES {
-            return Err(zerr(
-                &src.name(),
-                format!(
-                    "central directory of {} bytes is over the {} MiB limit for a mask shard",
-                    location.size,
-                    MAX_CENTRAL_DIR_BYTES >> 20
-                ),
-            ));
-        }
-        let raw = src.read_at(location.offset, location.size)?;
+        let range = location
+            .range(src.len(), MAX_CENTRAL_DIR_BYTES)
+            .map_err(archive_err(&src.name()))?;
+        let raw = src.read_at(range.start, range.end - range.start)?;
         let dir = Self::parse(&raw, location, &src.name())?;
         Ok((dir, raw))
     }
 
     /// Parses raw central-directory bytes.
     pub fn parse(raw: &[u8], location: DirLocation, name: &str) -> Result<Self, Error> {
-        if raw.len() as u64 != location.size {
-            return Err(zerr(
-                name,
-                format!(
-                    "central directory is {} bytes, expected {}",
-                    raw.len(),
-                    location.size
-                ),
-            ));
-        }
-        // The count is only a claim: a directory of n bytes holds at most n / 46 entries.
-        let most = location.size / CENTRAL_HEADER_BYTES;
-        if location.entries > most {
-            return Err(zerr(
-                name,
-                format!(
-                    "end record claims {} entries; a {}-byte directory holds at most {most}",
-                    location.entries, location.size
-                ),
-            ));
-        }
-        let mut entries = Vec::with_capacity(usize::try_from(location.entries).unwrap_or(0));
-        let mut at = 0usize;
-        while at + 46 <= raw.len() {
-            if u32_at(raw, at) != CENTRAL_SIG {
-                return Err(zerr(name, format!("bad central header signature at +{at}")));
-            }
-            let flags = u16_at(raw, at + 8);
-            let method = u16_at(raw, at + 10);
-            let crc32 = u32_at(raw, at + 16);
-            let mut compressed_size = u64::from(u32_at(raw, at + 20));
-            let mut size = u64::from(u32_at(raw, at + 24));
-            let name_len = u16_at(raw, at + 28) as usize;
-            let extra_len = u16_at(raw, at + 30) as usize;
-            let comment_len = u16_at(raw, at + 32) as usize;
-            let mut header_offset = u64::from(u32_at(raw, at + 42));
-            let end = at + 46 + name_len + extra_len + comment_len;
-            if end > raw.len() {
-                return Err(zerr(
-                    name,
-                    format!("central header at +{at} runs past the directory"),
-                ));
-            }
-            let entry_name =
-                String::from_utf8_lossy(&raw[at + 46..at + 46 + name_len]).into_owned();
-            // ZIP64 extended information: only the fields whose 32-bit value is saturated.
-            let extra = &raw[at + 46 + name_len..at + 46 + name_len + extra_len];
-            let mut e = 0usize;
-            while e + 4 <= extra.len() {
-                let id = u16_at(extra, e);
-                let len = u16_at(extra, e + 2) as usize;
-                let body = &extra[e + 4..(e + 4 + len).min(extra.len())];
-                if id == 0x0001 {
-                    let mut f = 0usize;
-                    let mut take = |v: &mut u64| {
-                        if *v == 0xFFFF_FFFF && f + 8 <= body.len() {
-                            *v = u64_at(body, f);
-                            f += 8;
-                        }
-                    };
-                    take(&mut size);
-                    take(&mut compressed_size);
-                    take(&mut header_offset);
-                }
-                e += 4 + len;
-            }
-            entries.push(Entry {
-                name: entry_name,
-                crc32,
-                compressed_size,
-                size,
-                header_offset,
-                method,
-                flags,
-            });
-            at = end;
-        }
-        if entries.len() as u64 != location.entries {
-            return Err(zerr(
-                name,
-                format!(
-                    "central directory has {} entries, EOCD says {}",
-                    entries.len(),
-                    location.entries
-                ),
-            ));
-        }
+        let entries = crate::zip::parse_directory(raw, location).map_err(archive_err(name))?;
         let by_name = entries
             .iter()
             .enumerate()
@@ -399,12 +206,12 @@ impl CentralDirectory {
     /// central directory; all offset arithmetic is checked.
     pub fn span(&self, entry: &Entry) -> Result<(u64, u64), Error> {
         let err = |m: String| zerr(&self.archive, format!("{}: {m}", entry.name));
-        check_sizes(entry).map_err(err)?;
+        crate::zip::check_sizes(entry, MAX_ENTRY_BYTES).map_err(entry_err(&self.archive, entry))?;
         let start = entry.header_offset;
         let data_limit = self.location.offset;
         // The smallest record: local header, the name again, the data.
         let min = start
-            .checked_add(LOCAL_HEADER_BYTES)
+            .checked_add(crate::zip::LOCAL_HEADER_BYTES)
             .and_then(|v| v.checked_add(entry.name.len() as u64))
             .and_then(|v| v.checked_add(entry.compressed_size))
             .filter(|&end| end <= data_limit)
@@ -426,22 +233,6 @@ impl CentralDirectory {
     }
 }
 
-/// An entry's declared sizes against [`MAX_ENTRY_BYTES`].
-fn check_sizes(entry: &Entry) -> Result<(), String> {
-    for (what, v) in [
-        ("uncompressed", entry.size),
-        ("compressed", entry.compressed_size),
-    ] {
-        if v > MAX_ENTRY_BYTES {
-            return Err(format!(
-                "{what} size {v} is over the {} MiB limit for a mask entry",
-                MAX_ENTRY_BYTES >> 20
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// Reads and decodes one entry (its record by one read, then [`extract`]).
 pub fn read_entry(
     src: &dyn RangeSource,
@@ -453,64 +244,13 @@ pub fn read_entry(
     extract(&record, entry, &src.name())
 }
 
-/// Decodes one entry from its record bytes (starting at the local header); checks the CRC.
+/// Decodes one entry from its record bytes (starting at the local header); checks the sizes
+/// against [`MAX_ENTRY_BYTES`], and the CRC.
 pub fn extract(record: &[u8], entry: &Entry, archive: &str) -> Result<Vec<u8>, Error> {
-    let err = |m: String| zerr(archive, format!("{}: {m}", entry.name));
-    check_sizes(entry).map_err(err)?;
-    if record.len() < 30 || u32_at(record, 0) != LOCAL_SIG {
-        return Err(err("no local header at the directory's offset".into()));
-    }
-    if entry.flags & 1 != 0 {
-        return Err(err("entry is encrypted".into()));
-    }
-    let data_at = 30 + usize::from(u16_at(record, 26)) + usize::from(u16_at(record, 28));
-    // Both terms are bounded (64 KiB·2 + 30, MAX_ENTRY_BYTES), so this cannot overflow.
-    let data_end = data_at as u64 + entry.compressed_size;
-    let Some(data) = usize::try_from(data_end)
-        .ok()
-        .and_then(|end| record.get(data_at..end))
-    else {
-        return Err(err(format!(
-            "record is {} bytes, data needs {data_end}",
-            record.len()
-        )));
-    };
-    let out = match entry.method {
-        0 if entry.compressed_size != entry.size => {
-            return Err(err(format!(
-                "stored entry with {} compressed and {} uncompressed bytes",
-                entry.compressed_size, entry.size
-            )));
-        }
-        0 => data.to_vec(),
-        8 => {
-            // Bounded twice: the declared size is at most MAX_ENTRY_BYTES, and the inflater
-            // stops one byte past it (so a stream longer than declared is caught, not read).
-            // Reserve for a typical mask only; a lying size must not become a big buffer.
-            let mut out = Vec::with_capacity(usize::try_from(entry.size.min(1 << 20)).unwrap_or(0));
-            flate2::read::DeflateDecoder::new(data)
-                .take(entry.size + 1)
-                .read_to_end(&mut out)
-                .map_err(|e| err(format!("inflate: {e}")))?;
-            out
-        }
-        m => return Err(err(format!("unsupported compression method {m}"))),
-    };
-    if out.len() as u64 != entry.size {
-        return Err(err(format!(
-            "inflated to {} bytes, directory says {}",
-            out.len(),
-            entry.size
-        )));
-    }
-    let crc = crc32fast::hash(&out);
-    if crc != entry.crc32 {
-        return Err(err(format!(
-            "CRC-32 {crc:08x} does not match {:08x}",
-            entry.crc32
-        )));
-    }
-    Ok(out)
+    let err = entry_err(archive, entry);
+    crate::zip::check_sizes(entry, MAX_ENTRY_BYTES).map_err(&err)?;
+    let data = crate::zip::data_range(record, entry).map_err(&err)?;
+    crate::zip::decode(&record[data], entry).map_err(&err)
 }
 
 /// Groups entry spans into few requests: spans closer than `gap` bytes are merged while the

@@ -36,9 +36,9 @@
 //! Tensors always come back on the CPU, contiguous, with the dtype stored in the file.
 //!
 //! Files: `pickle` (the restricted unpickler) with `value` (the object graph it builds) and
-//! `pickle::globals` (the allow-list and what it builds); `zipfile` and `legacy` (the two `torch.save`
-//! containers); `materialize` (object graph + storages → named tensors); `safetensors` (strict
-//! reader and writer).
+//! `pickle::globals` (the allow-list and what it builds); `zipfile` (read through `crate::zip`)
+//! and `legacy` (the two `torch.save` containers); `materialize` (object graph + storages →
+//! named tensors); `safetensors` (strict reader and writer).
 
 #[cfg(test)]
 mod fixtures;

@@ -6,148 +6,52 @@ use std::collections::HashMap;
 use super::materialize::{Loaded, StorageData};
 use super::pickle::unpickle;
 use super::{CheckpointErrorKind, Kindr, malformed, truncated};
+use crate::zip::{self, ZipError, ZipErrorKind};
 
-fn rd_u16(b: &[u8], at: usize) -> Kindr<u16> {
-    match at.checked_add(2).and_then(|end| b.get(at..end)) {
-        Some(s) => Ok(u16::from_le_bytes([s[0], s[1]])),
-        None => truncated("zip structure extends past the end of the file"),
-    }
-}
-
-fn rd_u32(b: &[u8], at: usize) -> Kindr<u32> {
-    match at.checked_add(4).and_then(|end| b.get(at..end)) {
-        Some(s) => Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]])),
-        None => truncated("zip structure extends past the end of the file"),
-    }
-}
-
-fn rd_u64(b: &[u8], at: usize) -> Kindr<u64> {
-    match at.checked_add(8).and_then(|end| b.get(at..end)) {
-        Some(s) => {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(s);
-            Ok(u64::from_le_bytes(a))
+/// A [`ZipError`] as a checkpoint error of the same kind, `context` first.
+fn zip_err(context: &str) -> impl Fn(ZipError) -> CheckpointErrorKind + '_ {
+    move |e| {
+        let message = format!("{context}: {}", e.message);
+        match e.kind {
+            ZipErrorKind::Truncated => CheckpointErrorKind::Truncated(message),
+            ZipErrorKind::Invalid => CheckpointErrorKind::Malformed(message),
         }
-        None => truncated("zip structure extends past the end of the file"),
     }
 }
 
-fn to_usize(v: u64) -> Kindr<usize> {
-    usize::try_from(v).map_err(|_| CheckpointErrorKind::Malformed("zip offset too large".into()))
-}
-
-/// Reads the central directory of a zip archive: name → data bytes. Only STORED entries (as
-/// written by `torch.save`) are accepted; zip64 is supported.
+/// Reads the central directory of a zip archive held in memory (through [`crate::zip`]):
+/// name → data bytes, borrowed from `b`. Only STORED entries (as written by `torch.save`) are
+/// accepted; zip64 is supported.
 fn zip_entries(b: &[u8]) -> Kindr<HashMap<String, &[u8]>> {
-    const EOCD: u32 = 0x0605_4b50;
-    let min_start = b.len().saturating_sub(22 + 65_535);
-    let mut eocd = None;
-    let mut i = b.len().saturating_sub(22);
-    loop {
-        if i < min_start || b.len() < 22 {
-            break;
-        }
-        if rd_u32(b, i)? == EOCD {
-            eocd = Some(i);
-            break;
-        }
-        if i == 0 {
-            break;
-        }
-        i -= 1;
-    }
-    let Some(e) = eocd else {
-        return truncated("zip archive without an end-of-central-directory record");
-    };
-    let mut count = u64::from(rd_u16(b, e + 10)?);
-    let mut cd_size = u64::from(rd_u32(b, e + 12)?);
-    let mut cd_off = u64::from(rd_u32(b, e + 16)?);
-    if (count == 0xffff || cd_size == 0xffff_ffff || cd_off == 0xffff_ffff) && e >= 20 {
-        // Zip64 end-of-central-directory locator just before the EOCD.
-        if rd_u32(b, e - 20)? == 0x0706_4b50 {
-            let z = to_usize(rd_u64(b, e - 20 + 8)?)?;
-            if rd_u32(b, z)? != 0x0606_4b50 {
-                return malformed("bad zip64 end-of-central-directory record");
-            }
-            count = rd_u64(b, z + 32)?;
-            cd_size = rd_u64(b, z + 40)?;
-            cd_off = rd_u64(b, z + 48)?;
-        }
-    }
-    let cd_off = to_usize(cd_off)?;
-    let cd_end = cd_off
-        .checked_add(to_usize(cd_size)?)
-        .filter(|&x| x <= b.len())
+    let location = zip::locate_in(b).map_err(zip_err("zip archive"))?;
+    // The file is in memory already: its own size bounds the directory.
+    let dir = location
+        .range(b.len() as u64, u64::MAX)
+        .map_err(zip_err("zip archive"))?;
+    let raw = usize::try_from(dir.start)
+        .ok()
+        .zip(usize::try_from(dir.end).ok())
+        .and_then(|(s, e)| b.get(s..e))
         .ok_or_else(|| CheckpointErrorKind::Truncated("zip central directory is cut off".into()))?;
     let mut out = HashMap::new();
-    let mut p = cd_off;
-    for _ in 0..count {
-        if p + 46 > cd_end || rd_u32(b, p)? != 0x0201_4b50 {
-            return malformed("bad zip central directory entry");
-        }
-        let flags = rd_u16(b, p + 8)?;
-        let method = rd_u16(b, p + 10)?;
-        let mut csize = u64::from(rd_u32(b, p + 20)?);
-        let mut usize_ = u64::from(rd_u32(b, p + 24)?);
-        let name_len = usize::from(rd_u16(b, p + 28)?);
-        let extra_len = usize::from(rd_u16(b, p + 30)?);
-        let comment_len = usize::from(rd_u16(b, p + 32)?);
-        let mut local = u64::from(rd_u32(b, p + 42)?);
-        let name_bytes = b
-            .get(p + 46..p + 46 + name_len)
-            .ok_or_else(|| CheckpointErrorKind::Truncated("zip entry name cut off".into()))?;
-        let name = String::from_utf8_lossy(name_bytes).into_owned();
-        let extra = b
-            .get(p + 46 + name_len..p + 46 + name_len + extra_len)
-            .ok_or_else(|| CheckpointErrorKind::Truncated("zip extra field cut off".into()))?;
-        // Zip64 extended information: only the fields that are saturated, in this order.
-        let mut q = 0;
-        while q + 4 <= extra.len() {
-            let id = rd_u16(extra, q)?;
-            let len = usize::from(rd_u16(extra, q + 2)?);
-            if id == 0x0001 {
-                let mut f = q + 4;
-                if usize_ == 0xffff_ffff {
-                    usize_ = rd_u64(extra, f)?;
-                    f += 8;
-                }
-                if csize == 0xffff_ffff {
-                    csize = rd_u64(extra, f)?;
-                    f += 8;
-                }
-                if local == 0xffff_ffff {
-                    local = rd_u64(extra, f)?;
-                }
-            }
-            q += 4 + len;
-        }
-        p += 46 + name_len + extra_len + comment_len;
+    for entry in zip::parse_directory(raw, location).map_err(zip_err("zip central directory"))? {
+        let name = &entry.name;
         if name.ends_with('/') {
             continue;
         }
-        if flags & 1 != 0 {
+        if entry.flags & 1 != 0 {
             return malformed(format!("zip entry \"{name}\" is encrypted"));
         }
-        if method != 0 || csize != usize_ {
+        if entry.method != 0 || entry.compressed_size != entry.size {
             return malformed(format!(
-                "zip entry \"{name}\" is compressed (method {method}); PyTorch writes \
-                 uncompressed archives — re-save the file with torch.save"
+                "zip entry \"{name}\" is compressed (method {}); PyTorch writes \
+                 uncompressed archives — re-save the file with torch.save",
+                entry.method
             ));
         }
-        let local = to_usize(local)?;
-        if rd_u32(b, local)? != 0x0403_4b50 {
-            return malformed(format!("zip entry \"{name}\" has a bad local header"));
-        }
-        let lname = usize::from(rd_u16(b, local + 26)?);
-        let lextra = usize::from(rd_u16(b, local + 28)?);
-        let start = local + 30 + lname + lextra;
-        let end = start
-            .checked_add(to_usize(csize)?)
-            .filter(|&x| x <= b.len())
-            .ok_or_else(|| {
-                CheckpointErrorKind::Truncated(format!("zip entry \"{name}\" is cut off"))
-            })?;
-        out.insert(name, &b[start..end]);
+        let data = zip::entry_data(b, location.offset, &entry)
+            .map_err(zip_err(&format!("zip entry \"{name}\"")))?;
+        out.insert(entry.name, data);
     }
     Ok(out)
 }
