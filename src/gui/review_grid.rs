@@ -17,7 +17,7 @@ use crate::dataset::store::{Project, ReviewStatus};
 use super::editor::{ImageView, ImageViewAction};
 use super::shared::PanelCtx;
 use super::thumbs::{Thumb, ThumbCache};
-use super::worker::{Polled, Worker};
+use super::worker::Worker;
 
 /// Side of a gallery cell, in points.
 const CELL: f32 = 136.0;
@@ -33,6 +33,8 @@ const STATUSES: [ReviewStatus; 4] = [
 
 enum Msg {
     Listing(PathBuf, Result<GalleryListing, String>),
+    /// The listing thread died (the text says why).
+    Died(String),
 }
 
 /// The Review panel (gallery + image preview).
@@ -145,20 +147,12 @@ impl ReviewPanel {
     }
 
     fn drain(&mut self, cx: &mut PanelCtx, ctx: &egui::Context) {
-        let polled = self.lister.as_mut().map(Worker::poll).unwrap_or_default();
-        if self.lister.as_ref().is_some_and(|w| !w.running()) {
-            self.lister = None;
-        }
-        for polled in polled {
-            let msg = match polled {
-                Polled::Event(msg) => msg,
-                Polled::Died(why) => {
+        for msg in Worker::drain(&mut self.lister, Msg::Died) {
+            match msg {
+                Msg::Died(why) => {
                     self.loading = false;
                     cx.notices.error(format!("Listing images failed: {why}"));
-                    continue;
                 }
-            };
-            match msg {
                 Msg::Listing(root, result) => {
                     self.loading = false;
                     if self.root.as_deref() != Some(root.as_path()) {
