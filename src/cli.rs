@@ -539,22 +539,23 @@ fn predict(
     out_dir: Option<&Path>,
     inputs: &[PathBuf],
 ) -> anyhow::Result<()> {
-    use crate::infer::export::{CocoResults, output_names, output_path};
+    use crate::infer::export::{ImageFiles, RunWriter, output_names};
     use crate::infer::pipeline::DecodeAhead;
-    use crate::infer::{Predictor, collect_images, overlay};
+    use crate::infer::{Predictor, collect_images};
     let device = crate::runtime::device(device)?;
     let predictor = Predictor::load(bundle, device, score_thresh)?;
     let images = collect_images(inputs)?;
     anyhow::ensure!(!images.is_empty(), "no images found in {inputs:?}");
-    if let Some(dir) = out_dir {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {dir:?}"))?;
-    }
     // Outputs are named by path relative to the inputs' common folder: `a/x.jpg` and
-    // `b/x.jpg` (or `x.jpg` and `x.png`) never overwrite each other.
+    // `b/x.jpg` (or `x.jpg` and `x.png`) never overwrite each other. The Predict tab's export
+    // writes through the same `RunWriter` (it adds mask PNGs).
     let names = output_names(&images);
     let bar = progress_bar(images.len() as u64, "images");
-    let mut results = CocoResults::default();
-    results.add_categories(predictor.labels());
+    let files = ImageFiles {
+        overlays: true,
+        masks: false,
+    };
+    let mut results = RunWriter::new(out_dir, files, predictor.labels())?;
     let mut failures = Vec::new();
     // The next images are decoded and prepared on `predict-decode` while the model runs here;
     // pixels are kept only for overlays.
@@ -575,7 +576,7 @@ fn predict(
                 .with_context(|| format!("{path:?}"))?;
             Ok((d.image, d.size, detections))
         });
-        let (image, (width, height), detections) = match outcome {
+        let (image, size, detections) = match outcome {
             Ok(ok) => ok,
             Err(e) => {
                 bar.suspend(|| eprintln!("skipped: {e:#}"));
@@ -583,24 +584,13 @@ fn predict(
                 continue;
             }
         };
-        results.add(&name.file_name, width, height, &detections);
-        if let (Some(dir), Some(image)) = (out_dir, image) {
-            let png = output_path(dir, &name.stem, ".overlay.png");
-            let mut bytes = Vec::new();
-            let mut over = overlay::draw(&image, &detections);
-            overlay::draw_labels(&mut over, &detections);
-            over.write_to(
-                &mut std::io::Cursor::new(&mut bytes),
-                image::ImageFormat::Png,
-            )?;
-            crate::fsutil::write_atomic(&png, &bytes)?;
-        }
+        results.add(name, size, image.as_ref(), &detections)?;
     }
     bar.finish_and_clear();
-    results.write(out_json)?;
+    let detections = results.finish(out_json)?;
     println!(
         "{} detections in {} images written to {} (images: {}){}",
-        results.len(),
+        detections,
         images.len() - failures.len(),
         out_json.display(),
         crate::infer::export::images_file_for(out_json).display(),

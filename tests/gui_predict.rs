@@ -15,7 +15,7 @@ const HANG_GUARD: Duration = Duration::from_secs(600);
 
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable as _;
-use maskstudio::gui::predict_panel::PredictPanel;
+use maskstudio::gui::predict::PredictPanel;
 use maskstudio::gui::shared::{NoticeLevel, Notices, PanelCtx, Settings, ShellRequest};
 use maskstudio::infer::Predictor;
 use tch::Device;
@@ -591,4 +591,301 @@ fn the_picker_lists_the_projects_runs_loads_the_chosen_one_and_remembers_it_per_
     wait_listed(&mut h);
     assert_eq!(h.state().panel.model_path(), best);
     assert_eq!(h.state().panel.picker().entries().len(), 3);
+}
+
+/// Every file under `dir`, relative to it, sorted.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = walkdir::WalkDir::new(dir)
+        .into_iter()
+        .map(Result::unwrap)
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.path().strip_prefix(dir).unwrap().to_path_buf())
+        .collect();
+    out.sort();
+    out
+}
+
+/// The Predict tab's export and `maskstudio predict` write through one writer
+/// (`infer::export::RunWriter`): on the same images at the same threshold, the COCO files and
+/// the overlays are byte for byte the same, and the tab only adds one mask PNG per detection.
+#[test]
+fn the_tabs_export_writes_what_maskstudio_predict_writes() {
+    use maskstudio::cli::Command;
+    use maskstudio::infer::threshold::SCORE_FLOOR;
+    let _rng = RNG_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = dir.path().join("inputs");
+    // Same file name in two folders: both are named by their relative path.
+    let (a, b) = (inputs.join("a/x.png"), inputs.join("b/x.png"));
+    std::fs::create_dir_all(a.parent().unwrap()).unwrap();
+    std::fs::create_dir_all(b.parent().unwrap()).unwrap();
+    write_blocks(&a, 120, 96);
+    write_blocks(&b, 96, 120);
+    let bundle = random_bundle(dir.path(), &a);
+
+    // The tab at score 0 shows everything the model keeps at the floor.
+    let settings = Settings {
+        score_threshold: 0.0,
+        ..Settings::default()
+    };
+    let mut h = harness(settings);
+    h.run();
+    load_model(&mut h, &bundle);
+    for path in [&a, &b] {
+        h.input_mut()
+            .dropped_files
+            .push(Arc::new(FakeDrop(path.clone())));
+    }
+    wait_for(&mut h, "the prediction", |s| {
+        s.panel.results().len() == 2 && !s.panel.busy()
+    });
+    let gui = dir.path().join("gui");
+    export_to(&mut h, &gui);
+    assert!(
+        h.state()
+            .notices
+            .items
+            .iter()
+            .any(|n| n.text.starts_with("exported")),
+        "the export failed"
+    );
+
+    let cli = dir.path().join("cli");
+    maskstudio::cli::run(Command::Predict {
+        model: bundle.clone(),
+        score_thresh: Some(SCORE_FLOOR),
+        device: maskstudio::runtime::DeviceChoice::Cpu,
+        out_json: cli.join("results.json"),
+        out_dir: Some(cli.clone()),
+        inputs: vec![a.clone(), b.clone()],
+    })
+    .unwrap();
+
+    let cli_files = files_under(&cli);
+    assert_eq!(
+        cli_files,
+        [
+            "a/x.overlay.png",
+            "b/x.overlay.png",
+            "results.images.json",
+            "results.json"
+        ]
+        .map(PathBuf::from)
+    );
+    for f in &cli_files {
+        assert_eq!(
+            std::fs::read(gui.join(f)).unwrap(),
+            std::fs::read(cli.join(f)).unwrap(),
+            "{f:?} differs between the Predict tab's export and maskstudio predict"
+        );
+    }
+    let results: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(cli.join("results.json")).unwrap()).unwrap();
+    assert!(
+        results.len() >= 2,
+        "the random bundle should detect something"
+    );
+    let masks: Vec<PathBuf> = files_under(&gui)
+        .into_iter()
+        .filter(|f| !cli_files.contains(f))
+        .collect();
+    assert_eq!(
+        masks.len(),
+        results.len(),
+        "one mask PNG per detection: {masks:?}"
+    );
+    assert!(masks.iter().all(|m| {
+        let m = m.to_string_lossy();
+        (m.starts_with("a/x_mask") || m.starts_with("b/x_mask")) && m.ends_with(".png")
+    }));
+}
+
+/// A project holding `image` as its one validation image (one "cat" instance) and a run folder
+/// that validates on it, as the Train tab's watch images read them: (project, run, stored path).
+fn watch_project(dir: &Path, image: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    use maskstudio::cancel::CancelToken;
+    use maskstudio::dataset::store::Project;
+    use maskstudio::dataset::{
+        ClassDef, ImportImage, ImportInstance, ImportSet, Mask, Origin, Segmentation,
+    };
+    let mut mask = Mask::new(120, 96);
+    for y in 20..60 {
+        for x in 30..90 {
+            mask.set(x, y, true);
+        }
+    }
+    let set = ImportSet {
+        format: "test".into(),
+        classes: vec![ClassDef {
+            name: "cat".into(),
+            mid: None,
+        }],
+        images: vec![ImportImage {
+            src_path: image.to_path_buf(),
+            file_name: "good.png".into(),
+            width: 0,
+            height: 0,
+            split: Some("validation".into()),
+            source: "test".into(),
+            attribution: Default::default(),
+            instances: vec![ImportInstance {
+                class: "cat".into(),
+                segmentation: Segmentation::Bitmap(mask),
+                iscrowd: false,
+                origin: Origin::Import,
+                provenance: None,
+            }],
+        }],
+    };
+    let project = dir.join("project");
+    let mut store = Project::create_or_open(&project).unwrap();
+    store
+        .import(
+            &set,
+            image.parent().unwrap(),
+            &CancelToken::default(),
+            &mut |_| {},
+        )
+        .unwrap();
+    let stored = store.export_set(None).unwrap().images.remove(0);
+    let run = project.join("runs/20261205-000000");
+    std::fs::create_dir_all(&run).unwrap();
+    let config = serde_json::json!({"split": {"train": [], "val": [stored.id]}});
+    std::fs::write(run.join("config.json"), config.to_string()).unwrap();
+    (project, run, stored.path)
+}
+
+/// A random bundle (cat, dog) whose background logit is raised until some of its detections on
+/// `image` score between 0.01 and 0.045 and others at least 0.05 (torchvision's init scores
+/// every box about the same). The caller holds [`RNG_LOCK`].
+fn low_score_bundle(dir: &Path, image: &Path) -> PathBuf {
+    use maskstudio::model::bundle::{Bundle, ModelSpec};
+    use maskstudio::model::{Backbone, MaskRcnn};
+    use tch::{Tensor, nn};
+    tch::manual_seed(11);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let mut spec = ModelSpec::new(Backbone::MobilenetV2, 3);
+    spec.min_size = Some(96);
+    spec.max_size = Some(128);
+    let _model = MaskRcnn::new(&vs.root(), &spec.resolved().to_config()).unwrap();
+    let var = |suffix: &str| {
+        vs.variables()
+            .into_iter()
+            .find(|(n, _)| n.ends_with(suffix))
+            .map(|(_, t)| t)
+            .unwrap()
+    };
+    let (weight, bias) = (var("cls_score.weight"), var("cls_score.bias"));
+    let base = Tensor::randn(weight.size(), (weight.kind(), Device::Cpu));
+    let bundle = dir.join("bundle");
+    let pixels = maskstudio::infer::read_image(image).unwrap();
+    for background in [2.0, 3.0, 4.0] {
+        for scale in [4.0, 8.0, 16.0] {
+            tch::no_grad(|| {
+                weight.shallow_clone().copy_(&(&base * scale));
+                let mut b = bias.shallow_clone();
+                b.copy_(&Tensor::from_slice(&[background as f32, 0.0, 0.0]));
+            });
+            Bundle::write(&bundle, &spec, &["cat".to_owned(), "dog".to_owned()], &vs).unwrap();
+            let p = Predictor::load(&bundle, Device::Cpu, Some(0.01)).unwrap();
+            let scores: Vec<f32> = p
+                .predict(&pixels)
+                .unwrap()
+                .iter()
+                .map(|d| d.score)
+                .collect();
+            let low = scores.iter().filter(|&&s| s < 0.045).count();
+            let high = scores.iter().filter(|&&s| s >= 0.05).count();
+            eprintln!("background {background}, scale {scale}: {low} low, {high} high scores");
+            if low > 0 && high > 0 {
+                return bundle;
+            }
+        }
+    }
+    panic!("no background logit gave scores on both sides of 0.05");
+}
+
+/// One score-threshold path (`infer::threshold`): a threshold below the bundle's own 0.05 shows
+/// the same detections in the Predict tab, the Train tab's watch images and Evaluate's
+/// per-image counts (the watch and Evaluate once loaded the bundle at its 0.05 and lost them).
+#[test]
+fn a_threshold_below_the_bundles_own_gives_the_same_detections_in_predict_watch_and_evaluate() {
+    let _rng = RNG_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("src/good.png");
+    std::fs::create_dir_all(good.parent().unwrap()).unwrap();
+    write_blocks(&good, 120, 96);
+    let bundle = low_score_bundle(dir.path(), &good);
+    let (project, run, stored) = watch_project(dir.path(), &good);
+    // Just under the best score below 0.05: at least one detection in [threshold, 0.05).
+    let low = Predictor::load(&bundle, Device::Cpu, Some(0.01))
+        .unwrap()
+        .predict(&maskstudio::infer::read_image(&stored).unwrap())
+        .unwrap()
+        .iter()
+        .map(|d| d.score)
+        .filter(|&s| s < 0.045)
+        .fold(0.0f32, f32::max);
+    let threshold = low - 1e-4;
+    assert!(threshold > 0.01 && threshold < 0.05, "{threshold}");
+
+    // Predict tab.
+    let settings = Settings {
+        score_threshold: threshold,
+        ..Settings::default()
+    };
+    let mut h = harness(settings);
+    h.run();
+    load_model(&mut h, &bundle);
+    h.input_mut()
+        .dropped_files
+        .push(Arc::new(FakeDrop(stored.clone())));
+    wait_for(&mut h, "the prediction", |s| {
+        s.panel.results().len() == 1 && !s.panel.busy()
+    });
+    h.run();
+    let scores: Vec<f32> = h.state().panel.results()[0]
+        .detections
+        .iter()
+        .map(|d| d.score)
+        .filter(|&s| s >= threshold)
+        .collect();
+    let n = scores.len();
+    h.get_by_label(&format!("Instances shown: {n}"));
+    assert!(
+        scores.iter().any(|&s| s < 0.05),
+        "no detection between the threshold and 0.05: {scores:?}"
+    );
+
+    // Train tab's watch images.
+    let watch = maskstudio::train::watch::predict_watch_images(
+        &project,
+        &run,
+        &bundle,
+        maskstudio::runtime::DeviceChoice::Cpu,
+        threshold,
+    )
+    .unwrap();
+    assert_eq!(watch.len(), 1);
+    assert_eq!(watch[0].0, format!("good.png ({n})"));
+
+    // Evaluate's per-image counts: every detection shown is a true or a false positive.
+    let report = maskstudio::eval::per_image::evaluate_with_errors(
+        &project,
+        &bundle,
+        None,
+        Device::Cpu,
+        0.5,
+        f64::from(threshold),
+        &maskstudio::cancel::CancelToken::default(),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+    let counts = report.errors[0].counts;
+    assert_eq!(counts.true_positives + counts.false_positives, n);
 }

@@ -22,7 +22,7 @@ use egui_kittest::kittest::Queryable as _;
 use maskstudio::dataset::store::{Project, ReviewStatus};
 use maskstudio::gui::download_panel::DownloadPanel;
 use maskstudio::gui::editor::ImageView;
-use maskstudio::gui::predict_panel::PredictPanel;
+use maskstudio::gui::predict::PredictPanel;
 use maskstudio::gui::shared::{
     DeviceSetting, NoticeLevel, Notices, PanelCtx, Settings, ShellRequest,
 };

@@ -80,6 +80,25 @@ impl DtAnn {
             (None, None) => 0.0,
         }
     }
+
+    /// A detection given with its box `[x, y, w, h]`: its area is the box's `w * h`, as
+    /// `loadRes` sets it for results that carry boxes ([`DtAnn::area_for`]).
+    pub fn with_box(
+        image_id: i64,
+        category_id: i64,
+        score: f64,
+        bbox: [f64; 4],
+        rle: Option<Rle>,
+    ) -> Self {
+        Self {
+            image_id,
+            category_id,
+            score,
+            area: Self::area_for(Some(&bbox), rle.as_ref()),
+            bbox,
+            rle,
+        }
+    }
 }
 
 /// What the IoU is computed on (cocoeval.py `Params.iouType`).
@@ -1193,14 +1212,7 @@ pub fn from_coco_json(
             } else {
                 None
             };
-            DtAnn {
-                image_id,
-                category_id,
-                score,
-                area: bbox[2] * bbox[3],
-                bbox,
-                rle,
-            }
+            DtAnn::with_box(image_id, category_id, score, bbox, rle)
         } else {
             // coco.py loadRes: `ann['area'] = maskUtils.area(segm)`, bbox from `toBbox` if absent.
             let s = field(ann, "segmentation", &what)?;

@@ -1,5 +1,5 @@
 //! COCO evaluation (pycocotools `COCOeval` port) for boxes and instance masks.
 
 pub mod coco_eval;
-pub mod errors;
+pub mod per_image;
 pub mod project;

@@ -122,15 +122,9 @@ pub(crate) fn predict_annotations(
             let rle = d.mask.to_rle();
             let [x1, y1, x2, y2] = d.box_xyxy.map(f64::from);
             let bbox = [x1, y1, x2 - x1, y2 - y1];
-            dts.push(DtAnn {
-                image_id: image.id,
-                category_id: d.label,
-                score: f64::from(d.score),
-                // Results carry boxes, so pycocotools' loadRes gives them area w*h.
-                area: DtAnn::area_for(Some(&bbox), Some(&rle)),
-                bbox,
-                rle: Some(rle),
-            });
+            // Results carry boxes, so pycocotools' loadRes gives them area w*h.
+            let score = f64::from(d.score);
+            dts.push(DtAnn::with_box(image.id, d.label, score, bbox, Some(rle)));
         }
         progress(done + 1, set.images.len());
     }

@@ -13,7 +13,7 @@ pub mod download_panel;
 pub mod editor;
 pub mod log_toasts;
 pub mod model_picker;
-pub mod predict_panel;
+pub mod predict;
 pub mod progress;
 pub mod review_grid;
 pub mod shared;

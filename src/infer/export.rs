@@ -1,6 +1,7 @@
-//! Prediction outputs for a set of images: unique output names (one per input, whatever the
-//! folders and extensions) and the COCO results files, shared by `maskstudio predict` and the
-//! Predict tab's export.
+//! Prediction outputs for a set of images, written one way by `maskstudio predict` and the
+//! Predict tab's export ([`RunWriter`]): unique output names (one per input, whatever the
+//! folders and extensions), `<name>.overlay.png` (masks, boxes and class/score labels over the
+//! image), optionally `<name>_mask<k>_<class>.png` per detection, and the COCO results files.
 //!
 //! `results.json` is a COCO results list (what pycocotools' `COCO.loadRes` reads) whose entries
 //! carry `image_id` and `file_name`; the images it refers to are listed in `<stem>.images.json`
@@ -8,8 +9,13 @@
 //! `COCO("results.images.json").loadRes("results.json")` works as is.
 
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
-use crate::infer::Detection;
+use anyhow::Context as _;
+
+use crate::cancel::CancelToken;
+use crate::fsutil::write_atomic;
+use crate::infer::{Detection, overlay, read_image, threshold};
 
 /// How one input image is named in a run's outputs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,6 +235,156 @@ impl CocoResults {
         )?;
         Ok(())
     }
+}
+
+/// The per-image files a [`RunWriter`] writes besides the COCO results.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImageFiles {
+    /// `<name>.overlay.png`: the detections drawn over the image with their labels.
+    pub overlays: bool,
+    /// `<name>_mask<k>_<class>.png`: each detection's binary mask (0/255), best first.
+    pub masks: bool,
+}
+
+/// The suffix of detection `k`'s mask PNG: `_mask<k>_<class>.png`, the class name with every
+/// character that is not alphanumeric as `_`.
+pub fn mask_suffix(k: usize, class_name: &str) -> String {
+    let class: String = class_name
+        .chars()
+        .map(|c| if c.is_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("_mask{k}_{class}.png")
+}
+
+/// `image` encoded as PNG.
+fn png_bytes(image: image::DynamicImage) -> anyhow::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    image.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )?;
+    Ok(bytes)
+}
+
+/// Writes one prediction run's outputs: [`RunWriter::add`] each image as it is predicted
+/// (its files go into the folder at once), then [`RunWriter::finish`] writes the COCO results.
+#[derive(Debug)]
+pub struct RunWriter {
+    dir: Option<PathBuf>,
+    files: ImageFiles,
+    results: CocoResults,
+}
+
+impl RunWriter {
+    /// A writer putting per-image `files` into `dir` (created; `None` writes only the COCO
+    /// files), listing every class of `labels` (`labels[i]` is class `i + 1`) in them.
+    pub fn new(dir: Option<&Path>, files: ImageFiles, labels: &[String]) -> anyhow::Result<Self> {
+        if let Some(dir) = dir {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {dir:?}"))?;
+        }
+        let mut results = CocoResults::default();
+        results.add_categories(labels);
+        Ok(Self {
+            dir: dir.map(Path::to_path_buf),
+            files,
+            results,
+        })
+    }
+
+    /// Adds the image `name` of `size` (width, height) with its `detections` (binary masks at
+    /// image size) to the results, and writes its files when there is a folder and `image`
+    /// (its pixels at full size) is given.
+    pub fn add(
+        &mut self,
+        name: &OutputName,
+        size: (u32, u32),
+        image: Option<&image::RgbImage>,
+        detections: &[Detection],
+    ) -> anyhow::Result<()> {
+        if let (Some(dir), Some(image)) = (&self.dir, image) {
+            if self.files.overlays {
+                let mut over = overlay::draw(image, detections);
+                overlay::draw_labels(&mut over, detections);
+                write_atomic(
+                    &output_path(dir, &name.stem, ".overlay.png"),
+                    &png_bytes(image::DynamicImage::ImageRgb8(over))?,
+                )?;
+            }
+            if self.files.masks {
+                for (k, d) in detections.iter().enumerate() {
+                    write_atomic(
+                        &output_path(dir, &name.stem, &mask_suffix(k, &d.class_name)),
+                        &png_bytes(image::DynamicImage::ImageLuma8(d.mask.to_gray()))?,
+                    )?;
+                }
+            }
+        }
+        self.results
+            .add(&name.file_name, size.0, size.1, detections);
+        Ok(())
+    }
+
+    /// Detections added so far.
+    pub fn detections(&self) -> usize {
+        self.results.len()
+    }
+
+    /// Writes the COCO results to `results_json` and the images file beside it; returns the
+    /// number of detections written.
+    pub fn finish(self, results_json: &Path) -> anyhow::Result<usize> {
+        self.results.write(results_json)?;
+        Ok(self.results.len())
+    }
+}
+
+/// One predicted image to export (the Predict tab's results).
+#[derive(Debug, Clone)]
+pub struct SavedPrediction {
+    /// The image file.
+    pub path: PathBuf,
+    /// Its pixels at full size when in memory (else the file is read again).
+    pub image: Option<Arc<image::RgbImage>>,
+    /// Every detection kept (soft masks), best first.
+    pub detections: Arc<Vec<Detection>>,
+}
+
+/// The Predict tab's export: for each of `items`, the detections passing `score` with masks at
+/// `mask_threshold` ([`threshold::visible`]) go to `<name>.overlay.png`,
+/// `<name>_mask<k>_<class>.png` and `dir/results.json` (+ `results.images.json`, listing the
+/// classes of `labels`), through the same [`RunWriter`] as `maskstudio predict`. Calls
+/// `progress(done)` after each image; stops early (keeping what is written, with the results
+/// files of those images) when `cancel` is set. Returns the detections written and whether it
+/// was cancelled.
+pub fn export_predictions(
+    dir: &Path,
+    items: &[SavedPrediction],
+    labels: &[String],
+    score: f32,
+    mask_threshold: f32,
+    cancel: &CancelToken,
+    mut progress: impl FnMut(usize),
+) -> anyhow::Result<(usize, bool)> {
+    let files = ImageFiles {
+        overlays: true,
+        masks: true,
+    };
+    let mut writer = RunWriter::new(Some(dir), files, labels)?;
+    let paths: Vec<PathBuf> = items.iter().map(|i| i.path.clone()).collect();
+    let mut cancelled = false;
+    for (done, (item, name)) in items.iter().zip(output_names(&paths)).enumerate() {
+        if cancel.is_cancelled() {
+            cancelled = true;
+            break;
+        }
+        let image = match &item.image {
+            Some(p) => Arc::clone(p),
+            None => Arc::new(read_image(&item.path)?),
+        };
+        let shown = threshold::visible(&item.detections, score, mask_threshold);
+        writer.add(&name, image.dimensions(), Some(&image), &shown)?;
+        progress(done + 1);
+    }
+    Ok((writer.finish(&dir.join("results.json"))?, cancelled))
 }
 
 #[cfg(test)]

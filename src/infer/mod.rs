@@ -5,6 +5,7 @@ pub mod export;
 pub mod overlay;
 pub mod pipeline;
 pub mod prepare;
+pub mod threshold;
 
 use std::path::{Path, PathBuf};
 
@@ -195,6 +196,7 @@ pub fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// A loaded bundle ready to predict.
+#[derive(Debug)]
 pub struct Predictor {
     model: MaskRcnn,
     // Keeps the variables alive; the model holds tensors that live in it.
@@ -202,15 +204,8 @@ pub struct Predictor {
     labels: Vec<String>,
     device: Device,
     prepare: PrepareParams,
-}
-
-impl std::fmt::Debug for Predictor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Predictor")
-            .field("labels", &self.labels)
-            .field("device", &self.device)
-            .finish_non_exhaustive()
-    }
+    /// The bundle's own `box_score_thresh` (before any override at load).
+    bundle_score_thresh: f64,
 }
 
 impl Predictor {
@@ -225,6 +220,7 @@ impl Predictor {
         let bundle = Bundle::read(bundle_dir)
             .with_context(|| format!("reading model bundle {bundle_dir:?}"))?;
         let mut config = bundle.spec.resolved().to_config();
+        let bundle_score_thresh = config.box_score_thresh;
         if let Some(score_thresh) = score_thresh {
             config.box_score_thresh = score_thresh;
         }
@@ -241,7 +237,14 @@ impl Predictor {
             labels: bundle.labels,
             device,
             prepare,
+            bundle_score_thresh,
         })
+    }
+
+    /// The bundle's own `box_score_thresh` (what [`Predictor::load`] without an override keeps:
+    /// see [`threshold::kept_by_bundle`]).
+    pub fn bundle_score_thresh(&self) -> f64 {
+        self.bundle_score_thresh
     }
 
     /// Class names, index 0 = label 1.

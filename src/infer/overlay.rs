@@ -3,7 +3,7 @@
 use font8x8::UnicodeFonts as _;
 
 use crate::dataset::store::class_color;
-use crate::infer::{Detection, SoftMask};
+use crate::infer::{Detection, SoftMask, threshold};
 
 /// Opacity of the mask fill.
 const FILL_ALPHA: f32 = 0.45;
@@ -78,7 +78,7 @@ pub fn draw_thresholded(
     let mut out = image.clone();
     let (w, h) = out.dimensions();
     let level = SoftMask::level(mask_threshold);
-    for d in detections.iter().filter(|d| d.score >= score) {
+    for d in threshold::above(detections, score) {
         let color = label_color(d.label);
         match &d.soft_mask {
             Some(s) if s.image_width == w && s.image_height == h && s.width > 0 => {
@@ -122,7 +122,7 @@ pub fn draw_thresholded_scaled(
         lo.min(hi)..hi
     };
     let level = SoftMask::level(mask_threshold);
-    for d in detections.iter().filter(|d| d.score >= score) {
+    for d in threshold::above(detections, score) {
         let color = label_color(d.label);
         match &d.soft_mask {
             Some(s) if s.width > 0 => {
@@ -229,19 +229,32 @@ mod tests {
         0,   0,   0,   0, 0, 0,
     ];
 
+    /// A detection of `class` (label `label`) with these masks.
+    fn det(
+        label: i64,
+        class: &str,
+        score: f32,
+        box_xyxy: [f32; 4],
+        mask: Mask,
+        soft_mask: Option<SoftMask>,
+    ) -> Detection {
+        Detection {
+            label,
+            class_name: class.into(),
+            score,
+            box_xyxy,
+            mask,
+            soft_mask,
+        }
+    }
+
     #[test]
     fn thresholded_drawing_matches_drawing_the_thresholded_masks() {
         let image = image::RgbImage::from_pixel(6, 5, image::Rgb([10, 20, 30]));
         let full = SOFT_6X5.to_vec();
         let soft = SoftMask::from_quantised(6, 5, &full);
-        let d = Detection {
-            label: 2,
-            class_name: "dog".into(),
-            score: 0.7,
-            box_xyxy: [1.0, 1.0, 4.0, 3.0],
-            mask: Mask::new(6, 5),
-            soft_mask: Some(soft.clone()),
-        };
+        let box_xyxy = [1.0, 1.0, 4.0, 3.0];
+        let d = det(2, "dog", 0.7, box_xyxy, Mask::new(6, 5), Some(soft.clone()));
         for t in [0.1, 0.5, 0.9] {
             let mut hard = d.clone();
             hard.mask = soft.threshold(t);
@@ -259,14 +272,8 @@ mod tests {
     #[test]
     fn labels_are_drawn_above_the_box_in_the_class_colour() {
         let image = image::RgbImage::from_pixel(200, 100, image::Rgb([0, 0, 0]));
-        let d = Detection {
-            label: 1,
-            class_name: "cat".into(),
-            score: 0.5,
-            box_xyxy: [20.0, 40.0, 120.0, 90.0],
-            mask: Mask::new(200, 100),
-            soft_mask: None,
-        };
+        let box_xyxy = [20.0, 40.0, 120.0, 90.0];
+        let d = det(1, "cat", 0.5, box_xyxy, Mask::new(200, 100), None);
         let mut out = image.clone();
         draw_labels(&mut out, std::slice::from_ref(&d));
         // "cat 0.50": 8 glyphs of 8 px + 1 px margins = 66 x 10 px ending just above the box.
@@ -318,16 +325,12 @@ mod tests {
             .flat_map(|y| (0..12).map(move |x| (x, y)))
             .map(|(x, y)| q[(y / 2) * 6 + x / 2])
             .collect();
-        let det = |w, h, q: &[u8], b: [f32; 4]| Detection {
-            label: 3,
-            class_name: "bird".into(),
-            score: 0.9,
-            box_xyxy: b,
-            mask: Mask::new(0, 0),
-            soft_mask: Some(SoftMask::from_quantised(w, h, q)),
+        let soft = |w, h, q: &[u8], b| {
+            let soft = SoftMask::from_quantised(w, h, q);
+            det(3, "bird", 0.9, b, Mask::new(0, 0), Some(soft))
         };
-        let on_small = det(6, 5, &q, [1.0, 1.0, 4.0, 3.0]);
-        let on_big = det(12, 10, &big_q, [2.0, 2.0, 8.0, 6.0]);
+        let on_small = soft(6, 5, &q, [1.0, 1.0, 4.0, 3.0]);
+        let on_big = soft(12, 10, &big_q, [2.0, 2.0, 8.0, 6.0]);
         for t in [0.1, 0.5, 0.9] {
             assert_eq!(
                 draw_thresholded_scaled(&small, 0.5, std::slice::from_ref(&on_big), 0.5, t),

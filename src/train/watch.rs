@@ -34,15 +34,14 @@ pub fn predict_watch_images(
     };
     wanted.truncate(WATCH_IMAGES);
     let set = Project::open(project)?.export_set(None)?;
-    let predictor = Predictor::load(bundle, crate::runtime::device(device)?, None)?;
+    let predictor = Predictor::load_for_threshold(bundle, crate::runtime::device(device)?)?;
     let mut out = Vec::new();
     for id in wanted {
         let Some(image) = set.images.iter().find(|m| m.id == id) else {
             continue;
         };
         let pixels = read_image(&image.path)?;
-        let mut dets = predictor.predict(&pixels)?;
-        dets.retain(|d| d.score >= score);
+        let dets = predictor.predict_above(&pixels, score)?;
         let drawn = overlay::draw(&pixels, &dets);
         let thumb = image::imageops::thumbnail(
             &drawn,

@@ -18,7 +18,7 @@ use eframe::egui;
 use super::classes_panel::ClassesPanel;
 use super::download_panel::DownloadPanel;
 use super::log_toasts::LogFeed;
-use super::predict_panel::PredictPanel;
+use super::predict::PredictPanel;
 use super::review_grid::ReviewPanel;
 use super::shared::{Notices, PanelCtx, Settings, ShellRequest, Tab, Theme};
 use super::train::TrainPanel;

@@ -1,5 +1,5 @@
 //! Evaluate section (inside the Train tab): a bundle (one of the project's runs or exports from
-//! the [`crate::gui::model_picker`], or any folder) on a project split, evaluated on the `eval-run` thread with [`crate::eval::errors::evaluate_with_errors`]:
+//! the [`crate::gui::model_picker`], or any folder) on a project split, evaluated on the `eval-run` thread with [`crate::eval::per_image::evaluate_with_errors`]:
 //! per-class AP next to instance counts, precision-recall curves, and the images with the most
 //! false positives / negatives, each opening in Review.
 
@@ -10,9 +10,9 @@ use egui_plot::{Legend, Line, Plot, PlotPoints};
 
 use crate::cancel::CancelToken;
 use crate::eval::coco_eval::{EvalResult, IouType};
-use crate::eval::errors::{EvalReport, evaluate_with_errors};
+use crate::eval::per_image::{EvalReport, evaluate_with_errors};
 use crate::gui::model_picker::{self, ModelPicker, Purpose};
-use crate::gui::predict_panel::device_choice;
+use crate::gui::predict::device_choice;
 use crate::gui::shared::{JobView, PanelCtx, ShellRequest};
 use crate::gui::worker::{Polled, Worker};
 use crate::train::runs::RunInfo;

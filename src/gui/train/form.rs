@@ -6,7 +6,7 @@
 use eframe::egui;
 
 use super::TrainPanel;
-use crate::gui::predict_panel::device_choice;
+use crate::gui::predict::device_choice;
 use crate::gui::shared::{DeviceSetting, PanelCtx};
 use crate::train::config::{OptimizerKind, ScheduleKind};
 use crate::train::{AugmentConfig, Preset, TrainConfig};

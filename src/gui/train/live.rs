@@ -10,7 +10,7 @@ use eframe::egui;
 use egui_plot::{Legend, Line, Plot, PlotPoints};
 
 use super::{Background, TrainPanel, WatchEvent};
-use crate::gui::predict_panel::device_choice;
+use crate::gui::predict::device_choice;
 use crate::gui::shared::PanelCtx;
 use crate::gui::worker::Worker;
 use crate::infer::overlay;

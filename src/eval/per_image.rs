@@ -1,6 +1,8 @@
 //! Which images a model gets most wrong: true/false positives and false negatives per image at
 //! one IoU threshold (COCOeval's greedy matching, cocoeval.py `evaluateImg`), next to the COCO
-//! evaluation of the same predictions, for the Evaluate panel.
+//! evaluation of the same predictions, for the Evaluate panel. The per-image counts follow the
+//! user's score threshold the way every tab applies it ([`crate::infer::threshold`]); the COCO
+//! AP is computed on what the bundle's own threshold keeps, as `maskstudio eval` computes it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -12,7 +14,7 @@ use crate::dataset::Rle;
 use crate::dataset::store::Project;
 use crate::eval::coco_eval::{DtAnn, EvalParams, GtAnn, IouType, evaluate};
 use crate::eval::project::{Annotations, ProjectEval, predict_annotations};
-use crate::infer::Predictor;
+use crate::infer::{Predictor, threshold};
 
 /// Match counts of one image.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -47,7 +49,8 @@ pub struct EvalReport {
     pub errors: Vec<ImageErrors>,
     /// The IoU threshold of `errors`.
     pub iou_threshold: f64,
-    /// Detections below this score were left out of `errors` (not of `eval`).
+    /// Detections below this score were left out of `errors` (`eval` holds those the
+    /// bundle's own `box_score_thresh` keeps).
     pub min_score: f64,
 }
 
@@ -178,7 +181,9 @@ pub fn evaluate_with_errors(
 ) -> anyhow::Result<EvalReport> {
     let project =
         Project::open(project_dir).with_context(|| format!("opening project {project_dir:?}"))?;
-    let predictor = Predictor::load(bundle, device, None)?;
+    // Detections down to the floor, so a `min_score` below the bundle's own threshold counts
+    // the same detections as Predict shows at it.
+    let predictor = Predictor::load_for_threshold(bundle, device)?;
     let set = project.export_set(split)?;
     anyhow::ensure!(!set.images.is_empty(), "no images in split {split:?}");
     let Annotations { gts, dts, .. } =
@@ -193,7 +198,15 @@ pub fn evaluate_with_errors(
     let image_ids: Vec<i64> = set.images.iter().map(|m| m.id).collect();
     let category_ids: Vec<i64> = (1..=predictor.labels().len() as i64).collect();
     let params = EvalParams::default();
-    let run = |t| evaluate(&gts, &dts, &image_ids, &category_ids, t, &params);
+    // COCO AP on the detections a bundle loaded with its own threshold returns (the standard
+    // number, as `maskstudio eval` gives it, whatever the slider says).
+    let bundle_thresh = predictor.bundle_score_thresh();
+    let ap_dts: Vec<DtAnn> = dts
+        .iter()
+        .filter(|d| threshold::kept_by_bundle(d.score as f32, bundle_thresh))
+        .cloned()
+        .collect();
+    let run = |t| evaluate(&gts, &ap_dts, &image_ids, &category_ids, t, &params);
     let eval = ProjectEval {
         segm: run(IouType::Segm)?,
         bbox: run(IouType::Bbox)?,
@@ -250,14 +263,7 @@ mod tests {
     }
 
     fn dt(image_id: i64, category_id: i64, bbox: [f64; 4], score: f64) -> DtAnn {
-        DtAnn {
-            image_id,
-            category_id,
-            score,
-            area: bbox[2] * bbox[3],
-            bbox,
-            rle: None,
-        }
+        DtAnn::with_box(image_id, category_id, score, bbox, None)
     }
 
     #[test]
