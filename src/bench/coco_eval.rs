@@ -61,19 +61,8 @@ print(json.dumps(out))
 
 /// Star-shaped polygon around `(cx, cy)`, coordinates rounded to 0.01.
 fn star(rng: &mut SplitMix64, cx: f64, cy: f64, radius: f64) -> Vec<f64> {
-    let round = |v: f64| (v * 100.0).round() / 100.0;
     let n = 6 + rng.below(10);
-    let mut angles: Vec<f64> = (0..n)
-        .map(|_| rng.uniform(0.0, std::f64::consts::TAU))
-        .collect();
-    angles.sort_by(f64::total_cmp);
-    angles
-        .iter()
-        .flat_map(|a| {
-            let r = radius * rng.uniform(0.55, 1.0);
-            [round(cx + r * a.cos()), round(cy + r * a.sin())]
-        })
-        .collect()
+    super::star_polygon(rng, n, (cx, cy), radius, 0.55)
 }
 
 /// Object radius: small, medium or large COCO objects in about 4:4:2.

@@ -67,29 +67,18 @@ print(json.dumps({
 /// Star-shaped random polygons, 1 to 3 parts per mask, coordinates rounded to 0.01.
 fn workload() -> Vec<Vec<Vec<f64>>> {
     let mut rng = SplitMix64::new(SEED);
-    let round = |v: f64| (v * 100.0).round() / 100.0;
     (0..MASKS)
         .map(|_| {
             let parts = 1 + rng.below(3);
             (0..parts)
                 .map(|_| {
                     let n = 8 + rng.below(41);
-                    let (cx, cy) = (
+                    let centre = (
                         rng.uniform(0.0, f64::from(WIDTH)),
                         rng.uniform(0.0, f64::from(HEIGHT)),
                     );
                     let radius = rng.uniform(20.0, 200.0);
-                    let mut angles: Vec<f64> = (0..n)
-                        .map(|_| rng.uniform(0.0, std::f64::consts::TAU))
-                        .collect();
-                    angles.sort_by(f64::total_cmp);
-                    angles
-                        .iter()
-                        .flat_map(|a| {
-                            let r = radius * rng.uniform(0.4, 1.0);
-                            [round(cx + r * a.cos()), round(cy + r * a.sin())]
-                        })
-                        .collect()
+                    super::star_polygon(&mut rng, n, centre, radius, 0.4)
                 })
                 .collect()
         })

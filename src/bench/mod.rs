@@ -39,3 +39,27 @@ pub(crate) fn run_reference_script(
     }
     Ok(v)
 }
+
+/// A star-shaped polygon `[x1, y1, x2, y2, …]` around `(cx, cy)`: `n` vertices at sorted
+/// random angles, each at `radius` times a factor uniform in `min_frac..1`, coordinates
+/// rounded to 0.01. Draws `n` angles, then one factor per vertex.
+pub(crate) fn star_polygon(
+    rng: &mut crate::rng::SplitMix64,
+    n: usize,
+    (cx, cy): (f64, f64),
+    radius: f64,
+    min_frac: f64,
+) -> Vec<f64> {
+    let round = |v: f64| (v * 100.0).round() / 100.0;
+    let mut angles: Vec<f64> = (0..n)
+        .map(|_| rng.uniform(0.0, std::f64::consts::TAU))
+        .collect();
+    angles.sort_by(f64::total_cmp);
+    angles
+        .iter()
+        .flat_map(|a| {
+            let r = radius * rng.uniform(min_frac, 1.0);
+            [round(cx + r * a.cos()), round(cy + r * a.sin())]
+        })
+        .collect()
+}

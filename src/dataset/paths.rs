@@ -1,7 +1,15 @@
 //! File names that come from data files (COCO `file_name`, zip entries, VIA keys) must never
 //! escape the folder they are resolved against.
 
+use std::ffi::OsStr;
 use std::path::{Component, Path, PathBuf};
+
+/// A path part (`path.file_name()`, `path.file_stem()`) as a `String`, lossily converted; empty
+/// when there is none.
+pub fn lossy(part: Option<&OsStr>) -> String {
+    part.map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
 
 /// Why a file name from a data file was refused.
 #[derive(Debug, thiserror::Error)]

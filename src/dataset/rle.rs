@@ -293,39 +293,25 @@ impl Rle {
     /// Like pycocotools: 0 when the boxes do not overlap, -1 when sizes differ but boxes
     /// overlap, 0 when the masks share no pixel.
     pub fn iou(&self, other: &Rle) -> f64 {
-        if bbox_iou(&self.to_bbox(), &other.to_bbox()) <= 0.0 {
+        if bbox_iou(&self.to_bbox(), &other.to_bbox(), false) <= 0.0 {
             return 0.0;
         }
         if self.height != other.height || self.width != other.width {
             return -1.0;
         }
-        let (a, b) = (&self.counts, &other.counts);
-        let mut ca = a.first().copied().unwrap_or(0);
-        let mut cb = b.first().copied().unwrap_or(0);
-        let (mut ia, mut ib) = (1usize, 1usize);
-        let (mut va, mut vb) = (false, false);
+        let (mut a, mut b) = (Runs::new(&self.counts), Runs::new(&other.counts));
         let (mut inter, mut uni) = (0u64, 0u64);
         loop {
-            let c = ca.min(cb);
-            if va || vb {
+            let c = a.left.min(b.left);
+            if a.on || b.on {
                 uni += u64::from(c);
-                if va && vb {
+                if a.on && b.on {
                     inter += u64::from(c);
                 }
             }
-            ca -= c;
-            if ca == 0 && ia < a.len() {
-                ca = a[ia];
-                ia += 1;
-                va = !va;
-            }
-            cb -= c;
-            if cb == 0 && ib < b.len() {
-                cb = b[ib];
-                ib += 1;
-                vb = !vb;
-            }
-            if ca == 0 && cb == 0 {
+            a.advance(c);
+            b.advance(c);
+            if a.left == 0 && b.left == 0 {
                 break;
             }
         }
@@ -336,8 +322,43 @@ impl Rle {
     }
 }
 
-/// Box IoU of two COCO boxes (maskApi.c `bbIou`, not crowd).
-fn bbox_iou(d: &[f64; 4], g: &[f64; 4]) -> f64 {
+/// A walk over the runs of one RLE in steps shared with another walk (maskApi.c `rleIou`,
+/// `rleMerge`: `ca`, `ka`, `va`).
+struct Runs<'a> {
+    counts: &'a [u32],
+    /// Pixels left in the current run.
+    left: u32,
+    /// Index of the next run.
+    next: usize,
+    /// Whether the current run is foreground.
+    on: bool,
+}
+
+impl<'a> Runs<'a> {
+    fn new(counts: &'a [u32]) -> Self {
+        Self {
+            counts,
+            left: counts.first().copied().unwrap_or(0),
+            next: 1,
+            on: false,
+        }
+    }
+
+    /// Consumes `c` pixels (at most [`Self::left`]), moving on to the next run when this one
+    /// is used up.
+    fn advance(&mut self, c: u32) {
+        self.left -= c;
+        if self.left == 0 && self.next < self.counts.len() {
+            self.left = self.counts[self.next];
+            self.next += 1;
+            self.on = !self.on;
+        }
+    }
+}
+
+/// IoU of two COCO `[x, y, w, h]` boxes, maskApi.c `bbIou`; with `crowd` the union is the
+/// detection `d`'s area.
+pub fn bbox_iou(d: &[f64; 4], g: &[f64; 4], crowd: bool) -> f64 {
     let w = (d[2] + d[0]).min(g[2] + g[0]) - d[0].max(g[0]);
     if w <= 0.0 {
         return 0.0;
@@ -347,7 +368,9 @@ fn bbox_iou(d: &[f64; 4], g: &[f64; 4]) -> f64 {
         return 0.0;
     }
     let i = w * h;
-    i / (d[2] * d[3] + g[2] * g[3] - i)
+    let da = d[2] * d[3];
+    let u = if crowd { da } else { da + g[2] * g[3] - i };
+    i / u
 }
 
 /// Port of maskApi.c `rleMerge`.
@@ -370,31 +393,22 @@ fn merge(rles: &[Rle], intersect: bool) -> Rle {
     let mut acc = first.counts.clone();
     let mut out: Vec<u32> = Vec::with_capacity(acc.len());
     for b in &rles[1..] {
-        let (a, b) = (&acc, &b.counts);
         out.clear();
-        let mut ca = a.first().copied().unwrap_or(0);
-        let mut cb = b.first().copied().unwrap_or(0);
-        let (mut ia, mut ib) = (1usize, 1usize);
-        let (mut va, mut vb, mut v) = (false, false, false);
+        let (mut a, mut b) = (Runs::new(&acc), Runs::new(&b.counts));
+        let mut v = false;
         let mut cc: u32 = 0;
         loop {
-            let c = ca.min(cb);
+            let c = a.left.min(b.left);
             cc += c;
-            ca -= c;
-            if ca == 0 && ia < a.len() {
-                ca = a[ia];
-                ia += 1;
-                va = !va;
-            }
-            cb -= c;
-            if cb == 0 && ib < b.len() {
-                cb = b[ib];
-                ib += 1;
-                vb = !vb;
-            }
-            let done = ca == 0 && cb == 0;
+            a.advance(c);
+            b.advance(c);
+            let done = a.left == 0 && b.left == 0;
             let vp = v;
-            v = if intersect { va && vb } else { va || vb };
+            v = if intersect {
+                a.on && b.on
+            } else {
+                a.on || b.on
+            };
             if v != vp || done {
                 out.push(cc);
                 cc = 0;

@@ -23,28 +23,8 @@ fn bilinear_taps(y: f32, x: f32, h: i64, w: i64) -> Option<[(i64, i64, f32); 4]>
     if y < -1.0 || y > h as f32 || x < -1.0 || x > w as f32 {
         return None;
     }
-    let mut y = if y <= 0.0 { 0.0 } else { y };
-    let mut x = if x <= 0.0 { 0.0 } else { x };
-    let mut y_low = y as i64;
-    let mut x_low = x as i64;
-    let y_high;
-    let x_high;
-    if y_low >= h - 1 {
-        y_low = h - 1;
-        y_high = h - 1;
-        y = y_low as f32;
-    } else {
-        y_high = y_low + 1;
-    }
-    if x_low >= w - 1 {
-        x_low = w - 1;
-        x_high = w - 1;
-        x = x_low as f32;
-    } else {
-        x_high = x_low + 1;
-    }
-    let ly = y - y_low as f32;
-    let lx = x - x_low as f32;
+    let (y_low, y_high, ly) = neighbours(y, h);
+    let (x_low, x_high, lx) = neighbours(x, w);
     let hy = 1.0 - ly;
     let hx = 1.0 - lx;
     Some([
@@ -53,6 +33,20 @@ fn bilinear_taps(y: f32, x: f32, h: i64, w: i64) -> Option<[(i64, i64, f32); 4]>
         (y_high, x_low, ly * hx),
         (y_high, x_high, ly * lx),
     ])
+}
+
+/// The two grid indices around coordinate `v` (already inside `[-1, size]`) of an axis of
+/// `size` cells and the weight of the upper one, as the C++ kernel clamps them: `v` below 0
+/// counts as 0, at or past the last cell both indices are the last cell (weight 0).
+#[inline]
+fn neighbours(v: f32, size: i64) -> (i64, i64, f32) {
+    let v = if v <= 0.0 { 0.0 } else { v };
+    let low = v as i64;
+    if low >= size - 1 {
+        (size - 1, size - 1, 0.0)
+    } else {
+        (low, low + 1, v - low as f32)
+    }
 }
 
 /// Per-RoI geometry of the C++ kernel, all in f32 as there.

@@ -162,8 +162,9 @@ pub(crate) fn write_attribution(set: &ExportSet, out: &Path) -> Result<bool, Exp
 #[cfg(test)]
 mod tests {
     use super::super::ExportFormat;
-    use super::super::test_util::export_sample;
+    use super::super::test_util::{class_names, export_sample, read_back};
     use super::*;
+    use crate::dataset::formats::Format;
     use crate::dataset::{Mask, Segmentation};
 
     fn mask_of(seg: &Segmentation, w: u32, h: u32) -> Mask {
@@ -180,15 +181,8 @@ mod tests {
         assert_eq!((s.images, s.instances, s.skipped, s.files), (2, 3, 0, 4));
         let csv = std::fs::read_to_string(out.path().join("ATTRIBUTION.csv")).unwrap();
         assert!(csv.contains("a.png,\"Ann, \"\"A\"\"\""), "{csv}");
-        let back = crate::dataset::formats::read(out.path(), crate::dataset::formats::Format::Coco)
-            .unwrap();
-        assert_eq!(
-            back.classes
-                .iter()
-                .map(|c| c.name.as_str())
-                .collect::<Vec<_>>(),
-            ["cat", "big dog/x"]
-        );
+        let back = read_back(&out, Format::Coco);
+        assert_eq!(class_names(&back), ["cat", "big dog/x"]);
         assert_eq!(back.images.len(), 2);
         for (a, b) in set.images.iter().zip(&back.images) {
             assert_eq!(a.file_name, b.file_name);

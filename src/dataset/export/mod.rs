@@ -356,7 +356,20 @@ pub(crate) mod test_util {
     use tempfile::TempDir;
 
     use super::{ExportFormat, ExportSummary};
-    use crate::dataset::{Attribution, ExportClass, ExportImage, ExportInstance, ExportSet, Mask};
+    use crate::dataset::formats::Format;
+    use crate::dataset::{
+        Attribution, ExportClass, ExportImage, ExportInstance, ExportSet, ImportSet, Mask,
+    };
+
+    /// An export in `out` read back as `format`.
+    pub fn read_back(out: &TempDir, format: Format) -> ImportSet {
+        crate::dataset::formats::read(out.path(), format).unwrap()
+    }
+
+    /// The class names of a read set, in order.
+    pub fn class_names(set: &ImportSet) -> Vec<&str> {
+        set.classes.iter().map(|c| c.name.as_str()).collect()
+    }
 
     /// [`sample_set`] written under a new folder and exported as `format` into another:
     /// `(source folder, set, output folder, summary)`.

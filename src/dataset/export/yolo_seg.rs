@@ -79,7 +79,8 @@ pub fn write(set: &ExportSet, out: &Path) -> Result<ExportSummary, ExportError> 
 #[cfg(test)]
 mod tests {
     use super::super::ExportFormat;
-    use super::super::test_util::export_sample;
+    use super::super::test_util::{class_names, export_sample, read_back};
+    use crate::dataset::formats::Format;
     use crate::dataset::{Mask, Segmentation};
 
     #[test]
@@ -91,16 +92,8 @@ mod tests {
             yaml.contains("val: images/val") && yaml.contains("1: \"big dog/x\""),
             "{yaml}"
         );
-        let back =
-            crate::dataset::formats::read(out.path(), crate::dataset::formats::Format::YoloSeg)
-                .unwrap();
-        assert_eq!(
-            back.classes
-                .iter()
-                .map(|c| c.name.as_str())
-                .collect::<Vec<_>>(),
-            ["cat", "big dog/x"]
-        );
+        let back = read_back(&out, Format::YoloSeg);
+        assert_eq!(class_names(&back), ["cat", "big dog/x"]);
         let b = back
             .images
             .iter()

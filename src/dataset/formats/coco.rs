@@ -16,6 +16,7 @@ use serde_json::Value;
 use super::{
     FormatError, check_polygon, image_dimensions, read_json, resolve, safe_name, split_from_name,
 };
+use crate::dataset::paths::lossy;
 use crate::dataset::{
     Attribution, ClassDef, ImportImage, ImportInstance, ImportSet, Origin, Rle, Segmentation,
 };
@@ -84,14 +85,8 @@ fn key(v: &Value) -> String {
 pub fn read(json: &Path) -> Result<ImportSet, FormatError> {
     let file: CocoFile = read_json(json)?;
     let dir = json.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let json_name = json
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let stem = json
-        .file_stem()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let json_name = lossy(json.file_name());
+    let stem = lossy(json.file_stem());
     let split = stem.rsplit('_').next().and_then(split_from_name);
 
     // Categories → class names, in file order; duplicate names share one class.

@@ -12,6 +12,7 @@ use super::{
     FormatError, IMAGE_EXTS, decode_mask, files_in, has_ext, image_dimensions, safe_name,
     subfolders,
 };
+use crate::dataset::paths::lossy;
 use crate::dataset::{ClassDef, ImportImage, ImportInstance, ImportSet, Origin, Segmentation};
 
 /// Class of masks that name none.
@@ -41,10 +42,7 @@ pub fn read(root: &Path) -> Result<ImportSet, FormatError> {
         .into_iter()
         .filter(|d| d.join("images").is_dir())
     {
-        let id = dir
-            .file_name()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let id = lossy(dir.file_name());
         let images_dir = dir.join("images");
         let candidates: Vec<_> = files_in(&images_dir)?
             .into_iter()
@@ -62,10 +60,7 @@ pub fn read(root: &Path) -> Result<ImportSet, FormatError> {
             });
         };
         let record = format!("folder {id}");
-        let name = image_path
-            .file_name()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = lossy(image_path.file_name());
         let src_path = super::resolve(image_path, &record, &images_dir, &name)?;
         let mut file_name = safe_name(image_path, &record, &name)?;
         if images.iter().any(|i| i.file_name == file_name) {
@@ -81,19 +76,13 @@ pub fn read(root: &Path) -> Result<ImportSet, FormatError> {
                 .map(|p| (default_class.clone(), p, String::new()))
                 .collect();
             for sub in subfolders(&masks_dir)? {
-                let class = sub
-                    .file_name()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default();
+                let class = lossy(sub.file_name());
                 for p in files_in(&sub)?.into_iter().filter(|p| has_ext(p, &["png"])) {
                     masks.push((class.clone(), p, format!("{class}/")));
                 }
             }
             for (class, mask_path, prefix) in masks {
-                let mask_name = mask_path
-                    .file_name()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default();
+                let mask_name = lossy(mask_path.file_name());
                 let mrec = format!("mask {prefix}{mask_name}");
                 let checked = super::resolve(
                     &mask_path,

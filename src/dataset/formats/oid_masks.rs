@@ -14,6 +14,7 @@ use super::{
     FormatError, IMAGE_EXTS, decode_mask, files_in, has_ext, image_dimensions, safe_name,
     subfolders,
 };
+use crate::dataset::paths::lossy;
 use crate::dataset::{ClassDef, ImportImage, ImportInstance, ImportSet, Origin, Segmentation};
 
 /// Mask file name parts: `(ImageID, MID with slashes, BoxID)`. The middle token is a MID only
@@ -62,24 +63,15 @@ pub fn read(root: &Path) -> Result<ImportSet, FormatError> {
             .into_iter()
             .filter(|p| has_ext(p, IMAGE_EXTS))
         {
-            let stem = p
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let rel = p
-                .file_name()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let stem = lossy(p.file_stem());
+            let rel = lossy(p.file_name());
             let checked = super::resolve(&p, "image", &images, &rel)?;
             image_files.entry(stem).or_insert(checked);
         }
     }
     let mut images: BTreeMap<String, ImportImage> = BTreeMap::new();
     for (id, path) in &image_files {
-        let name = path
-            .file_name()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = lossy(path.file_name());
         let file_name = safe_name(path, "image", &name)?;
         let (width, height) = image_dimensions(path)?;
         images.insert(
@@ -98,25 +90,16 @@ pub fn read(root: &Path) -> Result<ImportSet, FormatError> {
     }
     let mut classes: Vec<ClassDef> = Vec::new();
     for d in &class_dirs {
-        let class = d
-            .file_name()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let class = lossy(d.file_name());
         let seg_dir = d.join("segmentations");
         let mut mid_seen: Option<String> = None;
         for mask_path in files_in(&seg_dir)?
             .into_iter()
             .filter(|p| has_ext(p, &["png"]))
         {
-            let mask_name = mask_path
-                .file_name()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let mask_name = lossy(mask_path.file_name());
             let record = format!("mask {mask_name}");
-            let stem = mask_path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let stem = lossy(mask_path.file_stem());
             let Some((image_id, mid, box_id)) = parse_mask_name(&stem) else {
                 return Err(FormatError::malformed(
                     &mask_path,

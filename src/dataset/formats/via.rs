@@ -21,6 +21,7 @@ use super::{
     FormatError, check_polygon, files_in, has_ext, image_dimensions, read_json, relative_name,
     resolve, split_from_name, subfolders,
 };
+use crate::dataset::paths::lossy;
 use crate::dataset::{ClassDef, ImportImage, ImportInstance, ImportSet, Origin, Segmentation};
 
 /// Class given to regions without a usable attribute.
@@ -112,10 +113,7 @@ fn read_file(root: &Path, json: &Path, set: &mut ImportSet) -> Result<(), Format
         .file_name()
         .and_then(|n| n.to_str())
         .and_then(split_from_name);
-    let json_name = json
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let json_name = lossy(json.file_name());
     for (key, entry) in entries {
         let record = format!("image {key:?}");
         let filename = entry

@@ -8,7 +8,7 @@ use rusqlite::{OptionalExtension as _, params};
 use sha2::{Digest as _, Sha256};
 
 use crate::cancel::CancelToken;
-use crate::dataset::paths::safe_relative_path;
+use crate::dataset::paths::{lossy, safe_relative_path};
 use crate::dataset::{Attribution, ImportSet, Mask, Origin, Rle, Segmentation};
 use crate::fsutil::write_atomic;
 
@@ -253,10 +253,7 @@ impl Project {
         sha256: &str,
         claimed: &HashSet<String>,
     ) -> Result<String, StoreError> {
-        let stem = rel
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let stem = lossy(rel.file_stem());
         let ext = rel
             .extension()
             .map(|s| format!(".{}", s.to_string_lossy()))
