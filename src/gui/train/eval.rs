@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use eframe::egui;
+use egui_extras::{Column, TableBuilder};
 use egui_plot::{Legend, Line, Plot, PlotPoints};
 
 use crate::cancel::CancelToken;
@@ -13,6 +14,7 @@ use crate::eval::coco_eval::{EvalResult, IouType};
 use crate::eval::per_image::{EvalReport, evaluate_with_errors};
 use crate::gui::model_picker::{self, ModelPicker, Purpose};
 use crate::gui::predict::device_choice;
+use crate::gui::progress::{Progress, progress_row};
 use crate::gui::shared::{JobView, PanelCtx, ShellRequest};
 use crate::gui::worker::{Polled, Worker};
 use crate::train::runs::RunInfo;
@@ -93,6 +95,48 @@ fn class_ap(r: &EvalResult, category_id: i64) -> Option<f64> {
         .iter()
         .find(|(k, _)| *k == category_id)
         .map(|(_, ap)| *ap)
+}
+
+/// Per-class AP next to instance counts ([`TableBuilder`], one virtual row per class).
+fn class_table(ui: &mut egui::Ui, report: &EvalReport) {
+    let (segm, bbox) = (&report.eval.segm, &report.eval.bbox);
+    let classes: Vec<(&i64, &String)> = report.eval.class_names.iter().collect();
+    let row_h = ui.spacing().interact_size.y;
+    TableBuilder::new(ui)
+        .id_salt("eval_classes")
+        .striped(true)
+        .max_scroll_height(320.0)
+        .column(Column::auto().at_least(80.0).clip(true))
+        .columns(Column::auto().at_least(56.0), 4)
+        .header(row_h, |mut header| {
+            for h in ["Class", "Instances", "Mask AP", "Mask AP50", "Box AP"] {
+                header.col(|ui| {
+                    ui.strong(h);
+                });
+            }
+        })
+        .body(|body| {
+            body.rows(row_h, classes.len(), |mut row| {
+                let (k, name) = classes[row.index()];
+                let ap50 = segm
+                    .pr_curves
+                    .iter()
+                    .find(|c| c.category_id == *k)
+                    .and_then(|c| mean_present(&c.precision_50));
+                let cells = [
+                    name.clone(),
+                    report.gt_counts.get(k).copied().unwrap_or(0).to_string(),
+                    fmt_ap(class_ap(segm, *k)),
+                    fmt_ap(ap50),
+                    fmt_ap(class_ap(bbox, *k)),
+                ];
+                for text in cells {
+                    row.col(|ui| {
+                        ui.label(text);
+                    });
+                }
+            });
+        });
 }
 
 impl EvalPanel {
@@ -269,19 +313,12 @@ impl EvalPanel {
                 self.start(ui.ctx(), bundle, cx);
             }
             if let Some(job) = &self.job {
-                let frac = if job.total > 0 {
-                    job.done as f32 / job.total as f32
-                } else {
-                    0.0
+                let progress = Progress::Count {
+                    done: job.done as u64,
+                    total: job.total as u64,
                 };
-                ui.add(
-                    egui::ProgressBar::new(frac)
-                        .desired_width(140.0)
-                        .text(format!("{} / {}", job.done, job.total)),
-                );
-                if ui.button("Cancel evaluation").clicked() {
-                    job.cancel.cancel();
-                }
+                let cancel = Some((&job.cancel, "Cancel evaluation"));
+                progress_row(ui, progress, None, 140.0, cancel);
             }
         });
         let Some(report) = &self.report else {
@@ -296,27 +333,7 @@ impl EvalPanel {
             fmt_ap(Some(bbox.stats[1])),
         ));
         ui.columns(2, |cols| {
-            egui::Grid::new("eval_classes")
-                .striped(true)
-                .show(&mut cols[0], |ui| {
-                    for h in ["Class", "Instances", "Mask AP", "Mask AP50", "Box AP"] {
-                        ui.strong(h);
-                    }
-                    ui.end_row();
-                    for (k, name) in &report.eval.class_names {
-                        ui.label(name);
-                        ui.label(report.gt_counts.get(k).copied().unwrap_or(0).to_string());
-                        ui.label(fmt_ap(class_ap(segm, *k)));
-                        let ap50 = segm
-                            .pr_curves
-                            .iter()
-                            .find(|c| c.category_id == *k)
-                            .and_then(|c| mean_present(&c.precision_50));
-                        ui.label(fmt_ap(ap50));
-                        ui.label(fmt_ap(class_ap(bbox, *k)));
-                        ui.end_row();
-                    }
-                });
+            class_table(&mut cols[0], report);
             let ui = &mut cols[1];
             ui.horizontal(|ui| {
                 ui.selectable_value(&mut self.curve_iou, IouType::Segm, "masks");

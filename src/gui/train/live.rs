@@ -11,6 +11,7 @@ use egui_plot::{Legend, Line, Plot, PlotPoints};
 
 use super::{Background, TrainPanel, WatchEvent};
 use crate::gui::predict::device_choice;
+use crate::gui::progress::{Progress, progress_bar};
 use crate::gui::shared::PanelCtx;
 use crate::gui::worker::Worker;
 use crate::infer::overlay;
@@ -296,10 +297,12 @@ impl TrainPanel {
             return;
         }
         if h.total_iters > 0 {
-            ui.add(
-                egui::ProgressBar::new(h.steps as f32 / h.total_iters as f32)
-                    .text(format!("Step {} / {}", h.steps, h.total_iters)),
-            );
+            let progress = Progress::Count {
+                done: h.steps as u64,
+                total: h.total_iters as u64,
+            };
+            let text = format!("Step {} / {}", h.steps, h.total_iters);
+            progress_bar(ui, progress, Some(text), None);
         }
         ui.horizontal_wrapped(|ui| {
             ui.label(format!("Epoch {}", h.epoch + 1));
