@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use eframe::egui;
+use egui_extras::{Column, TableBuilder};
 
 use super::form::labelled_drag;
 use super::{Background, RunJob, TrainPanel};
@@ -131,45 +132,65 @@ impl TrainPanel {
             }
         });
         let mut clicked = None;
-        egui::Grid::new("train_runs").striped(true).show(ui, |ui| {
-            for h in [
-                "Run",
-                "Preset",
-                "Epochs",
-                "Steps",
-                "Final loss",
-                "Validation",
-                "Bundle",
-            ] {
-                ui.strong(h);
-            }
-            ui.end_row();
-            for r in &self.runs {
-                let selected = self.selected_run.as_deref() == Some(r.id.as_str());
-                if ui.selectable_label(selected, &r.id).clicked() {
-                    clicked = Some(r.id.clone());
+        let row_h = ui.spacing().interact_size.y;
+        TableBuilder::new(ui)
+            .id_salt("train_runs")
+            .striped(true)
+            .max_scroll_height(240.0)
+            .column(Column::auto().at_least(120.0))
+            .columns(Column::auto().at_least(48.0), 4)
+            .column(Column::auto().at_least(80.0).clip(true))
+            .column(Column::remainder().at_least(48.0))
+            .header(row_h, |mut header| {
+                for h in [
+                    "Run",
+                    "Preset",
+                    "Epochs",
+                    "Steps",
+                    "Final loss",
+                    "Validation",
+                    "Bundle",
+                ] {
+                    header.col(|ui| {
+                        ui.strong(h);
+                    });
                 }
-                ui.label(&r.preset);
-                ui.label(r.epochs.map_or_else(|| "-".to_owned(), |e| e.to_string()));
-                ui.label(r.steps.to_string());
-                ui.label(
-                    r.final_loss
-                        .map_or_else(|| "-".to_owned(), |l| format!("{l:.4}")),
-                );
-                let val: Vec<String> = r
-                    .val_metrics
-                    .iter()
-                    .map(|(k, v)| format!("{k} {v:.3}"))
-                    .collect();
-                ui.label(if val.is_empty() {
-                    "-".to_owned()
-                } else {
-                    val.join(", ")
+            })
+            .body(|body| {
+                // Virtual rows: only the visible ones are laid out.
+                body.rows(row_h, self.runs.len(), |mut row| {
+                    let r = &self.runs[row.index()];
+                    let selected = self.selected_run.as_deref() == Some(r.id.as_str());
+                    row.col(|ui| {
+                        if ui.selectable_label(selected, &r.id).clicked() {
+                            clicked = Some(r.id.clone());
+                        }
+                    });
+                    let val: Vec<String> = r
+                        .val_metrics
+                        .iter()
+                        .map(|(k, v)| format!("{k} {v:.3}"))
+                        .collect();
+                    let cells = [
+                        r.preset.clone(),
+                        r.epochs.map_or_else(|| "-".to_owned(), |e| e.to_string()),
+                        r.steps.to_string(),
+                        r.final_loss
+                            .map_or_else(|| "-".to_owned(), |l| format!("{l:.4}")),
+                        if val.is_empty() {
+                            "-".to_owned()
+                        } else {
+                            val.join(", ")
+                        },
+                        (if r.has_bundle { "yes" } else { "no" }).to_owned(),
+                    ];
+                    for text in cells {
+                        row.col(|ui| {
+                            ui.label(text);
+                        });
+                    }
                 });
-                ui.label(if r.has_bundle { "yes" } else { "no" });
-                ui.end_row();
-            }
-        });
+            });
         if let Some(id) = clicked {
             self.select_run(ui.ctx(), &id);
         }
