@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::train::TrainEvent;
+use crate::train::csv;
 use crate::train::state::{LAST_CHECKPOINT, STATE_FILE};
 
 /// Truncates a series sorted by x to the points before `x`.
@@ -208,14 +209,8 @@ pub fn read_history(run_dir: &Path) -> anyhow::Result<History> {
     let path = run_dir.join("metrics.csv");
     let text = std::fs::read_to_string(&path)
         .map_err(|e| anyhow::anyhow!("{}: cannot read the run's steps: {e}", path.display()))?;
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines
-        .next()
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .collect();
-    let col = |name: &str| header.iter().position(|h| *h == name);
+    let (header, lines) = csv::header(&text);
+    let col = |name: &str| csv::col(&header, name);
     let (Some(iter_col), Some(total_col)) = (col("iter"), col("total")) else {
         anyhow::bail!(
             "{}: the header has no iter and total columns: {:?}",
@@ -240,8 +235,8 @@ pub fn read_history(run_dir: &Path) -> anyhow::Result<History> {
     };
     let mut skipped = 0usize;
     for line in lines.filter(|l| !l.trim().is_empty()) {
-        let v: Vec<&str> = line.split(',').map(str::trim).collect();
-        let num = |c: Option<usize>| c.and_then(|c| v.get(c)).and_then(|s| s.parse::<f64>().ok());
+        let v = csv::cells(line);
+        let num = |c: Option<usize>| csv::num(&v, c);
         let iter = v.get(iter_col).and_then(|s| s.parse::<usize>().ok());
         let (Some(iter), Some(total)) = (iter, num(Some(total_col))) else {
             skipped += 1;
@@ -282,20 +277,13 @@ pub fn read_history(run_dir: &Path) -> anyhow::Result<History> {
     let epochs_path = run_dir.join("epochs.csv");
     match std::fs::read_to_string(&epochs_path) {
         Ok(text) => {
-            let mut lines = text.lines();
-            let header: Vec<&str> = lines
-                .next()
-                .unwrap_or_default()
-                .split(',')
-                .map(str::trim)
-                .collect();
-            let col = |name: &str| header.iter().position(|h| *h == name);
+            let (header, lines) = csv::header(&text);
+            let col = |name: &str| csv::col(&header, name);
             let (epoch_col, loss_col) = (col("epoch"), col("mean_loss"));
             let (segm_col, bbox_col) = (col("val_segm_ap"), col("val_bbox_ap"));
             for line in lines.filter(|l| !l.trim().is_empty()) {
-                let v: Vec<&str> = line.split(',').map(str::trim).collect();
-                let num =
-                    |c: Option<usize>| c.and_then(|c| v.get(c)).and_then(|s| s.parse::<f64>().ok());
+                let v = csv::cells(line);
+                let num = |c: Option<usize>| csv::num(&v, c);
                 let Some(epoch) = num(epoch_col) else {
                     continue;
                 };

@@ -10,6 +10,7 @@ pub mod augment;
 pub mod autoconfig;
 pub mod cli;
 pub mod config;
+mod csv;
 pub mod data;
 pub mod export;
 pub mod history;

@@ -7,6 +7,8 @@ use std::path::Path;
 use anyhow::Context as _;
 use image::{Rgb, RgbImage};
 
+use crate::train::csv;
+
 const W: u32 = 960;
 const H: u32 = 540;
 const LEFT: i64 = 70;
@@ -133,9 +135,8 @@ pub struct Curves {
 pub fn read_curves(run_dir: &Path) -> anyhow::Result<Curves> {
     let path = run_dir.join("metrics.csv");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path:?}"))?;
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
-    let col = |name: &str| header.iter().position(|h| *h == name);
+    let (header, lines) = csv::header(&text);
+    let col = |name: &str| csv::col(&header, name);
     let iter_col = col("iter").with_context(|| format!("{path:?}: no iter column"))?;
     let names: Vec<&str> = std::iter::once("total")
         .chain(crate::model::LOSS_NAMES)
@@ -149,30 +150,24 @@ pub fn read_curves(run_dir: &Path) -> anyhow::Result<Curves> {
         ..Curves::default()
     };
     for l in lines {
-        let v: Vec<&str> = l.split(',').collect();
-        let Some(step) = v.get(iter_col).and_then(|s| s.parse::<f64>().ok()) else {
+        let v = csv::cells(l);
+        let Some(step) = csv::num(&v, Some(iter_col)) else {
             continue;
         };
         curves.steps.push(step);
         for (series, c) in curves.losses.iter_mut().zip(&cols) {
-            let x = c
-                .and_then(|c| v.get(c))
-                .and_then(|s| s.parse::<f64>().ok())
-                .unwrap_or(f64::NAN);
-            series.1.push(x);
+            series.1.push(csv::num(&v, *c).unwrap_or(f64::NAN));
         }
     }
     let epochs = run_dir.join("epochs.csv");
     if let Ok(text) = std::fs::read_to_string(&epochs) {
-        let mut lines = text.lines();
-        let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
-        let col = |name: &str| header.iter().position(|h| *h == name);
+        let (header, lines) = csv::header(&text);
+        let col = |name: &str| csv::col(&header, name);
         let (steps_c, segm_c, bbox_c) = (col("steps"), col("val_segm_ap"), col("val_bbox_ap"));
         let mut at = 0.0;
         for l in lines {
-            let v: Vec<&str> = l.split(',').collect();
-            let get =
-                |c: Option<usize>| c.and_then(|c| v.get(c)).and_then(|s| s.parse::<f64>().ok());
+            let v = csv::cells(l);
+            let get = |c: Option<usize>| csv::num(&v, c);
             at += get(steps_c).unwrap_or(0.0);
             curves.ap.push((at - 1.0, get(segm_c), get(bbox_c)));
         }

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::MaskRcnnConfig;
 use crate::model::bundle::{Bundle, SPEC_FILE};
 use crate::train::TrainConfig;
+use crate::train::csv;
 use crate::train::state::REFIT_CHECKPOINT;
 use crate::train::state::{self, BEST_CHECKPOINT, LAST_CHECKPOINT};
 
@@ -139,13 +140,12 @@ pub fn read_run(dir: &Path) -> RunInfo {
     let epochs = config.train.as_ref().map(|t| t.epochs as u64);
     let (mut steps, mut final_loss, mut val_metrics) = (0, None, Vec::new());
     if let Ok(text) = std::fs::read_to_string(dir.join("metrics.csv")) {
-        let mut lines = text.lines();
-        let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+        let (header, lines) = csv::header(&text);
         let rows: Vec<&str> = lines.filter(|l| !l.trim().is_empty()).collect();
         steps = rows.len();
         if let Some(last) = rows.last() {
-            for (name, v) in header.iter().zip(last.split(',')) {
-                let Ok(v) = v.trim().parse::<f64>() else {
+            for (name, v) in header.iter().zip(csv::cells(last)) {
+                let Ok(v) = v.parse::<f64>() else {
                     continue;
                 };
                 if *name == "total" {
@@ -266,14 +266,12 @@ pub fn epoch_aps(run_dir: &Path) -> Vec<f64> {
     let Ok(text) = std::fs::read_to_string(run_dir.join("epochs.csv")) else {
         return Vec::new();
     };
-    let mut lines = text.lines();
-    let header = lines.next().unwrap_or_default();
-    let Some(col) = header.split(',').position(|h| h.trim() == "val_segm_ap") else {
+    let (header, lines) = csv::header(&text);
+    let Some(col) = csv::col(&header, "val_segm_ap") else {
         return Vec::new();
     };
     lines
-        .filter_map(|l| l.split(',').nth(col))
-        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .filter_map(|l| csv::num(&csv::cells(l), Some(col)))
         .filter(|v| v.is_finite())
         .collect()
 }

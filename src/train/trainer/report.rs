@@ -68,41 +68,21 @@ impl<'a> Relay<'a> {
 
 impl TrainObserver for Relay<'_> {
     fn on_event(&mut self, e: &TrainEvent) {
-        match e {
-            TrainEvent::Finished { .. } => self.held = Some(e.clone()),
-            TrainEvent::Started { .. } if self.drop_started => {}
-            TrainEvent::Step {
-                epoch,
-                iter,
-                losses,
-                total,
-                lr,
-                images_per_sec,
-                memory_bytes,
-            } => self.inner.on_event(&TrainEvent::Step {
-                epoch: epoch + self.epoch_offset,
-                iter: iter + self.iter_offset,
-                losses: losses.clone(),
-                total: *total,
-                lr: *lr,
-                images_per_sec: *images_per_sec,
-                memory_bytes: *memory_bytes,
-            }),
-            TrainEvent::EpochEnd {
-                epoch,
-                mean_loss,
-                steps,
-                val_segm_ap,
-                val_bbox_ap,
-            } => self.inner.on_event(&TrainEvent::EpochEnd {
-                epoch: epoch + self.epoch_offset,
-                mean_loss: *mean_loss,
-                steps: *steps,
-                val_segm_ap: *val_segm_ap,
-                val_bbox_ap: *val_bbox_ap,
-            }),
-            _ => self.inner.on_event(e),
+        let mut e = e.clone();
+        match &mut e {
+            TrainEvent::Finished { .. } => {
+                self.held = Some(e);
+                return;
+            }
+            TrainEvent::Started { .. } if self.drop_started => return,
+            TrainEvent::Step { epoch, iter, .. } => {
+                *epoch += self.epoch_offset;
+                *iter += self.iter_offset;
+            }
+            TrainEvent::EpochEnd { epoch, .. } => *epoch += self.epoch_offset,
+            _ => {}
         }
+        self.inner.on_event(&e);
     }
 }
 
