@@ -739,21 +739,16 @@ mod tests {
         let cat = catalogue(V5);
         let names: Vec<_> = cat.search("HOT").iter().map(|c| c.name.clone()).collect();
         assert_eq!(names, vec!["Hot dog", "Dog, hot \"style\""]);
-        let ff: Vec<_> = cat
-            .resolve("fast FOOD")
-            .unwrap()
-            .iter()
-            .map(|c| c.name.clone())
-            .collect();
-        assert_eq!(ff, vec!["French fries", "Hot dog"]);
+        let resolved = |q: &str| -> Vec<String> {
+            cat.resolve(q)
+                .unwrap()
+                .iter()
+                .map(|c| c.name.clone())
+                .collect()
+        };
+        assert_eq!(resolved("fast FOOD"), vec!["French fries", "Hot dog"]);
         assert_eq!(cat.resolve("/m/01b9xk").unwrap()[0].name, "Hot dog");
-        let car: Vec<_> = cat
-            .resolve("car")
-            .unwrap()
-            .iter()
-            .map(|c| c.name.clone())
-            .collect();
-        assert_eq!(car, vec!["Car"]);
+        assert_eq!(resolved("car"), vec!["Car"]);
         assert!(matches!(
             cat.resolve("Hot dgo"),
             Err(Error::UnknownClass { .. })

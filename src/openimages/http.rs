@@ -358,12 +358,7 @@ const MAX_VALIDATOR_BYTES: usize = 256;
 /// `file.ext.part` → `file.ext.part.validator`: the ETag or Last-Modified of the response the
 /// part file's bytes came from, sent as `If-Range` on resume.
 pub(crate) fn validator_path(part: &Path) -> PathBuf {
-    let mut name = part
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(".validator");
-    part.with_file_name(name)
+    with_suffix(part, ".validator")
 }
 
 /// A header value fit to send back: visible ASCII and spaces, bounded.
@@ -400,12 +395,17 @@ fn remove_if_present(path: &Path) -> std::io::Result<()> {
 
 /// `file.ext` → `file.ext.part`.
 pub(crate) fn part_path(dest: &Path) -> PathBuf {
-    let mut name = dest
+    with_suffix(dest, ".part")
+}
+
+/// `path` with `suffix` appended to its file name (not replacing its extension).
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path
         .file_name()
         .map(|n| n.to_os_string())
         .unwrap_or_default();
-    name.push(".part");
-    dest.with_file_name(name)
+    name.push(suffix);
+    path.with_file_name(name)
 }
 
 fn header(resp: &ureq::http::Response<ureq::Body>, name: &str) -> Option<String> {

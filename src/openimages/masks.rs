@@ -233,6 +233,13 @@ pub(crate) fn fetch_shard(
     if todo.is_empty() {
         return Ok(failures);
     }
+    // Range reads and the whole-shard fallback extract the same way.
+    let mut extract = |src: &dyn RangeSource,
+                       dir: &CentralDirectory,
+                       todo: &[String],
+                       failures: &mut Vec<MaskFailure>| {
+        extract_all(src, dir, todo, cfg, split, cancel, failures, on_done)
+    };
     let path = split.mask_shard(shard);
     let url = cfg.gcs_url(&path);
     let dir_base = cfg
@@ -266,18 +273,7 @@ pub(crate) fn fetch_shard(
                     Ok(dir)
                 }),
             };
-            let result = dir.and_then(|dir| {
-                extract_all(
-                    &src,
-                    &dir,
-                    &todo,
-                    cfg,
-                    split,
-                    cancel,
-                    &mut failures,
-                    on_done,
-                )
-            });
+            let result = dir.and_then(|dir| extract(&src, &dir, &todo, &mut failures));
             match result {
                 Ok(()) => return Ok(failures),
                 Err(e) if !src.ignored.load(Ordering::Relaxed) => return Err(e),
@@ -300,15 +296,6 @@ pub(crate) fn fetch_shard(
         .collect();
     let src = FileSource::open(&whole)?;
     let (dir, _) = CentralDirectory::read(&src)?;
-    extract_all(
-        &src,
-        &dir,
-        &todo,
-        cfg,
-        split,
-        cancel,
-        &mut failures,
-        on_done,
-    )?;
+    extract(&src, &dir, &todo, &mut failures)?;
     Ok(failures)
 }

@@ -98,17 +98,10 @@ pub struct LoadStats {
 }
 
 /// The cache index.
+#[derive(Debug)]
 pub struct Index {
     conn: Connection,
     path: PathBuf,
-}
-
-impl std::fmt::Debug for Index {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Index")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Index {

@@ -41,16 +41,7 @@ fn unsafe_mask_paths_are_refused_counted_and_kept_aside() {
     text.push_str("05529ae018130c68_m09j2d_00000009.png,05529ae018130c68,/m/09j2d,00000009,NaN,0.2,0.3,inf,,\n");
     std::fs::write(&csv, text).unwrap();
     let mut index = Index::open(dir.path()).unwrap();
-    let stats = index
-        .load_segmentations(
-            Split::Validation,
-            &csv,
-            "u",
-            None,
-            &CancelToken::default(),
-            &mut |_, _| {},
-        )
-        .unwrap();
+    let stats = load(&mut index, Split::Validation, &csv);
     assert_eq!(stats.rows, 1);
     assert_eq!(stats.unsafe_mask_paths, rows.len() as u64);
     assert_eq!(stats.bad_rows, 1);
@@ -74,16 +65,7 @@ fn indexes_and_queries() {
     let csv = dir.path().join("v.csv");
     std::fs::write(&csv, SAMPLE).unwrap();
     let mut index = Index::open(dir.path()).unwrap();
-    let stats = index
-        .load_segmentations(
-            Split::Validation,
-            &csv,
-            "u",
-            None,
-            &CancelToken::default(),
-            &mut |_, _| {},
-        )
-        .unwrap();
+    let stats = load(&mut index, Split::Validation, &csv);
     assert_eq!(stats.rows, 4);
     assert_eq!(stats.bad_rows, 1);
     let person = Index::class_id(index.conn(), "/m/04yx4").unwrap();
