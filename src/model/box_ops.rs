@@ -52,7 +52,25 @@ pub fn remove_small_boxes(boxes: &Tensor, min_size: f64) -> Result<Tensor> {
     let ws = boxes.f_select(1, 2)? - boxes.f_select(1, 0)?;
     let hs = boxes.f_select(1, 3)? - boxes.f_select(1, 1)?;
     let keep = ws.f_ge(min_size)?.f_logical_and(&hs.f_ge(min_size)?)?;
-    Ok(keep.f_nonzero()?.f_select(1, 0)?)
+    true_indices(&keep)
+}
+
+/// Indices (int64 `[K]`, ascending) of the true elements of a 1-D bool `mask [N]`.
+pub fn true_indices(mask: &Tensor) -> Result<Tensor> {
+    Ok(mask.f_nonzero()?.f_select(1, 0)?)
+}
+
+/// Rows `idx` (int64 `[K]`) of three tensors with the same first dimension `[N, ...]`, as
+/// `(a[idx], b[idx], c[idx])`: boxes, scores and labels (or levels) filtered together.
+pub fn select_rows3(
+    (a, b, c): (&Tensor, &Tensor, &Tensor),
+    idx: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    Ok((
+        a.f_index_select(0, idx)?,
+        b.f_index_select(0, idx)?,
+        c.f_index_select(0, idx)?,
+    ))
 }
 
 /// torchvision `BoxCoder`: encodes/decodes `(dx, dy, dw, dh)` deltas with per-coordinate weights.

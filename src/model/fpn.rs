@@ -19,21 +19,14 @@ impl FeaturePyramidNetwork {
         let init = WeightInit::KaimingUniformA1; // feature_pyramid_network.py:103, bias 0
         let mut inner_blocks = Vec::new();
         let mut layer_blocks = Vec::new();
+        // `{name}.{i}.0`: a `c_in → out_channels` conv with a `k`×`k` kernel and a bias.
+        let conv = |name: &str, i: usize, c_in: i64, k: i64| {
+            let spec = ConvSpec::new(c_in, out_channels, k).with_bias();
+            Conv2d::new(&(p / name / i / 0), spec, init, true)
+        };
         for (i, &c) in in_channels.iter().enumerate() {
-            let spec = ConvSpec::new(c, out_channels, 1).with_bias();
-            inner_blocks.push(Conv2d::new(
-                &(p / "inner_blocks" / i / 0),
-                spec,
-                init,
-                true,
-            )?);
-            let spec = ConvSpec::new(out_channels, out_channels, 3).with_bias();
-            layer_blocks.push(Conv2d::new(
-                &(p / "layer_blocks" / i / 0),
-                spec,
-                init,
-                true,
-            )?);
+            inner_blocks.push(conv("inner_blocks", i, c, 1)?);
+            layer_blocks.push(conv("layer_blocks", i, out_channels, 3)?);
         }
         Ok(Self {
             inner_blocks,

@@ -9,7 +9,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use crate::model::box_ops::{box_area, to_vec_f32, to_vec_i64};
+use crate::model::box_ops::{box_area, to_vec_f32, to_vec_i64, true_indices};
 use crate::model::error::{ModelError, Result};
 
 /// `embedding_bag` mode "sum".
@@ -474,7 +474,7 @@ impl MultiScaleRoiAlign {
         let c = first.size()[1];
         let mut result = Tensor::f_zeros([num_rois, c, out.0, out.1], (first.kind(), device))?;
         for (level, (feat, &scale)) in features.iter().zip(&scales).enumerate() {
-            let idx = levels.f_eq(level as i64)?.f_nonzero()?.f_select(1, 0)?;
+            let idx = true_indices(&levels.f_eq(level as i64)?)?;
             if idx.size()[0] == 0 {
                 continue;
             }

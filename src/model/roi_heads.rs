@@ -6,7 +6,8 @@ use tch::{Kind, Reduction, Tensor, nn};
 
 use crate::model::box_ops::SMOOTH_L1_BETA;
 use crate::model::box_ops::{
-    BoxCoder, batched_nms_top, box_iou, clip_boxes_to_image, remove_small_boxes,
+    BoxCoder, batched_nms_top, box_iou, clip_boxes_to_image, remove_small_boxes, select_rows3,
+    true_indices,
 };
 use crate::model::error::Result;
 use crate::model::layers::{Conv2d, ConvSpec, WeightInit, bias, weight};
@@ -389,7 +390,7 @@ impl RoiHeads {
             -100,
             0.0,
         )?;
-        let pos = labels.f_gt(0)?.f_nonzero()?.f_select(1, 0)?;
+        let pos = true_indices(&labels.f_gt(0)?)?;
         let labels_pos = labels.f_index_select(0, &pos)?;
         let (k, num_classes) = (class_logits.size()[0], class_logits.size()[1]);
         let box_regression = box_regression.f_reshape([k, num_classes, 4])?; // K may be 0
@@ -416,7 +417,7 @@ impl RoiHeads {
             .zip(&sampled_matched)
             .zip(targets)
         {
-            let pos = labels.f_gt(0)?.f_nonzero()?.f_select(1, 0)?;
+            let pos = true_indices(&labels.f_gt(0)?)?;
             let p = props.f_index_select(0, &pos)?;
             let m = matched.f_index_select(0, &pos)?;
             let gt_labels = target.labels.f_to_device(p.device())?;
@@ -492,31 +493,21 @@ impl RoiHeads {
             let boxes = boxes.f_narrow(1, 1, num_classes - 1)?.f_reshape([-1, 4])?;
             let scores = scores.f_narrow(1, 1, num_classes - 1)?.f_reshape([-1])?;
             let labels = labels.f_narrow(1, 1, num_classes - 1)?.f_reshape([-1])?;
-            let inds = scores
-                .f_gt(self.params.score_thresh)?
-                .f_nonzero()?
-                .f_select(1, 0)?;
-            let (boxes, scores, labels) = (
-                boxes.f_index_select(0, &inds)?,
-                scores.f_index_select(0, &inds)?,
-                labels.f_index_select(0, &inds)?,
-            );
+            let inds = true_indices(&scores.f_gt(self.params.score_thresh)?)?;
+            let (boxes, scores, labels) = select_rows3((&boxes, &scores, &labels), &inds)?;
             let keep = remove_small_boxes(&boxes, DETECTION_MIN_BOX_SIZE)?;
-            let (boxes, scores, labels) = (
-                boxes.f_index_select(0, &keep)?,
-                scores.f_index_select(0, &keep)?,
-                labels.f_index_select(0, &keep)?,
-            );
+            let (boxes, scores, labels) = select_rows3((&boxes, &scores, &labels), &keep)?;
             // `keep[:detections_per_img]`, without suppressing below the last kept box.
             let max_keep =
                 usize::try_from(self.params.detections_per_img.max(0)).unwrap_or(usize::MAX);
             let keep = profile::timed("roi.postprocess.nms", || {
                 batched_nms_top(&boxes, &scores, &labels, self.params.nms_thresh, max_keep)
             })?;
+            let (boxes, scores, labels) = select_rows3((&boxes, &scores, &labels), &keep)?;
             dets.push(RawDetections {
-                boxes: boxes.f_index_select(0, &keep)?,
-                scores: scores.f_index_select(0, &keep)?,
-                labels: labels.f_index_select(0, &keep)?,
+                boxes,
+                scores,
+                labels,
                 masks: Tensor::f_zeros([0], (Kind::Float, device))?,
             });
         }

@@ -5,6 +5,7 @@ use tch::{Kind, Reduction, Tensor, nn};
 use crate::model::anchors::AnchorGenerator;
 use crate::model::box_ops::{
     BoxCoder, SMOOTH_L1_BETA, batched_nms_top, box_iou, clip_boxes_to_image, remove_small_boxes,
+    select_rows3, true_indices,
 };
 use crate::model::error::Result;
 use crate::model::layers::{Conv2d, ConvSpec, WeightInit};
@@ -269,20 +270,9 @@ impl RegionProposalNetwork {
             let boxes = clip_boxes_to_image(&proposals.f_get(i as i64)?, size)?;
             let scores = prob.f_get(i as i64)?;
             let keep = remove_small_boxes(&boxes, RPN_MIN_BOX_SIZE)?;
-            let (boxes, scores, lvl) = (
-                boxes.f_index_select(0, &keep)?,
-                scores.f_index_select(0, &keep)?,
-                levels.f_index_select(0, &keep)?,
-            );
-            let keep = scores
-                .f_ge(self.params.score_thresh)?
-                .f_nonzero()?
-                .f_select(1, 0)?;
-            let (boxes, scores, lvl) = (
-                boxes.f_index_select(0, &keep)?,
-                scores.f_index_select(0, &keep)?,
-                lvl.f_index_select(0, &keep)?,
-            );
+            let (boxes, scores, lvl) = select_rows3((&boxes, &scores, &levels), &keep)?;
+            let keep = true_indices(&scores.f_ge(self.params.score_thresh)?)?;
+            let (boxes, scores, lvl) = select_rows3((&boxes, &scores, &lvl), &keep)?;
             // `keep[:post_nms_top_n]`, without suppressing below the last kept box.
             let max_keep = usize::try_from(post_nms_top_n.max(0)).unwrap_or(usize::MAX);
             let keep = profile::timed("rpn.filter.nms", || {
