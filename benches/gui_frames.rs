@@ -28,9 +28,10 @@ use maskstudio::dataset::store::Project;
 use maskstudio::dataset::{
     ClassDef, ImportImage, ImportInstance, ImportSet, Mask, Origin, Segmentation,
 };
-use maskstudio::gui::shared::{DeviceSetting, Tab};
+use maskstudio::gui::shared::Tab;
 use maskstudio::gui::train::TrainPanel;
 use maskstudio::gui::{StudioApp, StudioOptions};
+use maskstudio::runtime::DeviceChoice;
 use maskstudio::train::TrainConfig;
 
 fn env_usize(key: &str, default: usize) -> usize {
@@ -240,7 +241,7 @@ fn main() {
         start_tab: Some(Tab::Review),
         log_toasts: None,
     });
-    app.settings_mut().device = DeviceSetting::Cpu;
+    app.settings_mut().device = DeviceChoice::Cpu;
     // Case 3's recipe: the smallest real run (64 px images, batch 1, no validation in reach,
     // no ImageNet download); it is stopped once measured.
     app.train = TrainPanel::new(TrainConfig {

@@ -64,15 +64,27 @@ pub enum DeviceChoice {
     Cuda,
 }
 
+impl DeviceChoice {
+    /// Every choice, in the order menus list them.
+    pub const ALL: [DeviceChoice; 3] = [Self::Auto, Self::Cpu, Self::Cuda];
+
+    /// The spelling `--device`, configs and `settings.json` use (`auto`, `cpu`, `cuda`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Cpu => "cpu",
+            Self::Cuda => "cuda",
+        }
+    }
+}
+
 impl std::str::FromStr for DeviceChoice {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "cpu" => Ok(Self::Cpu),
-            "cuda" => Ok(Self::Cuda),
-            _ => Err(format!("unknown device {s:?}; use auto, cpu or cuda")),
-        }
+        Self::ALL
+            .into_iter()
+            .find(|d| d.as_str() == s)
+            .ok_or_else(|| format!("unknown device {s:?}; use auto, cpu or cuda"))
     }
 }
 
@@ -435,4 +447,25 @@ pub fn doctor_report() -> String {
 
 fn display(path: &Path) -> String {
     path.display().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DeviceChoice;
+
+    #[test]
+    fn device_spellings_parse_back_and_unknown_ones_are_named() {
+        let spelled: Vec<&str> = DeviceChoice::ALL.iter().map(|d| d.as_str()).collect();
+        assert_eq!(spelled, ["auto", "cpu", "cuda"]);
+        for d in DeviceChoice::ALL {
+            assert_eq!(d.as_str().parse::<DeviceChoice>(), Ok(d));
+        }
+        let err = "gpu".parse::<DeviceChoice>().unwrap_err();
+        assert!(err.contains("\"gpu\""), "{err}");
+        assert_eq!(
+            "CPU".parse::<DeviceChoice>().ok(),
+            None,
+            "spellings are exact"
+        );
+    }
 }

@@ -25,10 +25,9 @@ use maskstudio::dataset::{
     Attribution, ClassDef, ImportImage, ImportInstance, ImportSet, Mask, Origin, Segmentation,
 };
 use maskstudio::gui::editor::{ImageView, ImageViewAction, Tool};
-use maskstudio::gui::shared::{
-    DeviceSetting, NoticeLevel, Notices, PanelCtx, Settings, ShellRequest, Tab,
-};
+use maskstudio::gui::shared::{NoticeLevel, Notices, PanelCtx, Settings, ShellRequest, Tab};
 use maskstudio::gui::{StudioApp, StudioOptions};
+use maskstudio::runtime::DeviceChoice;
 
 /// Tests that seed torch hold this (the pattern of tests/model_golden.rs).
 static RNG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -567,7 +566,7 @@ fn model_assist_proposes_masks_and_a_click_accepts_one_as_an_undoable_model_inst
     let score = 0.05;
     let bundle = assist_bundle(dir.path(), &image_path, score);
     let settings = Settings {
-        device: DeviceSetting::Cpu,
+        device: DeviceChoice::Cpu,
         score_threshold: score,
         ..Settings::default()
     };

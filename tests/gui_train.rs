@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable as _;
-use maskstudio::gui::shared::{DeviceSetting, Notices, PanelCtx, Settings, ShellRequest};
+use maskstudio::gui::shared::{Notices, PanelCtx, Settings, ShellRequest};
 use maskstudio::gui::train::TrainPanel;
+use maskstudio::runtime::DeviceChoice;
 use maskstudio::train::TrainConfig;
 
 struct State {
@@ -86,7 +87,7 @@ fn start_a_cpu_run_see_points_stop_list_export_and_evaluate() {
         panel: TrainPanel::new(cfg),
         project: project.clone(),
         settings: Settings {
-            device: DeviceSetting::Cpu,
+            device: DeviceChoice::Cpu,
             score_threshold: 0.05,
             ..Settings::default()
         },
@@ -266,7 +267,7 @@ fn start_a_cpu_run_see_points_stop_list_export_and_evaluate() {
         panel: TrainPanel::new(TrainConfig::default()),
         project: project.clone(),
         settings: Settings {
-            device: DeviceSetting::Cpu,
+            device: DeviceChoice::Cpu,
             ..Settings::default()
         },
         notices: Notices::default(),
@@ -337,7 +338,7 @@ fn auto_configuration_is_shown_editable_and_what_trains() {
         panel: TrainPanel::new(cfg),
         project: project.clone(),
         settings: Settings {
-            device: DeviceSetting::Cpu,
+            device: DeviceChoice::Cpu,
             ..Settings::default()
         },
         notices: Notices::default(),
@@ -350,7 +351,7 @@ fn auto_configuration_is_shown_editable_and_what_trains() {
     h.get_by_label_contains("Anchor coverage before");
     h.get_by_label("anchor_sizes");
     h.get_by_label("image_size"); // set by the recipe: pinned
-    let recipe = |h: &Harness<'_, State>| h.state().panel.recipe(DeviceSetting::Cpu).unwrap();
+    let recipe = |h: &Harness<'_, State>| h.state().panel.recipe(DeviceChoice::Cpu).unwrap();
     let proposed = recipe(&h).model_overrides["anchor_sizes"].clone();
     assert_ne!(proposed, base_anchors, "smaller anchors are proposed");
     assert!(recipe(&h).auto_config);

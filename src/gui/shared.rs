@@ -11,30 +11,12 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::cancel::CancelToken;
+use crate::runtime::DeviceChoice;
 
-/// Torch device preference (mirrors `maskstudio train --device`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeviceSetting {
-    /// CUDA when available, else CPU.
-    #[default]
-    Auto,
-    /// Always the CPU.
-    Cpu,
-    /// CUDA (an error when absent).
-    Cuda,
-}
-
-impl DeviceSetting {
-    /// The CLI spelling (`auto`, `cpu`, `cuda`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Auto => "auto",
-            Self::Cpu => "cpu",
-            Self::Cuda => "cuda",
-        }
-    }
-}
+/// The settings' device is the CLI's and the recipe's [`DeviceChoice`] (same JSON spelling:
+/// `"auto"`, `"cpu"`, `"cuda"`). This second name for the one type stays only until the panels
+/// and tests that still import it name `DeviceChoice`.
+pub use crate::runtime::DeviceChoice as DeviceSetting;
 
 /// Colour theme.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -60,7 +42,7 @@ pub struct Settings {
     /// Open Images annotation/mask base URL (`openimages` default when empty).
     pub annotations_base_url: String,
     /// Torch device for training and prediction.
-    pub device: DeviceSetting,
+    pub device: DeviceChoice,
     /// Detections below this score are hidden (Predict, model assist).
     pub score_threshold: f32,
     /// Mask probability threshold when binarising predicted masks.
@@ -82,7 +64,7 @@ impl Default for Settings {
             data_dir: default_data_dir(),
             images_base_url: String::new(),
             annotations_base_url: String::new(),
-            device: DeviceSetting::Auto,
+            device: DeviceChoice::Auto,
             score_threshold: 0.5,
             mask_threshold: 0.5,
             theme: Theme::System,
@@ -295,4 +277,48 @@ pub struct PanelCtx<'a> {
     pub notices: &'a mut Notices,
     /// Requests for the shell, applied after the panel returns.
     pub requests: &'a mut Vec<ShellRequest>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `settings.json` written when the device had its own GUI enum still loads, value for
+    /// value, and saves back with the same spelling.
+    #[test]
+    fn settings_written_with_the_old_device_enum_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("settings.json");
+        let old = r#"{
+  "data_dir": "/data/ms",
+  "images_base_url": "",
+  "annotations_base_url": "http://mirror",
+  "device": "cuda",
+  "score_threshold": 0.25,
+  "mask_threshold": 0.5,
+  "theme": "dark",
+  "recent_projects": ["/p/a"],
+  "assist_bundle": "",
+  "last_bundle": {}
+}"#;
+        std::fs::write(&path, old).unwrap();
+        let s = Settings::load(&path).unwrap();
+        assert_eq!(s.device, DeviceChoice::Cuda);
+        assert_eq!(s.theme, Theme::Dark);
+        assert_eq!(s.score_threshold, 0.25);
+        assert_eq!(s.annotations_base_url, "http://mirror");
+        for (json, want) in [("auto", DeviceChoice::Auto), ("cpu", DeviceChoice::Cpu)] {
+            std::fs::write(&path, format!(r#"{{"device": "{json}"}}"#)).unwrap();
+            assert_eq!(Settings::load(&path).unwrap().device, want);
+            assert_eq!(want.as_str(), json);
+        }
+        std::fs::write(&path, r#"{"device": "gpu"}"#).unwrap();
+        assert!(
+            Settings::load(&path).is_err(),
+            "an unknown device is not silently Auto"
+        );
+        s.save(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(r#""device": "cuda""#), "{text}");
+    }
 }

@@ -10,7 +10,8 @@ use eframe::egui;
 
 use super::StudioApp;
 use super::project::{Event, ShellJob};
-use crate::gui::shared::{DeviceSetting, Settings, Theme};
+use crate::gui::shared::{Settings, Theme};
+use crate::runtime::DeviceChoice;
 
 impl StudioApp {
     pub(super) fn apply_theme(&mut self, ctx: &egui::Context) {
@@ -130,7 +131,7 @@ fn settings_grid(ui: &mut egui::Ui, s: &mut Settings) {
     egui::ComboBox::from_id_salt("device")
         .selected_text(s.device.as_str())
         .show_ui(ui, |ui| {
-            for d in [DeviceSetting::Auto, DeviceSetting::Cpu, DeviceSetting::Cuda] {
+            for d in DeviceChoice::ALL {
                 ui.selectable_value(&mut s.device, d, d.as_str());
             }
         });

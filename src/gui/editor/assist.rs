@@ -72,14 +72,11 @@ impl ImageView {
         let bundle = PathBuf::from(path);
         cx.settings.assist_bundle = path.to_owned();
         let rgb = Arc::clone(&data.rgb);
-        let device = cx.settings.device.as_str().to_owned();
+        let device = cx.settings.device;
         let score = cx.settings.score_threshold;
         let spawned = Worker::once("model-assist", ctx, move || {
             let run = || -> anyhow::Result<Vec<Detection>> {
-                let choice = device
-                    .parse::<crate::runtime::DeviceChoice>()
-                    .map_err(anyhow::Error::msg)?;
-                let device = crate::runtime::device(choice)?;
+                let device = crate::runtime::device(device)?;
                 let predictor = crate::infer::Predictor::load_for_threshold(&bundle, device)?;
                 predictor.predict_above(&rgb, score)
             };

@@ -18,8 +18,9 @@ use std::path::{Path, PathBuf};
 
 use eframe::egui;
 
-use crate::gui::shared::{DeviceSetting, JobView, PanelCtx};
+use crate::gui::shared::{JobView, PanelCtx};
 use crate::gui::worker::{Polled, Worker};
+use crate::runtime::DeviceChoice;
 use crate::train::preview::PreviewSample;
 use crate::train::{
     AugmentConfig, ChannelObserver, TrainConfig, TrainControl, TrainEvent, TrainObserver,
@@ -56,7 +57,7 @@ struct ActiveRun {
     worker: Worker<TrainEvent>,
     control: TrainControl,
     project: PathBuf,
-    device: DeviceSetting,
+    device: DeviceChoice,
 }
 
 enum WatchEvent {
@@ -104,7 +105,7 @@ pub struct TrainPanel {
     watch_busy: bool,
     watch_next: Option<PathBuf>,
     /// Project, run folder and device of the run the watch panel follows.
-    watch_for: Option<(PathBuf, PathBuf, DeviceSetting)>,
+    watch_for: Option<(PathBuf, PathBuf, DeviceChoice)>,
     watch_worker: Option<Worker<WatchEvent>>,
     /// The Evaluate section.
     pub eval: EvalPanel,
