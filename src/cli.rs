@@ -359,19 +359,20 @@ fn info(project_dir: &Path) -> anyhow::Result<()> {
     }
     writeln!(out, "\nedited instances: {}", info.edited_instances)?;
     writeln!(out, "unreviewed images: {}", info.unreviewed_images)?;
-    let sources: Vec<String> = info
-        .sources
-        .iter()
-        .map(|(k, v)| format!("{k} {v}"))
-        .collect();
-    writeln!(out, "image sources: {}", sources.join(", "))?;
-    let review: Vec<String> = info
-        .review
-        .iter()
-        .map(|(k, v)| format!("{k} {v}"))
-        .collect();
-    writeln!(out, "review status: {}", review.join(", "))?;
+    writeln!(out, "image sources: {}", joined_counts(&info.sources))?;
+    writeln!(out, "review status: {}", joined_counts(&info.review))?;
     print_stdout(&out)
+}
+
+/// `"k1 v1, k2 v2"`: a listing of names and their counts on one line.
+fn joined_counts<K: std::fmt::Display, V: std::fmt::Display>(
+    counts: impl IntoIterator<Item = (K, V)>,
+) -> String {
+    let parts: Vec<String> = counts
+        .into_iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    parts.join(", ")
 }
 
 /// `info --stats`: dataset statistics and the proposed overrides of the default preset's model.

@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use crate::dataset::mask::MaskError;
+use crate::dataset::rle::bbox_iou;
 use crate::dataset::{Rle, polygon};
 
 /// Number of area ranges (cocoeval.py `Params.areaRngLbl`: all, small, medium, large).
@@ -290,22 +291,6 @@ fn by_score_desc(a: f64, b: f64) -> Ordering {
     }
 }
 
-/// maskApi.c `bbIou` for one (dt, gt) pair; with `crowd` the union is the detection's area.
-fn bb_iou(d: &[f64; 4], g: &[f64; 4], crowd: bool) -> f64 {
-    let w = (d[2] + d[0]).min(g[2] + g[0]) - d[0].max(g[0]);
-    if w <= 0.0 {
-        return 0.0;
-    }
-    let h = (d[3] + d[1]).min(g[3] + g[1]) - d[1].max(g[1]);
-    if h <= 0.0 {
-        return 0.0;
-    }
-    let i = w * h;
-    let da = d[2] * d[3];
-    let u = if crowd { da } else { da + g[2] * g[3] - i };
-    i / u
-}
-
 /// A mask prepared for IoU: its `rleToBbox` box, area, size and foreground intervals in
 /// column-major pixel order.
 struct MaskInfo {
@@ -360,7 +345,7 @@ fn intersection(a: &[(u64, u64)], b: &[(u64, u64)]) -> u64 {
 /// maskApi.c `rleIou` for one pair: box prefilter, -1 on size mismatch, i/u with u = area(dt)
 /// for a crowd ground truth, 0 without overlap.
 fn mask_iou(d: &MaskInfo, g: &MaskInfo, iv: &[(u64, u64)], crowd: bool) -> f64 {
-    if bb_iou(&d.bbox, &g.bbox, crowd) <= 0.0 {
+    if bbox_iou(&d.bbox, &g.bbox, crowd) <= 0.0 {
         return 0.0;
     }
     if d.height != g.height || d.width != g.width {
@@ -434,7 +419,7 @@ fn eval_cell(ctx: &Ctx, gt_idx: &[usize], dt_idx: &[usize], s: &mut Scratch) -> 
                     let db = &ctx.dts[d].bbox;
                     for &g in gt_idx {
                         let gt = &ctx.gts[g];
-                        s.ious.push(bb_iou(db, &gt.bbox, gt.iscrowd));
+                        s.ious.push(bbox_iou(db, &gt.bbox, gt.iscrowd));
                     }
                 }
             }
@@ -1265,8 +1250,8 @@ mod tests {
     fn box_iou_crowd_divides_by_detection_area() {
         let d = [0.0, 0.0, 10.0, 10.0];
         let g = [5.0, 0.0, 10.0, 10.0];
-        assert_eq!(bb_iou(&d, &g, false), 50.0 / 150.0);
-        assert_eq!(bb_iou(&d, &g, true), 0.5);
-        assert_eq!(bb_iou(&d, &[10.0, 0.0, 5.0, 5.0], false), 0.0);
+        assert_eq!(bbox_iou(&d, &g, false), 50.0 / 150.0);
+        assert_eq!(bbox_iou(&d, &g, true), 0.5);
+        assert_eq!(bbox_iou(&d, &[10.0, 0.0, 5.0, 5.0], false), 0.0);
     }
 }

@@ -11,6 +11,7 @@ use anyhow::Context as _;
 
 use crate::cancel::CancelToken;
 use crate::dataset::Rle;
+use crate::dataset::rle::bbox_iou;
 use crate::dataset::store::Project;
 use crate::eval::coco_eval::{DtAnn, EvalParams, GtAnn, IouType, evaluate};
 use crate::eval::project::{Annotations, ProjectEval, predict_annotations};
@@ -54,22 +55,6 @@ pub struct EvalReport {
     pub min_score: f64,
 }
 
-/// Box IoU of `[x, y, w, h]` boxes; against a crowd box it is intersection / area(dt).
-fn box_iou(d: &[f64; 4], g: &[f64; 4], crowd: bool) -> f64 {
-    let iw = (d[0] + d[2]).min(g[0] + g[2]) - d[0].max(g[0]);
-    let ih = (d[1] + d[3]).min(g[1] + g[3]) - d[1].max(g[1]);
-    if iw <= 0.0 || ih <= 0.0 {
-        return 0.0;
-    }
-    let inter = iw * ih;
-    let union = if crowd {
-        d[2] * d[3]
-    } else {
-        d[2] * d[3] + g[2] * g[3] - inter
-    };
-    if union > 0.0 { inter / union } else { 0.0 }
-}
-
 /// Mask IoU; against a crowd mask it is intersection / area(dt).
 fn mask_iou(d: &Rle, g: &Rle, crowd: bool) -> f64 {
     if !crowd {
@@ -84,7 +69,7 @@ fn mask_iou(d: &Rle, g: &Rle, crowd: bool) -> f64 {
 
 fn iou(dt: &DtAnn, gt: &GtAnn, iou_type: IouType) -> f64 {
     match iou_type {
-        IouType::Bbox => box_iou(&dt.bbox, &gt.bbox, gt.iscrowd),
+        IouType::Bbox => bbox_iou(&dt.bbox, &gt.bbox, gt.iscrowd),
         IouType::Segm => match (&dt.rle, &gt.rle) {
             (Some(d), Some(g)) => mask_iou(d, g, gt.iscrowd),
             _ => 0.0,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use eframe::egui;
 
 use super::PredictPanel;
-use super::worker::Event;
+use super::events::Event;
 use crate::cancel::CancelToken;
 use crate::gui::shared::PanelCtx;
 use crate::gui::worker::Worker;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use eframe::egui;
 
 use super::PredictPanel;
-use super::worker::Event;
+use super::events::Event;
 use crate::gui::shared::PanelCtx;
 use crate::gui::worker::Worker;
 

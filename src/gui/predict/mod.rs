@@ -1,16 +1,18 @@
 //! Predict tab: drop images or folders (or open them), pick one of the project's models (or any
 //! bundle folder: [`crate::gui::model_picker`]), and see the detections over each image. This
 //! module holds the panel's state, starts its jobs and drains their events; the parts:
-//! [`worker`] (the `predict-worker` thread, which keeps each mask's probabilities so the score
-//! and mask sliders re-render without running the model again), [`inputs`] (dropped or opened
-//! files and folders, searched recursively: [`collect_inputs`]), [`pixels`] (display copies
-//! within [`PIXEL_BUDGET`], evicted images read again on `predict-reload`), [`view`] (the
-//! layout), [`table`] (the sortable instance table) and [`export`] (overlay PNGs, per-instance
-//! PNG masks and a COCO results JSON, written as `maskstudio predict` writes them).
+//! [`events`] (what the threads are told and report), [`worker`] (the `predict-worker` thread,
+//! which keeps each mask's probabilities so the score and mask sliders re-render without
+//! running the model again), [`inputs`] (dropped or opened files and folders, searched
+//! recursively: [`collect_inputs`]), [`pixels`] (display copies within [`PIXEL_BUDGET`],
+//! evicted images read again on `predict-reload`), [`view`] (the layout), [`table`] (the
+//! sortable instance table) and [`export`] (overlay PNGs, per-instance PNG masks and a COCO
+//! results JSON, written as `maskstudio predict` writes them).
 //!
 //! The score slider applies the user's threshold one way for every tab
 //! ([`crate::infer::threshold`]): the model keeps detections down to its floor.
 
+mod events;
 mod export;
 mod inputs;
 mod pixels;
@@ -35,9 +37,10 @@ use crate::gui::shared::{DeviceSetting, JobView, PanelCtx};
 use crate::gui::worker::{Polled, Worker};
 use crate::infer::Detection;
 use crate::runtime::DeviceChoice;
+use events::{Command, Event};
 use inputs::file_label;
 use table::TableSort;
-use worker::{Command, Event, worker_loop};
+use worker::worker_loop;
 
 /// The torch device choice of a settings value.
 pub fn device_choice(d: DeviceSetting) -> DeviceChoice {
@@ -297,6 +300,20 @@ impl PredictPanel {
         }
     }
 
+    /// Ends the running batch as failed with `why` (and `hint` after it in the notice); the
+    /// results so far stay. False when no batch was running.
+    fn fail_batch(&mut self, why: &str, hint: &str, cx: &mut PanelCtx) -> bool {
+        let kept = self.results.len();
+        let Some(b) = self.batch.take() else {
+            return false;
+        };
+        cx.notices.error(format!(
+            "prediction failed after {} of {} images ({kept} results kept): {why}{hint}",
+            b.done, b.total
+        ));
+        true
+    }
+
     /// Ends what a dead thread was doing: the job shows as failed, results so far stay.
     fn worker_died(&mut self, name: &str, why: String, cx: &mut PanelCtx) {
         match name {
@@ -305,13 +322,7 @@ impl PredictPanel {
                 self.worker = None;
                 self.model = None;
                 self.model_loading = false;
-                let kept = self.results.len();
-                if let Some(b) = self.batch.take() {
-                    cx.notices.error(format!(
-                        "prediction failed after {} of {} images ({kept} results kept): {why}; load the model again",
-                        b.done, b.total
-                    ));
-                } else {
+                if !self.fail_batch(&why, "; load the model again", cx) {
                     cx.notices
                         .error(format!("the model is unloaded: {why}; load it again"));
                 }
@@ -441,13 +452,7 @@ impl PredictPanel {
                     }
                 }
                 Event::BatchFailed { error } => {
-                    let kept = self.results.len();
-                    if let Some(b) = self.batch.take() {
-                        cx.notices.error(format!(
-                            "prediction failed after {} of {} images ({kept} results kept): {error}",
-                            b.done, b.total
-                        ));
-                    } else {
+                    if !self.fail_batch(&error, "", cx) {
                         cx.notices.error(format!("prediction failed: {error}"));
                     }
                     self.failures.push(error);

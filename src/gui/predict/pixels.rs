@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use eframe::egui;
 
-use super::worker::Event;
+use super::events::Event;
 use super::{PredictPanel, PredictedImage};
 use crate::gui::shared::PanelCtx;
 use crate::gui::worker::Worker;

@@ -1,87 +1,21 @@
 //! The `predict-worker` thread: it owns the loaded model, takes [`Command`]s and reports
-//! [`Event`]s (the one-shot export, reload and dialog threads report through the same enum).
+//! [`Event`]s ([`super::events`]).
 //! Each batch reads and prepares its images on a `predict-decode` thread
 //! ([`crate::infer::pipeline`]) while the model runs here, keeping every detection down to
 //! [`crate::infer::threshold::SCORE_FLOOR`] with soft masks.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use crossbeam_channel::Receiver;
 
 use super::PredictedImage;
+use super::events::{Command, Event};
 use super::inputs::collect_inputs;
 use super::pixels::display_copy;
-use crate::cancel::CancelToken;
 use crate::gui::worker::WorkerTx;
 use crate::infer::Predictor;
 use crate::infer::pipeline::DecodeAhead;
-use crate::runtime::DeviceChoice;
-
-/// Work for the prediction thread.
-pub(super) enum Command {
-    Load {
-        path: PathBuf,
-        device: DeviceChoice,
-    },
-    Predict {
-        inputs: Vec<PathBuf>,
-        cancel: CancelToken,
-    },
-}
-
-/// What the prediction thread reports.
-pub(super) enum Event {
-    Loaded {
-        path: PathBuf,
-        labels: Vec<String>,
-    },
-    LoadFailed {
-        path: PathBuf,
-        error: String,
-    },
-    Started {
-        total: usize,
-    },
-    /// Files inside the dropped folders that are not images (or could not be listed), with why.
-    Skipped(Vec<(PathBuf, String)>),
-    Image(Box<PredictedImage>),
-    ImageFailed {
-        path: PathBuf,
-        error: String,
-    },
-    Done {
-        cancelled: bool,
-    },
-    /// The batch ended early: its decoder thread died (the model stays loaded).
-    BatchFailed {
-        error: String,
-    },
-    Reloaded {
-        path: PathBuf,
-        image: Arc<image::RgbImage>,
-    },
-    ReloadFailed {
-        path: PathBuf,
-        error: String,
-    },
-    ExportProgress {
-        done: usize,
-        total: usize,
-    },
-    Exported {
-        dir: PathBuf,
-        detections: usize,
-        cancelled: bool,
-    },
-    ExportFailed {
-        error: String,
-    },
-    Picked {
-        paths: Vec<PathBuf>,
-    },
-}
 
 pub(super) fn worker_loop(rx: Receiver<Command>, tx: WorkerTx<Event>) {
     let mut predictor: Option<Predictor> = None;
