@@ -198,7 +198,14 @@ pub fn parse_hierarchy(bytes: &[u8], file: &str) -> Result<Vec<(String, String, 
     Ok(edges)
 }
 
-/// Downloads (or reuses) a small GCS file into the cache and returns its bytes.
+/// Largest class file downloaded (descriptions, segmentable MIDs, hierarchy): each is read
+/// into memory and parsed whole. The real ones are 12 KB (boxable descriptions), a few KB
+/// (segmentable MIDs) and 89 KB (the hierarchy JSON); 8 MiB leaves room for far larger lists,
+/// and a server sending more is broken or hostile.
+const MAX_CLASS_FILE_BYTES: u64 = 8 << 20;
+
+/// Downloads (or reuses) a small GCS file (at most [`MAX_CLASS_FILE_BYTES`]) into the cache and
+/// returns its bytes.
 fn fetch_small(
     http: &Http,
     cfg: &Config,
@@ -209,7 +216,15 @@ fn fetch_small(
 ) -> Result<Vec<u8>, Error> {
     let dest = cfg.file_path(path);
     if force || !dest.is_file() {
-        http.download_file(&cfg.gcs_url(path), &dest, cancel, counter, &|_, _| {})?;
+        let url = cfg.gcs_url(path);
+        http.download_file_at_most(
+            &url,
+            &dest,
+            cancel,
+            counter,
+            &|_, _| {},
+            MAX_CLASS_FILE_BYTES,
+        )?;
     }
     std::fs::read(&dest).map_err(Error::io(&dest))
 }
@@ -756,5 +771,24 @@ mod tests {
         assert_eq!(cat.parents("/m/02y6n").len(), 2);
         assert_eq!(cat.get(ROOT_MID).unwrap().name, "Entity");
         assert!(matches!(cat.resolve("Entity").map(|v| v.len()), Ok(3)));
+    }
+
+    #[test]
+    fn a_class_file_over_the_limit_leaves_the_built_in_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::new(dir.path().to_path_buf());
+        cfg.attempts = 1;
+        cfg.gcs_base = super::super::http::oversized_server(Some(MAX_CLASS_FILE_BYTES + 1), 0);
+        let mut index = Index::open(dir.path()).unwrap();
+        let http = Http::new(&cfg);
+        let (cancel, counter) = (CancelToken::default(), AtomicU64::new(0));
+        let reason = ensure_in_index(&http, &cfg, &mut index, &cancel, &counter).unwrap();
+        assert!(
+            reason.as_deref().is_some_and(|r| r.contains("limit")),
+            "{reason:?}"
+        );
+        let cat = Catalogue::from_index(&index).unwrap();
+        assert_eq!(cat.source(), CatalogueSource::BuiltIn);
+        assert!(!cfg.file_path(CLASS_DESCRIPTIONS).exists());
     }
 }

@@ -229,7 +229,29 @@ impl Http {
         counter: &AtomicU64,
         progress: &dyn Fn(u64, Option<u64>),
     ) -> Result<u64, Error> {
+        self.download_file_at_most(url, dest, cancel, counter, progress, u64::MAX)
+    }
+
+    /// [`Self::download_file`] for an object of at most `max_bytes`: a larger declared length
+    /// is refused before any byte is written, a body that runs past the limit is cut there;
+    /// either way the partial file goes and the error is not retried.
+    pub(crate) fn download_file_at_most(
+        &self,
+        url: &str,
+        dest: &Path,
+        cancel: &CancelToken,
+        counter: &AtomicU64,
+        progress: &dyn Fn(u64, Option<u64>),
+        max_bytes: u64,
+    ) -> Result<u64, Error> {
         let part = part_path(dest);
+        let too_large = |part: &Path, what: String| {
+            std::fs::remove_file(part).ok();
+            Failed::Fatal(Error::Format {
+                file: url.to_owned(),
+                message: format!("{what}, over the {max_bytes}-byte limit for this file"),
+            })
+        };
         if let Some(dir) = dest.parent() {
             std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
         }
@@ -299,6 +321,9 @@ impl Http {
                     (f, 0, len)
                 }
             };
+            if let Some(t) = total.filter(|&t| t > max_bytes) {
+                return Err(too_large(&part, format!("the server declares {t} bytes")));
+            }
             let mut written = offset;
             progress(written, total);
             let mut reader = resp.into_body().into_reader();
@@ -312,6 +337,10 @@ impl Http {
                     Ok(0) => break None,
                     Ok(n) => {
                         counter.fetch_add(n as u64, Ordering::Relaxed);
+                        if written.saturating_add(n as u64) > max_bytes {
+                            drop(file);
+                            return Err(too_large(&part, format!("more than {written} bytes")));
+                        }
                         file.write_all(&buf[..n]).map_err(fatal_io(&part))?;
                         written += n as u64;
                         progress(written, total);
@@ -442,6 +471,42 @@ pub(crate) fn sleep_cancellable(d: Duration, cancel: &CancelToken) -> Result<(),
     }
 }
 
+/// A loopback server for tests of size limits: answers one request with 200 and `declared` as
+/// Content-Length (none when `None`: the body ends when the connection closes), then sends
+/// `body` bytes or until the client hangs up. Returns its base URL.
+#[cfg(test)]
+pub(crate) fn oversized_server(declared: Option<u64>, body: u64) -> String {
+    use std::io::{BufRead as _, BufReader};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let Ok((stream, _)) = listener.accept() else {
+            return;
+        };
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut line = String::new();
+        while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+            line.clear();
+        }
+        let mut out = stream;
+        let length = declared.map_or(String::new(), |n| format!("Content-Length: {n}\r\n"));
+        let head = format!("HTTP/1.1 200 OK\r\n{length}Connection: close\r\n\r\n");
+        if out.write_all(head.as_bytes()).is_err() {
+            return;
+        }
+        let chunk = vec![b'x'; 64 << 10];
+        let mut sent = 0u64;
+        while sent < body {
+            let n = chunk.len().min((body - sent) as usize);
+            if out.write_all(&chunk[..n]).is_err() {
+                return;
+            }
+            sent += n as u64;
+        }
+    });
+    base
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -481,5 +546,29 @@ mod tests {
         assert_eq!(read_validator(&side), None);
         remove_if_present(&side).unwrap();
         remove_if_present(&side).unwrap();
+    }
+
+    #[test]
+    fn an_object_over_the_limit_is_refused_and_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::new(dir.path().to_path_buf());
+        cfg.attempts = 1;
+        let limit = 1 << 20;
+        // Declared too long: refused before the body; sent without a length: cut at the limit.
+        for (declared, body) in [(Some(limit + 1), 0), (None, 4 * limit)] {
+            let http = Http::new(&cfg);
+            let url = format!("{}/big.csv", oversized_server(declared, body));
+            let dest = dir.path().join("big.csv");
+            let counter = AtomicU64::new(0);
+            let cancel = CancelToken::default();
+            let err = http
+                .download_file_at_most(&url, &dest, &cancel, &counter, &|_, _| {}, limit)
+                .unwrap_err();
+            let message = err.to_string();
+            assert!(message.contains("1048576-byte limit"), "{message}");
+            assert!(!dest.exists() && !part_path(&dest).exists(), "{message}");
+            let received = counter.load(Ordering::Relaxed);
+            assert!(received <= limit + (64 << 10), "read {received} bytes");
+        }
     }
 }
