@@ -33,23 +33,13 @@ use eframe::egui;
 
 use crate::cancel::CancelToken;
 use crate::gui::model_picker::{self, ModelPicker, Purpose};
-use crate::gui::shared::{DeviceSetting, JobView, PanelCtx};
+use crate::gui::shared::{JobView, PanelCtx};
 use crate::gui::worker::{Polled, Worker};
 use crate::infer::Detection;
-use crate::runtime::DeviceChoice;
 use events::{Command, Event};
 use inputs::file_label;
 use table::TableSort;
 use worker::worker_loop;
-
-/// The torch device choice of a settings value.
-pub fn device_choice(d: DeviceSetting) -> DeviceChoice {
-    match d {
-        DeviceSetting::Auto => DeviceChoice::Auto,
-        DeviceSetting::Cpu => DeviceChoice::Cpu,
-        DeviceSetting::Cuda => DeviceChoice::Cuda,
-    }
-}
 
 /// One predicted image: its file, its pixels while kept in memory, and every detection the model
 /// kept (with soft masks).
@@ -252,7 +242,7 @@ impl PredictPanel {
 
     /// Starts loading the bundle at `path` on the prediction thread.
     pub fn load_model(&mut self, ctx: &egui::Context, path: PathBuf, cx: &mut PanelCtx) {
-        let device = device_choice(cx.settings.device);
+        let device = cx.settings.device;
         self.model_path = path.display().to_string();
         if self.send(ctx, Command::Load { path, device }, cx) {
             self.model_loading = true;

@@ -13,7 +13,6 @@ use crate::cancel::CancelToken;
 use crate::eval::coco_eval::{EvalResult, IouType};
 use crate::eval::per_image::{EvalReport, evaluate_with_errors};
 use crate::gui::model_picker::{self, ModelPicker, Purpose};
-use crate::gui::predict::device_choice;
 use crate::gui::progress::{Progress, progress_row};
 use crate::gui::shared::{JobView, PanelCtx, ShellRequest};
 use crate::gui::worker::{Polled, Worker};
@@ -181,7 +180,7 @@ impl EvalPanel {
         };
         let cancel = CancelToken::default();
         let (split, token, job_project) = (self.split.clone(), cancel.clone(), project.clone());
-        let device = device_choice(cx.settings.device);
+        let device = cx.settings.device;
         let min_score = f64::from(cx.settings.score_threshold);
         let terminal = |m: &Msg| matches!(m, Msg::Done(_));
         let spawned = Worker::spawn("eval-run", ctx, 64, terminal, move |tx| {

@@ -6,7 +6,6 @@
 use eframe::egui;
 
 use super::TrainPanel;
-use crate::gui::predict::device_choice;
 use crate::gui::shared::{DeviceSetting, PanelCtx};
 use crate::train::config::{OptimizerKind, ScheduleKind};
 use crate::train::{AugmentConfig, Preset, TrainConfig};
@@ -52,7 +51,7 @@ impl TrainPanel {
     pub fn recipe(&self, device: DeviceSetting) -> anyhow::Result<TrainConfig> {
         let mut cfg = self.cfg.clone();
         cfg.max_iters = (self.max_iters > 0).then_some(self.max_iters);
-        cfg.device = device_choice(device);
+        cfg.device = device;
         cfg.clip_grad_norm = self.clip_enabled.then_some(self.clip_value);
         cfg.patience = self.patience_enabled.then_some(self.patience_value);
         cfg.lr_milestones = self

@@ -10,7 +10,6 @@ use eframe::egui;
 use egui_plot::{Legend, Line, Plot, PlotPoints};
 
 use super::{Background, TrainPanel, WatchEvent};
-use crate::gui::predict::device_choice;
 use crate::gui::progress::{Progress, progress_bar};
 use crate::gui::shared::PanelCtx;
 use crate::gui::worker::Worker;
@@ -251,7 +250,7 @@ impl TrainPanel {
             return;
         }
         let spawned = Worker::once("train-watch", ctx, move || {
-            match predict_watch_images(&project, &run_dir, &bundle, device_choice(device), score) {
+            match predict_watch_images(&project, &run_dir, &bundle, device, score) {
                 Ok(images) => WatchEvent::Images(images),
                 Err(e) => WatchEvent::Failed(format!("{e:#}")),
             }
