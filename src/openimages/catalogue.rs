@@ -217,14 +217,8 @@ fn fetch_small(
     let dest = cfg.file_path(path);
     if force || !dest.is_file() {
         let url = cfg.gcs_url(path);
-        http.download_file_at_most(
-            &url,
-            &dest,
-            cancel,
-            counter,
-            &|_, _| {},
-            MAX_CLASS_FILE_BYTES,
-        )?;
+        let limit = Some(MAX_CLASS_FILE_BYTES);
+        http.download_file(&url, &dest, cancel, counter, &|_, _| {}, limit)?;
     }
     std::fs::read(&dest).map_err(Error::io(&dest))
 }

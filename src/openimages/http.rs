@@ -221,6 +221,10 @@ impl Http {
     /// ([`validator_path`]), and a resume sends it as `If-Range`; a server whose object changed
     /// answers 200 with the whole new body, which restarts the file from zero. A `.part` without
     /// a recorded validator is started over rather than resumed.
+    ///
+    /// With `max_bytes`, a larger declared length is refused before any byte is written and a
+    /// body that runs past the limit is cut there; either way the partial file goes and the
+    /// error is not retried.
     pub(crate) fn download_file(
         &self,
         url: &str,
@@ -228,22 +232,9 @@ impl Http {
         cancel: &CancelToken,
         counter: &AtomicU64,
         progress: &dyn Fn(u64, Option<u64>),
+        max_bytes: Option<u64>,
     ) -> Result<u64, Error> {
-        self.download_file_at_most(url, dest, cancel, counter, progress, u64::MAX)
-    }
-
-    /// [`Self::download_file`] for an object of at most `max_bytes`: a larger declared length
-    /// is refused before any byte is written, a body that runs past the limit is cut there;
-    /// either way the partial file goes and the error is not retried.
-    pub(crate) fn download_file_at_most(
-        &self,
-        url: &str,
-        dest: &Path,
-        cancel: &CancelToken,
-        counter: &AtomicU64,
-        progress: &dyn Fn(u64, Option<u64>),
-        max_bytes: u64,
-    ) -> Result<u64, Error> {
+        let max_bytes = max_bytes.unwrap_or(u64::MAX);
         let part = part_path(dest);
         let too_large = |part: &Path, what: String| {
             std::fs::remove_file(part).ok();
@@ -562,7 +553,7 @@ mod tests {
             let counter = AtomicU64::new(0);
             let cancel = CancelToken::default();
             let err = http
-                .download_file_at_most(&url, &dest, &cancel, &counter, &|_, _| {}, limit)
+                .download_file(&url, &dest, &cancel, &counter, &|_, _| {}, Some(limit))
                 .unwrap_err();
             let message = err.to_string();
             assert!(message.contains("1048576-byte limit"), "{message}");

@@ -85,7 +85,7 @@ fn fetch_one(
         std::fs::remove_file(&path).ok();
     }
     let url = cfg.image_url(job.split, &image_id_str(job.id));
-    match http.download_file(&url, &path, cancel, counter, &|_, _| {}) {
+    match http.download_file(&url, &path, cancel, counter, &|_, _| {}, None) {
         Ok(_) => Some(match validate(&path) {
             Ok((width, height)) => ImageResult::Ready {
                 job,

@@ -283,7 +283,7 @@ pub(crate) fn fetch_shard(
                 }
             }
         }
-        http.download_file(&url, &whole, cancel, &counters.whole, &|_, _| {})?;
+        http.download_file(&url, &whole, cancel, &counters.whole, &|_, _| {}, None)?;
     } else {
         counters.shard_sizes.fetch_add(
             std::fs::metadata(&whole).map(|m| m.len()).unwrap_or(0),

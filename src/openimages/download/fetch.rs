@@ -29,7 +29,7 @@ pub(super) fn fetch_file(
         return Ok(dest);
     }
     let last = AtomicU64::new(u64::MAX);
-    http.download_file(&cfg.gcs_url(key), &dest, cancel, counter, &|done, total| {
+    let progress = &|done, total: Option<u64>| {
         let step = done >> 20;
         if last.swap(step, Ordering::Relaxed) != step || Some(done) == total {
             events(DownloadEvent::Progress {
@@ -39,7 +39,8 @@ pub(super) fn fetch_file(
                 bytes: counter.load(Ordering::Relaxed),
             });
         }
-    })?;
+    };
+    http.download_file(&cfg.gcs_url(key), &dest, cancel, counter, progress, None)?;
     Ok(dest)
 }
 
