@@ -130,7 +130,16 @@ impl TrainPanel {
                     ui.end_row();
 
                     let mut size = cfg.resolved_image_size();
-                    labelled_drag(ui, "Image size", &mut size, 32..=2048, 1.0);
+                    let input = model_input(cfg);
+                    let label = ui.label("Image size");
+                    ui.horizontal(|ui| {
+                        ui.add(egui::DragValue::new(&mut size).range(32..=2048).speed(1.0))
+                            .labelled_by(label.id);
+                        ui.weak(input).on_hover_text(
+                            "The size the model receives: each training image is resized to it \
+                             once (the model's transform keeps it)",
+                        );
+                    });
                     if size != cfg.resolved_image_size() {
                         cfg.image_size = Some(size);
                     }
@@ -380,6 +389,20 @@ impl TrainPanel {
 }
 
 /// A label and a drag value labelled by it (kittest and screen readers find it by name).
+/// The model's input size as the form shows it beside "Image size" (the model config's last
+/// `min_size` and `max_size`): `longer side 320` or `shorter side 800, longer ≤ 1333`.
+fn model_input(cfg: &TrainConfig) -> String {
+    match cfg.model_config(2) {
+        Ok(m) => match m.min_size.last() {
+            Some(&min) if min < m.max_size => {
+                format!("shorter side {min}, longer ≤ {}", m.max_size)
+            }
+            _ => format!("longer side {}", m.max_size),
+        },
+        Err(_) => String::new(),
+    }
+}
+
 pub(super) fn labelled_drag<T: egui::emath::Numeric>(
     ui: &mut egui::Ui,
     text: &str,
