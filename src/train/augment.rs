@@ -147,7 +147,17 @@ pub fn load(
 
 /// Output size keeping the aspect ratio with the longer side at `size` (each side at least 1).
 pub fn fitted_dims(width: u32, height: u32, size: u32) -> (u32, u32) {
-    let scale = f64::from(size) / f64::from(width.max(height).max(1));
+    model_dims(width, height, size, size)
+}
+
+/// Output size of the model transform's rule (torchvision `GeneralizedRCNNTransform`): the
+/// shorter side to `min_side` unless the longer side would pass `max_side` (then that bounds it),
+/// rounded, each side at least 1. With `min_side == max_side` the longer side is `max_side`
+/// ([`fitted_dims`]).
+pub fn model_dims(width: u32, height: u32, min_side: u32, max_side: u32) -> (u32, u32) {
+    let short = f64::from(width.min(height).max(1));
+    let long = f64::from(width.max(height).max(1));
+    let scale = (f64::from(min_side) / short).min(f64::from(max_side) / long);
     let w = ((f64::from(width) * scale).round() as u32).max(1);
     let h = ((f64::from(height) * scale).round() as u32).max(1);
     (w, h)
@@ -480,20 +490,46 @@ fn jitter_offset(content: u32, canvas: u32, keep: Option<(u32, u32)>, rng: &mut 
 pub struct Augmenter {
     /// The pipeline options.
     pub cfg: AugmentConfig,
-    /// Longer side of the output (`TrainConfig::resolved_image_size`).
+    /// Bound of the output's longer side: the model's `max_size` (`TrainConfig::image_size`
+    /// through the preset).
     pub image_size: u32,
+    /// The output's shorter side unless `image_size` bounds it: the model's (last) `min_size`.
+    /// Images leave the augmenter at the size the model's transform gives them, so the model
+    /// does not resize them again (one resize). Equal to `image_size` for `cpu-fast`.
+    pub min_side: u32,
     /// Probability of the horizontal flip.
     pub hflip_prob: f64,
 }
 
 impl Augmenter {
-    /// The augmenter of a training config.
+    /// The augmenter of a training config: its output follows the model's resize rule
+    /// ([`TrainConfig::model_config`]'s `min_size`/`max_size`).
     pub fn new(cfg: &TrainConfig) -> Self {
+        let size = cfg.resolved_image_size();
+        // The config is validated before training; a bad override keeps the longer-side rule.
+        let (min_side, max_side) = cfg
+            .model_config(2)
+            .ok()
+            .and_then(|m| Some((m.min_size.last().copied()?, m.max_size)))
+            .and_then(|(lo, hi)| Some((u32::try_from(lo).ok()?, u32::try_from(hi).ok()?)))
+            .unwrap_or((size, size));
         Self {
             cfg: AugmentConfig::resolve(cfg),
-            image_size: cfg.resolved_image_size(),
+            image_size: max_side,
+            min_side,
             hflip_prob: cfg.hflip_prob,
         }
+    }
+
+    /// The model's size of a `width` x `height` image, its sides scaled by `scale` (jitter).
+    fn fit(&self, width: u32, height: u32, scale: f64) -> (u32, u32) {
+        let scaled = |side: u32| ((f64::from(side) * scale).round() as u32).max(1);
+        model_dims(
+            width,
+            height,
+            scaled(self.min_side),
+            scaled(self.image_size),
+        )
     }
 
     /// Longer side the loader decodes to before [`Augmenter::apply`].
@@ -531,7 +567,7 @@ impl Augmenter {
         }
         if !c.enabled {
             let (w, h) = s.image.dimensions();
-            let (fw, fh) = fitted_dims(w, h, self.image_size);
+            let (fw, fh) = self.fit(w, h, 1.0);
             let mut s = resize(s, fw, fh);
             s.drop_small(1);
             return s;
@@ -564,7 +600,7 @@ impl Augmenter {
             let (x, y, w, h) =
                 bbox_safe_crop_rect(&s, c.crop_keep_all, c.crop_min_fraction, &mut place_rng);
             let s = crop(s, x, y, w, h);
-            let fitted = fitted_dims(w, h, size);
+            let fitted = self.fit(w, h, 1.0);
             let canvas = if c.pad_to_square {
                 (size, size)
             } else {
@@ -573,9 +609,9 @@ impl Augmenter {
             place(s, fitted, canvas, (0, 0), c.fill)
         } else {
             let (w, h) = s.image.dimensions();
-            let fitted = fitted_dims(w, h, size);
+            let fitted = self.fit(w, h, 1.0);
             let scale = c.scale_min + (c.scale_max - c.scale_min) * scale_u;
-            let content = fitted_dims(w, h, ((f64::from(size) * scale).round() as u32).max(1));
+            let content = self.fit(w, h, scale);
             let canvas = if c.pad_to_square {
                 (size, size)
             } else {
@@ -817,6 +853,52 @@ mod tests {
         };
         let out = square.apply(sample(64, 40, &[(5, 5, 10, 8)]), &mut SplitMix64::new(3));
         assert_eq!(out.image.dimensions(), (48, 48));
+    }
+
+    #[test]
+    fn images_leave_at_the_size_the_model_receives() {
+        use crate::model::transform::resized_size;
+        for (preset, image_size) in [
+            (Preset::CpuFast, None),
+            (Preset::Quality, None),
+            (Preset::Quality, Some(640)),
+        ] {
+            let cfg = TrainConfig {
+                preset,
+                image_size,
+                augment: Some(Box::new(AugmentConfig {
+                    crop_prob: 0.5,
+                    ..AugmentConfig::for_preset(preset)
+                })),
+                ..TrainConfig::default()
+            };
+            let model = cfg.model_config(2).unwrap();
+            let (min, max) = (model.min_size[0], model.max_size);
+            let aug = Augmenter::new(&cfg);
+            assert_eq!(
+                (i64::from(aug.min_side), i64::from(aug.image_size)),
+                (min, max)
+            );
+            for (seed, (w, h)) in [(64, 48), (48, 64), (200, 50), (30, 30)]
+                .into_iter()
+                .enumerate()
+            {
+                let s = sample(w, h, &[(2, 2, 10, 10)]);
+                let out = aug.apply(s, &mut SplitMix64::new(seed as u64));
+                let (ow, oh) = out.image.dimensions();
+                let got = (i64::from(oh), i64::from(ow));
+                // The model's transform leaves the image as it is: one resize.
+                assert_eq!(resized_size(got, min, max), got, "{preset:?} {w}x{h}");
+            }
+        }
+        // torchvision's sizes for `quality`: a 4:3 image reaches the model at 1067x800.
+        let quality = Augmenter::new(&TrainConfig {
+            preset: Preset::Quality,
+            ..TrainConfig::default()
+        });
+        assert_eq!((quality.min_side, quality.image_size), (800, 1333));
+        assert_eq!(quality.fit(640, 480, 1.0), (1067, 800));
+        assert_eq!(model_dims(640, 480, 320, 320), fitted_dims(640, 480, 320));
     }
 
     #[test]

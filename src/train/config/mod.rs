@@ -23,7 +23,8 @@ pub enum Preset {
     /// MobileNetV2-FPN from the ImageNet weights, 320 px images, fewer proposals.
     #[default]
     CpuFast,
-    /// ResNet-50-FPN at torchvision's sizes (800/1333, 2000/2000 proposals, 512 RoIs).
+    /// ResNet-50-FPN at torchvision's sizes (800/1333, 2000/2000 proposals, 512 RoIs); an
+    /// `image_size` bounds the longer side (1333) with the shorter (800) in proportion.
     Quality,
 }
 
@@ -39,7 +40,7 @@ impl std::str::FromStr for Preset {
 }
 
 impl Preset {
-    /// The longer image side the data loader resizes to when the config does not set one.
+    /// The longer image side the model receives when the config does not set one.
     pub fn default_image_size(self) -> u32 {
         match self {
             Preset::CpuFast => 320,
@@ -361,10 +362,19 @@ impl TrainConfig {
                 box_batch_size_per_image: 128,
                 ..MaskRcnnConfig::for_backbone(Backbone::MobilenetV2)
             },
-            Preset::Quality => MaskRcnnConfig {
-                num_classes,
-                ..MaskRcnnConfig::for_backbone(Backbone::Resnet50)
-            },
+            Preset::Quality => {
+                // torchvision's 800/1333 with the longer side bound at `size` (1333 unless set),
+                // the shorter side in proportion; the augmenter already delivers this size.
+                let base = MaskRcnnConfig::for_backbone(Backbone::Resnet50);
+                let min = base.min_size.last().copied().unwrap_or(size);
+                let min = (min as f64 * size as f64 / base.max_size as f64).round() as i64;
+                MaskRcnnConfig {
+                    num_classes,
+                    min_size: vec![min.clamp(1, size)],
+                    max_size: size,
+                    ..base
+                }
+            }
         }
     }
 }
@@ -454,6 +464,28 @@ fn coerce_integers(like: &serde_json::Value, value: serde_json::Value) -> serde_
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_image_size_is_the_longer_side_the_model_receives() {
+        let quality = |image_size| TrainConfig {
+            preset: Preset::Quality,
+            image_size,
+            ..TrainConfig::default()
+        };
+        let sizes = |c: &TrainConfig| {
+            let m = c.model_config(3).unwrap();
+            (m.min_size, m.max_size)
+        };
+        // torchvision's 800/1333 unless set; a set size bounds the longer side, the shorter in
+        // proportion.
+        assert_eq!(sizes(&quality(None)), (vec![800], 1333));
+        assert_eq!(sizes(&quality(Some(1000))), (vec![600], 1000));
+        let fast = TrainConfig {
+            image_size: Some(256),
+            ..TrainConfig::default()
+        };
+        assert_eq!(sizes(&fast), (vec![256], 256));
+    }
 
     #[test]
     fn partial_json_takes_defaults() {
