@@ -177,11 +177,20 @@ mod tests {
             TableSort { by, descending }.sort(&mut rows);
             rows.iter().map(|r| r.0).collect::<Vec<_>>()
         };
-        assert_eq!(order(SortBy::Score, true), [0, 1, 2]);
-        assert_eq!(order(SortBy::Score, false), [2, 1, 0]);
-        assert_eq!(order(SortBy::Class, false), [1, 0, 2]);
-        assert_eq!(order(SortBy::Class, true), [0, 2, 1]);
-        assert_eq!(order(SortBy::Area, true), [1, 2, 0]);
-        assert_eq!(order(SortBy::Area, false), [0, 2, 1]);
+        let expected = [
+            (SortBy::Score, true, [0, 1, 2]),
+            (SortBy::Score, false, [2, 1, 0]),
+            (SortBy::Class, false, [1, 0, 2]),
+            (SortBy::Class, true, [0, 2, 1]),
+            (SortBy::Area, true, [1, 2, 0]),
+            (SortBy::Area, false, [0, 2, 1]),
+        ];
+        for (by, descending, want) in expected {
+            assert_eq!(
+                order(by, descending),
+                want,
+                "{by:?} descending {descending}"
+            );
+        }
     }
 }

@@ -13,6 +13,14 @@ use crate::gui::progress::{Progress, progress_row};
 use crate::gui::shared::PanelCtx;
 use crate::infer::{Detection, overlay, threshold};
 
+/// `done` of `total` images, as a progress row counts them.
+fn images(done: usize, total: usize) -> Progress {
+    Progress::Count {
+        done: done as u64,
+        total: total as u64,
+    }
+}
+
 impl PredictPanel {
     /// Draws the tab.
     pub fn ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelCtx) {
@@ -72,12 +80,8 @@ impl PredictPanel {
                 self.pick(&ctx, cx);
             }
             if let Some(b) = &self.batch {
-                let progress = Progress::Count {
-                    done: b.done as u64,
-                    total: b.total as u64,
-                };
                 let cancel = Some((&b.cancel, "Cancel prediction"));
-                progress_row(ui, progress, None, 160.0, cancel);
+                progress_row(ui, images(b.done, b.total), None, 160.0, cancel);
             }
             if !self.pending.is_empty() {
                 ui.label(format!("{} inputs waiting for a model", self.pending.len()));
@@ -105,11 +109,8 @@ impl PredictPanel {
                 self.start_export(&ctx, cx);
             }
             if let Some((done, total, cancel)) = &self.exporting {
-                let progress = Progress::Count {
-                    done: *done as u64,
-                    total: *total as u64,
-                };
-                progress_row(ui, progress, None, 160.0, Some((cancel, "Cancel export")));
+                let cancel = Some((cancel, "Cancel export"));
+                progress_row(ui, images(*done, *total), None, 160.0, cancel);
             }
         });
         if !self.failures.is_empty() {
