@@ -407,101 +407,77 @@ pub fn decode(data: &[u8], entry: &Entry) -> Result<Vec<u8>, ZipError> {
 mod tests {
     use super::*;
 
-    /// A stored archive of `entries`, optionally with a comment.
-    fn archive(entries: &[(&str, &[u8])], comment: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut central = Vec::new();
-        for (name, data) in entries {
-            let offset = out.len() as u32;
-            let crc = crc32fast::hash(data);
-            let mut local = Vec::new();
-            local.extend_from_slice(&LOCAL_SIG.to_le_bytes());
-            local.extend_from_slice(&[20, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-            local.extend_from_slice(&crc.to_le_bytes());
-            local.extend_from_slice(&(data.len() as u32).to_le_bytes());
-            local.extend_from_slice(&(data.len() as u32).to_le_bytes());
-            local.extend_from_slice(&(name.len() as u16).to_le_bytes());
-            local.extend_from_slice(&0u16.to_le_bytes());
-            out.extend_from_slice(&local);
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(data);
-            central.extend_from_slice(&CENTRAL_SIG.to_le_bytes());
-            central.extend_from_slice(&[20, 0, 20, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-            central.extend_from_slice(&crc.to_le_bytes());
-            central.extend_from_slice(&(data.len() as u32).to_le_bytes());
-            central.extend_from_slice(&(data.len() as u32).to_le_bytes());
-            central.extend_from_slice(&(name.len() as u16).to_le_bytes());
-            central.extend_from_slice(&[0; 12]);
-            central.extend_from_slice(&offset.to_le_bytes());
-            central.extend_from_slice(name.as_bytes());
-        }
-        let cd_offset = out.len() as u32;
-        out.extend_from_slice(&central);
-        out.extend_from_slice(&EOCD_SIG.to_le_bytes());
-        out.extend_from_slice(&[0; 4]);
-        out.extend_from_slice(&(entries.len() as u16).to_le_bytes());
-        out.extend_from_slice(&(entries.len() as u16).to_le_bytes());
-        out.extend_from_slice(&(central.len() as u32).to_le_bytes());
-        out.extend_from_slice(&cd_offset.to_le_bytes());
-        out.extend_from_slice(&(comment.len() as u16).to_le_bytes());
-        out.extend_from_slice(comment);
-        out
+    /// A `torch.save` archive: 21 stored entries, with ZIP64 end records.
+    fn fixture() -> Vec<u8> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(dir.join("tests/fixtures/checkpoints/small_zip.pt")).unwrap()
+    }
+
+    /// The directory's entries and each entry's decoded data.
+    fn read_all(bytes: &[u8]) -> Result<Vec<(Entry, Vec<u8>)>, ZipError> {
+        let location = locate_in(bytes)?;
+        let range = location.range(bytes.len() as u64, u64::MAX)?;
+        let raw = &bytes[range.start as usize..range.end as usize];
+        parse_directory(raw, location)?
+            .into_iter()
+            .map(|e| {
+                let data = decode(entry_data(bytes, location.offset, &e)?, &e)?;
+                Ok((e, data))
+            })
+            .collect()
     }
 
     #[test]
-    fn reads_entries_of_an_archive_in_memory_with_and_without_a_comment() {
-        for comment in [&b""[..], b"a comment PK\x05\x06 with a fake signature"] {
-            let bytes = archive(&[("a.txt", b"hello"), ("dir/b.bin", &[7; 300])], comment);
-            let location = locate_in(&bytes).unwrap();
-            assert_eq!((location.entries, location.zip64), (2, false));
-            let range = location.range(bytes.len() as u64, u64::MAX).unwrap();
-            let raw = &bytes[range.start as usize..range.end as usize];
-            let entries = parse_directory(raw, location).unwrap();
-            assert_eq!(entries[1].name, "dir/b.bin");
-            let data = entry_data(&bytes, location.offset, &entries[1]).unwrap();
-            assert_eq!(data, &[7; 300][..]);
-            assert_eq!(decode(data, &entries[1]).unwrap(), vec![7; 300]);
-            let a = entry_data(&bytes, location.offset, &entries[0]).unwrap();
-            assert_eq!(decode(a, &entries[0]).unwrap(), b"hello");
+    fn reads_a_zip64_archive_with_and_without_a_comment() {
+        let plain = fixture();
+        let location = locate_in(&plain).unwrap();
+        assert_eq!((location.entries, location.zip64), (21, true));
+        // A comment holding a fake end-record signature must not be taken for the record.
+        let comment = b"a comment PK\x05\x06 with a fake signature";
+        let mut commented = plain.clone();
+        let at = commented.len() - 2;
+        commented[at..].copy_from_slice(&(comment.len() as u16).to_le_bytes());
+        commented.extend_from_slice(comment);
+        for bytes in [plain, commented] {
+            let all = read_all(&bytes).unwrap();
+            assert_eq!(all.len(), 21);
+            let byteorder = all.iter().find(|(e, _)| e.name == "small_zip/byteorder");
+            assert_eq!(byteorder.unwrap().1, b"little");
+            let data0 = all.iter().find(|(e, _)| e.name == "small_zip/data/0");
+            assert_eq!(data0.unwrap().1.len(), 192);
         }
     }
 
     #[test]
     fn every_cut_of_an_archive_is_an_error_not_a_panic() {
-        let bytes = archive(&[("a.txt", b"hello"), ("b.txt", b"world")], b"");
+        let bytes = fixture();
         for n in 0..bytes.len() {
-            let cut = &bytes[..n];
-            let read = locate_in(cut).and_then(|l| {
-                let r = l.range(cut.len() as u64, u64::MAX)?;
-                let entries = parse_directory(&cut[r.start as usize..r.end as usize], l)?;
-                entries
-                    .iter()
-                    .map(|e| entry_data(cut, l.offset, e).map(<[u8]>::len))
-                    .collect::<Result<Vec<_>, _>>()
-            });
-            assert!(read.is_err(), "{n} bytes of {} accepted", bytes.len());
+            let err = read_all(&bytes[..n]).err();
+            assert!(err.is_some(), "{n} bytes of {} accepted", bytes.len());
         }
     }
 
     #[test]
     fn a_lying_entry_is_refused_with_its_kind() {
-        let bytes = archive(&[("a.txt", b"hello")], b"");
+        let bytes = fixture();
         let location = locate_in(&bytes).unwrap();
         let raw = &bytes[location.offset as usize..][..location.size as usize];
-        let mut entry = parse_directory(raw, location).unwrap().remove(0);
+        let mut entry = parse_directory(raw, location).unwrap().remove(3);
+        assert_eq!(entry.name, "small_zip/byteorder");
+        let data = entry_data(&bytes, location.offset, &entry).unwrap();
         entry.compressed_size = u64::MAX;
         let err = entry_data(&bytes, location.offset, &entry).unwrap_err();
         assert_eq!(err.kind, ZipErrorKind::Truncated, "{err}");
-        entry.compressed_size = 5;
+        entry.compressed_size = 6;
+        entry.size = 7;
+        let err = decode(data, &entry).unwrap_err();
+        assert!(err.message.contains("stored entry with 6"), "{err}");
         entry.size = 6;
-        let err = decode(b"hello", &entry).unwrap_err();
-        assert!(err.message.contains("stored entry with 5"), "{err}");
-        entry.size = 5;
         entry.crc32 ^= 1;
-        let err = decode(b"hello", &entry).unwrap_err();
+        let err = decode(data, &entry).unwrap_err();
         assert!(err.message.contains("CRC-32"), "{err}");
         assert!(
-            check_sizes(&entry, 4)
+            check_sizes(&entry, 5)
                 .unwrap_err()
                 .message
                 .contains("limit")
