@@ -20,7 +20,7 @@ use crate::openimages::cli::human_bytes;
 use crate::openimages::{Catalogue, CatalogueSource, ClassInfo, DownloadEvent, Split, builtin};
 
 use super::progress::cancel_button;
-use super::shared::{JobView, PanelCtx, Picked, ShellRequest, Tab};
+use super::shared::{JobView, PanelCtx, Picked, ShellRequest, Tab, picked_remove_buttons};
 use super::worker::Worker;
 
 enum Msg {
@@ -324,19 +324,7 @@ impl ClassesPanel {
     fn picked_ui(&self, ui: &mut egui::Ui, cx: &mut PanelCtx, picked: &mut Picked) {
         ui.horizontal_wrapped(|ui| {
             ui.strong(format!("Picked for download: {}", picked.len()));
-            let mut remove = None;
-            for (mid, name) in picked.iter() {
-                if ui
-                    .small_button(format!("{name} (remove)"))
-                    .on_hover_text(format!("{mid}: remove from the request"))
-                    .clicked()
-                {
-                    remove = Some(mid.clone());
-                }
-            }
-            if let Some(mid) = remove {
-                picked.remove(&mid);
-            }
+            picked_remove_buttons(ui, picked, "remove from the request");
             if let Some(cat) = &self.catalogue
                 && !picked.is_empty()
             {

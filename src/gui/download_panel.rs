@@ -17,7 +17,9 @@ use crate::openimages::cli::human_bytes;
 use crate::openimages::{DownloadEvent, DownloadRequest, DownloadSummary, Phase, Split, download};
 
 use super::progress::{Progress, cancel_button, progress_bar};
-use super::shared::{JobView, PanelCtx, Picked, Settings, ShellRequest, Tab};
+use super::shared::{
+    JobView, PanelCtx, Picked, Settings, ShellRequest, Tab, picked_remove_buttons,
+};
 use super::worker::Worker;
 
 /// The phases shown, in order.
@@ -316,19 +318,7 @@ impl DownloadPanel {
                         if self.picked.is_empty() {
                             ui.weak("none yet");
                         }
-                        let mut remove = None;
-                        for (mid, name) in &self.picked {
-                            if ui
-                                .small_button(format!("{name} (remove)"))
-                                .on_hover_text(format!("{mid}: remove"))
-                                .clicked()
-                            {
-                                remove = Some(mid.clone());
-                            }
-                        }
-                        if let Some(mid) = remove {
-                            self.picked.remove(&mid);
-                        }
+                        picked_remove_buttons(ui, &mut self.picked, "remove");
                         if ui.button("Pick classes…").clicked() {
                             cx.requests.push(ShellRequest::ShowTab(Tab::Classes));
                         }

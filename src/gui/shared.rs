@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use eframe::egui;
 use serde::{Deserialize, Serialize};
 
 use crate::cancel::CancelToken;
@@ -266,6 +267,24 @@ pub enum ShellRequest {
 
 /// Classes picked for download: MID → display name.
 pub type Picked = BTreeMap<String, String>;
+
+/// One small "<name> (remove)" button per picked class (hover: "<mid>: `hover`"); a click
+/// drops that class from `picked`.
+pub fn picked_remove_buttons(ui: &mut egui::Ui, picked: &mut Picked, hover: &str) {
+    let mut remove = None;
+    for (mid, name) in picked.iter() {
+        if ui
+            .small_button(format!("{name} (remove)"))
+            .on_hover_text(format!("{mid}: {hover}"))
+            .clicked()
+        {
+            remove = Some(mid.clone());
+        }
+    }
+    if let Some(mid) = remove {
+        picked.remove(&mid);
+    }
+}
 
 /// What a panel gets each frame.
 pub struct PanelCtx<'a> {

@@ -13,6 +13,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use std::time::Duration;
 
@@ -77,14 +78,18 @@ enum State {
     Died,
 }
 
+/// Where a worker thread writes its panic message before its last sender drops.
+type PanicSlot = Arc<Mutex<Option<String>>>;
+
 /// The GUI side of one worker thread.
+#[derive(Debug)]
 pub struct Worker<E> {
     name: String,
     rx: Receiver<E>,
     is_terminal: fn(&E) -> bool,
-    panic: Arc<Mutex<Option<String>>>,
+    panic: PanicSlot,
     state: State,
-    handles: Vec<std::thread::JoinHandle<()>>,
+    handles: Vec<JoinHandle<()>>,
 }
 
 impl<E: Send + 'static> Worker<E> {
@@ -101,16 +106,8 @@ impl<E: Send + 'static> Worker<E> {
     where
         F: FnOnce(WorkerTx<E>) + Send + 'static,
     {
-        let (tx, rx) = bounded(cap.max(1));
-        let panic = Arc::new(Mutex::new(None));
-        let handle = spawn_guarded(name.to_owned(), tx, ctx, &panic, f)?;
-        Ok(Self {
-            name: name.to_owned(),
-            rx,
-            is_terminal,
-            panic,
-            state: State::Running,
-            handles: vec![handle],
+        Self::start(name, cap, is_terminal, |tx, panic| {
+            Ok(vec![spawn_guarded(name.to_owned(), tx, ctx, panic, f)?])
         })
     }
 
@@ -129,27 +126,39 @@ impl<E: Send + 'static> Worker<E> {
     where
         F: Fn(usize, WorkerTx<E>) + Clone + Send + 'static,
     {
-        let (tx, rx) = bounded(cap.max(1));
-        let panic = Arc::new(Mutex::new(None));
-        let mut handles = Vec::new();
-        let mut first_error = None;
-        for n in 0..threads.max(1) {
-            let f = f.clone();
-            match spawn_guarded(format!("{name}-{n}"), tx.clone(), ctx, &panic, move |tx| {
-                f(n, tx)
-            }) {
-                Ok(handle) => handles.push(handle),
-                Err(e) => {
-                    log::error!("cannot start the {name}-{n} thread: {e}");
-                    first_error.get_or_insert(e);
+        Self::start(name, cap, is_terminal, |tx, panic| {
+            let mut handles = Vec::new();
+            let mut first_error = None;
+            for n in 0..threads.max(1) {
+                let f = f.clone();
+                let run = move |tx| f(n, tx);
+                match spawn_guarded(format!("{name}-{n}"), tx.clone(), ctx, panic, run) {
+                    Ok(handle) => handles.push(handle),
+                    Err(e) => {
+                        log::error!("cannot start the {name}-{n} thread: {e}");
+                        first_error.get_or_insert(e);
+                    }
                 }
             }
-        }
-        if handles.is_empty()
-            && let Some(e) = first_error
-        {
-            return Err(e);
-        }
+            match first_error {
+                Some(e) if handles.is_empty() => Err(e),
+                _ => Ok(handles),
+            }
+        })
+    }
+
+    /// A running job named `name` over a channel of `cap` events: `spawn` starts its threads
+    /// with the channel's sender (dropped when `spawn` returns, so only the threads hold one)
+    /// and the panic slot.
+    fn start(
+        name: &str,
+        cap: usize,
+        is_terminal: fn(&E) -> bool,
+        spawn: impl FnOnce(Sender<E>, &PanicSlot) -> std::io::Result<Vec<JoinHandle<()>>>,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = bounded(cap.max(1));
+        let panic = Arc::new(Mutex::new(None));
+        let handles = spawn(tx, &panic)?;
         Ok(Self {
             name: name.to_owned(),
             rx,
@@ -304,9 +313,9 @@ fn spawn_guarded<E, F>(
     name: String,
     tx: Sender<E>,
     ctx: &egui::Context,
-    slot: &Arc<Mutex<Option<String>>>,
+    slot: &PanicSlot,
     f: F,
-) -> std::io::Result<std::thread::JoinHandle<()>>
+) -> std::io::Result<JoinHandle<()>>
 where
     E: Send + 'static,
     F: FnOnce(WorkerTx<E>) + Send + 'static,

@@ -110,14 +110,7 @@ impl StudioApp {
                 if self.settings.recent_projects.is_empty() {
                     ui.weak("no recent projects");
                 }
-                let mut chosen = None;
-                for p in &self.settings.recent_projects {
-                    if ui.button(p.display().to_string()).clicked() {
-                        chosen = Some(p.clone());
-                    }
-                }
-                if let Some(p) = chosen {
-                    self.open_project(p, false, Some(ui.ctx()));
+                if self.open_recent_ui(ui, egui::Button::new) {
                     ui.close();
                 }
             });
@@ -138,6 +131,26 @@ impl StudioApp {
                 }
             }
         });
+    }
+
+    /// One `widget` (a menu button, a link) per recent project; opens the one clicked and
+    /// says whether one was.
+    pub(super) fn open_recent_ui<W: egui::Widget>(
+        &mut self,
+        ui: &mut egui::Ui,
+        widget: fn(String) -> W,
+    ) -> bool {
+        let mut chosen = None;
+        for p in &self.settings.recent_projects {
+            if ui.add(widget(p.display().to_string())).clicked() {
+                chosen = Some(p.clone());
+            }
+        }
+        let Some(p) = chosen else {
+            return false;
+        };
+        self.open_project(p, false, Some(ui.ctx()));
+        true
     }
 
     /// The "Project folder" field with its Open and Create buttons (the fallback when no

@@ -111,22 +111,15 @@ fn settings_grid(ui: &mut egui::Ui, s: &mut Settings) {
         s.data_dir = PathBuf::from(data_dir);
     }
     ui.end_row();
-    let label = ui.label("Images mirror URL");
-    ui.add(
-        egui::TextEdit::singleline(&mut s.images_base_url)
-            .hint_text("https://open-images-dataset.s3.amazonaws.com")
-            .desired_width(320.0),
-    )
-    .labelled_by(label.id);
-    ui.end_row();
-    let label = ui.label("Annotations mirror URL");
-    ui.add(
-        egui::TextEdit::singleline(&mut s.annotations_base_url)
-            .hint_text("https://storage.googleapis.com/openimages")
-            .desired_width(320.0),
-    )
-    .labelled_by(label.id);
-    ui.end_row();
+    let images_hint = "https://open-images-dataset.s3.amazonaws.com";
+    url_row(ui, "Images mirror URL", &mut s.images_base_url, images_hint);
+    let annotations_hint = "https://storage.googleapis.com/openimages";
+    url_row(
+        ui,
+        "Annotations mirror URL",
+        &mut s.annotations_base_url,
+        annotations_hint,
+    );
     ui.label("Device");
     egui::ComboBox::from_id_salt("device")
         .selected_text(s.device.as_str())
@@ -150,6 +143,19 @@ fn settings_grid(ui: &mut egui::Ui, s: &mut Settings) {
         ui.selectable_value(&mut s.theme, Theme::Dark, "Dark");
         ui.selectable_value(&mut s.theme, Theme::Light, "Light");
     });
+    ui.end_row();
+}
+
+/// A labelled URL field with `hint` (the default it falls back to when empty), then the row's
+/// end.
+fn url_row(ui: &mut egui::Ui, label: &str, url: &mut String, hint: &str) {
+    let label = ui.label(label);
+    ui.add(
+        egui::TextEdit::singleline(url)
+            .hint_text(hint)
+            .desired_width(320.0),
+    )
+    .labelled_by(label.id);
     ui.end_row();
 }
 

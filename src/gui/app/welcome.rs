@@ -42,15 +42,7 @@ impl StudioApp {
             if !self.settings.recent_projects.is_empty() {
                 ui.add_space(16.0);
                 ui.strong("Recent projects");
-                let mut chosen = None;
-                for p in &self.settings.recent_projects {
-                    if ui.link(p.display().to_string()).clicked() {
-                        chosen = Some(p.clone());
-                    }
-                }
-                if let Some(p) = chosen {
-                    self.open_project(p, false, Some(ui.ctx()));
-                }
+                self.open_recent_ui(ui, egui::Link::new);
             }
         });
     }

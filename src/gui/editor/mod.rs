@@ -21,6 +21,7 @@
 mod assist;
 mod edits;
 mod input;
+mod instances;
 mod sync;
 mod ui;
 pub mod writer;
@@ -177,6 +178,8 @@ pub struct ImageView {
     assist: Option<Worker<assist::AssistEvent>>,
     proposals: Vec<(Detection, Vec<Vec<[f64; 2]>>)>,
     class_filter: Option<i64>,
+    /// How the side panel's instance list is sorted.
+    instance_sort: instances::InstanceSort,
     /// The store writer (its drop waits for the queued edits).
     writer: EditWriter,
     /// The view's instances may differ from the store in ways only the store knows (new ids,
@@ -311,6 +314,7 @@ impl ImageView {
             assist: None,
             proposals: Vec::new(),
             class_filter: None,
+            instance_sort: instances::InstanceSort::default(),
             writer,
             stale: false,
             next_temp_id: -1,

@@ -158,50 +158,7 @@ impl ImageView {
             "{} instances, {edited} edited",
             data.instances.len()
         ));
-        let mut select = None;
-        let mut visibility_changed = false;
-        egui::ScrollArea::vertical()
-            .id_salt("image_view_instances")
-            .max_height(ui.available_height() * 0.5)
-            .show(ui, |ui| {
-                for inst in &mut data.instances {
-                    ui.horizontal(|ui| {
-                        if ui
-                            .checkbox(&mut inst.visible, "")
-                            .on_hover_text("show / hide")
-                            .changed()
-                        {
-                            visibility_changed = true;
-                        }
-                        let class = data
-                            .classes
-                            .iter()
-                            .find(|c| c.id == inst.row.class_id)
-                            .map_or("?", |c| c.name.as_str());
-                        let [r, g, b] = data
-                            .colors
-                            .get(&inst.row.class_id)
-                            .copied()
-                            .unwrap_or([200; 3]);
-                        let (swatch, _) = ui.allocate_exact_size(Vec2::splat(10.0), Sense::hover());
-                        ui.painter()
-                            .rect_filled(swatch, 2.0, Color32::from_rgb(r, g, b));
-                        let text = format!(
-                            "#{} {class} · {} px · {}{}",
-                            inst.row.id,
-                            inst.row.area,
-                            inst.row.origin.as_str(),
-                            if inst.row.edited { " · edited" } else { "" }
-                        );
-                        if ui
-                            .selectable_label(self.selected == Some(inst.row.id), text)
-                            .clicked()
-                        {
-                            select = Some(inst.row.id);
-                        }
-                    });
-                }
-            });
+        let (select, visibility_changed) = self.instance_table_ui(ui);
         if visibility_changed {
             self.overlay_stale = true;
         }

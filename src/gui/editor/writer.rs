@@ -234,6 +234,7 @@ pub enum SubmitError {
 }
 
 /// The GUI side of the `edit-writer` thread of one image.
+#[derive(Debug)]
 pub struct EditWriter {
     image_id: i64,
     tx: Option<Sender<Request>>,
@@ -243,15 +244,6 @@ pub struct EditWriter {
     stop_taken: bool,
     next_seq: u64,
     pending: usize,
-}
-
-impl std::fmt::Debug for EditWriter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EditWriter")
-            .field("image_id", &self.image_id)
-            .field("pending", &self.pending)
-            .finish_non_exhaustive()
-    }
 }
 
 impl EditWriter {
