@@ -126,7 +126,7 @@ impl ImageView {
                         // Read out as "class <name>": the bare name is the class menu's item.
                         ui.label(name).widget_info(|| {
                             let what = format!("class {name}");
-                            egui::WidgetInfo::labeled(egui::WidgetType::Label, true, what)
+                            egui::WidgetInfo::labeled(egui::Role::Label, true, what)
                         });
                     });
                     row.col(|ui| {
