@@ -23,12 +23,11 @@ use maskstudio::dataset::store::{Project, ReviewStatus};
 use maskstudio::gui::download_panel::DownloadPanel;
 use maskstudio::gui::editor::ImageView;
 use maskstudio::gui::predict::PredictPanel;
-use maskstudio::gui::shared::{
-    DeviceSetting, NoticeLevel, Notices, PanelCtx, Settings, ShellRequest,
-};
+use maskstudio::gui::shared::{NoticeLevel, Notices, PanelCtx, Settings, ShellRequest};
 use maskstudio::gui::thumbs::{Thumb, ThumbCache};
 use maskstudio::gui::train::eval::EvalPanel;
 use maskstudio::gui::train::{TrainPanel, runs_dir};
+use maskstudio::runtime::DeviceChoice;
 use maskstudio::train::TrainConfig;
 
 /// Held by the tests whose workers pass the same fault points (both predict tests' workers
@@ -51,7 +50,7 @@ impl Shell {
         Self {
             project,
             settings: Settings {
-                device: DeviceSetting::Cpu,
+                device: DeviceChoice::Cpu,
                 score_threshold: 0.05,
                 ..Settings::default()
             },

@@ -6,7 +6,8 @@
 use eframe::egui;
 
 use super::TrainPanel;
-use crate::gui::shared::{DeviceSetting, PanelCtx};
+use crate::gui::shared::PanelCtx;
+use crate::runtime::DeviceChoice;
 use crate::train::config::{OptimizerKind, ScheduleKind};
 use crate::train::{AugmentConfig, Preset, TrainConfig};
 
@@ -48,7 +49,7 @@ impl TrainPanel {
     }
 
     /// The form's recipe as the trainer takes it (device from the settings), or what is wrong.
-    pub fn recipe(&self, device: DeviceSetting) -> anyhow::Result<TrainConfig> {
+    pub fn recipe(&self, device: DeviceChoice) -> anyhow::Result<TrainConfig> {
         let mut cfg = self.cfg.clone();
         cfg.max_iters = (self.max_iters > 0).then_some(self.max_iters);
         cfg.device = device;
@@ -273,8 +274,7 @@ impl TrainPanel {
                     egui::ComboBox::from_id_salt("train_device")
                         .selected_text(cx.settings.device.as_str())
                         .show_ui(ui, |ui| {
-                            for d in [DeviceSetting::Auto, DeviceSetting::Cpu, DeviceSetting::Cuda]
-                            {
+                            for d in DeviceChoice::ALL {
                                 ui.selectable_value(&mut cx.settings.device, d, d.as_str());
                             }
                         })
