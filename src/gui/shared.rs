@@ -14,11 +14,6 @@ use serde::{Deserialize, Serialize};
 use crate::cancel::CancelToken;
 use crate::runtime::DeviceChoice;
 
-/// The settings' device is the CLI's and the recipe's [`DeviceChoice`] (same JSON spelling:
-/// `"auto"`, `"cpu"`, `"cuda"`). This second name for the one type stays only until the panels
-/// and tests that still import it name `DeviceChoice`.
-pub use crate::runtime::DeviceChoice as DeviceSetting;
-
 /// Colour theme.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -42,7 +37,8 @@ pub struct Settings {
     pub images_base_url: String,
     /// Open Images annotation/mask base URL (`openimages` default when empty).
     pub annotations_base_url: String,
-    /// Torch device for training and prediction.
+    /// Torch device for training and prediction: the CLI's and the recipe's [`DeviceChoice`]
+    /// (JSON `"auto"`, `"cpu"`, `"cuda"`, as the GUI's own enum spelled it before).
     pub device: DeviceChoice,
     /// Detections below this score are hidden (Predict, model assist).
     pub score_threshold: f32,
