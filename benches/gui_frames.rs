@@ -31,7 +31,7 @@ use maskstudio::dataset::{
 use maskstudio::gui::shared::Tab;
 use maskstudio::gui::train::TrainPanel;
 use maskstudio::gui::{StudioApp, StudioOptions};
-use maskstudio::runtime::DeviceChoice;
+use maskstudio::host::DeviceChoice;
 use maskstudio::train::TrainConfig;
 
 fn env_usize(key: &str, default: usize) -> usize {

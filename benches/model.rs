@@ -2,7 +2,7 @@
 //! and thread count, at 384 px (min_size 384, max_size 640), for both backbones.
 //!
 //! Run: `cargo bench --bench model`. Needs torch 2.13 + torchvision 0.28 + safetensors in the
-//! Python of `maskstudio::runtime::python()` (`MASKSTUDIO_PYTHON`, else the per-user venv);
+//! Python of `maskstudio::host::python()` (`MASKSTUDIO_PYTHON`, else the per-user venv);
 //! `BENCH_THREADS` (default 2) and `BENCH_ITERS` (default 3) tune it. Our weights are exported with `VarStore::save(*.safetensors)` and loaded
 //! by torchvision with `load_state_dict(strict=True)`, which also checks the export direction.
 
@@ -131,7 +131,7 @@ fn bench(backbone: Backbone, name: &str, threads: i32, iters: usize) -> anyhow::
     }
     let train_s = t.elapsed().as_secs_f64() / iters as f64;
 
-    let python = maskstudio::runtime::python();
+    let python = maskstudio::host::python();
     let out = Command::new(python)
         .args(["-c", PY, name])
         .arg(&weights)

@@ -18,7 +18,7 @@
 //! Python's `VmHWM`) after one warm-up image that is not timed.
 //!
 //! Run: `cargo bench --bench predict`. Needs torch 2.13 + torchvision 0.28 + safetensors + PIL
-//! in the Python of `maskstudio::runtime::python()`, and the images under
+//! in the Python of `maskstudio::host::python()`, and the images under
 //! `../shared/data/coco128-seg/images/train2017` (`PREDICT_BENCH_IMAGES` overrides).
 //! `BENCH_THREADS` (default 2) sets `tch::set_num_threads` / `torch.set_num_threads`;
 //! `PREDICT_BENCH_MODES` picks our modes (`pipeline,sequential`; a mode may repeat, runs
@@ -127,17 +127,17 @@ fn write_bundle(cfg: &Config, dir: &Path) -> anyhow::Result<()> {
     let _model = MaskRcnn::new(&vs.root(), &spec.resolved().to_config())?;
     match cfg.backbone {
         Backbone::MobilenetV2 => {
-            let entry = maskstudio::runtime::pretrained("mobilenet_v2_imagenet")
+            let entry = maskstudio::host::pretrained("mobilenet_v2_imagenet")
                 .ok_or_else(|| anyhow::anyhow!("mobilenet_v2_imagenet is not catalogued"))?;
-            let (path, _) = maskstudio::runtime::fetch_pretrained(entry)?;
+            let (path, _) = maskstudio::host::fetch_pretrained(entry)?;
             let tensors = maskstudio::model::checkpoint::read_checkpoint(&path)?;
             let tensors = weights::remap_imagenet(tensors, "backbone.body.");
             weights::load_partial(&mut vs, &tensors, PartialLoad::BackboneOnly)?;
             println!("  {}: ImageNet backbone {path:?}, random heads", cfg.name);
         }
         Backbone::Resnet50 => {
-            let coco = maskstudio::runtime::pretrained(maskstudio::runtime::COCO_MASKRCNN)
-                .map(maskstudio::runtime::weights_path)
+            let coco = maskstudio::host::pretrained(maskstudio::host::COCO_MASKRCNN)
+                .map(maskstudio::host::weights_path)
                 .filter(|p| p.is_file());
             if let Some(path) = coco {
                 let tensors = maskstudio::model::checkpoint::read_checkpoint(&path)?;
@@ -344,7 +344,7 @@ fn main() -> anyhow::Result<()> {
         modes.push("baseline".to_owned());
     }
     let tmp = tempfile::tempdir()?;
-    let python = maskstudio::runtime::python();
+    let python = maskstudio::host::python();
     println!(
         "whole-folder predict, {threads} threads, decode included, 1 warm-up image (ratio = ours / torchvision img/s; > 1: ours faster)"
     );

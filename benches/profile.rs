@@ -13,7 +13,7 @@
 //! Run: `cargo bench --bench profile [-- --set crowded|coco128 --size 512 --batch 2 --steps 20
 //! --warmup 3 --images 24 --threads 2 --rpn-pre 1000 --rpn-post 500 --rois 256 --seed 0 --no-ref]`;
 //! flags also read `BENCH_<NAME>`. Needs torch 2.13 + torchvision 0.28 + pycocotools in
-//! `maskstudio::runtime::python()` for the reference side.
+//! `maskstudio::host::python()` for the reference side.
 
 mod common;
 
@@ -28,8 +28,8 @@ use maskstudio::cancel::CancelToken;
 use maskstudio::dataset::export::{self, ExportFormat};
 use maskstudio::dataset::formats::{self, Format};
 use maskstudio::dataset::store::Project;
+use maskstudio::host::DeviceChoice;
 use maskstudio::profile;
-use maskstudio::runtime::DeviceChoice;
 use maskstudio::train::config::{OptimizerKind, ScheduleKind};
 use maskstudio::train::{AugmentConfig, TrainConfig, TrainEvent, TrainObserver};
 
@@ -204,11 +204,11 @@ fn run_reference(
         &model_json,
         serde_json::to_string_pretty(&cfg.model_config(num_classes)?)?,
     )?;
-    let entry = maskstudio::runtime::pretrained("mobilenet_v2_imagenet")
+    let entry = maskstudio::host::pretrained("mobilenet_v2_imagenet")
         .context("mobilenet_v2_imagenet is not in the weights catalogue")?;
-    let (weights, _) = maskstudio::runtime::fetch_pretrained(entry)?;
+    let (weights, _) = maskstudio::host::fetch_pretrained(entry)?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/ref_profile.py");
-    let py = maskstudio::runtime::python();
+    let py = maskstudio::host::python();
     let out = Command::new(&py)
         .arg(&script)
         .arg("--train")

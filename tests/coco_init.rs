@@ -9,12 +9,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use maskstudio::host::{
+    Checksum, PRETRAINED, PretrainedWeights, add_weights_to, hash_prefix_matches,
+};
 use maskstudio::model::checkpoint::read_state_dict;
 use maskstudio::model::weights::is_predictor;
 use maskstudio::model::{MaskRcnn, MaskRcnnConfig};
-use maskstudio::runtime::{
-    Checksum, PRETRAINED, PretrainedWeights, add_weights_to, hash_prefix_matches,
-};
 use maskstudio::train::init::{QualityInit, init_quality_from, load_coco_file};
 use maskstudio::train::{Preset, TrainConfig};
 use tch::{Device, Tensor, nn};
@@ -41,7 +41,7 @@ print(len(sd))
 
 /// Whether the torch venv's Python is there; outside CI a missing venv skips (with a message).
 fn have_venv_python() -> bool {
-    let python = maskstudio::runtime::python();
+    let python = maskstudio::host::python();
     let found = python.is_absolute() && python.exists();
     if !found {
         assert!(
@@ -56,7 +56,7 @@ fn have_venv_python() -> bool {
 fn write_coco_like(dir: &Path) -> (PathBuf, PathBuf) {
     let zip = dir.join("coco_zip.pth");
     let legacy = dir.join("coco_legacy.pth");
-    let output = Command::new(maskstudio::runtime::python())
+    let output = Command::new(maskstudio::host::python())
         .arg("-c")
         .arg(PY_COCO_LIKE)
         .arg(&zip)
@@ -235,7 +235,7 @@ fn hash_prefix_rule_is_torch_hubs() {
             Checksum::Sha256Prefix(p) => assert_eq!(p, prefix, "{}", w.name),
         }
     }
-    let coco = maskstudio::runtime::pretrained("maskrcnn_resnet50_fpn_coco").unwrap();
+    let coco = maskstudio::host::pretrained("maskrcnn_resnet50_fpn_coco").unwrap();
     assert_eq!(coco.file_name, COCO_FILE);
     assert_eq!(coco.checksum, Checksum::Sha256Prefix("bf2d0c1e"));
     assert!(!coco.fetch_by_default);

@@ -103,7 +103,7 @@ fn mask_ap(bundle: &Path, dir: &Path, name: &str, gt: &serde_json::Value) -> ser
 fn eval_scores_the_models_own_masks_perfectly_and_penalises_missing_ground_truth() {
     let dir = tempfile::tempdir().unwrap();
     let bundle = dir.path().join("bundle");
-    let output = Command::new(maskstudio::runtime::python())
+    let output = Command::new(maskstudio::host::python())
         .arg("-c")
         .arg(format!("{}{PY_BUNDLE}", common::PY_TV_HELPERS))
         .arg(&bundle)

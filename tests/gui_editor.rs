@@ -27,7 +27,7 @@ use maskstudio::dataset::{
 use maskstudio::gui::editor::{ImageView, ImageViewAction, Tool};
 use maskstudio::gui::shared::{NoticeLevel, Notices, PanelCtx, Settings, ShellRequest, Tab};
 use maskstudio::gui::{StudioApp, StudioOptions};
-use maskstudio::runtime::DeviceChoice;
+use maskstudio::host::DeviceChoice;
 
 /// Tests that seed torch hold this (the pattern of tests/model_golden.rs).
 static RNG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());

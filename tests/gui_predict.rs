@@ -656,7 +656,7 @@ fn the_tabs_export_writes_what_maskstudio_predict_writes() {
     maskstudio::cli::run(Command::Predict {
         model: bundle.clone(),
         score_thresh: Some(SCORE_FLOOR),
-        device: maskstudio::runtime::DeviceChoice::Cpu,
+        device: maskstudio::host::DeviceChoice::Cpu,
         out_json: cli.join("results.json"),
         out_dir: Some(cli.clone()),
         inputs: vec![a.clone(), b.clone()],
@@ -866,7 +866,7 @@ fn a_threshold_below_the_bundles_own_gives_the_same_detections_in_predict_watch_
         &project,
         &run,
         &bundle,
-        maskstudio::runtime::DeviceChoice::Cpu,
+        maskstudio::host::DeviceChoice::Cpu,
         threshold,
     )
     .unwrap();

@@ -302,11 +302,11 @@ fn path_field_recent_list_help_and_first_run() {
     assert_eq!(images, 24, "the generated sample has 24 scenes");
     assert_eq!(info.classes.len(), 3);
     // The sample brings its quick recipe to the Train form, and says real data takes longer.
-    assert!(maskstudio::sample::is_sample(info));
+    assert!(maskstudio::sample_project::is_sample(info));
     assert!(h.state().train.has_sample_recipe());
     assert_eq!(
         h.state().train.config().epochs,
-        maskstudio::sample::train_config().epochs
+        maskstudio::sample_project::train_config().epochs
     );
     h.state_mut().set_tab(Tab::Train);
     h.run_steps(3);

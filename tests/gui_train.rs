@@ -15,7 +15,7 @@ use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable as _;
 use maskstudio::gui::shared::{Notices, PanelCtx, Settings, ShellRequest};
 use maskstudio::gui::train::TrainPanel;
-use maskstudio::runtime::DeviceChoice;
+use maskstudio::host::DeviceChoice;
 use maskstudio::train::TrainConfig;
 
 struct State {

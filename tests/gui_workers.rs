@@ -27,7 +27,7 @@ use maskstudio::gui::shared::{NoticeLevel, Notices, PanelCtx, Settings, ShellReq
 use maskstudio::gui::thumbs::{Thumb, ThumbCache};
 use maskstudio::gui::train::eval::EvalPanel;
 use maskstudio::gui::train::{TrainPanel, runs_dir};
-use maskstudio::runtime::DeviceChoice;
+use maskstudio::host::DeviceChoice;
 use maskstudio::train::TrainConfig;
 
 /// Held by the tests whose workers pass the same fault points (both predict tests' workers

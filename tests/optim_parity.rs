@@ -130,7 +130,7 @@ fn check(tag: &str, cfg: &TrainConfig, clip: f64, dir: &Path) {
         "steps": STEPS, "warmup": WARMUP, "epoch": EPOCH, "warmup_factor": cfg.warmup_factor,
         "milestones": cfg.lr_milestones, "gamma": cfg.lr_gamma, "clip": clip,
     });
-    let output = Command::new(maskstudio::runtime::python())
+    let output = Command::new(maskstudio::host::python())
         .arg("-c")
         .arg(PY)
         .arg(spec.to_string())

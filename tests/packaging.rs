@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use maskstudio::model::bundle::{Bundle, ModelSpec};
 use maskstudio::model::{Backbone, MaskRcnn};
-use maskstudio::sample::{SAMPLE_CLASSES, SAMPLE_IMAGES};
+use maskstudio::sample_project::{SAMPLE_CLASSES, SAMPLE_IMAGES};
 
 /// `(RPATH or RUNPATH, NEEDED entries)` of an ELF file, from `readelf -d`.
 fn dynamic_section(file: &Path) -> (String, Vec<String>) {

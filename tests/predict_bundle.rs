@@ -50,7 +50,7 @@ print(m.load_state_dict(load_file(sys.argv[1]), strict=True))
 "#;
 
 fn python(script: &str, args: &[&Path]) -> String {
-    let output = Command::new(maskstudio::runtime::python())
+    let output = Command::new(maskstudio::host::python())
         .arg("-c")
         .arg(format!("{PY_MODEL}{}{script}", common::PY_TV_HELPERS))
         .args(args)

@@ -184,7 +184,7 @@ for ann in coco.loadAnns(coco.getAnnIds()):
     out[str(ann["id"])] = [rle["counts"].decode(), int(m.sum())]
 print(json.dumps(out))
 "#;
-    let output = Command::new(maskstudio::runtime::python())
+    let output = Command::new(maskstudio::host::python())
         .arg("-c")
         .arg(script)
         .arg(out.join("annotations.json"))

@@ -11,7 +11,7 @@ use maskstudio::dataset::store::Project;
 use maskstudio::dataset::{
     Attribution, ClassDef, ImportImage, ImportInstance, ImportSet, Mask, Origin, Segmentation,
 };
-use maskstudio::runtime::DeviceChoice;
+use maskstudio::host::DeviceChoice;
 use maskstudio::train::{self, AugmentConfig, TrainConfig, TrainEvent, TrainObserver};
 
 /// A filled rectangle mask.

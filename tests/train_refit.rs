@@ -9,8 +9,8 @@ mod common;
 use std::sync::{Mutex, MutexGuard};
 
 use maskstudio::cancel::CancelToken;
+use maskstudio::host::DeviceChoice;
 use maskstudio::model::bundle::Bundle;
-use maskstudio::runtime::DeviceChoice;
 use maskstudio::train::config::RefitMode;
 use maskstudio::train::{self, TrainConfig, TrainEvent, TrainObserver};
 

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 
 use maskstudio::cancel::CancelToken;
-use maskstudio::runtime::DeviceChoice;
+use maskstudio::host::DeviceChoice;
 use maskstudio::train::config::{OptimizerKind, ScheduleKind};
 use maskstudio::train::state::{self, TrainState};
 use maskstudio::train::{self, TrainConfig, TrainControl, TrainEvent, TrainObserver};
@@ -353,8 +353,8 @@ fn freeze_epochs_hold_the_backbone_then_adamw_trains_it() {
     )
     .unwrap();
     assert_eq!(run.iterations, 2);
-    let entry = maskstudio::runtime::pretrained("mobilenet_v2_imagenet").unwrap();
-    let (path, _) = maskstudio::runtime::fetch_pretrained(entry).unwrap();
+    let entry = maskstudio::host::pretrained("mobilenet_v2_imagenet").unwrap();
+    let (path, _) = maskstudio::host::fetch_pretrained(entry).unwrap();
     let imagenet: BTreeMap<String, tch::Tensor> = maskstudio::model::weights::remap_imagenet(
         maskstudio::model::checkpoint::read_checkpoint(&path).unwrap(),
         "backbone.body.",
@@ -525,7 +525,7 @@ fn exported_run_loads_into_torchvision_and_predicts_the_same() {
 
     let mut images = maskstudio::infer::collect_images(&[project.join("images")]).unwrap();
     images.truncate(2);
-    let mut py = Command::new(maskstudio::runtime::python());
+    let mut py = Command::new(maskstudio::host::python());
     py.arg("-c")
         .arg(format!("{}{PY_EXPORTED}", common::PY_TV_HELPERS))
         .arg(&out)

@@ -4,7 +4,7 @@
 mod common;
 
 use maskstudio::cancel::CancelToken;
-use maskstudio::runtime::DeviceChoice;
+use maskstudio::host::DeviceChoice;
 use maskstudio::train::{self, TrainConfig, TrainEvent, TrainObserver};
 
 fn small_config() -> TrainConfig {
@@ -152,11 +152,11 @@ fn cancel_stops_within_a_step_and_leaves_a_loadable_bundle() {
 fn the_sample_recipe_converges_to_a_non_zero_validation_ap() {
     let dir = tempfile::tempdir().unwrap();
     let project = dir.path().join("sample");
-    maskstudio::sample::create_sample_project(&project, &mut |_| {}).unwrap();
+    maskstudio::sample_project::create_sample_project(&project, &mut |_| {}).unwrap();
     let cfg = TrainConfig {
         device: DeviceChoice::Cpu,
         auto_config: true,
-        ..maskstudio::sample::train_config()
+        ..maskstudio::sample_project::train_config()
     };
     let mut obs = Collect::default();
     let started = std::time::Instant::now();

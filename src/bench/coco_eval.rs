@@ -1,7 +1,7 @@
 //! Benchmark (not a test): our COCO evaluation ([`crate::eval::coco_eval`]) against
 //! pycocotools `COCOeval` on the same seeded synthetic files, side by side in one run.
 //!
-//! Run with `maskstudio bench coco-eval`. Python comes from [`crate::runtime::python`]
+//! Run with `maskstudio bench coco-eval`. Python comes from [`crate::host::python`]
 //! (`MASKSTUDIO_PYTHON`, else the torch venv, else `python3`); it needs `pycocotools` and
 //! `numpy`. Without them only our numbers are printed. The run aborts if the 12 summary
 //! numbers of the two sides differ by more than 1e-4 for either IoU type.

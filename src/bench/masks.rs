@@ -2,7 +2,7 @@
 //! pycocotools on the same seeded workload, side by side in one run.
 //!
 //! Run with `maskstudio bench masks` (or `cargo bench --bench masks`). Python comes from
-//! [`crate::runtime::python`] (`MASKSTUDIO_PYTHON`, else the torch venv, else `python3`); it needs
+//! [`crate::host::python`] (`MASKSTUDIO_PYTHON`, else the torch venv, else `python3`); it needs
 //! `pycocotools` and `numpy`. Without them only our numbers are printed. The run aborts
 //! if the two sides disagree on any RLE string of the workload.
 

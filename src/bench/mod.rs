@@ -8,7 +8,7 @@ pub mod masks;
 use std::ffi::OsStr;
 use std::path::Path;
 
-/// Runs a reference script with the venv's Python ([`crate::runtime::python`]) and parses the
+/// Runs a reference script with the venv's Python ([`crate::host::python`]) and parses the
 /// JSON object it prints. `Err` says why there are no reference numbers (Python or the package
 /// missing: the script prints `{"error": ...}` when its imports fail).
 pub(crate) fn run_reference_script(
@@ -18,7 +18,7 @@ pub(crate) fn run_reference_script(
 ) -> Result<serde_json::Value, String> {
     let script_path = dir.join("reference.py");
     std::fs::write(&script_path, script).map_err(|e| format!("write script: {e}"))?;
-    let py = crate::runtime::python();
+    let py = crate::host::python();
     let out = std::process::Command::new(&py)
         .arg(&script_path)
         .args(args)

@@ -1,6 +1,6 @@
 //! Generated (synthetic) scenes written as an ordinary project: each scene's image is saved to
 //! a temporary folder and everything goes through [`Project::import`]. Shared by the offline
-//! sample project (`crate::sample`) and the crowded-scene benchmark (`crate::bench::crowded`).
+//! sample project (`crate::sample_project`) and the crowded-scene benchmark (`crate::bench::crowded`).
 
 use anyhow::Context as _;
 use image::RgbImage;

@@ -87,7 +87,7 @@ impl StudioOptions {
         Self {
             project,
             settings_path: Settings::default_path(),
-            oi_cache_dir: crate::runtime::cache_dir().join("openimages"),
+            oi_cache_dir: crate::host::cache_dir().join("openimages"),
             start_tab: std::env::var(TAB_ENV).ok().and_then(|t| parse_tab(&t)),
             log_toasts: log_toasts::installed(),
         }

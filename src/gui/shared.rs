@@ -12,7 +12,7 @@ use eframe::egui;
 use serde::{Deserialize, Serialize};
 
 use crate::cancel::CancelToken;
-use crate::runtime::DeviceChoice;
+use crate::host::DeviceChoice;
 
 /// Colour theme.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -272,7 +272,7 @@ pub fn summary_text(s: &DownloadSummary) -> String {
 }
 
 /// Runs `maskstudio download`; `cache_dir` is the Open Images cache (e.g.
-/// `runtime::cache_dir().join("openimages")`).
+/// `host::cache_dir().join("openimages")`).
 pub fn run_download(
     args: &DownloadArgs,
     cache_dir: PathBuf,

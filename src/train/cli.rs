@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::runtime::DeviceChoice;
+use crate::host::DeviceChoice;
 use crate::train::config::{OptimizerKind, Preset, RefitMode, ScheduleKind, TrainConfig};
 use crate::train::observer::{TrainEvent, TrainObserver, event_line};
 use crate::train::trainer::TrainControl;

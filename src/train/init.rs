@@ -1,6 +1,6 @@
 //! How a fresh run's weights start for the `quality` preset (ResNet-50-FPN): from torchvision's
 //! COCO Mask R-CNN weights (`maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth`) when the user has added
-//! them to [`crate::runtime::weights_dir`], with the class-count-dependent predictors
+//! them to [`crate::host::weights_dir`], with the class-count-dependent predictors
 //! re-initialised for the project's classes as torchvision's fine-tuning tutorial does; else from
 //! random initialisation, said in the log (a warning, which the studio shows as a toast).
 
@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use tch::nn::VarStore;
 
+use crate::host::{self, COCO_MASKRCNN, PretrainedWeights};
 use crate::model::weights::{self, LoadReport, PartialLoad};
 use crate::model::{Backbone, MaskRcnnConfig, checkpoint};
-use crate::runtime::{self, COCO_MASKRCNN, PretrainedWeights};
 
 /// How a `quality` run started.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,13 +77,13 @@ impl QualityInit {
 
 /// The catalogue entry of the COCO Mask R-CNN file.
 pub fn coco_entry() -> &'static PretrainedWeights {
-    runtime::pretrained(COCO_MASKRCNN).expect("the COCO Mask R-CNN entry is in the catalogue")
+    host::pretrained(COCO_MASKRCNN).expect("the COCO Mask R-CNN entry is in the catalogue")
 }
 
 /// Whether the COCO file is in the weights folder (presence only: it was verified when added,
 /// and is verified again when a run loads it).
 pub fn coco_weights_present() -> bool {
-    runtime::weights_path(coco_entry()).is_file()
+    host::weights_path(coco_entry()).is_file()
 }
 
 /// The one line the studio shows next to the presets: COCO weights found / not found.
@@ -93,14 +93,14 @@ pub fn coco_status_line() -> String {
         format!(
             "COCO weights: found ({}) — quality starts from COCO Mask R-CNN, predictors \
              re-initialised for the project's classes",
-            runtime::weights_path(entry).display()
+            host::weights_path(entry).display()
         )
     } else {
         format!(
             "COCO weights: not found — quality starts from random initialisation; put {} in \
              the weights folder ({}) or run `maskstudio weights --add`",
             entry.file_name,
-            runtime::weights_dir().display()
+            host::weights_dir().display()
         )
     }
 }
@@ -162,7 +162,7 @@ pub fn init_quality_from(
             ),
         });
     }
-    runtime::verify_file(entry, &path)?;
+    host::verify_file(entry, &path)?;
     let (report, predictors_reset) = load_coco_file(vs, &path)?;
     Ok(QualityInit::Coco {
         path,
@@ -172,10 +172,10 @@ pub fn init_quality_from(
 }
 
 /// The `quality` preset's start for a fresh run: the COCO Mask R-CNN weights from
-/// [`runtime::weights_dir`] when present (see [`init_quality_from`]), else random
+/// [`host::weights_dir`] when present (see [`init_quality_from`]), else random
 /// initialisation. The choice is logged: info for COCO, a warning for random initialisation.
 pub fn init_quality(vs: &mut VarStore, model_cfg: &MaskRcnnConfig) -> anyhow::Result<QualityInit> {
-    let init = init_quality_from(vs, model_cfg, &runtime::weights_dir())?;
+    let init = init_quality_from(vs, model_cfg, &host::weights_dir())?;
     match &init {
         QualityInit::Coco { .. } => log::info!("{}", init.note()),
         QualityInit::Random { .. } => log::warn!("{}", init.note()),

@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use crate::dataset::store::Project;
+use crate::host::DeviceChoice;
 use crate::infer::{Predictor, overlay, read_image};
-use crate::runtime::DeviceChoice;
 use crate::train::runs::RunConfig;
 
 /// How many images a run's watch shows.
@@ -34,7 +34,7 @@ pub fn predict_watch_images(
     };
     wanted.truncate(WATCH_IMAGES);
     let set = Project::open(project)?.export_set(None)?;
-    let predictor = Predictor::load_for_threshold(bundle, crate::runtime::device(device)?)?;
+    let predictor = Predictor::load_for_threshold(bundle, crate::host::device(device)?)?;
     let mut out = Vec::new();
     for id in wanted {
         let Some(image) = set.images.iter().find(|m| m.id == id) else {

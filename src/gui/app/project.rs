@@ -72,12 +72,12 @@ impl ShellJob {
     }
 }
 
-/// Creates the offline sample project in `dir` ([`crate::sample`]); reopens it when it exists.
+/// Creates the offline sample project in `dir` ([`crate::sample_project`]); reopens it when it exists.
 fn create_sample(dir: &Path) -> anyhow::Result<()> {
     if dir.join("project.sqlite").is_file() {
         return Ok(());
     }
-    crate::sample::create_sample_project(dir, &mut |_| {})
+    crate::sample_project::create_sample_project(dir, &mut |_| {})
 }
 
 impl StudioApp {
@@ -162,7 +162,8 @@ impl StudioApp {
                 }
                 let reopened = self.project.as_ref().is_some_and(|(r, _)| *r == root);
                 if !reopened {
-                    self.train.project_opened(crate::sample::is_sample(&info));
+                    self.train
+                        .project_opened(crate::sample_project::is_sample(&info));
                 }
                 self.project_path = root.display().to_string();
                 self.settings.touch_recent(&root);

@@ -11,7 +11,7 @@ use eframe::egui;
 use super::StudioApp;
 use super::project::{Event, ShellJob};
 use crate::gui::shared::{Settings, Theme};
-use crate::runtime::DeviceChoice;
+use crate::host::DeviceChoice;
 
 impl StudioApp {
     pub(super) fn apply_theme(&mut self, ctx: &egui::Context) {
@@ -90,7 +90,7 @@ impl StudioApp {
                     .show(ui, |ui| settings_grid(ui, s));
                 ui.label(format!(
                     "Weights folder: {}",
-                    crate::runtime::weights_dir().display()
+                    crate::host::weights_dir().display()
                 ));
                 ui.label(crate::train::init::coco_status_line());
                 ui.weak(format!("Saved to {}", self.settings_path.display()));

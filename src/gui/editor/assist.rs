@@ -76,7 +76,7 @@ impl ImageView {
         let score = cx.settings.score_threshold;
         let spawned = Worker::once("model-assist", ctx, move || {
             let run = || -> anyhow::Result<Vec<Detection>> {
-                let device = crate::runtime::device(device)?;
+                let device = crate::host::device(device)?;
                 let predictor = crate::infer::Predictor::load_for_threshold(&bundle, device)?;
                 predictor.predict_above(&rgb, score)
             };

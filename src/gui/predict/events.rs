@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::PredictedImage;
 use crate::cancel::CancelToken;
-use crate::runtime::DeviceChoice;
+use crate::host::DeviceChoice;
 
 /// Work for the prediction thread.
 pub(super) enum Command {

@@ -23,7 +23,7 @@ pub(super) fn worker_loop(rx: Receiver<Command>, tx: WorkerTx<Event>) {
     while let Ok(cmd) = rx.recv() {
         match cmd {
             Command::Load { path, device } => {
-                let loaded = crate::runtime::device(device)
+                let loaded = crate::host::device(device)
                     .and_then(|d| Predictor::load_for_threshold(&path, d));
                 let event = match loaded {
                     Ok(p) => {

@@ -184,7 +184,7 @@ impl EvalPanel {
         let min_score = f64::from(cx.settings.score_threshold);
         let terminal = |m: &Msg| matches!(m, Msg::Done(_));
         let spawned = Worker::spawn("eval-run", ctx, 64, terminal, move |tx| {
-            let result = crate::runtime::device(device).and_then(|device| {
+            let result = crate::host::device(device).and_then(|device| {
                 evaluate_with_errors(
                     &project,
                     &bundle,

@@ -7,7 +7,7 @@ use eframe::egui;
 
 use super::TrainPanel;
 use crate::gui::shared::PanelCtx;
-use crate::runtime::DeviceChoice;
+use crate::host::DeviceChoice;
 use crate::train::config::{OptimizerKind, ScheduleKind};
 use crate::train::{AugmentConfig, Preset, TrainConfig};
 
@@ -27,9 +27,15 @@ impl TrainPanel {
     /// only while the form still shows the other untouched (an edited form is the user's).
     pub fn project_opened(&mut self, is_sample: bool) {
         let (from, to) = if is_sample {
-            (TrainConfig::default(), crate::sample::train_config())
+            (
+                TrainConfig::default(),
+                crate::sample_project::train_config(),
+            )
         } else {
-            (crate::sample::train_config(), TrainConfig::default())
+            (
+                crate::sample_project::train_config(),
+                TrainConfig::default(),
+            )
         };
         if is_sample != self.sample_recipe && self.cfg == Self::studio_recipe(from) {
             self.use_recipe(Self::studio_recipe(to), is_sample);

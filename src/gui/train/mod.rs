@@ -20,7 +20,7 @@ use eframe::egui;
 
 use crate::gui::shared::{JobView, PanelCtx};
 use crate::gui::worker::{Polled, Worker};
-use crate::runtime::DeviceChoice;
+use crate::host::DeviceChoice;
 use crate::train::preview::PreviewSample;
 use crate::train::{
     AugmentConfig, ChannelObserver, TrainConfig, TrainControl, TrainEvent, TrainObserver,
@@ -131,7 +131,7 @@ pub struct TrainPanel {
     plot_cache: PlotCache,
     /// The dataset-derived model configuration shown before Start.
     autocfg: AutoConfigForm,
-    /// Whether the form holds the sample's quick recipe ([`crate::sample::train_config`]).
+    /// Whether the form holds the sample's quick recipe ([`crate::sample_project::train_config`]).
     sample_recipe: bool,
 }
 

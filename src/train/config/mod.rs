@@ -4,8 +4,8 @@
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
+use crate::host::DeviceChoice;
 use crate::model::{Backbone, MaskRcnnConfig};
-use crate::runtime::DeviceChoice;
 
 mod augmentation;
 pub use augmentation::{AugmentConfig, PAD_FILL};

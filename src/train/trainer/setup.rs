@@ -122,7 +122,7 @@ pub(super) fn start_fresh(
     }
     let cfg = &cfg;
     let model_cfg = cfg.model_config(num_classes)?;
-    let device = crate::runtime::device(cfg.device)?;
+    let device = crate::host::device(cfg.device)?;
     let project_abs = std::fs::canonicalize(project_dir).unwrap_or_else(|_| project_dir.into());
     RunConfig {
         run_id: Some(run_id.to_owned()),
@@ -238,7 +238,7 @@ pub(super) fn start_resumed(
     );
     let (train_images, val_set) = split_set(&set, &config.split.train, &config.split.val)?;
     let model_cfg = cfg.model_config(class_names.len() as i64 + 1)?;
-    let device = crate::runtime::device(cfg.device)?;
+    let device = crate::host::device(cfg.device)?;
     let (mut vs, model) = build_model(&cfg, &model_cfg, device)?;
     let mut opt = Optimizer::new(&vs, &cfg);
     Bundle::read(&checkpoint)
@@ -332,9 +332,9 @@ fn load_imagenet_backbone(vs: &mut nn::VarStore, backbone: Backbone) -> anyhow::
         Backbone::MobilenetV2 => "mobilenet_v2_imagenet",
         Backbone::Resnet50 => anyhow::bail!("no ImageNet ResNet-50 weights in the catalogue"),
     };
-    let entry = crate::runtime::pretrained(name)
+    let entry = crate::host::pretrained(name)
         .with_context(|| format!("{name} is not in the weights catalogue"))?;
-    let (path, source) = crate::runtime::fetch_pretrained(entry)?;
+    let (path, source) = crate::host::fetch_pretrained(entry)?;
     log::info!("backbone weights {path:?} ({source:?})");
     let tensors = crate::model::checkpoint::read_checkpoint(&path)?;
     let tensors = weights::remap_imagenet(tensors, "backbone.body.");

@@ -1,5 +1,5 @@
-//! Where Mask Studio keeps per-user files, which torch device it uses, and the catalogue of
-//! pretrained weights (verified by sha256 before use).
+//! The machine Mask Studio runs on: where it keeps per-user files (cache folder, torch venv),
+//! which torch device it uses, and the catalogue of pretrained weights (verified by sha256).
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};

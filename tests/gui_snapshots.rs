@@ -1,0 +1,105 @@
+//! Image snapshots of every tab of the sample project (egui_kittest, wgpu on the software
+//! renderer, no window): a layout change shows up in review as a changed PNG under
+//! `tests/snapshots/`. After a deliberate change, `UPDATE_SNAPSHOTS=1 cargo test --test
+//! gui_snapshots` rewrites them; look at each before committing.
+//!
+//! What a snapshot shows must not depend on the machine: the project lives at a fixed path
+//! (the status bar and the path field print it), the Open Images catalogue comes from a
+//! loopback fixture (its port is never drawn), and each picture is taken only once two renders
+//! in a row are identical (workers have reported, nothing animates).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::oi_server::{FxOptions, OiServer, build_fixture};
+use egui_kittest::{Harness, SnapshotOptions};
+use maskstudio::gui::shared::{Settings, Tab};
+use maskstudio::gui::{StudioApp, StudioOptions};
+
+/// Waiting for a quiet frame: a hang guard, not a speed check (generous, so load never trips it).
+const HANG_GUARD: Duration = Duration::from_secs(600);
+
+/// Where the sample project is written: printed in the status bar, so it is the same on
+/// every machine (a temp dir's random name would change the picture).
+const PROJECT_DIR: &str = "/tmp/maskstudio-snapshots/sample-project";
+
+/// The window size of every snapshot (the studio's default window is larger; this keeps the
+/// PNGs small while every panel still lays out as on a laptop screen).
+const SIZE: [f32; 2] = [1280.0, 800.0];
+
+/// Creates the sample project afresh at [`PROJECT_DIR`] (one per test process).
+fn sample_project() -> PathBuf {
+    let dir = PathBuf::from(PROJECT_DIR);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).expect("removing the last run's sample project");
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    maskstudio::sample_project::create_sample_project(&dir, &mut |_| {})
+        .expect("the sample project");
+    dir
+}
+
+fn harness(config: &Path, project: PathBuf, server: &OiServer) -> Harness<'static, StudioApp> {
+    let settings = Settings {
+        data_dir: config.join("data"),
+        annotations_base_url: server.gcs_base.clone(),
+        images_base_url: server.images_base.clone(),
+        ..Settings::default()
+    };
+    settings.save(&config.join("settings.json")).unwrap();
+    let app = StudioApp::with_options(StudioOptions {
+        project: Some(project),
+        settings_path: config.join("settings.json"),
+        oi_cache_dir: config.join("oi-cache"),
+        start_tab: Some(Tab::Review),
+        log_toasts: None,
+    });
+    Harness::builder().with_size(SIZE).build_ui_state(
+        |ui, app: &mut StudioApp| {
+            app.logic(ui.ctx());
+            app.ui(ui);
+        },
+        app,
+    )
+}
+
+/// Steps frames until two renders a fifth of a second apart are identical (a running job
+/// draws its progress in the status bar, so it would show in the picture and fail it).
+fn settle(h: &mut Harness<'_, StudioApp>, what: &str) {
+    let start = Instant::now();
+    let mut last = None;
+    loop {
+        assert!(start.elapsed() < HANG_GUARD, "{what} never settled");
+        h.run_steps(4);
+        std::thread::sleep(Duration::from_millis(200));
+        h.run_steps(1);
+        let image = h.render().expect("rendering with the software renderer");
+        if last.as_ref() == Some(&image) {
+            return;
+        }
+        last = Some(image);
+    }
+}
+
+#[test]
+fn every_tab_of_the_sample_project() {
+    let config = tempfile::tempdir().unwrap();
+    let server = OiServer::start(build_fixture(&FxOptions::default()).files);
+    let project = sample_project();
+    let mut h = harness(config.path(), project, &server);
+    let options = SnapshotOptions::new();
+    for (tab, name) in [
+        (Tab::Review, "tab_review"),
+        (Tab::Classes, "tab_classes"),
+        (Tab::Download, "tab_download"),
+        (Tab::Train, "tab_train"),
+        (Tab::Predict, "tab_predict"),
+    ] {
+        h.state_mut().set_tab(tab);
+        settle(&mut h, name);
+        assert_eq!(h.state().tab(), tab);
+        h.snapshot_options(name, &options);
+    }
+}
