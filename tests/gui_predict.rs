@@ -83,6 +83,16 @@ fn wait_for(h: &mut Harness<'_, State>, what: &str, done: impl Fn(&State) -> boo
     h.step();
 }
 
+/// Drops `inputs` on the tab and steps until it holds `n` results and nothing runs.
+fn drop_and_wait(h: &mut Harness<'_, State>, inputs: &[&Path], n: usize, what: &str) {
+    for path in inputs {
+        h.input_mut()
+            .dropped_files
+            .push(Arc::new(FakeDrop(path.to_path_buf())));
+    }
+    wait_for(h, what, |s| s.panel.results().len() == n && !s.panel.busy());
+}
+
 /// Types the bundle path, clicks Load model and waits for it.
 fn load_model(h: &mut Harness<'_, State>, bundle: &Path) {
     h.get_by_label("Model bundle").focus();
@@ -187,12 +197,7 @@ fn drop_an_image_see_instances_move_the_slider_and_survive_a_corrupt_file() {
     load_model(&mut h, &bundle);
     h.get_by_label("Classes: cat, dog");
 
-    h.input_mut()
-        .dropped_files
-        .push(Arc::new(FakeDrop(good.clone())));
-    wait_for(&mut h, "the prediction", |s| {
-        s.panel.results().len() == 1 && !s.panel.busy()
-    });
+    drop_and_wait(&mut h, &[&good], 1, "the prediction");
     h.run();
     let mut scores: Vec<f32> = h.state().panel.results()[0]
         .detections
@@ -317,12 +322,7 @@ fn a_folder_larger_than_the_pixel_budget_keeps_only_the_shown_image_in_memory() 
     h.state_mut().panel.set_pixel_budget(one * 3 / 2);
     h.run();
     load_model(&mut h, &bundle);
-    h.input_mut()
-        .dropped_files
-        .push(Arc::new(FakeDrop(folder.clone())));
-    wait_for(&mut h, "the folder", |s| {
-        s.panel.results().len() == 3 && !s.panel.busy()
-    });
+    drop_and_wait(&mut h, &[&folder], 3, "the folder");
     let kept = |h: &Harness<'_, State>| -> Vec<bool> {
         h.state()
             .panel
@@ -402,12 +402,7 @@ fn a_dropped_folder_with_nested_folders_predicts_every_image_and_names_the_file_
     let mut h = harness(settings);
     h.run();
     load_model(&mut h, &bundle);
-    h.input_mut()
-        .dropped_files
-        .push(Arc::new(FakeDrop(folder.clone())));
-    wait_for(&mut h, "the folder", |s| {
-        s.panel.results().len() == 3 && !s.panel.busy()
-    });
+    drop_and_wait(&mut h, &[&folder], 3, "the folder");
     h.run();
     let mut found: Vec<PathBuf> = h
         .state()
@@ -565,12 +560,12 @@ fn the_picker_lists_the_projects_runs_loads_the_chosen_one_and_remembers_it_per_
     h.run();
     wait_listed(&mut h);
     assert_eq!(h.state().panel.model_path(), last_old.display().to_string());
-    h.input_mut()
-        .dropped_files
-        .push(Arc::new(FakeDrop(good.clone())));
-    wait_for(&mut h, "the prediction with the remembered model", |s| {
-        s.panel.results().len() == 1 && !s.panel.busy()
-    });
+    drop_and_wait(
+        &mut h,
+        &[&good],
+        1,
+        "the prediction with the remembered model",
+    );
     assert_eq!(h.state().panel.loaded_model(), Some(last_old.as_path()));
     drop(h);
 
@@ -633,14 +628,7 @@ fn the_tabs_export_writes_what_maskstudio_predict_writes() {
     let mut h = harness(settings);
     h.run();
     load_model(&mut h, &bundle);
-    for path in [&a, &b] {
-        h.input_mut()
-            .dropped_files
-            .push(Arc::new(FakeDrop(path.clone())));
-    }
-    wait_for(&mut h, "the prediction", |s| {
-        s.panel.results().len() == 2 && !s.panel.busy()
-    });
+    drop_and_wait(&mut h, &[&a, &b], 2, "the prediction");
     let gui = dir.path().join("gui");
     export_to(&mut h, &gui);
     assert!(
@@ -841,12 +829,7 @@ fn a_threshold_below_the_bundles_own_gives_the_same_detections_in_predict_watch_
     let mut h = harness(settings);
     h.run();
     load_model(&mut h, &bundle);
-    h.input_mut()
-        .dropped_files
-        .push(Arc::new(FakeDrop(stored.clone())));
-    wait_for(&mut h, "the prediction", |s| {
-        s.panel.results().len() == 1 && !s.panel.busy()
-    });
+    drop_and_wait(&mut h, &[&stored], 1, "the prediction");
     h.run();
     let scores: Vec<f32> = h.state().panel.results()[0]
         .detections
