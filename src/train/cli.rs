@@ -140,65 +140,43 @@ impl TrainArgs {
                 cfg.user_set.push(key.to_owned());
             }
         }
-        if let Some(v) = self.preset {
-            cfg.preset = v;
-        }
+        set(&mut cfg.preset, self.preset);
         if let Some(path) = &self.model_config {
             cfg.model_overrides = crate::train::config::read_model_overrides(path)?;
         }
-        if let Some(v) = self.epochs {
-            cfg.epochs = v;
-        }
-        if let Some(v) = self.batch_size {
-            cfg.batch_size = v;
-        }
-        if self.image_size.is_some() {
-            cfg.image_size = self.image_size;
-        }
-        if let Some(v) = self.lr {
-            cfg.lr = v;
-        }
-        if let Some(v) = self.optimizer {
-            cfg.optimizer = v;
-        }
-        if let Some(v) = self.schedule {
-            cfg.schedule = v;
-        }
-        if let Some(v) = self.freeze_epochs {
-            cfg.freeze_epochs = v;
-        }
-        if self.clip_grad_norm.is_some() {
-            cfg.clip_grad_norm = self.clip_grad_norm;
-        }
-        if let Some(v) = self.eval_every {
-            cfg.eval_every = v;
-        }
-        if self.patience.is_some() {
-            cfg.patience = self.patience;
-        }
+        set(&mut cfg.epochs, self.epochs);
+        set(&mut cfg.batch_size, self.batch_size);
+        set(&mut cfg.image_size, self.image_size.map(Some));
+        set(&mut cfg.lr, self.lr);
+        set(&mut cfg.optimizer, self.optimizer);
+        set(&mut cfg.schedule, self.schedule);
+        set(&mut cfg.freeze_epochs, self.freeze_epochs);
+        set(&mut cfg.clip_grad_norm, self.clip_grad_norm.map(Some));
+        set(&mut cfg.eval_every, self.eval_every);
+        set(&mut cfg.patience, self.patience.map(Some));
         if self.amp {
             cfg.amp = true;
         }
-        if let Some(v) = self.seed {
-            cfg.seed = v;
-        }
-        if self.max_iters.is_some() {
-            cfg.max_iters = self.max_iters;
-        }
-        if let Some(v) = self.device {
-            cfg.device = v;
-        }
+        set(&mut cfg.seed, self.seed);
+        set(&mut cfg.max_iters, self.max_iters.map(Some));
+        set(&mut cfg.device, self.device);
         if self.auto_config {
             cfg.auto_config = true;
         }
         if self.no_auto_config {
             cfg.auto_config = false;
         }
-        if let Some(v) = self.refit {
-            cfg.refit = v;
-        }
+        set(&mut cfg.refit, self.refit);
         cfg.validate()?;
         Ok(cfg)
+    }
+}
+
+/// Overwrites `slot` with a flag's value when the flag was given (`None`: the recipe keeps its
+/// own). An optional setting passes `flag.map(Some)`, so a given flag sets it.
+fn set<T>(slot: &mut T, flag: Option<T>) {
+    if let Some(v) = flag {
+        *slot = v;
     }
 }
 

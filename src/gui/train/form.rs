@@ -114,18 +114,13 @@ impl TrainPanel {
                 .show(ui, |ui| {
                     let cfg = &mut self.cfg;
                     let preset_before = cfg.preset;
-                    let label = ui.label("Preset");
-                    egui::ComboBox::from_id_salt("train_preset")
-                        .selected_text(match cfg.preset {
-                            Preset::CpuFast => "cpu-fast",
-                            Preset::Quality => "quality",
-                        })
-                        .show_ui(ui, |ui| {
-                            ui.selectable_value(&mut cfg.preset, Preset::CpuFast, "cpu-fast");
-                            ui.selectable_value(&mut cfg.preset, Preset::Quality, "quality");
-                        })
-                        .response
-                        .labelled_by(label.id);
+                    labelled_choice(
+                        ui,
+                        "Preset",
+                        "train_preset",
+                        &mut cfg.preset,
+                        &[(Preset::CpuFast, "cpu-fast"), (Preset::Quality, "quality")],
+                    );
                     if cfg.preset != preset_before {
                         self.aug = AugmentConfig::for_preset(cfg.preset);
                     }
@@ -175,39 +170,27 @@ impl TrainPanel {
                     ui.end_row();
 
                     let cfg = &mut self.cfg;
-                    let label = ui.label("Optimizer");
-                    egui::ComboBox::from_id_salt("train_optimizer")
-                        .selected_text(match cfg.optimizer {
-                            OptimizerKind::Sgd => "SGD",
-                            OptimizerKind::Adamw => "AdamW",
-                        })
-                        .show_ui(ui, |ui| {
-                            ui.selectable_value(&mut cfg.optimizer, OptimizerKind::Sgd, "SGD");
-                            ui.selectable_value(&mut cfg.optimizer, OptimizerKind::Adamw, "AdamW");
-                        })
-                        .response
-                        .labelled_by(label.id);
+                    labelled_choice(
+                        ui,
+                        "Optimizer",
+                        "train_optimizer",
+                        &mut cfg.optimizer,
+                        &[(OptimizerKind::Sgd, "SGD"), (OptimizerKind::Adamw, "AdamW")],
+                    );
                     labelled_drag(ui, "Seed", &mut cfg.seed, 0..=u64::MAX, 1.0);
                     ui.end_row();
 
-                    let label = ui.label("Schedule");
-                    egui::ComboBox::from_id_salt("train_schedule")
-                        .selected_text(match cfg.schedule {
-                            ScheduleKind::Cosine => "cosine",
-                            ScheduleKind::Multistep => "multistep",
-                            ScheduleKind::OneCycle => "one-cycle",
-                        })
-                        .show_ui(ui, |ui| {
-                            for (k, name) in [
-                                (ScheduleKind::Cosine, "cosine"),
-                                (ScheduleKind::Multistep, "multistep"),
-                                (ScheduleKind::OneCycle, "one-cycle"),
-                            ] {
-                                ui.selectable_value(&mut cfg.schedule, k, name);
-                            }
-                        })
-                        .response
-                        .labelled_by(label.id);
+                    labelled_choice(
+                        ui,
+                        "Schedule",
+                        "train_schedule",
+                        &mut cfg.schedule,
+                        &[
+                            (ScheduleKind::Cosine, "cosine"),
+                            (ScheduleKind::Multistep, "multistep"),
+                            (ScheduleKind::OneCycle, "one-cycle"),
+                        ],
+                    );
                     labelled_drag(ui, "Freeze epochs", &mut cfg.freeze_epochs, 0..=1000, 0.1);
                     ui.end_row();
 
@@ -276,16 +259,13 @@ impl TrainPanel {
                     .labelled_by(label.id);
                     ui.end_row();
 
-                    let label = ui.label("Device");
-                    egui::ComboBox::from_id_salt("train_device")
-                        .selected_text(cx.settings.device.as_str())
-                        .show_ui(ui, |ui| {
-                            for d in DeviceChoice::ALL {
-                                ui.selectable_value(&mut cx.settings.device, d, d.as_str());
-                            }
-                        })
-                        .response
-                        .labelled_by(label.id);
+                    labelled_choice(
+                        ui,
+                        "Device",
+                        "train_device",
+                        &mut cx.settings.device,
+                        &DeviceChoice::ALL.map(|d| (d, d.as_str())),
+                    );
                     ui.checkbox(&mut cfg.pretrained_backbone, "ImageNet backbone");
                     ui.end_row();
                 });
@@ -407,6 +387,31 @@ fn model_input(cfg: &TrainConfig) -> String {
         },
         Err(_) => String::new(),
     }
+}
+
+/// A label and a combo box setting `value` to one of `options` (value, shown name); the box is
+/// labelled by the label, so screen readers and tests find it by that text.
+pub(super) fn labelled_choice<T: Copy + PartialEq>(
+    ui: &mut egui::Ui,
+    text: &str,
+    id: &str,
+    value: &mut T,
+    options: &[(T, &str)],
+) {
+    let label = ui.label(text);
+    let shown = options
+        .iter()
+        .find(|(v, _)| v == value)
+        .map_or("", |(_, name)| *name);
+    egui::ComboBox::from_id_salt(id)
+        .selected_text(shown)
+        .show_ui(ui, |ui| {
+            for &(v, name) in options {
+                ui.selectable_value(value, v, name);
+            }
+        })
+        .response
+        .labelled_by(label.id);
 }
 
 pub(super) fn labelled_drag<T: egui::emath::Numeric>(
