@@ -1,5 +1,6 @@
 //! COCO evaluation (pycocotools `COCOeval` port) for boxes and instance masks.
 
+pub mod audit;
 pub mod coco_eval;
 pub mod per_image;
 pub mod project;
