@@ -119,6 +119,8 @@ pub fn audit_image(gt: &[GtInstance], preds: &[Prediction], p: &AuditParams) -> 
                 .collect()
         })
         .collect();
+    // Boxes of the kept predictions, once (the loose check compares each label with each).
+    let boxes: Vec<[f64; 4]> = kept.iter().map(|&j| preds[j].rle.to_bbox()).collect();
     let mut out = Vec::new();
     for (k, &j) in kept.iter().enumerate() {
         let d = &preds[j];
@@ -161,8 +163,9 @@ pub fn audit_image(gt: &[GtInstance], preds: &[Prediction], p: &AuditParams) -> 
         let loose = kept
             .iter()
             .enumerate()
-            .filter(|&(_, &j)| preds[j].class == g.class)
-            .filter(|&(_, &j)| bbox_iou(&preds[j].rle.to_bbox(), &g_box, false) >= p.match_iou)
+            .filter(|&(k, &j)| {
+                preds[j].class == g.class && bbox_iou(&boxes[k], &g_box, false) >= p.match_iou
+            })
             .max_by(|a, b| preds[*a.1].score.total_cmp(&preds[*b.1].score));
         if let Some((k, &j)) = loose {
             let score = f64::from(preds[j].score) * (1.0 - iou[i][k]);
