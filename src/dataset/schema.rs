@@ -70,6 +70,37 @@ const MIGRATIONS: &[&str] = &[
         finished_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
     );
     "#,
+    // 2: label-error audits (issue 18) and their findings, keyed by instance.
+    r#"
+    CREATE TABLE audits (
+        id          INTEGER PRIMARY KEY,
+        model       TEXT NOT NULL,                 -- the bundle path, or 'k-fold K× preset'
+        mode        TEXT NOT NULL CHECK (mode IN ('model', 'kfold')),
+        split       TEXT,
+        params      TEXT NOT NULL,                 -- JSON: thresholds, folds, seed, ...
+        images      INTEGER NOT NULL,              -- images audited
+        created_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    );
+    CREATE TABLE audit_findings (
+        id                 INTEGER PRIMARY KEY,
+        audit_id           INTEGER NOT NULL REFERENCES audits(id) ON DELETE CASCADE,
+        image_id           INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        instance_id        INTEGER,                -- no FK: the instance may be deleted; NULL for missing
+        kind               TEXT NOT NULL CHECK (kind IN ('missing', 'spurious', 'loose', 'swap')),
+        score              REAL NOT NULL,
+        image_score        REAL NOT NULL,
+        reason             TEXT NOT NULL,
+        suggested_class_id INTEGER REFERENCES classes(id),
+        suggested_rle      TEXT,                   -- compressed RLE at image size
+        audited_class_id   INTEGER,                -- the instance as audited: stale when it differs
+        audited_rle        TEXT,                   -- (missing: a digest of the image's labels)
+        status             TEXT NOT NULL DEFAULT 'open'
+                           CHECK (status IN ('open', 'accepted', 'kept', 'deleted')),
+        resolved_at        TEXT
+    );
+    CREATE INDEX audit_findings_image ON audit_findings(image_id);
+    CREATE INDEX audit_findings_status ON audit_findings(status, image_score);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -10,17 +10,17 @@ use super::{Project, ReviewStatus, StoreError};
 
 /// Snapshot of an instance stored in the edit log (enough to recreate the row).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-struct InstanceState {
-    class_id: i64,
-    rle: String,
-    height: u32,
-    width: u32,
-    iscrowd: bool,
-    origin: String,
-    provenance: Option<String>,
-    original_rle: Option<String>,
-    original_class_id: Option<i64>,
-    edited: bool,
+pub(super) struct InstanceState {
+    pub(super) class_id: i64,
+    pub(super) rle: String,
+    pub(super) height: u32,
+    pub(super) width: u32,
+    pub(super) iscrowd: bool,
+    pub(super) origin: String,
+    pub(super) provenance: Option<String>,
+    pub(super) original_rle: Option<String>,
+    pub(super) original_class_id: Option<i64>,
+    pub(super) edited: bool,
 }
 
 impl Project {
@@ -156,7 +156,11 @@ impl Project {
             if first_instance.is_some() && matches!(direction, History::Undo) && !chained {
                 break;
             }
-            apply_state(&tx, instance_id, image_id, state.as_deref())?;
+            if kind.trim_end_matches(CHAIN_SUFFIX) == super::audit::FINDING_EDIT {
+                super::audit::apply_finding_state(&tx, state.as_deref())?;
+            } else {
+                apply_state(&tx, instance_id, image_id, state.as_deref())?;
+            }
             tx.execute(
                 "UPDATE edit_log SET undone = ?1 WHERE id = ?2",
                 params![undone_after, log_id],
@@ -305,7 +309,7 @@ pub const CHAIN_SUFFIX: &str = "+";
 
 impl InstanceState {
     /// A new, never edited instance.
-    fn new(
+    pub(super) fn new(
         class_id: i64,
         mask: &Mask,
         iscrowd: bool,
@@ -333,7 +337,7 @@ impl InstanceState {
 }
 
 /// Inserts a new instance from `state` and logs its creation as `kind`; returns its id.
-fn create_instance(
+pub(super) fn create_instance(
     tx: &rusqlite::Transaction<'_>,
     image_id: i64,
     state: &InstanceState,
@@ -345,7 +349,7 @@ fn create_instance(
 }
 
 /// `before` with a new mask, marked edited (keeping the original on the first edit).
-fn edited_state(before: &InstanceState, mask: &Mask) -> InstanceState {
+pub(super) fn edited_state(before: &InstanceState, mask: &Mask) -> InstanceState {
     edited(before, |after| {
         after.rle = mask.to_rle().to_compressed();
         after.height = mask.height();
@@ -354,7 +358,10 @@ fn edited_state(before: &InstanceState, mask: &Mask) -> InstanceState {
 }
 
 /// `before` changed by `change`, marked edited (keeping the original on the first edit).
-fn edited(before: &InstanceState, change: impl FnOnce(&mut InstanceState)) -> InstanceState {
+pub(super) fn edited(
+    before: &InstanceState,
+    change: impl FnOnce(&mut InstanceState),
+) -> InstanceState {
     let mut after = before.clone();
     change(&mut after);
     if !after.edited {
@@ -371,7 +378,10 @@ enum History {
     Redo,
 }
 
-fn load_state(tx: &rusqlite::Transaction<'_>, id: i64) -> Result<(i64, InstanceState), StoreError> {
+pub(super) fn load_state(
+    tx: &rusqlite::Transaction<'_>,
+    id: i64,
+) -> Result<(i64, InstanceState), StoreError> {
     tx.query_row(
         "SELECT i.image_id, i.class_id, i.rle, m.height, m.width, i.iscrowd, i.origin, i.provenance,
                 i.original_rle, i.original_class_id, i.edited
@@ -406,7 +416,7 @@ fn state_rle(state: &InstanceState) -> Result<Rle, StoreError> {
 
 /// Writes an instance row from `state`: inserts it (with `id`, or a new id when `None`) or,
 /// when the id exists, updates it in place. Returns the row id.
-fn put_state(
+pub(super) fn put_state(
     tx: &rusqlite::Transaction<'_>,
     id: Option<i64>,
     image_id: i64,
@@ -471,7 +481,7 @@ fn apply_state(
     Ok(())
 }
 
-fn log_edit(
+pub(super) fn log_edit(
     tx: &rusqlite::Transaction<'_>,
     image_id: i64,
     instance_id: i64,

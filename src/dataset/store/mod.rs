@@ -19,11 +19,13 @@ use crate::dataset::schema::{self, SchemaError};
 use crate::dataset::{Attribution, ExportClass, Origin, Rle};
 use crate::fsutil::WriteError;
 
+mod audit;
 mod edits;
 mod files;
 mod import;
 mod queries;
 
+pub use audit::{AuditMode, AuditRow, FindingRow, FindingStatus, NewAudit, NewFinding, Resolution};
 pub use edits::CHAIN_SUFFIX;
 pub use files::{
     PARTIAL_PREFIX, check_dimensions, check_image_bytes, decode_limits, hex, sha256_of_file,
