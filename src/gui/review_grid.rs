@@ -37,9 +37,21 @@ enum Msg {
     Died(String),
 }
 
+/// What the Review tab shows, picked in the selector row at its top.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReviewMode {
+    /// The thumbnail gallery (and the image opened from it).
+    #[default]
+    Grid,
+}
+
+/// The modes in selector order.
+const REVIEW_MODES: [ReviewMode; 1] = [ReviewMode::Grid];
+
 /// The Review panel (gallery + image preview).
 pub struct ReviewPanel {
     root: Option<PathBuf>,
+    mode: ReviewMode,
     listing: Option<Arc<GalleryListing>>,
     loading: bool,
     stale: bool,
@@ -67,6 +79,7 @@ impl ReviewPanel {
     pub fn new() -> Self {
         Self {
             root: None,
+            mode: ReviewMode::Grid,
             listing: None,
             loading: false,
             stale: true,
@@ -90,9 +103,26 @@ impl ReviewPanel {
         }
     }
 
-    /// Opens an image in the image view.
+    /// Opens an image in the image view (in the gallery mode).
     pub fn open_image(&mut self, image_id: i64) {
+        self.set_mode(ReviewMode::Grid);
         self.selected_image = Some(image_id);
+    }
+
+    /// The mode shown.
+    pub fn mode(&self) -> ReviewMode {
+        self.mode
+    }
+
+    /// Shows another mode. Leaving a mode closes the image it had open, so two views never
+    /// hold diverging copies of one image.
+    pub fn set_mode(&mut self, mode: ReviewMode) {
+        if mode == self.mode {
+            return;
+        }
+        self.mode = mode;
+        self.selected_image = None;
+        self.view = None;
     }
 
     /// Images in the project (once listed).
@@ -198,14 +228,45 @@ impl ReviewPanel {
             ui.label("Open a project to review its images.");
             return;
         };
+        self.mode_bar_ui(ui);
+        match self.mode {
+            ReviewMode::Grid => self.gallery_ui(ui, cx, &root),
+        }
+    }
+
+    /// The selector row: one selectable label per [`ReviewMode`].
+    fn mode_bar_ui(&mut self, ui: &mut egui::Ui) {
+        let mut chosen = self.mode;
+        ui.horizontal(|ui| {
+            for mode in REVIEW_MODES {
+                let label = self.mode_label(mode);
+                if ui.selectable_label(self.mode == mode, label).clicked() {
+                    chosen = mode;
+                }
+            }
+        });
+        self.set_mode(chosen);
+        ui.separator();
+    }
+
+    /// A mode's name in the selector (with its count where it has one).
+    fn mode_label(&self, mode: ReviewMode) -> String {
+        match mode {
+            ReviewMode::Grid => "Grid".to_owned(),
+        }
+    }
+
+    /// The gallery (listing, filters, thumbnails) or the image opened from it.
+    fn gallery_ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelCtx, root: &Path) {
+        let ctx = ui.ctx().clone();
         if self.stale && !self.loading {
-            self.start_listing(&root, &ctx);
+            self.start_listing(root, &ctx);
         }
         if let Some(t) = &mut self.thumbs {
             t.begin_frame();
         }
         if let Some(image_id) = self.selected_image {
-            self.image_view_ui(ui, cx, &root, image_id);
+            self.image_view_ui(ui, cx, root, image_id);
             return;
         }
         let Some(list) = self.listing.clone() else {
