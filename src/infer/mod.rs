@@ -1,6 +1,7 @@
 //! Inference: a model bundle + images → detections with binary masks, COCO results JSON and
 //! overlay images. Plain data out (no tensors), so the GUI and the CLI share it.
 
+pub mod box_prompt;
 pub mod export;
 pub mod overlay;
 pub mod pipeline;

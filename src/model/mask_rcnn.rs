@@ -75,6 +75,18 @@ impl CroppedDetections {
     }
 }
 
+/// The FPN maps of one image, computed once and kept for box prompts
+/// ([`MaskRcnn::masks_for_boxes`]).
+#[derive(Debug)]
+pub struct ImageFeatures {
+    /// The maps the RoI heads pool from (`'0'..'3'`), `[1, 256, H_l, W_l]` each, finest first.
+    pub maps: Vec<Tensor>,
+    /// `(h, w)` of the resized image before padding: the model-input coordinates of boxes.
+    pub resized: (i64, i64),
+    /// `(H, W)` of the original image.
+    pub original: (i64, i64),
+}
+
 /// Loss names in the order of `metrics.csv` (sorted, as [`Losses::to_map`] returns them).
 pub const LOSS_NAMES: [&str; 5] = [
     "loss_box_reg",
@@ -386,6 +398,63 @@ impl MaskRcnn {
         tch::no_grad(|| {
             let image_list = self.transform.batch_prepared(images)?;
             self.eval_image_list(&image_list, original_sizes)
+        })
+    }
+
+    /// Backbone + FPN of one image already normalised and resized by the caller (`[3, h', w']`
+    /// f32, e.g. `infer::prepare`), kept for [`Self::masks_for_boxes`]; `original` is `(H, W)`
+    /// before resizing. Runs under `tch::no_grad`, padded and channels-last as in
+    /// [`Self::forward_eval_cropped_prepared`], so the maps are the ones its RoI heads pool.
+    pub fn image_features_prepared(
+        &self,
+        image: &Tensor,
+        original: (i64, i64),
+    ) -> Result<ImageFeatures> {
+        Self::check_images(std::slice::from_ref(image))?;
+        tch::no_grad(|| {
+            let image_list = self.transform.batch_prepared(std::slice::from_ref(image))?;
+            let mut maps =
+                profile::timed("backbone", || self.features(&image_list.tensors, false))?;
+            maps.truncate(maps.len().saturating_sub(1).min(MAX_POOLED_LEVELS));
+            Ok(ImageFeatures {
+                maps,
+                resized: image_list.image_sizes[0],
+                original,
+            })
+        })
+    }
+
+    /// Box prompts on an image's kept features: `boxes [N, 4]` f32 xyxy in original pixels,
+    /// each pooled as its own RoI (mapped to the model's input with the transform's
+    /// `resize_boxes` ratios, as detections are mapped back), class from `labels [N]` (int64)
+    /// or the box head's best foreground class, the mask head's probabilities of that class
+    /// pasted at the box as [`Self::forward_eval_cropped`] pastes a detection's.
+    pub fn masks_for_boxes(
+        &self,
+        features: &ImageFeatures,
+        boxes: &Tensor,
+        labels: Option<&Tensor>,
+    ) -> Result<CroppedDetections> {
+        tch::no_grad(|| {
+            let device = features
+                .maps
+                .first()
+                .ok_or_else(|| ModelError::InvalidInput("no feature maps kept".to_owned()))?
+                .device();
+            let boxes = boxes.f_to_device(device)?.f_to_kind(Kind::Float)?;
+            let resized = resize_boxes(&boxes, features.original, features.resized)?;
+            let raw = profile::timed("roi", || {
+                self.roi_heads
+                    .masks_for_boxes(&features.maps, &resized, features.resized, labels)
+            })?;
+            let _paste = profile::scope("paste");
+            Ok(CroppedDetections {
+                masks: paste_masks_cropped(&raw.masks, &boxes, features.original, 1)?,
+                boxes,
+                labels: raw.labels,
+                scores: raw.scores,
+                image_size: features.original,
+            })
         })
     }
 

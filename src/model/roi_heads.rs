@@ -9,7 +9,7 @@ use crate::model::box_ops::{
     BoxCoder, batched_nms_top, box_iou, clip_boxes_to_image, remove_small_boxes, select_rows3,
     true_indices,
 };
-use crate::model::error::Result;
+use crate::model::error::{ModelError, Result};
 use crate::model::layers::{Conv2d, ConvSpec, WeightInit, bias, weight};
 use crate::model::matcher::{
     BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, BalancedPositiveNegativeSampler, Matcher,
@@ -458,6 +458,67 @@ impl RoiHeads {
             loss_classifier,
             loss_box_reg,
             loss_mask,
+        })
+    }
+
+    /// Box prompts: each of `boxes [N, 4]` (resized-image coordinates, one image of size
+    /// `image_shape`) is its own RoI, not regressed, not suppressed. The class is `labels [N]`
+    /// (int64, `1..C`) when given, else the box head's best foreground class for that box; the
+    /// score is the box head's softmax probability of that class; the mask is the mask head's
+    /// sigmoid for it, exactly as [`Self::forward_eval`] computes it for a detection's box.
+    /// Returns boxes as given, `[N]` scores, `[N]` labels, `[N, 1, 28, 28]` probabilities.
+    pub fn masks_for_boxes(
+        &self,
+        features: &[Tensor],
+        boxes: &Tensor,
+        image_shape: (i64, i64),
+        labels: Option<&Tensor>,
+    ) -> Result<RawDetections> {
+        let n = boxes.size().first().copied().unwrap_or(0);
+        if boxes.size() != [n, 4] {
+            return Err(ModelError::InvalidInput(format!(
+                "box prompts must be [N, 4], got {:?}",
+                boxes.size()
+            )));
+        }
+        let boxes = boxes.f_to_kind(Kind::Float)?;
+        let rois = [boxes.shallow_clone()];
+        let (class_logits, _) = self.box_branch(features, &rois, &[image_shape])?; // [N, C]
+        let num_classes = class_logits.size()[1];
+        let device = class_logits.device();
+        let probs = class_logits.f_softmax(-1, class_logits.kind())?;
+        let labels = match labels {
+            Some(l) => {
+                let l = l.f_to_device(device)?.f_to_kind(Kind::Int64)?;
+                let bad = l.f_lt(1)?.f_logical_or(&l.f_ge(num_classes)?)?;
+                if l.size() != [n] || bad.f_any()?.int64_value(&[]) != 0 {
+                    return Err(ModelError::InvalidInput(format!(
+                        "box prompt labels must be [{n}] in 1..{}",
+                        num_classes - 1
+                    )));
+                }
+                l
+            }
+            // Background (column 0) is never a prompt's class.
+            None => probs.f_narrow(1, 1, num_classes - 1)?.f_argmax(1, false)? + 1,
+        };
+        let scores = probs
+            .f_gather(1, &labels.f_view([n, 1])?, false)?
+            .f_view([n])?;
+        let mask_logits = self.mask_branch(features, &rois, &[image_shape])?; // [N, C, 28, 28]
+        let (h, w) = (mask_logits.size()[2], mask_logits.size()[3]);
+        let masks = mask_logits
+            .f_gather(
+                1,
+                &labels.f_view([n, 1, 1, 1])?.f_expand([n, 1, h, w], false)?,
+                false,
+            )?
+            .f_sigmoid()?; // [N, 1, 28, 28]
+        Ok(RawDetections {
+            boxes,
+            scores,
+            labels,
+            masks,
         })
     }
 
