@@ -133,6 +133,9 @@ pub enum Command {
     },
     /// Train a Mask R-CNN on a project into a new run folder (`runs/<id>/`).
     Train(crate::train::cli::TrainArgs),
+    /// Find likely label errors (missing, spurious, loose, swapped) from out-of-sample
+    /// predictions: one model's held-out images (--model) or K fold models (--folds K).
+    Audit(crate::eval::audit::cli::AuditArgs),
     /// Print a project's classes, counts per split, edited and unreviewed counts.
     Info {
         /// Project folder.
@@ -210,6 +213,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Sample { project } => sample(&project),
         Command::Train(args) => crate::train::cli::run(&args),
+        Command::Audit(args) => crate::eval::audit::cli::run(&args),
         Command::Doctor => {
             println!("{}", crate::host::doctor_report());
             Ok(())

@@ -7,10 +7,10 @@ use std::path::Path;
 use anyhow::Context as _;
 
 use crate::cancel::CancelToken;
-use crate::dataset::ExportSet;
 use crate::dataset::store::Project;
+use crate::dataset::{ExportClass, ExportImage, ExportSet};
 use crate::eval::coco_eval::{DtAnn, EvalParams, EvalResult, GtAnn, IouType, STAT_NAMES, evaluate};
-use crate::infer::{Predictor, read_image};
+use crate::infer::{Detection, Predictor, read_image};
 
 /// Both evaluations and the class names (category id = label index 1..N of the bundle).
 #[derive(Debug, Clone)]
@@ -74,6 +74,65 @@ pub(crate) struct Annotations {
     pub unknown: usize,
 }
 
+/// Project classes matched to a bundle's labels by name (label = index in `labels.txt` + 1);
+/// shared by evaluation and the label-error audit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClassMatch {
+    label_of: BTreeMap<i64, i64>,
+    class_of: BTreeMap<i64, i64>,
+}
+
+impl ClassMatch {
+    /// Matches `classes` (the project's) to `labels` (the bundle's, in label order) by name.
+    pub fn new(classes: &[ExportClass], labels: &[String]) -> Self {
+        let label_by_name: BTreeMap<&str, i64> = labels
+            .iter()
+            .enumerate()
+            .map(|(i, name)| (name.as_str(), i as i64 + 1))
+            .collect();
+        let label_of: BTreeMap<i64, i64> = classes
+            .iter()
+            .filter_map(|c| label_by_name.get(c.name.as_str()).map(|&l| (c.id, l)))
+            .collect();
+        let class_of = label_of.iter().map(|(&c, &l)| (l, c)).collect();
+        Self { label_of, class_of }
+    }
+
+    /// The bundle label of project class `class_id`, if the model knows the class.
+    pub fn label_of(&self, class_id: i64) -> Option<i64> {
+        self.label_of.get(&class_id).copied()
+    }
+
+    /// The project class of bundle label `label`, if the project has a class of its name.
+    pub fn class_of(&self, label: i64) -> Option<i64> {
+        self.class_of.get(&label).copied()
+    }
+}
+
+/// Predicts every image of `images` in order and hands each with its detections to `each`;
+/// `cancel` is checked before each image, `progress(done, total)` runs after each. Returns
+/// `false` when `cancel` stopped it.
+pub(crate) fn for_each_prediction(
+    images: &[ExportImage],
+    predictor: &Predictor,
+    cancel: Option<&CancelToken>,
+    progress: &mut dyn FnMut(usize, usize),
+    each: &mut dyn FnMut(&ExportImage, Vec<Detection>) -> anyhow::Result<()>,
+) -> anyhow::Result<bool> {
+    for (done, image) in images.iter().enumerate() {
+        if cancel.is_some_and(CancelToken::is_cancelled) {
+            return Ok(false);
+        }
+        let pixels = read_image(&image.path)?;
+        let detections = predictor
+            .predict(&pixels)
+            .with_context(|| format!("predicting {:?}", image.path))?;
+        each(image, detections)?;
+        progress(done + 1, images.len());
+    }
+    Ok(true)
+}
+
 /// Predicts every image of `set` and collects ground truth and detections; `cancel` is checked
 /// before each image, `progress(done, total)` runs after each.
 pub(crate) fn predict_annotations(
@@ -82,52 +141,41 @@ pub(crate) fn predict_annotations(
     cancel: Option<&CancelToken>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> anyhow::Result<Annotations> {
-    let label_of: BTreeMap<&str, i64> = predictor
-        .labels()
-        .iter()
-        .enumerate()
-        .map(|(i, name)| (name.as_str(), i as i64 + 1))
-        .collect();
-    let class_label: BTreeMap<i64, i64> = set
-        .classes
-        .iter()
-        .filter_map(|c| label_of.get(c.name.as_str()).map(|&l| (c.id, l)))
-        .collect();
+    let classes = ClassMatch::new(&set.classes, predictor.labels());
     let (mut gts, mut dts) = (Vec::new(), Vec::new());
     let mut unknown = 0usize;
-    for (done, image) in set.images.iter().enumerate() {
-        anyhow::ensure!(
-            !cancel.is_some_and(CancelToken::is_cancelled),
-            "evaluation cancelled"
-        );
-        for inst in &image.instances {
-            let Some(&category_id) = class_label.get(&inst.class_id) else {
-                unknown += 1;
-                continue;
-            };
-            gts.push(GtAnn {
-                image_id: image.id,
-                category_id,
-                iscrowd: inst.iscrowd,
-                area: inst.rle.area() as f64,
-                bbox: inst.rle.to_bbox(),
-                rle: Some(inst.rle.clone()),
-            });
-        }
-        let pixels = read_image(&image.path)?;
-        for d in predictor
-            .predict(&pixels)
-            .with_context(|| format!("predicting {:?}", image.path))?
-        {
-            let rle = d.mask.to_rle();
-            let [x1, y1, x2, y2] = d.box_xyxy.map(f64::from);
-            let bbox = [x1, y1, x2 - x1, y2 - y1];
-            // Results carry boxes, so pycocotools' loadRes gives them area w*h.
-            let score = f64::from(d.score);
-            dts.push(DtAnn::with_box(image.id, d.label, score, bbox, Some(rle)));
-        }
-        progress(done + 1, set.images.len());
-    }
+    let completed = for_each_prediction(
+        &set.images,
+        predictor,
+        cancel,
+        progress,
+        &mut |image, detections| {
+            for inst in &image.instances {
+                let Some(category_id) = classes.label_of(inst.class_id) else {
+                    unknown += 1;
+                    continue;
+                };
+                gts.push(GtAnn {
+                    image_id: image.id,
+                    category_id,
+                    iscrowd: inst.iscrowd,
+                    area: inst.rle.area() as f64,
+                    bbox: inst.rle.to_bbox(),
+                    rle: Some(inst.rle.clone()),
+                });
+            }
+            for d in detections {
+                let rle = d.mask.to_rle();
+                let [x1, y1, x2, y2] = d.box_xyxy.map(f64::from);
+                let bbox = [x1, y1, x2 - x1, y2 - y1];
+                // Results carry boxes, so pycocotools' loadRes gives them area w*h.
+                let score = f64::from(d.score);
+                dts.push(DtAnn::with_box(image.id, d.label, score, bbox, Some(rle)));
+            }
+            Ok(())
+        },
+    )?;
+    anyhow::ensure!(completed, "evaluation cancelled");
     Ok(Annotations { gts, dts, unknown })
 }
 

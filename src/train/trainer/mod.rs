@@ -195,6 +195,53 @@ pub fn train_with(
         Ok(v) => v,
         Err(e) => return fail_early(observer, e),
     };
+    train_in(project_dir, &run_id, &run_dir, cfg, None, control, observer)
+}
+
+/// [`train_with`] into the new folder `run_dir` (created; it must not exist) on exactly the
+/// images of `split` (its `val` images validate, none when empty) instead of the seeded split;
+/// the run id is the folder's name. The k-fold audit trains each fold with it.
+pub fn train_split(
+    project_dir: &Path,
+    run_dir: &Path,
+    cfg: &TrainConfig,
+    split: crate::train::data::Split,
+    control: &TrainControl,
+    observer: &mut dyn TrainObserver,
+) -> anyhow::Result<RunSummary> {
+    if let Err(e) = cfg.validate() {
+        return fail_early(observer, e);
+    }
+    let run_id = run_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if let Err(e) = std::fs::create_dir(run_dir).with_context(|| format!("creating {run_dir:?}")) {
+        return fail_early(observer, e);
+    }
+    train_in(
+        project_dir,
+        &run_id,
+        run_dir,
+        cfg,
+        Some(split),
+        control,
+        observer,
+    )
+}
+
+/// A run in the existing folder `run_dir`: the session (on `split`, else the seeded split), the
+/// loop, then the refit when its mode applies.
+fn train_in(
+    project_dir: &Path,
+    run_id: &str,
+    run_dir: &Path,
+    cfg: &TrainConfig,
+    split: Option<crate::train::data::Split>,
+    control: &TrainControl,
+    observer: &mut dyn TrainObserver,
+) -> anyhow::Result<RunSummary> {
+    let (run_id, run_dir) = (run_id.to_owned(), run_dir.to_path_buf());
     let log_path = run_dir.join("train.log");
     let log = match File::create(&log_path) {
         Ok(f) => BufWriter::new(f),
@@ -211,7 +258,7 @@ pub fn train_with(
         };
         let result = guarded("training", || {
             let mut notes = Vec::new();
-            let session = start_fresh(project_dir, &run_id, &run_dir, cfg, None, &mut notes)?;
+            let session = start_fresh(project_dir, &run_id, &run_dir, cfg, split, &mut notes)?;
             for n in &notes {
                 reporter.note(n);
             }

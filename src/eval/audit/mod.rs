@@ -20,7 +20,19 @@
 //! its findings by noisy-OR (`1 − Π(1 − s)`): many clean instances do not dilute one error (as
 //! a mean would), and two errors rank above one (as a max would not).
 //!
-//! Not yet here (issue 18 is open): the K-fold runner, the store table, the CLI and the queue.
+//! The runner that gets out-of-sample predictions and stores the findings is [`run`] (one
+//! model that did not train on the images) and [`kfold`] (K models, each predicting the fold it
+//! did not see); `maskstudio audit` is [`cli`].
+
+pub mod cli;
+pub mod kfold;
+pub mod run;
+
+pub use kfold::{KFoldEstimate, KFoldPlan, KFoldRequest, audit_kfold, estimate_kfold};
+pub use run::{
+    AuditCancelled, AuditOutcome, AuditProgress, AuditedFinding, BundleOrigin, FoldState,
+    ImageAudit, audit_detections, audit_with_model, bundle_origin,
+};
 
 use crate::dataset::rle::{Rle, bbox_iou};
 
@@ -105,8 +117,19 @@ impl Default for AuditParams {
     }
 }
 
-/// Scores the label errors of one image; findings come sorted by score, highest first.
+/// Scores the label errors of one image; findings come sorted by score, highest first. Reasons
+/// name classes by id ([`audit_image_named`] names them).
 pub fn audit_image(gt: &[GtInstance], preds: &[Prediction], p: &AuditParams) -> Vec<Finding> {
+    audit_image_named(gt, preds, p, &|class| format!("class {class}"))
+}
+
+/// [`audit_image`] with reasons naming each class as `name(class id)` gives it.
+pub fn audit_image_named(
+    gt: &[GtInstance],
+    preds: &[Prediction],
+    p: &AuditParams,
+    name: &dyn Fn(i64) -> String,
+) -> Vec<Finding> {
     let kept: Vec<usize> = (0..preds.len())
         .filter(|&j| preds[j].score >= p.min_score)
         .collect();
@@ -140,8 +163,9 @@ pub fn audit_image(gt: &[GtInstance], preds: &[Prediction], p: &AuditParams) -> 
                 prediction: Some(j),
                 score: (f64::from(d.score) * (1.0 - best)).clamp(0.0, 1.0),
                 reason: format!(
-                    "the model sees class {} at score {:.2} where no label is (best overlap {best:.2})",
-                    d.class, d.score
+                    "the model sees {} at score {:.2} where no label is (best overlap {best:.2})",
+                    name(d.class),
+                    d.score
                 ),
             });
         }
@@ -201,8 +225,10 @@ pub fn audit_image(gt: &[GtInstance], preds: &[Prediction], p: &AuditParams) -> 
                     prediction: Some(j),
                     score: margin.clamp(0.0, 1.0),
                     reason: format!(
-                        "labelled class {} but the model says class {} ({:.2} against {same_best:.2})",
-                        g.class, preds[j].class, preds[j].score
+                        "labelled {} but the model says {} ({:.2} against {same_best:.2})",
+                        name(g.class),
+                        name(preds[j].class),
+                        preds[j].score
                     ),
                 });
             }
