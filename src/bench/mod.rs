@@ -1,6 +1,7 @@
 //! Benchmarks that run our code and the reference implementation side by side in one run and
 //! print ratios (`maskstudio bench NAME`, or `cargo bench`).
 
+pub mod audit;
 pub mod coco_eval;
 pub mod crowded;
 pub mod masks;
