@@ -161,6 +161,22 @@ fn nested_training_checkpoint() {
     }
 }
 
+/// torchvision's detection reference saves `argparse.Namespace` beside the weights: the
+/// Namespace loads as nothing, the model and the optimizer's tensors load as in any checkpoint.
+#[test]
+fn torchvision_reference_checkpoint_with_its_argparse_namespace() {
+    let exp = expected();
+    let file = "torchvision_ref_zip.pt";
+    let sd = read_state_dict(&fixtures().join(file)).unwrap();
+    check_state_dict(file, &sd, "", true);
+    let all = read_checkpoint(&fixtures().join(file)).unwrap();
+    let names: Vec<&str> = all.iter().map(|(n, _)| n.as_str()).collect();
+    let n_sd = exp["state_dict"].as_object().unwrap().len();
+    assert_eq!(all.len(), n_sd + 1, "model.* + momentum buffer: {names:?}");
+    assert!(names.contains(&"optimizer.state.0.momentum_buffer"));
+    assert!(!names.iter().any(|n| n.starts_with("args")), "{names:?}");
+}
+
 #[test]
 fn malicious_pickles_are_rejected_without_running() {
     let marker = Path::new("/tmp/maskstudio_checkpoint_pwned");

@@ -127,6 +127,26 @@ def rezip(src, dst, folder, compression):
             zout.writestr(f"{folder}/{rest}", zin.read(info.filename))
 
 
+def torchvision_reference_checkpoint(sd, momentum):
+    """What torchvision's detection reference `train.py` writes each epoch."""
+    import argparse
+
+    args = argparse.Namespace(
+        data_path="/datasets/coco", model="maskrcnn_resnet50_fpn", lr=0.02, epochs=26,
+        lr_steps=[16, 22], output_dir="runs/ref", distributed=True, world_size=2, amp=False,
+    )
+    return {
+        "model": sd,
+        "optimizer": {
+            "state": {0: {"momentum_buffer": momentum}},
+            "param_groups": [{"lr": 0.02, "momentum": 0.9, "params": [0]}],
+        },
+        "lr_scheduler": {"milestones": {16: 1, 22: 1}, "gamma": 0.1, "base_lrs": [0.02], "last_epoch": 4},
+        "args": args,
+        "epoch": 3,
+    }
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     sd = state_dict()
@@ -156,6 +176,10 @@ def main():
     }
     torch.save(nested, OUT / "nested_zip.pt")
     torch.save(nested, OUT / "nested_legacy.pt", _use_new_zipfile_serialization=False)
+
+    # torchvision's detection reference (`references/detection/train.py`) saves its argparse
+    # Namespace beside the weights: read as an inert dict and skipped, never constructed.
+    torch.save(torchvision_reference_checkpoint(sd, momentum), OUT / "torchvision_ref_zip.pt")
 
     # Must be rejected without running anything.
     torch.save({"weight": torch.ones(2), "evil": Evil()}, OUT / "malicious_zip.pt")

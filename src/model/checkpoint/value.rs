@@ -90,6 +90,9 @@ pub(super) enum Global {
         dtype: Option<Dtype>,
     },
     Dtype(Dtype),
+    /// `argparse.Namespace` (torchvision's reference scripts save their arguments): built as an
+    /// empty dict whose state is ignored, so the tensors beside it still load.
+    Namespace,
 }
 
 /// A tensor element type as named by PyTorch. Only some map to a `tch::Kind`.

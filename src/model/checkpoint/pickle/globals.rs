@@ -1,5 +1,6 @@
 //! The allow-list of Python globals a checkpoint's pickle may name (`OrderedDict`, `set`,
-//! `torch.Size`, the tensor rebuild functions, the storage classes and dtypes) and what
+//! `torch.Size`, the tensor rebuild functions, the storage classes and dtypes, and
+//! `argparse.Namespace` as an inert dict) and what
 //! REDUCE / NEWOBJ and persistent ids build from them: plain containers, storage references
 //! and tensor views. Nothing is ever executed; any other global is an error that names it.
 
@@ -92,6 +93,7 @@ pub(super) fn lookup_global(module: &str, name: &str) -> Kindr<Global> {
         ("builtins" | "__builtin__", "set") => Some(Global::Set),
         ("builtins" | "__builtin__", "frozenset") => Some(Global::FrozenSet),
         ("torch", "Size") => Some(Global::TorchSize),
+        ("argparse", "Namespace") => Some(Global::Namespace),
         ("torch._utils", "_rebuild_tensor") => Some(Global::RebuildTensor),
         ("torch._utils", "_rebuild_tensor_v2") => Some(Global::RebuildTensorV2),
         ("torch._utils", "_rebuild_tensor_v3") => Some(Global::RebuildTensorV3),
@@ -271,6 +273,11 @@ impl Unpickler<'_> {
                 malformed(format!("pickle constructs a {name} directly"))
             }
             Global::Dtype(d) => malformed(format!("pickle calls torch.{}", d.name)),
+            // Nothing of the Namespace is kept: BUILD's state (its attributes) is dropped.
+            Global::Namespace => Ok(self.alloc(Obj::Dict {
+                entries: Vec::new(),
+                index: HashMap::new(),
+            })),
         }
     }
 
