@@ -84,6 +84,9 @@ pub struct AuditArgs {
     /// How many findings to print.
     #[arg(long, default_value_t = 20)]
     pub top: usize,
+    /// Also draw the `--top` highest-scoring findings as a contact sheet PNG at this path.
+    #[arg(long)]
+    pub sheet: Option<PathBuf>,
 }
 
 /// `maskstudio train`'s arguments, to build the folds' recipe exactly as `train` would.
@@ -423,6 +426,20 @@ pub fn run(args: &AuditArgs) -> anyhow::Result<()> {
     }
     text.push_str(&format!("\nfindings written to {}\n", args.out.display()));
     print!("{text}");
+    if let Some(path) = &args.sheet {
+        let project = crate::dataset::store::Project::open(&args.project)
+            .with_context(|| format!("opening project {:?}", args.project))?;
+        let opts = super::sheet::SheetOptions {
+            top: args.top,
+            ..super::sheet::SheetOptions::default()
+        };
+        let drawn = super::sheet::write_sheet(&project, Some(outcome.audit_id), &opts, path)?;
+        println!(
+            "contact sheet of the top {} findings: {}",
+            drawn.len(),
+            path.display()
+        );
+    }
     Ok(())
 }
 

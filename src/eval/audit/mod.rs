@@ -27,6 +27,7 @@
 pub mod cli;
 pub mod kfold;
 pub mod run;
+pub mod sheet;
 
 pub use kfold::{KFoldEstimate, KFoldPlan, KFoldRequest, audit_kfold, estimate_kfold};
 pub use run::{
