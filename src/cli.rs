@@ -136,6 +136,28 @@ pub enum Command {
     /// Find likely label errors (missing, spurious, loose, swapped) from out-of-sample
     /// predictions: one model's held-out images (--model) or K fold models (--folds K).
     Audit(crate::eval::audit::cli::AuditArgs),
+    /// Rank the images still to label (no masks, or unreviewed) by the model's uncertainty
+    /// (horizontal-flip disagreement, entropy breaking ties) and print the queue.
+    LabelNext {
+        /// Project folder.
+        #[arg(long)]
+        project: PathBuf,
+        /// Model bundle folder.
+        #[arg(long)]
+        model: PathBuf,
+        /// Which images: unlabelled (no instance), unreviewed, or both.
+        #[arg(long, default_value = "both")]
+        only: crate::eval::label_next::Candidates,
+        /// Print (and write) only the first N of the ranking.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Also write the ranking as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// auto | cpu | cuda
+        #[arg(long, default_value = "auto")]
+        device: crate::host::DeviceChoice,
+    },
     /// Print a project's classes, counts per split, edited and unreviewed counts.
     Info {
         /// Project folder.
@@ -214,6 +236,14 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Sample { project } => sample(&project),
         Command::Train(args) => crate::train::cli::run(&args),
         Command::Audit(args) => crate::eval::audit::cli::run(&args),
+        Command::LabelNext {
+            project,
+            model,
+            only,
+            limit,
+            json,
+            device,
+        } => label_next(&project, &model, only, limit, json.as_deref(), device),
         Command::Doctor => {
             println!("{}", crate::host::doctor_report());
             Ok(())
@@ -603,6 +633,70 @@ fn predict(
         }
     );
     anyhow::ensure!(failures.len() < images.len(), "no image could be read");
+    Ok(())
+}
+
+/// `maskstudio label-next`: the ranked queue as a table (rank, score, entropy, detections of
+/// the image / its mirror, labels, image), optionally as JSON.
+fn label_next(
+    project: &Path,
+    bundle: &Path,
+    only: crate::eval::label_next::Candidates,
+    limit: Option<usize>,
+    json: Option<&Path>,
+    device: crate::host::DeviceChoice,
+) -> anyhow::Result<()> {
+    use crate::eval::label_next::{ranking_json, run};
+    let device = crate::host::device(device)?;
+    let bar = progress_bar(0, "images");
+    let ranking = run(
+        bundle,
+        project,
+        only,
+        device,
+        &CancelToken::default(),
+        &mut |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+    )?;
+    bar.finish_and_clear();
+    let shown = limit.unwrap_or(usize::MAX).min(ranking.images.len());
+    let mut out = format!(
+        "ranked {} images ({}) by flip disagreement{}\n{:>5}  {:>6}  {:>7}  {:>9}  {:>6}  image\n",
+        ranking.images.len(),
+        only.as_str(),
+        if shown < ranking.images.len() {
+            format!(", the first {shown} shown")
+        } else {
+            String::new()
+        },
+        "rank",
+        "score",
+        "entropy",
+        "dets/mir",
+        "labels"
+    );
+    for (k, r) in ranking.images[..shown].iter().enumerate() {
+        out.push_str(&format!(
+            "{:>5}  {:>6.3}  {:>7.3}  {:>9}  {:>6}  {}\n",
+            k + 1,
+            r.score,
+            r.entropy,
+            format!("{}/{}", r.detections, r.mirrored_detections),
+            r.instances,
+            r.path.display()
+        ));
+    }
+    for (_, file, why) in &ranking.skipped {
+        out.push_str(&format!("skipped {file}: {why}\n"));
+    }
+    print_stdout(&out)?;
+    if let Some(path) = json {
+        let value = ranking_json(&ranking, bundle, only, limit);
+        crate::fsutil::write_atomic(path, &serde_json::to_vec_pretty(&value)?)
+            .with_context(|| format!("writing {path:?}"))?;
+    }
     Ok(())
 }
 

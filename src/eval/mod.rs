@@ -2,5 +2,6 @@
 
 pub mod audit;
 pub mod coco_eval;
+pub mod label_next;
 pub mod per_image;
 pub mod project;
