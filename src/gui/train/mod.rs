@@ -8,6 +8,7 @@
 //! Runs go to `<project>/runs/<id>/` (the trainer's layout: `config.json`, `metrics.csv`,
 //! `train.log`, `checkpoints/last/` = a model bundle).
 
+mod audit;
 pub mod autoconfig;
 pub mod eval;
 mod form;
@@ -109,6 +110,8 @@ pub struct TrainPanel {
     watch_worker: Option<Worker<WatchEvent>>,
     /// The Evaluate section.
     pub eval: EvalPanel,
+    /// The label audit: "Audit with this run" and the K-fold form.
+    audit: audit::AuditPanel,
     /// The form's augmentation pipeline (follows the preset until edited).
     aug: AugmentConfig,
     /// Multistep milestones as typed (comma-separated epochs).
@@ -164,6 +167,7 @@ impl TrainPanel {
             watch_for: None,
             watch_worker: None,
             eval: EvalPanel::default(),
+            audit: audit::AuditPanel::default(),
             aug: AugmentConfig::resolve(&cfg),
             milestones_text: cfg
                 .lr_milestones
@@ -216,6 +220,7 @@ impl TrainPanel {
             && !self.scanning
             && !self.exporting
             && !self.eval.running()
+            && !self.audit.busy()
             && !self.previewing
             && self.replaying.is_none()
             && !self.autocfg.busy()
@@ -239,6 +244,7 @@ impl TrainPanel {
     /// Running jobs for the status bar.
     pub fn jobs(&self) -> Vec<JobView> {
         let mut jobs = self.eval.jobs();
+        jobs.extend(self.audit.jobs());
         if let Some(run) = &self.run {
             let h = &self.history;
             let eta = h
@@ -356,6 +362,7 @@ impl TrainPanel {
 
     fn drain(&mut self, ctx: &egui::Context, cx: &mut PanelCtx) {
         self.autocfg.poll();
+        self.audit.poll(cx);
         let mut checkpoints = Vec::new();
         let mut finished: Option<Result<(bool, usize), String>> = None;
         if let Some(run) = &mut self.run {
@@ -514,6 +521,7 @@ impl TrainPanel {
                 self.watch_ui(ui);
                 ui.separator();
                 self.runs_ui(ui, cx);
+                self.audit.ui(ui, cx, &self.cfg);
                 ui.separator();
                 egui::CollapsingHeader::new("Evaluate")
                     .default_open(false)

@@ -249,6 +249,7 @@ impl TrainPanel {
             {
                 self.resume_run(ui.ctx(), cx, run.dir.clone(), Some(self.continue_epochs));
             }
+            self.audit.run_button_ui(ui, cx, selected.as_ref());
         });
     }
 }
