@@ -123,7 +123,7 @@ pub fn render_sheet(
     for (rank, f) in findings.iter().enumerate() {
         let (col, row) = ((rank % columns) as u32, (rank / columns) as u32);
         let (x0, y0) = (GAP + col * (cell_w + GAP), GAP + row * (cell_h + GAP));
-        if !images.contains_key(&f.image_id) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = images.entry(f.image_id) {
             let meta = project.image(f.image_id).with_context(|| {
                 format!(
                     "{}: image {} of finding {}",
@@ -135,7 +135,7 @@ pub fn render_sheet(
             let img = image::open(&meta.path)
                 .with_context(|| format!("reading {}", meta.path.display()))?
                 .to_rgb8();
-            images.insert(f.image_id, img);
+            slot.insert(img);
         }
         let img = &images[&f.image_id];
         let instance = match f.instance_id {
@@ -291,7 +291,7 @@ fn render_tile(
             let mut px = img.get_pixel(x, y).0;
             if on(&sugg, i64::from(tx), i64::from(ty)) {
                 px = blend(px, SUGGESTED_COLOR, TINT_ALPHA);
-                if edge(&sugg, tx, ty, 1) && ((tx + ty) / (DASH / 2)) % 2 == 0 {
+                if edge(&sugg, tx, ty, 1) && ((tx + ty) / (DASH / 2)).is_multiple_of(2) {
                     px = SUGGESTED_COLOR;
                 }
             }
