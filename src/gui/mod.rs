@@ -8,6 +8,7 @@
 //! and drain bounded channels, so the GUI thread never waits on I/O.
 
 mod app;
+pub mod audit_queue;
 pub mod classes_panel;
 pub mod download_panel;
 pub mod editor;

@@ -1,6 +1,7 @@
 //! The Review tab: a virtualised thumbnail gallery of the project's images with mask overlays
 //! and filters (class, split, review status, edited, without masks). Clicking a thumbnail opens
-//! the image in the [`ImageView`] (zoom/pan, instance list, mask editor, review status).
+//! the image in the [`ImageView`] (zoom/pan, instance list, mask editor, review status). A
+//! selector row at the top switches to the Likely errors queue ([`AuditQueue`]).
 //!
 //! The listing is one query on a named thread ([`crate::dataset::gallery`]); only the visible
 //! rows are laid out (`ScrollArea::show_rows`) and their thumbnails come from [`ThumbCache`].
@@ -14,6 +15,7 @@ use eframe::egui;
 use crate::dataset::gallery::{GalleryFilter, GalleryListing, listing};
 use crate::dataset::store::{Project, ReviewStatus};
 
+use super::audit_queue::AuditQueue;
 use super::editor::{ImageView, ImageViewAction};
 use super::shared::PanelCtx;
 use super::thumbs::{Thumb, ThumbCache};
@@ -43,10 +45,12 @@ pub enum ReviewMode {
     /// The thumbnail gallery (and the image opened from it).
     #[default]
     Grid,
+    /// The Likely errors queue of the label-error audits ([`AuditQueue`]).
+    LikelyErrors,
 }
 
 /// The modes in selector order.
-const REVIEW_MODES: [ReviewMode; 1] = [ReviewMode::Grid];
+const REVIEW_MODES: [ReviewMode; 2] = [ReviewMode::Grid, ReviewMode::LikelyErrors];
 
 /// The Review panel (gallery + image preview).
 pub struct ReviewPanel {
@@ -66,6 +70,8 @@ pub struct ReviewPanel {
     scroll_to: Option<f32>,
     /// The `gallery-listing` thread (its only sender; the listing ends it).
     lister: Option<Worker<Msg>>,
+    /// The Likely errors queue (read whatever the mode, for its count in the selector).
+    audit: AuditQueue,
 }
 
 impl Default for ReviewPanel {
@@ -92,12 +98,14 @@ impl ReviewPanel {
             view: None,
             scroll_to: None,
             lister: None,
+            audit: AuditQueue::new(),
         }
     }
 
     /// Lists the project again at the next frame (after a download, import or edit).
     pub fn refresh(&mut self) {
         self.stale = true;
+        self.audit.refresh();
         if let Some(t) = &mut self.thumbs {
             t.clear();
         }
@@ -120,9 +128,25 @@ impl ReviewPanel {
         if mode == self.mode {
             return;
         }
+        if self.mode == ReviewMode::LikelyErrors {
+            self.audit.close_view();
+        }
         self.mode = mode;
         self.selected_image = None;
         self.view = None;
+        if mode == ReviewMode::LikelyErrors {
+            self.audit.on_show();
+        }
+    }
+
+    /// The Likely errors queue.
+    pub fn audit_queue(&self) -> &AuditQueue {
+        &self.audit
+    }
+
+    /// The Likely errors queue, mutable (tests select findings and filters).
+    pub fn audit_queue_mut(&mut self) -> &mut AuditQueue {
+        &mut self.audit
     }
 
     /// Images in the project (once listed).
@@ -228,9 +252,11 @@ impl ReviewPanel {
             ui.label("Open a project to review its images.");
             return;
         };
+        self.audit.poll(&ctx, cx, Some(&root));
         self.mode_bar_ui(ui);
         match self.mode {
             ReviewMode::Grid => self.gallery_ui(ui, cx, &root),
+            ReviewMode::LikelyErrors => self.audit.ui(ui, cx),
         }
     }
 
@@ -253,6 +279,10 @@ impl ReviewPanel {
     fn mode_label(&self, mode: ReviewMode) -> String {
         match mode {
             ReviewMode::Grid => "Grid".to_owned(),
+            ReviewMode::LikelyErrors => match self.audit.open_count() {
+                Some(n) => format!("Likely errors ({n})"),
+                None => "Likely errors".to_owned(),
+            },
         }
     }
 

@@ -11,7 +11,7 @@ use super::StudioApp;
 use super::project::DialogPurpose;
 use crate::gui::progress::{Progress, progress_row};
 use crate::gui::shared::{JobView, NoticeLevel, Notices};
-use crate::gui::{SHORTCUTS, TABS, editor};
+use crate::gui::{SHORTCUTS, TABS, audit_queue, editor};
 
 impl StudioApp {
     /// Every panel's running jobs, in status-bar order.
@@ -237,6 +237,14 @@ impl StudioApp {
                     ui.strong("Review image view");
                     ui.end_row();
                     for (keys, what) in editor::shortcuts() {
+                        ui.strong(*keys);
+                        ui.label(*what);
+                        ui.end_row();
+                    }
+                    ui.end_row();
+                    ui.strong("Review: Likely errors");
+                    ui.end_row();
+                    for (keys, what) in audit_queue::shortcuts() {
                         ui.strong(*keys);
                         ui.label(*what);
                         ui.end_row();

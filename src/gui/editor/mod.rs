@@ -432,6 +432,18 @@ impl ImageView {
         self.canvas.min + self.offset + Vec2::new(p[0] as f32, p[1] as f32) * self.scale
     }
 
+    /// The canvas's screen rectangle in the last frame drawn (a host draws over it).
+    pub fn canvas_rect(&self) -> egui::Rect {
+        self.canvas
+    }
+
+    /// Instance `id`'s mask as shown (once loaded).
+    pub fn instance_mask(&self, id: i64) -> Option<Arc<Mask>> {
+        let data = self.data.as_ref()?;
+        let inst = data.instances.iter().find(|i| i.row.id == id)?;
+        Some(Arc::clone(&inst.mask))
+    }
+
     fn screen_to_image(&self, p: Pos2) -> [f64; 2] {
         let v = (p - self.canvas.min - self.offset) / self.scale;
         [f64::from(v.x), f64::from(v.y)]

@@ -9,9 +9,28 @@ use eframe::egui;
 
 use super::writer::{EditCommand, EditOutcome, EditReply, Snapshot};
 use super::{ImageView, Inst};
+use crate::dataset::store::Resolution;
 use crate::gui::shared::{PanelCtx, ShellRequest};
 
 impl ImageView {
+    /// Queues the resolution of audit finding `finding` (of this image) on the writer: one
+    /// store transaction and one undoable step of the image, in order with its other edits;
+    /// the view re-reads the image afterwards. `false` (with a toast) when it was refused.
+    pub fn resolve_finding(
+        &mut self,
+        finding: i64,
+        how: Resolution,
+        cx: &mut PanelCtx<'_>,
+    ) -> bool {
+        self.send(EditCommand::ResolveFinding { finding, how }, cx)
+            .is_some()
+    }
+
+    /// Undoes the image's latest edit step, as Ctrl+Z does.
+    pub fn undo(&mut self, cx: &mut PanelCtx<'_>) {
+        self.history(true, cx);
+    }
+
     /// Whether an edit may start from the view's own masks and ids: not while a re-read from
     /// the store is awaited (they are about to be replaced). Says so when not.
     pub(super) fn ready(&self, cx: &mut PanelCtx<'_>) -> bool {

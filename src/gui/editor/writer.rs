@@ -19,7 +19,9 @@ use eframe::egui;
 
 use crate::gui::worker::{Polled, Worker, WorkerTx};
 
-use crate::dataset::store::{ClassProgress, ImageMeta, InstanceRow, Project, ReviewStatus};
+use crate::dataset::store::{
+    ClassProgress, ImageMeta, InstanceRow, Project, Resolution, ReviewStatus,
+};
 use crate::dataset::{Mask, Origin};
 
 /// Most edits waiting for their answer; the view refuses further edits (with a toast) while
@@ -96,6 +98,13 @@ pub enum EditCommand {
         /// Image id.
         image: i64,
     },
+    /// Resolve an audit finding of the image ([`Project::resolve_finding`]).
+    ResolveFinding {
+        /// Finding id.
+        finding: i64,
+        /// Accept its fix, keep the label, or delete the instance.
+        how: Resolution,
+    },
     /// Write nothing; answer with a [`Snapshot`] (the view's state went out of date).
     Reload,
 }
@@ -115,6 +124,9 @@ impl EditCommand {
             Self::AddInstance { image, .. } => format!("new instance on image {image}"),
             Self::Status { image, .. } | Self::Undo { image } | Self::Redo { image } => {
                 format!("image {image}")
+            }
+            Self::ResolveFinding { finding, .. } => {
+                format!("audit finding {finding} (image {image_id})")
             }
             Self::Reload => format!("image {image_id}"),
         }
@@ -480,6 +492,10 @@ fn apply(project: &mut Project, command: &EditCommand) -> anyhow::Result<EditOut
             undo: false,
             touched: project.redo_image(*image)?,
         },
+        EditCommand::ResolveFinding { finding, how } => {
+            project.resolve_finding(*finding, *how)?;
+            EditOutcome::Done
+        }
         EditCommand::Reload => EditOutcome::Done,
     })
 }
