@@ -6,7 +6,8 @@
 //! - **missing**: a confident prediction of class c that no ground truth of class c matches
 //!   (mask IoU below [`AuditParams::match_iou`]) and that no other class's ground truth holds
 //!   either (that would be a swap); score = prediction score × (1 − best IoU with any ground
-//!   truth). Suggested fix: the predicted mask.
+//!   truth). Suggested fix: the predicted mask. Predictions overlapping one already reported
+//!   (mask IoU ≥ `match_iou`, any class: a detector's duplicates on one object) add none.
 //! - **spurious**: a ground-truth instance no prediction of any class covers;
 //!   score = 1 − (best IoU with any prediction) / `match_iou`, clamped to `[0, 1]`.
 //! - **loose**: a ground-truth instance whose box a same-class prediction matches (box IoU ≥
@@ -146,7 +147,13 @@ pub fn audit_image_named(
     // Boxes of the kept predictions, once (the loose check compares each label with each).
     let boxes: Vec<[f64; 4]> = kept.iter().map(|&j| preds[j].rle.to_bbox()).collect();
     let mut out = Vec::new();
-    for (k, &j) in kept.iter().enumerate() {
+    // Unlabelled objects: surest prediction first, so that the duplicates a detector leaves on
+    // one object (mask IoU ≥ match_iou with a prediction already reported) add no finding.
+    let mut by_score: Vec<usize> = (0..kept.len()).collect();
+    by_score.sort_by(|&a, &b| preds[kept[b]].score.total_cmp(&preds[kept[a]].score));
+    let mut reported: Vec<usize> = Vec::new();
+    for k in by_score {
+        let j = kept[k];
         let d = &preds[j];
         let same = (0..gt.len())
             .filter(|&i| gt[i].class == d.class)
@@ -156,7 +163,11 @@ pub fn audit_image_named(
             .filter(|&i| gt[i].class != d.class)
             .map(|i| iou[i][k])
             .fold(0.0, f64::max);
-        if same < p.match_iou && other < p.match_iou {
+        let duplicate = reported
+            .iter()
+            .any(|&r| preds[r].rle.iou(&d.rle) >= p.match_iou);
+        if same < p.match_iou && other < p.match_iou && !duplicate {
+            reported.push(j);
             let best = same.max(other);
             out.push(Finding {
                 kind: ErrorKind::Missing,
@@ -304,6 +315,25 @@ mod tests {
             "{}",
             missing[0].score
         );
+    }
+
+    #[test]
+    fn duplicate_predictions_of_one_unlabelled_object_are_one_missing_finding() {
+        let g = [gt(1, 0, rect(0, 0, 10, 10))];
+        let d = [
+            pred(0, 0.6, rect(41, 20, 60, 40)),
+            pred(0, 0.8, rect(40, 20, 60, 40)),
+            // The same object as another class, less sure: still the same object.
+            pred(1, 0.5, rect(40, 21, 60, 40)),
+            // A second object beside it.
+            pred(0, 0.7, rect(40, 0, 60, 12)),
+        ];
+        let f = audit_image(&g, &d, &AuditParams::default());
+        let missing: Vec<Option<usize>> = only(&f, ErrorKind::Missing)
+            .iter()
+            .map(|m| m.prediction)
+            .collect();
+        assert_eq!(missing, vec![Some(1), Some(3)], "{f:?}");
     }
 
     #[test]
