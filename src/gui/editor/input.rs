@@ -48,6 +48,7 @@ impl ImageView {
                 Key::F,
                 Key::V,
                 Key::M,
+                Key::X,
                 Key::N,
                 Key::S,
                 Key::H,
@@ -77,6 +78,7 @@ impl ImageView {
                 Key::F => self.set_tool(Tool::Fill),
                 Key::V => self.set_tool(Tool::Select),
                 Key::M => self.set_tool(Tool::Merge),
+                Key::X => self.set_tool(Tool::Box),
                 Key::N => self.new_instance(),
                 Key::S => self.split(cx),
                 Key::H => self.morph(MorphOp::FillHoles, cx),
@@ -132,6 +134,8 @@ impl ImageView {
         // Brush / eraser strokes from raw pointer events (every move is painted).
         if matches!(self.tool, Tool::Brush | Tool::Eraser) && !space {
             self.stroke_input(ui, response, cx);
+        } else if self.tool == Tool::Box && !space {
+            self.box_input(ui, response, cx);
         } else if (response.clicked() || response.double_clicked())
             && let Some(pos) = response.interact_pointer_pos()
         {
@@ -336,7 +340,7 @@ impl ImageView {
                 self.send(EditCommand::Merge { keep, other }, cx);
                 self.set_tool(Tool::Select);
             }
-            Tool::Brush | Tool::Eraser => {}
+            Tool::Brush | Tool::Eraser | Tool::Box => {}
         }
     }
 

@@ -71,6 +71,9 @@ pub enum Tool {
     Fill,
     /// Click another instance to merge it into the selected one.
     Merge,
+    /// Drag a box: the model's mask for exactly that box becomes a dashed proposal (click it
+    /// to accept).
+    Box,
 }
 
 /// Keyboard shortcuts of the editor, for the shell's help overlay: (keys, action).
@@ -92,6 +95,10 @@ pub fn shortcuts() -> &'static [(&'static str, &'static str)] {
         (
             "M",
             "merge: click another instance to merge into the selected one",
+        ),
+        (
+            "X",
+            "box to mask: drag a box, the model's mask for it becomes a proposal (click to accept)",
         ),
         ("S", "split the selected instance into connected components"),
         ("H", "fill holes of the selected instance"),
@@ -174,8 +181,9 @@ pub struct ImageView {
     model_path: String,
     /// Whether `model_path` was filled from `Settings::assist_bundle` (once per view).
     model_path_from_settings: bool,
-    /// The `model-assist` worker while proposals are being computed.
-    assist: Option<Worker<assist::AssistEvent>>,
+    /// The `model-assist` thread (model and image features kept between requests) and what
+    /// it has not answered yet.
+    assist: assist::Assist,
     proposals: Vec<(Detection, Vec<Vec<[f64; 2]>>)>,
     class_filter: Option<i64>,
     /// How the side panel's instance list is sorted.
@@ -311,7 +319,7 @@ impl ImageView {
             deferred: Rect::EMPTY,
             model_path: String::new(),
             model_path_from_settings: false,
-            assist: None,
+            assist: assist::Assist::default(),
             proposals: Vec::new(),
             class_filter: None,
             instance_sort: instances::InstanceSort::default(),
@@ -472,11 +480,6 @@ impl ImageView {
     /// accepts).
     pub fn proposal(&self, index: usize) -> Option<&Detection> {
         self.proposals.get(index).map(|(d, _)| d)
-    }
-
-    /// Whether "Propose masks" is running.
-    pub fn is_proposing(&self) -> bool {
-        self.assist.is_some()
     }
 
     /// Edits queued for the store writer and not answered yet.

@@ -28,6 +28,7 @@ impl ImageView {
                 (Tool::Polygon, "Polygon"),
                 (Tool::Fill, "Fill"),
                 (Tool::Merge, "Merge"),
+                (Tool::Box, "Box"),
             ] {
                 if ui.selectable_label(self.tool == tool, name).clicked() {
                     self.set_tool(tool);
@@ -308,6 +309,7 @@ impl ImageView {
                 ));
             }
         }
+        self.paint_box_prompts(&painter);
         // Polygon in progress.
         if !self.polygon.is_empty() {
             let pts: Vec<Pos2> = self
