@@ -354,7 +354,7 @@ impl AuditQueue {
                 color_of(row.instance_class_id),
             ),
             "swap" => (
-                format!("{}?", class(row.suggested_class_id)),
+                format!("class: {}?", class(row.suggested_class_id)),
                 color_of(row.suggested_class_id),
             ),
             _ => ("delete?".to_owned(), TO_DELETE),
@@ -366,12 +366,12 @@ impl AuditQueue {
                 pts.push(first);
                 label_at = Some(label_at.map_or(first, |l: Pos2| l.min(first)));
             }
-            painter.extend(egui::Shape::dashed_line(&pts, stroke, DASH, GAP));
+            dashed(&painter, &pts, stroke);
         }
         if matches!(row.kind.as_str(), "swap" | "spurious")
             && let Some(b) = bbox
         {
-            let r = screen_rect(b).expand(7.0);
+            let r = screen_rect(b).expand(9.0);
             let corners = [
                 r.left_top(),
                 r.right_top(),
@@ -379,7 +379,7 @@ impl AuditQueue {
                 r.left_bottom(),
                 r.left_top(),
             ];
-            painter.extend(egui::Shape::dashed_line(&corners, stroke, DASH, GAP));
+            dashed(&painter, &corners, stroke);
             label_at = Some(r.left_top());
         }
         if let Some(at) = label_at {
@@ -390,6 +390,14 @@ impl AuditQueue {
             painter.galley(at, galley, color);
         }
     }
+}
+
+/// A dashed outline through `points` over a dark band, so it shows on any image and over an
+/// instance of its own colour.
+fn dashed(painter: &egui::Painter, points: &[Pos2], stroke: Stroke) {
+    let band = Stroke::new(stroke.width + 2.0, Color32::from_black_alpha(150));
+    painter.add(egui::Shape::line(points.to_vec(), band));
+    painter.extend(egui::Shape::dashed_line(points, stroke, DASH, GAP));
 }
 
 /// One card: kind and score, class (suggested class of a swap), image, reason, audit.
