@@ -81,12 +81,11 @@ fn random_object(rng: &mut SplitMix64, class: usize) -> Mask {
     shape(class, cx, cy, r)
 }
 
-/// Imports `images` (file name, pixels, objects) into a new project at `dir/name`.
-fn project(
-    dir: &Path,
-    name: &str,
-    images: Vec<(String, image::RgbImage, Vec<(usize, Mask)>)>,
-) -> PathBuf {
+/// One image to import: file name, pixels, objects (class index, mask).
+type SceneFile = (String, image::RgbImage, Vec<(usize, Mask)>);
+
+/// Imports `images` into a new project at `dir/name`.
+fn project(dir: &Path, name: &str, images: Vec<SceneFile>) -> PathBuf {
     let src = dir.join(format!("{name}-src"));
     std::fs::create_dir_all(&src).unwrap();
     let mut set = ImportSet {
