@@ -41,7 +41,7 @@ pub const PLAN_FILE: &str = "kfold.json";
 pub const PLAN_FORMAT: &str = "maskstudio-kfold/1";
 /// Mixed into the recipe's seed for the fold shuffle ("KFOLDS" in ASCII), so the folds do not
 /// repeat the trainer's own seeded streams.
-const FOLD_SALT: u64 = 0x004b_464f_4c44_53;
+const FOLD_SALT: u64 = 0x0000_4b46_4f4c_4453;
 
 /// Training speed when no earlier run of the project is comparable, in training images per
 /// second at an input size (scaled by pixel count to the recipe's). Measured on the sample
@@ -620,11 +620,10 @@ fn run_plan(
             )
         })?;
         let images: Vec<ExportImage> = held.iter().map(|id| by_id[id].clone()).collect();
-        let (predictor, classes) = load_predictor(&bundle, recipe.device, &set.classes, params)?;
+        let model = load_predictor(&bundle, recipe.device, &set.classes, params)?;
         let Some(audited) = audit_images(
             &images,
-            &predictor,
-            &classes,
+            &model,
             &names,
             params,
             cancel,
@@ -634,7 +633,7 @@ fn run_plan(
         else {
             return Err(cancelled().into());
         };
-        drop(predictor);
+        drop(model);
         all.findings.extend(audited.findings);
         all.unknown_instances += audited.unknown_instances;
         all.ignored_predictions += audited.ignored_predictions;

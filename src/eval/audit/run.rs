@@ -36,6 +36,9 @@ use crate::train::state::{BEST_CHECKPOINT, LAST_CHECKPOINT, REFIT_CHECKPOINT};
 const CROWD_SHARE: f64 = 0.5;
 
 /// Where an audit stands, for a progress bar or the GUI.
+// `Training` carries the trainer's event as the trainer's observers get it (no box, so a
+// caller matches it directly); one event per step is no allocation pressure.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum AuditProgress {
     /// A line for the log: which images and why, a fold skipped or resumed.
@@ -257,11 +260,16 @@ pub(super) struct Audited {
     pub(super) ignored_predictions: usize,
 }
 
-/// Predicts `images` with `predictor` and audits each; `None` when `cancel` stopped it.
+/// A loaded bundle and its labels matched to the project's classes.
+pub(super) struct Model {
+    pub(super) predictor: Predictor,
+    pub(super) classes: ClassMatch,
+}
+
+/// Predicts `images` with `model` and audits each; `None` when `cancel` stopped it.
 pub(super) fn audit_images(
     images: &[ExportImage],
-    predictor: &Predictor,
-    classes: &ClassMatch,
+    model: &Model,
     names: &BTreeMap<i64, String>,
     params: &AuditParams,
     cancel: &CancelToken,
@@ -281,11 +289,11 @@ pub(super) fn audit_images(
     });
     let completed = for_each_prediction(
         images,
-        predictor,
+        &model.predictor,
         Some(cancel),
         &mut |done, total| progress(AuditProgress::Predicting { fold, done, total }),
         &mut |image, detections| {
-            let one = audit_detections(image, &detections, classes, params, &name);
+            let one = audit_detections(image, &detections, &model.classes, params, &name);
             audited.findings.extend(one.findings);
             audited.unknown_instances += one.unknown_instances;
             audited.ignored_predictions += one.ignored_predictions;
@@ -302,7 +310,7 @@ pub(super) fn load_predictor(
     device: DeviceChoice,
     project_classes: &[crate::dataset::ExportClass],
     params: &AuditParams,
-) -> anyhow::Result<(Predictor, ClassMatch)> {
+) -> anyhow::Result<Model> {
     let device = crate::host::device(device)?;
     let predictor = Predictor::load(bundle, device, Some(f64::from(params.min_score)))?;
     let classes = ClassMatch::new(project_classes, predictor.labels());
@@ -320,7 +328,7 @@ pub(super) fn load_predictor(
             .collect::<Vec<_>>()
             .join(", ")
     );
-    Ok((predictor, classes))
+    Ok(Model { predictor, classes })
 }
 
 /// Which images a bundle may audit without having trained on them.
@@ -549,17 +557,14 @@ pub fn audit_with_model(
         }
     };
     progress(AuditProgress::Note(statement.clone()));
-    let (predictor, classes) = load_predictor(bundle, device, &set.classes, params)?;
+    let model = load_predictor(bundle, device, &set.classes, params)?;
     let names: BTreeMap<i64, String> = set.classes.iter().map(|c| (c.id, c.name.clone())).collect();
-    let Some(audited) = audit_images(
-        &images, &predictor, &classes, &names, params, cancel, None, progress,
-    )?
+    let Some(audited) = audit_images(&images, &model, &names, params, cancel, None, progress)?
     else {
         return Err(AuditCancelled { resume: None }.into());
     };
-    let model = canonical(bundle).display().to_string();
     let stored = StoreRequest {
-        model,
+        model: canonical(bundle).display().to_string(),
         mode: AuditMode::Model,
         split: split.map(str::to_owned),
         params: params_json(params),
