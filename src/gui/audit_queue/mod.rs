@@ -688,7 +688,9 @@ mod tests {
     #[test]
     fn class_colours_read_from_hex() {
         assert_eq!(parse_hex("#ff8000"), [255, 128, 0]);
-        assert_eq!(parse_hex("bad"), [200, 200, 200]);
+        // What is not hex stays grey, byte by byte.
+        assert_eq!(parse_hex("zz"), [200, 200, 200]);
+        assert_eq!(parse_hex("#12"), [0x12, 200, 200]);
     }
 
     #[test]
