@@ -482,3 +482,57 @@ fn filter_navigate_accept_a_swap_and_see_stale_findings() {
     assert_eq!(h.state().review.mode(), ReviewMode::Grid);
     assert!(h.state().review.audit_queue().image_view().is_none());
 }
+
+#[test]
+fn a_new_audit_shows_when_the_tab_comes_back_or_on_refresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, _) = sample_with_audit(dir.path());
+    let mut h = open_queue(dir.path(), root.clone());
+    let spurious = |project: &Project, image: i64| NewFinding {
+        image_id: image,
+        instance_id: Some(first_instance(project, image).id),
+        kind: "spurious".to_owned(),
+        score: 0.95,
+        image_score: 0.95,
+        reason: "a later audit".to_owned(),
+        suggested_class_id: None,
+        suggested_mask: None,
+    };
+    let audit = |images: Vec<i64>| NewAudit {
+        model: "runs/second/best".to_owned(),
+        mode: AuditMode::Model,
+        split: None,
+        params: serde_json::json!({}),
+        images,
+    };
+    // An audit stored while another tab shows (as Train's "Audit with this run" does).
+    h.state_mut().set_tab(Tab::Train);
+    h.run_steps(2);
+    {
+        let mut project = Project::open(&root).unwrap();
+        let findings = [spurious(&project, 5), spurious(&project, 6)];
+        project.save_audit(&audit(vec![5, 6]), &findings).unwrap();
+    }
+    h.state_mut().set_tab(Tab::Review);
+    settle(&mut h);
+    assert_eq!(h.state().review.audit_queue().open_count(), Some(6));
+    assert_eq!(counts(&h), [1, 3, 1, 1]);
+    h.get_by_label("Likely errors (6)");
+    // The new findings score highest: they lead the queue.
+    let first = h.state().review.audit_queue().shown().next().unwrap();
+    assert_eq!(
+        (first.image_id, first.model.as_str()),
+        (5, "runs/second/best")
+    );
+
+    // Stored with the tab showing: `refresh` (the hook an audit's end calls) reads it.
+    {
+        let mut project = Project::open(&root).unwrap();
+        let findings = [spurious(&project, 7)];
+        project.save_audit(&audit(vec![7]), &findings).unwrap();
+    }
+    h.state_mut().review.refresh();
+    settle(&mut h);
+    assert_eq!(h.state().review.audit_queue().open_count(), Some(7));
+    assert_eq!(counts(&h), [1, 4, 1, 1]);
+}
