@@ -12,6 +12,7 @@ pub mod audit_queue;
 pub mod classes_panel;
 pub mod download_panel;
 pub mod editor;
+pub mod label_next;
 pub mod log_toasts;
 pub mod model_picker;
 pub mod predict;

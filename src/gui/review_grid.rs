@@ -17,6 +17,7 @@ use crate::dataset::store::{Project, ReviewStatus};
 
 use super::audit_queue::AuditQueue;
 use super::editor::{ImageView, ImageViewAction};
+use super::label_next::LabelNextPanel;
 use super::shared::PanelCtx;
 use super::thumbs::{Thumb, ThumbCache};
 use super::worker::Worker;
@@ -47,10 +48,16 @@ pub enum ReviewMode {
     Grid,
     /// The Likely errors queue of the label-error audits ([`AuditQueue`]).
     LikelyErrors,
+    /// The images still to label, ranked by the model's uncertainty ([`LabelNextPanel`]).
+    LabelNext,
 }
 
 /// The modes in selector order.
-const REVIEW_MODES: [ReviewMode; 2] = [ReviewMode::Grid, ReviewMode::LikelyErrors];
+const REVIEW_MODES: [ReviewMode; 3] = [
+    ReviewMode::Grid,
+    ReviewMode::LikelyErrors,
+    ReviewMode::LabelNext,
+];
 
 /// The Review panel (gallery + image preview).
 pub struct ReviewPanel {
@@ -70,6 +77,8 @@ pub struct ReviewPanel {
     scroll_to: Option<f32>,
     /// The `gallery-listing` thread (its only sender; the listing ends it).
     lister: Option<Worker<Msg>>,
+    /// The Label next queue (its last ranking kept while the project is open).
+    label_next: LabelNextPanel,
     /// The Likely errors queue (read whatever the mode, for its count in the selector).
     audit: AuditQueue,
 }
@@ -98,6 +107,7 @@ impl ReviewPanel {
             view: None,
             scroll_to: None,
             lister: None,
+            label_next: LabelNextPanel::new(),
             audit: AuditQueue::new(),
         }
     }
@@ -256,6 +266,7 @@ impl ReviewPanel {
         self.mode_bar_ui(ui);
         match self.mode {
             ReviewMode::Grid => self.gallery_ui(ui, cx, &root),
+            ReviewMode::LabelNext => self.label_next_ui(ui, cx, &root),
             ReviewMode::LikelyErrors => self.audit.ui(ui, cx),
         }
     }
@@ -279,10 +290,33 @@ impl ReviewPanel {
     fn mode_label(&self, mode: ReviewMode) -> String {
         match mode {
             ReviewMode::Grid => "Grid".to_owned(),
+            ReviewMode::LabelNext => "Label next".to_owned(),
             ReviewMode::LikelyErrors => match self.audit.open_count() {
                 Some(n) => format!("Likely errors ({n})"),
                 None => "Likely errors".to_owned(),
             },
+        }
+    }
+
+    /// The Label next queue.
+    pub fn label_next(&self) -> &LabelNextPanel {
+        &self.label_next
+    }
+
+    /// The Label next queue, mutable (tests set its bundle and start it).
+    pub fn label_next_mut(&mut self) -> &mut LabelNextPanel {
+        &mut self.label_next
+    }
+
+    /// The Label next queue, or the image opened from it (closing the image returns to the
+    /// queue).
+    fn label_next_ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelCtx, root: &Path) {
+        if let Some(image_id) = self.selected_image {
+            self.image_view_ui(ui, cx, root, image_id);
+            return;
+        }
+        if let Some(image_id) = self.label_next.ui(ui, cx) {
+            self.selected_image = Some(image_id);
         }
     }
 
