@@ -14,13 +14,10 @@ use sha2::{Digest as _, Sha256};
 use crate::dataset::{Mask, Origin, Rle};
 
 use super::edits::{
-    CHAIN_SUFFIX, InstanceState, create_instance, edited, edited_state, load_state, log_edit,
-    put_state,
+    CHAIN_SUFFIX, FINDING_EDIT, FindingState, InstanceState, create_instance, edited, edited_state,
+    load_state, log_edit, put_state, write_finding_state,
 };
 use super::{Project, StoreError};
-
-/// The `edit_log` kind of a finding's status change (its `before` / `after` are [`FindingState`]).
-pub(super) const FINDING_EDIT: &str = "finding";
 
 /// The four kinds of finding, as stored.
 pub const FINDING_KINDS: [&str; 4] = ["missing", "spurious", "loose", "swap"];
@@ -192,14 +189,6 @@ pub struct AuditRow {
     pub findings: i64,
     /// When (UTC, ISO 8601).
     pub created_at: String,
-}
-
-/// A finding's status as logged in `edit_log` for undo / redo.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-struct FindingState {
-    finding: i64,
-    status: String,
-    resolved_at: Option<String>,
 }
 
 /// The stored finding a resolution works on.
@@ -665,17 +654,6 @@ fn stamped(provenance: Option<&str>, stamp: &serde_json::Value) -> String {
     serde_json::Value::Object(object).to_string()
 }
 
-fn write_finding_state(
-    tx: &rusqlite::Transaction<'_>,
-    state: &FindingState,
-) -> Result<(), StoreError> {
-    tx.execute(
-        "UPDATE audit_findings SET status = ?1, resolved_at = ?2 WHERE id = ?3",
-        params![state.status, state.resolved_at, state.finding],
-    )?;
-    Ok(())
-}
-
 fn log_finding(
     tx: &rusqlite::Transaction<'_>,
     image_id: i64,
@@ -691,18 +669,4 @@ fn log_finding(
         params![image_id, instance_id, FINDING_EDIT, json(before), json(after)],
     )?;
     Ok(())
-}
-
-/// Undo / redo of a finding entry: puts the logged status back.
-pub(super) fn apply_finding_state(
-    tx: &rusqlite::Transaction<'_>,
-    state: Option<&str>,
-) -> Result<(), StoreError> {
-    let Some(json) = state else {
-        return Ok(());
-    };
-    let state: FindingState = serde_json::from_str(json).map_err(|e| {
-        StoreError::Invalid(format!("edit log holds a corrupt audit finding state: {e}"))
-    })?;
-    write_finding_state(tx, &state)
 }

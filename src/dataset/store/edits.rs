@@ -1,6 +1,7 @@
 //! Instance edits, each one transaction and one undoable step, logged in `edit_log` with the
 //! instance's state before and after; undo/redo replay that log (per image or globally),
-//! revert restores the original; review status.
+//! revert restores the original; review status. An audit finding's status change is an entry
+//! of its own kind ([`FINDING_EDIT`]) chained after the instance edit that resolved it.
 
 use rusqlite::{OptionalExtension as _, params};
 
@@ -156,8 +157,8 @@ impl Project {
             if first_instance.is_some() && matches!(direction, History::Undo) && !chained {
                 break;
             }
-            if kind.trim_end_matches(CHAIN_SUFFIX) == super::audit::FINDING_EDIT {
-                super::audit::apply_finding_state(&tx, state.as_deref())?;
+            if kind.trim_end_matches(CHAIN_SUFFIX) == FINDING_EDIT {
+                apply_finding_state(&tx, state.as_deref())?;
             } else {
                 apply_state(&tx, instance_id, image_id, state.as_deref())?;
             }
@@ -497,4 +498,41 @@ pub(super) fn log_edit(
         params![image_id, instance_id, kind, json(before), json(after)],
     )?;
     Ok(())
+}
+
+/// The `edit_log` kind of a finding's status change (its `before` / `after` are [`FindingState`]).
+pub(super) const FINDING_EDIT: &str = "finding";
+
+/// A finding's status as logged in `edit_log` for undo / redo.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(super) struct FindingState {
+    pub(super) finding: i64,
+    pub(super) status: String,
+    pub(super) resolved_at: Option<String>,
+}
+
+/// Sets an audit finding's status (resolving it, or undo / redo putting a logged one back).
+pub(super) fn write_finding_state(
+    tx: &rusqlite::Transaction<'_>,
+    state: &FindingState,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE audit_findings SET status = ?1, resolved_at = ?2 WHERE id = ?3",
+        params![state.status, state.resolved_at, state.finding],
+    )?;
+    Ok(())
+}
+
+/// Undo / redo of a finding entry: puts the logged status back.
+fn apply_finding_state(
+    tx: &rusqlite::Transaction<'_>,
+    state: Option<&str>,
+) -> Result<(), StoreError> {
+    let Some(json) = state else {
+        return Ok(());
+    };
+    let state: FindingState = serde_json::from_str(json).map_err(|e| {
+        StoreError::Invalid(format!("edit log holds a corrupt audit finding state: {e}"))
+    })?;
+    write_finding_state(tx, &state)
 }
