@@ -10,9 +10,11 @@
 //! first 640×480 COCO image under `../shared/data/coco128-seg` when present, else a generated
 //! texture. Each box (a grid of sizes and places) is prompted `--repeats` times; the table
 //! prints the median over all of them, the features (backbone + FPN, once per image) and the
-//! full predict (median of `--predicts`).
+//! full predict (median of `--predicts`), and the mean CPU time (all threads) of a box and of a
+//! predict: on a machine busy with other work the wall times grow, the CPU times much less.
 //!
-//! Run: `cargo bench --bench box_mask` (`--configs mobilenet_320`, `--threads 2`).
+//! Run: `cargo bench --bench box_mask` (`--configs mobilenet_320`, `--threads 2`, `--profile`
+//! for the boxes' time per stage).
 
 mod common;
 
@@ -31,6 +33,32 @@ const CONFIGS: [(&str, Backbone, i64, i64); 2] = [
 ];
 /// The image size of the target (≤ 150 ms per box for a 640×480 image).
 const IMAGE: (u32, u32) = (640, 480);
+
+/// Seconds of CPU this process has used (all threads: `utime + stime` of `/proc/self/stat`, in
+/// `ticks` per second). On a busy machine wall time measures the others too; the CPU time of
+/// the work bounds what its wall time would be on an idle one (no part of it sleeps).
+fn cpu_seconds(ticks: f64) -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    f.iter().sum::<f64>() / ticks
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; Linux's usual 100 when it cannot be asked).
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -105,9 +133,17 @@ fn main() -> anyhow::Result<()> {
     tch::set_num_threads(threads);
     let (image, source) = test_image();
     println!("box to mask, {threads} threads, image: {source}");
+    let ticks = clock_ticks();
     println!(
-        "{:<15} {:>12} {:>14} {:>14} {:>12} {:>10}",
-        "config", "ms per box", "features (ms)", "predict (ms)", "detections", "box/pred"
+        "{:<15} {:>12} {:>14} {:>14} {:>12} {:>10} {:>14} {:>16}",
+        "config",
+        "ms per box",
+        "features (ms)",
+        "predict (ms)",
+        "detections",
+        "box/pred",
+        "CPU ms per box",
+        "CPU ms predict"
     );
     let tmp = tempfile::tempdir()?;
     for (name, backbone, min, max) in CONFIGS {
@@ -120,16 +156,22 @@ fn main() -> anyhow::Result<()> {
         // Warm-up: one predict and one box (allocator, oneDNN primitives).
         let detections = p.predict(&image)?.len();
         let mut predict_ms = Vec::new();
+        let cpu = cpu_seconds(ticks);
         for _ in 0..predicts {
             let t = Instant::now();
             p.predict(&image)?;
             predict_ms.push(t.elapsed().as_secs_f64() * 1e3);
         }
+        let predict_cpu = (cpu_seconds(ticks) - cpu) * 1e3 / predicts as f64;
         let t = Instant::now();
         let features = p.image_features(&image)?;
         let features_ms = t.elapsed().as_secs_f64() * 1e3;
         p.masks_for_boxes(&features, &boxes()[..1], None, 0.5)?;
         let mut box_ms = Vec::new();
+        let profiling = common::flag("profile");
+        maskstudio::profile::reset();
+        maskstudio::profile::enable(profiling, false);
+        let cpu = cpu_seconds(ticks);
         for b in boxes() {
             for _ in 0..repeats {
                 let t = Instant::now();
@@ -138,9 +180,11 @@ fn main() -> anyhow::Result<()> {
                 std::hint::black_box(d);
             }
         }
+        let box_cpu = (cpu_seconds(ticks) - cpu) * 1e3 / box_ms.len() as f64;
+        maskstudio::profile::enable(false, false);
         let (per_box, predict) = (median(box_ms.clone()), median(predict_ms));
         println!(
-            "{name:<15} {per_box:>12.1} {features_ms:>14.1} {predict:>14.1} {detections:>12} {:>10.3}",
+            "{name:<15} {per_box:>12.1} {features_ms:>14.1} {predict:>14.1} {detections:>12} {:>10.3} {box_cpu:>14.1} {predict_cpu:>16.1}",
             per_box / predict
         );
         let (lo, hi) = box_ms
@@ -151,6 +195,18 @@ fn main() -> anyhow::Result<()> {
             "",
             boxes().len()
         );
+        if profiling {
+            let stages = maskstudio::profile::snapshot()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.total))
+                .collect();
+            let wall = std::time::Duration::from_secs_f64(box_ms.iter().sum::<f64>() / 1e3);
+            let title = format!("{name}: box prompts by stage");
+            print!(
+                "{}",
+                maskstudio::profile::format_table(&stages, wall, box_ms.len(), &title)
+            );
+        }
     }
     Ok(())
 }
