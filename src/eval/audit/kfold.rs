@@ -642,9 +642,13 @@ fn run_plan(
     audited_images.sort_by_key(|m| m.id);
     let statement = format!(
         "k-fold: each of the {} images was predicted by the model of its fold, trained on the \
-         other {} folds without it ({k} folds dealt with seed {}; runs in {})",
+         other {} without it ({k} folds dealt with seed {}; runs in {})",
         audited_images.len(),
-        k - 1,
+        if k == 2 {
+            "fold".to_owned()
+        } else {
+            format!("{} folds", k - 1)
+        },
         plan.seed,
         dir.display()
     );
