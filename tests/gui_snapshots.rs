@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 
 use common::oi_server::{FxOptions, OiServer, build_fixture};
 use egui_kittest::{Harness, SnapshotOptions};
+use maskstudio::dataset::Mask;
+use maskstudio::dataset::maskops;
+use maskstudio::dataset::store::{AuditMode, NewAudit, NewFinding, Project};
+use maskstudio::gui::review_grid::ReviewMode;
 use maskstudio::gui::shared::{Settings, Tab};
 use maskstudio::gui::{StudioApp, StudioOptions};
 
@@ -102,4 +106,69 @@ fn every_tab_of_the_sample_project() {
         assert_eq!(h.state().tab(), tab);
         h.snapshot_options(name, &options);
     }
+    // The Review tab's Likely errors queue with an audit of two findings on the first image:
+    // the first card opens it, the suspect outline framed, the suggested fix dashed.
+    store_audit(Path::new(PROJECT_DIR));
+    h.state_mut().set_tab(Tab::Review);
+    h.state_mut().review.refresh();
+    h.state_mut().review.set_mode(ReviewMode::LikelyErrors);
+    settle(&mut h, "the Likely errors queue");
+    if h.state().review.audit_queue().image_view().is_none() {
+        h.key_press(eframe::egui::Key::J);
+    }
+    settle(&mut h, "review_likely_errors");
+    h.snapshot_options("review_likely_errors", &options);
+}
+
+/// A fixed audit of the sample's first image: its first instance loose (the suggested mask
+/// two dilations wider), and a missing object of the second class.
+fn store_audit(root: &Path) {
+    let mut project = Project::open(root).unwrap();
+    let image = project.export_set(None).unwrap().images[0].id;
+    let first = project.instances(image).unwrap().remove(0);
+    let classes = project.classes().unwrap();
+    let wider = maskops::dilate(&maskops::dilate(&Mask::from_rle(&first.rle).unwrap()));
+    let meta = project.image(image).unwrap();
+    let mut missing = Mask::new(meta.width, meta.height);
+    for y in 180..220 {
+        for x in 20..70 {
+            missing.set(x, y, true);
+        }
+    }
+    let finding = |instance_id, kind: &str, score, class, mask: Mask, reason: &str| NewFinding {
+        image_id: image,
+        instance_id,
+        kind: kind.to_owned(),
+        score,
+        image_score: 0.93,
+        reason: reason.to_owned(),
+        suggested_class_id: class,
+        suggested_mask: Some(mask.to_rle()),
+    };
+    let findings = [
+        finding(
+            Some(first.id),
+            "loose",
+            0.71,
+            None,
+            wider,
+            "mask IoU 0.29 with a 0.97 prediction of the same class",
+        ),
+        finding(
+            None,
+            "missing",
+            0.76,
+            Some(classes[1].id),
+            missing,
+            "unlabelled: a 0.81 prediction overlaps no label (best IoU 0.06)",
+        ),
+    ];
+    let audit = NewAudit {
+        model: "runs/sample/checkpoints/best".to_owned(),
+        mode: AuditMode::Model,
+        split: Some("validation".to_owned()),
+        params: serde_json::json!({}),
+        images: vec![image],
+    };
+    project.save_audit(&audit, &findings).unwrap();
 }
