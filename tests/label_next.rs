@@ -62,12 +62,12 @@ fn fixture() -> &'static Fixture {
         let dir = tempfile::tempdir().unwrap();
         let project = dir.path().join("sample");
         maskstudio::sample_project::create_sample_project(&project, &mut |_| {}).unwrap();
-        // Small inputs and 12 steps: enough for detections with masks, not for a good model
-        // (nothing below depends on its quality).
+        // Small inputs and one epoch (9 steps: the sample's 18 training images in pairs):
+        // enough for detections with masks, not for a good model (nothing below depends on
+        // its quality).
         let cfg = TrainConfig {
             image_size: Some(128),
             epochs: 1,
-            max_iters: Some(12),
             batch_size: 2,
             lr: 0.02,
             warmup_iters: 2,
