@@ -388,6 +388,37 @@ pub fn fmt_utc(t: SystemTime) -> String {
     format!("{day} {name} {:02}:{:02} UTC", s / 3600, (s / 60) % 60)
 }
 
+/// Creates a fresh `<parent>/<prefix><YYYYmmdd-HHMMSS[-n]>` folder (UTC) and returns its id
+/// (the part after `prefix`): run folders, k-fold audit folders.
+pub(crate) fn create_dated_dir(parent: &Path, prefix: &str) -> anyhow::Result<(String, PathBuf)> {
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {parent:?}"))?;
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
+    let s = secs.rem_euclid(86_400);
+    let base = format!(
+        "{y:04}{mo:02}{d:02}-{:02}{:02}{:02}",
+        s / 3600,
+        (s / 60) % 60,
+        s % 60
+    );
+    for n in 0..1000 {
+        let id = if n == 0 {
+            base.clone()
+        } else {
+            format!("{base}-{n}")
+        };
+        let dir = parent.join(format!("{prefix}{id}"));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok((id, dir)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("creating {dir:?}")),
+        }
+    }
+    anyhow::bail!("could not find a free folder name under {parent:?}")
+}
+
 /// Days since 1970-01-01 → (year, month, day) (Howard Hinnant's `civil_from_days`); the trainer
 /// names run folders with it.
 pub(crate) fn civil_from_days(days: i64) -> (i64, i64, i64) {

@@ -29,7 +29,7 @@ use crate::rng::SplitMix64;
 use crate::train::config::{Preset, RefitMode, TrainConfig};
 use crate::train::data::Split;
 use crate::train::observer::{TrainEvent, TrainObserver};
-use crate::train::runs::{CONFIG_FILE, RUNS_DIR, RunConfig, civil_from_days};
+use crate::train::runs::{CONFIG_FILE, RUNS_DIR, RunConfig};
 use crate::train::state::{self as run_state, LAST_CHECKPOINT};
 use crate::train::trainer::{TrainControl, train_split};
 
@@ -380,32 +380,7 @@ impl TrainObserver for FoldObserver<'_> {
 
 /// A new `audits/kfold-<YYYYmmdd-HHMMSS[-n]>` folder (UTC).
 fn new_plan_dir(audits: &Path) -> anyhow::Result<(String, PathBuf)> {
-    std::fs::create_dir_all(audits).with_context(|| format!("creating {audits:?}"))?;
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
-    let s = secs.rem_euclid(86_400);
-    let base = format!(
-        "{y:04}{mo:02}{d:02}-{:02}{:02}{:02}",
-        s / 3600,
-        (s / 60) % 60,
-        s % 60
-    );
-    for n in 0..1000 {
-        let id = if n == 0 {
-            base.clone()
-        } else {
-            format!("{base}-{n}")
-        };
-        let dir = audits.join(format!("kfold-{id}"));
-        match std::fs::create_dir(&dir) {
-            Ok(()) => return Ok((id, dir)),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e).with_context(|| format!("creating {dir:?}")),
-        }
-    }
-    anyhow::bail!("could not find a free k-fold folder name under {audits:?}")
+    crate::train::runs::create_dated_dir(audits, "kfold-")
 }
 
 /// The newest unfinished plan under `audits` made for the same request (folds, seed, split,

@@ -20,7 +20,6 @@ use crate::cancel::CancelToken;
 use crate::train::config::TrainConfig;
 use crate::train::observer::{TrainEvent, TrainObserver};
 use crate::train::optim::Schedule;
-use crate::train::runs::civil_from_days;
 pub use crate::train::state::{BEST_CHECKPOINT, LAST_CHECKPOINT};
 
 mod epoch;
@@ -130,32 +129,7 @@ pub fn learning_rate(cfg: &TrainConfig, iter: usize, total: usize) -> f64 {
 
 /// Creates a fresh `runs/<YYYYmmdd-HHMMSS[-n]>` folder (UTC).
 fn create_run_dir(runs_dir: &Path) -> anyhow::Result<(String, PathBuf)> {
-    std::fs::create_dir_all(runs_dir).with_context(|| format!("creating {runs_dir:?}"))?;
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
-    let s = secs.rem_euclid(86_400);
-    let base = format!(
-        "{y:04}{mo:02}{d:02}-{:02}{:02}{:02}",
-        s / 3600,
-        (s / 60) % 60,
-        s % 60
-    );
-    for n in 0..1000 {
-        let id = if n == 0 {
-            base.clone()
-        } else {
-            format!("{base}-{n}")
-        };
-        let dir = runs_dir.join(&id);
-        match std::fs::create_dir(&dir) {
-            Ok(()) => return Ok((id, dir)),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e).with_context(|| format!("creating {dir:?}")),
-        }
-    }
-    anyhow::bail!("could not find a free run folder name under {runs_dir:?}")
+    crate::train::runs::create_dated_dir(runs_dir, "")
 }
 
 /// Trains a Mask R-CNN on the project at `project_dir` into a new run folder under `runs_dir`.
