@@ -453,11 +453,10 @@ impl AuditPanel {
                 Some(text) if shown => {
                     ui.label(text);
                 }
+                // No spinner: it would repaint every frame while the worker (which wakes the
+                // window when it answers) takes a moment on a large project.
                 _ => {
-                    ui.horizontal(|ui| {
-                        ui.spinner();
-                        ui.label("estimating the time…");
-                    });
+                    ui.label("Estimating the time…");
                 }
             }
         }
