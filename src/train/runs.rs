@@ -311,31 +311,63 @@ pub fn run_bundles(run_dir: &Path) -> Vec<BundleEntry> {
     .collect()
 }
 
+/// Largest `metrics.json` read beside an export (ours are under 1 KiB; a bundle may come from
+/// anywhere).
+const MAX_METRICS_BYTES: u64 = 1 << 20;
+
+/// What an export's `metrics.json` says about where its bundle came from; every field `None`
+/// when the file is absent, too large or not JSON.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExportMetrics {
+    /// The run folder's id.
+    pub run_id: Option<String>,
+    /// Which checkpoint: `best`, `last` or `refit`.
+    pub checkpoint: Option<String>,
+    /// The best epoch's validation mask AP.
+    pub best_val_segm_ap: Option<f64>,
+}
+
+impl ExportMetrics {
+    /// Reads `<dir>/metrics.json` (bounded).
+    pub fn read(dir: &Path) -> Self {
+        use std::io::Read as _;
+        let mut bytes = Vec::new();
+        let json: Option<serde_json::Value> = std::fs::File::open(dir.join("metrics.json"))
+            .and_then(|f| f.take(MAX_METRICS_BYTES + 1).read_to_end(&mut bytes))
+            .ok()
+            .filter(|&n| n as u64 <= MAX_METRICS_BYTES)
+            .and_then(|_| serde_json::from_slice(&bytes).ok());
+        let Some(m) = json else {
+            return Self::default();
+        };
+        let text = |key: &str| {
+            m.get(key)
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned)
+        };
+        Self {
+            run_id: text("run_id"),
+            checkpoint: text("checkpoint"),
+            best_val_segm_ap: m
+                .get("best")
+                .and_then(|b| b.get("val_segm_ap"))
+                .and_then(serde_json::Value::as_f64),
+        }
+    }
+}
+
 /// An exported bundle folder, or `None` when it holds no readable bundle.
 pub fn export_bundle(dir: &Path) -> Option<BundleEntry> {
     let bundle = Bundle::read(dir).ok()?;
-    let metrics: Option<serde_json::Value> = std::fs::read(dir.join("metrics.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    let field = |key: &str| {
-        metrics
-            .as_ref()
-            .and_then(|m| m.get(key))
-            .and_then(serde_json::Value::as_str)
-            .map(str::to_owned)
-    };
-    let checkpoint = field("checkpoint");
+    let metrics = ExportMetrics::read(dir);
     // The best epoch's AP describes a best checkpoint only (a refit trained on those images).
     let val_ap = metrics
-        .as_ref()
-        .filter(|_| checkpoint.as_deref() == Some("best"))
-        .and_then(|m| m.get("best"))
-        .and_then(|b| b.get("val_segm_ap"))
-        .and_then(serde_json::Value::as_f64);
+        .best_val_segm_ap
+        .filter(|_| metrics.checkpoint.as_deref() == Some("best"));
     Some(BundleEntry {
         dir: dir.to_path_buf(),
         kind: BundleKind::Export,
-        run_id: field("run_id"),
+        run_id: metrics.run_id,
         export_name: dir.file_name().map(|n| n.to_string_lossy().into_owned()),
         modified: modified(dir),
         val_ap,

@@ -393,19 +393,10 @@ pub fn bundle_origin(project_dir: &Path, bundle: &Path) -> anyhow::Result<Bundle
         return run_origin(project_dir, run_dir, &config, checkpoint, &no_held_out);
     }
     // An export: `metrics.json` names its run and checkpoint.
-    let metrics: Option<serde_json::Value> = std::fs::read(bundle_abs.join("metrics.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    let field = |key: &str| {
-        metrics
-            .as_ref()
-            .and_then(|m| m.get(key))
-            .and_then(serde_json::Value::as_str)
-            .map(str::to_owned)
-    };
-    if let Some(run_id) = field("run_id") {
+    let metrics = crate::train::runs::ExportMetrics::read(&bundle_abs);
+    if let Some(run_id) = metrics.run_id {
         let run_dir = project.join(RUNS_DIR).join(&run_id);
-        let which = field("checkpoint").unwrap_or_else(|| "?".to_owned());
+        let which = metrics.checkpoint.unwrap_or_else(|| "?".to_owned());
         if run_dir.join(CONFIG_FILE).is_file() {
             if which == "refit" {
                 return Err(no_held_out(&format!(
