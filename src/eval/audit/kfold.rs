@@ -80,10 +80,21 @@ pub struct KFoldPlan {
     pub audit_id: Option<i64>,
 }
 
+/// Largest `kfold.json` read (`--resume DIR` may point anywhere): a plan lists image ids, ~10
+/// bytes each, so 64 MiB holds millions of images.
+const MAX_PLAN_BYTES: u64 = 64 << 20;
+
 impl KFoldPlan {
     /// Reads `<dir>/kfold.json`.
     pub fn read(dir: &Path) -> anyhow::Result<Self> {
         let path = dir.join(PLAN_FILE);
+        let size = std::fs::metadata(&path)
+            .with_context(|| format!("reading {path:?}"))?
+            .len();
+        anyhow::ensure!(
+            size <= MAX_PLAN_BYTES,
+            "{path:?}: {size} bytes is not a k-fold audit plan (at most {MAX_PLAN_BYTES})"
+        );
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path:?}"))?;
         let plan: Self = serde_json::from_str(&text)
             .with_context(|| format!("{path:?}: not a k-fold audit plan"))?;
