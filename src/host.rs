@@ -51,6 +51,40 @@ pub fn python() -> PathBuf {
     }
 }
 
+/// What the reference venv can do (probed once per process, cached): the interpreter and the
+/// versions of the packages the deployment export needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PythonTools {
+    /// The venv's interpreter.
+    pub python: PathBuf,
+    /// `torch.__version__`.
+    pub torch: String,
+    /// `torchvision.__version__`.
+    pub torchvision: String,
+    /// `onnxruntime.__version__`, when installed (runs exported ONNX files).
+    pub onnxruntime: Option<String>,
+    /// `onnx.__version__`, when installed (`torch.onnx.export` needs it).
+    pub onnx: Option<String>,
+}
+
+/// The venv's tools, or why not ("… needs the reference Python venv … at <path>: run ./studio
+/// once or scripts/setup-venv.sh"). Probed once per process (a short `python -c`), then cached.
+pub fn python_tools() -> Result<&'static PythonTools, String> {
+    static TOOLS: std::sync::OnceLock<Result<PythonTools, String>> = std::sync::OnceLock::new();
+    TOOLS
+        .get_or_init(probe_python_tools)
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+fn probe_python_tools() -> Result<PythonTools, String> {
+    Err(format!(
+        "the deployment export needs the reference Python venv (torch, torchvision, onnx, \
+         onnxruntime) at {}: not probed yet",
+        venv_dir().display()
+    ))
+}
+
 /// Device preference as users and configs spell it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 mod csv;
 pub mod data;
+pub mod deploy;
 pub mod export;
 pub mod history;
 pub mod init;
@@ -23,6 +24,7 @@ pub mod preview;
 pub mod runs;
 pub mod sampler;
 pub mod state;
+pub mod torchrun;
 pub mod trainer;
 pub mod watch;
 
