@@ -20,6 +20,7 @@ use crate::model::MaskRcnnConfig;
 use crate::model::bundle::{Bundle, SPEC_FILE};
 use crate::train::TrainConfig;
 use crate::train::csv;
+use crate::train::torchrun::{Engine, TorchrunOptions};
 use crate::train::state::REFIT_CHECKPOINT;
 use crate::train::state::{self, BEST_CHECKPOINT, LAST_CHECKPOINT};
 
@@ -57,6 +58,12 @@ pub struct RunConfig {
     pub classes: Vec<String>,
     /// The image ids of each split.
     pub split: RunSplit,
+    /// The engine that trains the run (absent: in-process, as every run before torchrun).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine: Option<Engine>,
+    /// torchrun's launch options (torchrun runs only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub torchrun: Option<TorchrunOptions>,
 }
 
 /// The image ids a run trains and validates on.
@@ -120,6 +127,8 @@ pub struct RunInfo {
     pub val_metrics: Vec<(String, f64)>,
     /// `checkpoints/last` holds a bundle.
     pub has_bundle: bool,
+    /// The engine that trained the run (`config.json`'s, in-process when absent).
+    pub engine: Engine,
 }
 
 impl RunInfo {
@@ -157,6 +166,7 @@ pub fn read_run(dir: &Path) -> RunInfo {
         }
     }
     let has_bundle = Bundle::read(&dir.join(LAST_CHECKPOINT)).is_ok();
+    let engine = config.engine.unwrap_or_default();
     RunInfo {
         id,
         dir: dir.to_path_buf(),
@@ -166,6 +176,7 @@ pub fn read_run(dir: &Path) -> RunInfo {
         final_loss,
         val_metrics,
         has_bundle,
+        engine,
     }
 }
 

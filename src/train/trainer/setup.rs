@@ -135,6 +135,8 @@ pub(super) fn start_fresh(
             train: split.train.clone(),
             val: split.val.clone(),
         },
+        engine: None,
+        torchrun: None,
     }
     .write(run_dir)?;
 
