@@ -124,26 +124,32 @@ def fitted(w, h, size):
 def load_split(folder, size, label_of):
     """Images resized (longer side `size`, bilinear) with masks (nearest), boxes from the masks."""
     coco = COCO(os.path.join(folder, "annotations.json"))
-    samples = []
-    for img_id in sorted(coco.getImgIds()):
-        info = coco.loadImgs(img_id)[0]
-        img = Image.open(os.path.join(folder, "images", info["file_name"])).convert("RGB")
-        w, h = fitted(img.width, img.height, size)
-        img = img.resize((w, h), Image.BILINEAR)
-        masks, labels = [], []
-        for ann in coco.loadAnns(coco.getAnnIds(imgIds=img_id)):
-            if ann.get("iscrowd", 0):
-                continue
-            m = Image.fromarray(coco.annToMask(ann)).resize((w, h), Image.NEAREST)
-            m = np.asarray(m, dtype=np.uint8)
-            if m.sum() == 0:
-                continue
-            masks.append(m)
-            labels.append(label_of[ann["category_id"]])
-        image = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255
-        masks_t = torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, h, w), dtype=torch.uint8)
-        samples.append({"image": image, "masks": masks_t, "labels": torch.tensor(labels, dtype=torch.int64)})
-    return samples
+    return [load_sample(coco, folder, img_id, label_of, lambda w, h: fitted(w, h, size))
+            for img_id in sorted(coco.getImgIds())]
+
+
+def load_sample(coco, folder, img_id, label_of, dims):
+    """One image of a COCO export resized to `dims(width, height)` (bilinear) with its non-crowd
+    instances of known categories (`label_of`: category id -> label; others are skipped) as
+    masks (nearest; empty ones dropped): `{image: [3, H, W] f32 0..1, masks: [G, H, W] u8,
+    labels: [G] i64}`. `tools/ddp_train.py` loads its samples with it too."""
+    info = coco.loadImgs(img_id)[0]
+    img = Image.open(os.path.join(folder, "images", info["file_name"])).convert("RGB")
+    w, h = dims(img.width, img.height)
+    img = img.resize((w, h), Image.BILINEAR)
+    masks, labels = [], []
+    for ann in coco.loadAnns(coco.getAnnIds(imgIds=img_id)):
+        if ann.get("iscrowd", 0) or ann["category_id"] not in label_of:
+            continue
+        m = Image.fromarray(coco.annToMask(ann)).resize((w, h), Image.NEAREST)
+        m = np.asarray(m, dtype=np.uint8)
+        if m.sum() == 0:
+            continue
+        masks.append(m)
+        labels.append(label_of[ann["category_id"]])
+    image = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255
+    masks_t = torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, h, w), dtype=torch.uint8)
+    return {"image": image, "masks": masks_t, "labels": torch.tensor(labels, dtype=torch.int64)}
 
 
 def boxes_from_masks(masks):
@@ -162,7 +168,16 @@ def aspect_bin(w, h):
 
 
 def epoch_batches(n, bins, batch_size, gen):
-    order = torch.randperm(n, generator=gen).tolist()
+    return group_batches(torch.randperm(n, generator=gen).tolist(), bins, batch_size)
+
+
+def group_batches(order, bins, batch_size):
+    """Batches of `order` (sample indices, repeats allowed): torchvision's `GroupedBatchSampler`
+    (a batch is emitted when one aspect-ratio bin has `batch_size` samples), the leftovers of all
+    bins at the end in sampling order, so there are always ceil(len(order) / batch_size)
+    batches (our sampler's rule; torchvision's pads the last ones by repeating samples instead).
+    `bins` None: plain consecutive batches."""
+    n = len(order)
     if bins is None:
         return [order[i : i + batch_size] for i in range(0, n, batch_size)]
     buffers, batches = {}, []
@@ -222,8 +237,9 @@ def build_model(cfg, weights):
     )
 
 
-def evaluate(model, folder, cat_of):
-    """Predictions on the original images (the model resizes), COCOeval segm and bbox."""
+def evaluate(model, folder, cat_of, device=None):
+    """Predictions on the original images (the model resizes; on `device` when given, else where
+    the inputs are: the CPU), COCOeval segm and bbox."""
     coco = COCO(os.path.join(folder, "annotations.json"))
     results = []
     model.eval()
@@ -232,7 +248,8 @@ def evaluate(model, folder, cat_of):
             info = coco.loadImgs(img_id)[0]
             img = Image.open(os.path.join(folder, "images", info["file_name"])).convert("RGB")
             x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255
-            out = model([x])[0]
+            out = model([x if device is None else x.to(device)])[0]
+            out = {k: v.cpu() for k, v in out.items()}
             masks = (out["masks"][:, 0] > 0.5).numpy().astype(np.uint8)
             for k in range(len(out["scores"])):
                 x1, y1, x2, y2 = out["boxes"][k].tolist()
