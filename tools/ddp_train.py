@@ -110,8 +110,14 @@ flushed per row; on resume the rows of steps before the resumed step are kept), 
 lr_scheduler, epoch, iter, args as argparse.Namespace, plus our history / early-stopping state
 and the scaler), `torchrun/best.pth` ({model, epoch, val_segm_ap}; without validation written with
 every last.pth), `torchrun/done.json` at a normal end. Every rank appends `epoch image_id` per
-trained sample to `torchrun/seen-rank<R>.txt`. Exit 0 on success; otherwise one line on stderr
-(`ddp_train: ...`) and exit 1.
+trained sample to `torchrun/seen-rank<R>.txt`. done.json's `epochs_completed` counts the epochs
+that ran all their steps (as the in-process trainer's summary does; max_iters may cut the last).
+Exit 0 on success; otherwise one line on stderr starting with `ddp_train: ` (the job's problems
+name the file and the key; others name the rank) and exit 1; torchrun then stops the other ranks
+and exits non-zero. SIGTERM (the launcher's cancel) exits 143 without leaving temporary files;
+the next run with `resume` continues after the last finished epoch. Multi-node: every path in the
+job must be valid on every node (a shared filesystem, or the same layout copied); ranks on other
+nodes write their seen-rank files into their node's copy of the run folder.
 """
 import argparse
 import contextlib
@@ -121,6 +127,7 @@ import inspect
 import json
 import math
 import os
+import signal
 import sys
 import time
 
@@ -632,21 +639,44 @@ def train_image_ids(job):
 # Files
 
 
+TMP_SUFFIX = ".tmp-ddp"
+
+
+def _replace_via_tmp(path, write):
+    """Calls `write(tmp)` on a temporary file beside `path`, then renames it over `path`; the
+    temporary file is removed when writing fails (or SIGTERM interrupts it)."""
+    tmp = f"{path}{TMP_SUFFIX}{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def write_atomic(path, text):
     """Writes `text` to `path` through a temporary file beside it and a rename."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    _replace_via_tmp(path, write)
 
 
 def save_atomic(obj, path):
     """`torch.save` through a temporary file and a rename."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    _replace_via_tmp(path, lambda tmp: torch.save(obj, tmp))
+
+
+def remove_stale_tmp(*folders):
+    """Removes temporary files a killed earlier process left in `folders` (SIGKILL skips the
+    cleanup of `_replace_via_tmp`)."""
+    for d in folders:
+        for name in os.listdir(d):
+            if TMP_SUFFIX in name:
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(d, name))
 
 
 def open_metrics(path, resume_iter):
@@ -802,6 +832,8 @@ def run(job, world):
     run_dir = job["run_dir"]
     tr_dir = os.path.join(run_dir, "torchrun")
     os.makedirs(tr_dir, exist_ok=True)
+    if rank == 0:
+        remove_stale_tmp(run_dir, tr_dir)
 
     label_of, cat_of = label_maps(job)
     ids = train_image_ids(job)
@@ -996,7 +1028,10 @@ def run(job, world):
         if stopped_early:
             print(f"ddp_train: early stopping: val mask AP did not improve for {evals_since_best} evaluations "
                   f"(best {best_ap:.4f} at epoch {best_epoch})", file=sys.stderr)
-        done = {"iterations": it, "epochs_completed": len(history), "final_loss": final_loss,
+        # As the in-process trainer counts them: epochs that ran all their steps (max_iters may
+        # cut the last one short).
+        completed = sum(1 for h in history if h["steps"] == steps_per_epoch)
+        done = {"iterations": it, "epochs_completed": completed, "final_loss": final_loss,
                 "best_epoch": best_epoch, "best_segm_ap": best_ap, "stopped_early": stopped_early,
                 "world_size": W, "lr": lr}
         write_atomic(os.path.join(tr_dir, "done.json"), json.dumps(done, indent=2) + "\n")
@@ -1004,6 +1039,9 @@ def run(job, world):
 
 def main():
     a = parse_args()
+    # The launcher cancels with SIGTERM to the process group: unwind (removing half-written
+    # temporary files) and exit quietly; torchrun reports the signal.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     world = None
     try:
         job = read_job(a.job)
