@@ -863,13 +863,16 @@ def run(job, world):
     amp = r["amp"] and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if amp else None
 
-    start_epoch, it, history = 0, 0, []
+    start_epoch, it, history, resumed_stop = 0, 0, [], False
     best_ap, best_epoch, evals_since_best = None, None, 0
     if job["resume"] is not None:
         ck = load_resume(job["resume"], job, world, model, opt, scaler)
         start_epoch, it, history = ck["epoch"] + 1, ck["iter"], list(ck["history"])
         best_ap, best_epoch = ck.get("best_segm_ap"), ck.get("best_epoch")
         evals_since_best = ck.get("evals_since_best", 0)
+        # An early stop decided at the checkpoint's epoch holds (done.json may not have been
+        # written when the run was interrupted).
+        resumed_stop = bool(ck.get("stopped_early", False))
 
     augment = r["augment"]
     dataset = TrainSet(job["train"], ids, label_of, job["model"], augment, r["hflip_prob"])
@@ -898,7 +901,7 @@ def run(job, world):
         batch_size=r["batch_size"], epochs=r["epochs"], steps_per_epoch=steps_per_epoch, total_iters=total,
         **{k: v for k, v in r.items() if k not in ("lr", "batch_size", "epochs")})
 
-    ddp, ddp_frozen, stopped_early, final_loss = None, None, False, None
+    ddp, ddp_frozen, stopped_early, final_loss = None, None, resumed_stop, None
     if history:
         final_loss = history[-1]["mean_loss"]
     epoch = start_epoch
