@@ -26,8 +26,11 @@ training with one line naming the file and the key.
 Recipe semantics (torchvision's detection reference conventions):
 - `batch_size` is PER PROCESS; the global batch is batch_size x world_size.
 - Linear LR scaling (Goyal et al. 2017, "Accurate, Large Minibatch SGD: Training ImageNet in 1
-  Hour"; torchvision's references/detection/README.md: "--lr 0.02 ... 0.02/8*$NGPU" for 8 GPUs
-  x 2 images): effective lr = recipe.lr x world_size (= recipe.lr x global batch / recipe batch).
+  Hour", sec. 2.1; torchvision's references/detection/train.py states it for this model: "The
+  default hyperparameters are tuned for training on 8 gpus and 2 images per gpu. --lr 0.02
+  [...] If you use different number of gpus, the learning rate should be changed to
+  0.02/8*$NGPU"): effective lr = recipe.lr x world_size (= recipe.lr x global batch / recipe
+  batch, the recipe's batch being one process's).
 - One step = one optimiser step of all ranks together (a global step); `warmup_iters` and
   `max_iters` count global steps. An epoch is one pass over the training images split across
   the ranks.
