@@ -46,20 +46,27 @@ pub enum Command {
         #[arg(long, value_parser = parse_format)]
         format: Option<Format>,
     },
-    /// Export a project's images and masks, or (with --run) a trained model bundle.
+    /// Export a project's images and masks, a trained model bundle (--run), or a model as one
+    /// ONNX / TorchScript file (--run or --model with --format onnx|torchscript).
     Export {
         /// Project folder.
-        #[arg(long, required_unless_present = "run", conflicts_with = "run")]
+        #[arg(long, required_unless_present_any = ["run", "model"], conflicts_with_all = ["run", "model"])]
         project: Option<PathBuf>,
         /// coco | coco-polygons | voc | yolo-seg | png-masks | oid-layout (`<class>/images` +
-        /// `<class>/segmentations/{ImageID}_{MID}_{BoxID}.png`, the classic downloader layout)
+        /// `<class>/segmentations/{ImageID}_{MID}_{BoxID}.png`, the classic downloader layout);
+        /// with --run or --model: onnx | torchscript (one file, made by torchvision in the
+        /// reference Python venv) or bundle (--run only: the bundle folder, the default)
         #[arg(long, value_parser = parse_export_format, required_unless_present = "run")]
         format: Option<CliExportFormat>,
-        /// A training run folder: writes the bundle of its best (else last) checkpoint
-        /// (model.safetensors, labels.txt, model.json) plus metrics.json to --out.
-        #[arg(long, conflicts_with_all = ["format", "split"])]
+        /// A training run folder: writes the bundle of its refit (else best, else last)
+        /// checkpoint (model.safetensors, labels.txt, model.json) plus metrics.json to --out,
+        /// or with --format onnx|torchscript that bundle as one file.
+        #[arg(long, conflicts_with = "split")]
         run: Option<PathBuf>,
-        /// Output folder (created).
+        /// A model bundle folder to export as --format onnx|torchscript.
+        #[arg(long, conflicts_with_all = ["run", "split"])]
+        model: Option<PathBuf>,
+        /// Output folder (created); the file to write for onnx / torchscript.
         #[arg(long)]
         out: PathBuf,
         /// Only this split (train, validation, test).
@@ -186,15 +193,24 @@ pub enum CliExportFormat {
     Dataset(ExportFormat),
     /// The classic Open Images downloader layout ([`crate::openimages::export_seed_layout`]).
     OidLayout,
+    /// A model as one deployment file ([`crate::train::deploy`]).
+    Deploy(crate::train::deploy::DeployFormat),
+    /// A run's model bundle folder ([`crate::train::export::export_run`]).
+    Bundle,
 }
 
 fn parse_export_format(s: &str) -> Result<CliExportFormat, String> {
-    if s == "oid-layout" {
-        return Ok(CliExportFormat::OidLayout);
+    match s {
+        "oid-layout" => return Ok(CliExportFormat::OidLayout),
+        "bundle" => return Ok(CliExportFormat::Bundle),
+        _ => {}
+    }
+    if let Ok(f) = s.parse::<crate::train::deploy::DeployFormat>() {
+        return Ok(CliExportFormat::Deploy(f));
     }
     s.parse::<ExportFormat>()
         .map(CliExportFormat::Dataset)
-        .map_err(|e| format!("{e}, or oid-layout"))
+        .map_err(|e| format!("{e}, oid-layout, or (a model) onnx, torchscript, bundle"))
 }
 
 /// Runs a headless command.
@@ -212,8 +228,23 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             out,
             split,
             run,
-        } => match (run, project, format) {
-            (Some(run), _, _) => {
+            model,
+        } => match (run, model, project, format) {
+            (Some(run), None, _, Some(CliExportFormat::Deploy(format))) => {
+                deploy_export(&crate::train::deploy::run_bundle(&run)?, format, &out)
+            }
+            (None, Some(model), _, Some(CliExportFormat::Deploy(format))) => {
+                deploy_export(&model, format, &out)
+            }
+            (Some(_), _, _, Some(CliExportFormat::Dataset(_) | CliExportFormat::OidLayout))
+            | (None, Some(_), _, Some(_)) => anyhow::bail!(
+                "--run and --model export a model: use --format onnx or torchscript (or, with \
+                 --run, bundle / no --format for the bundle folder)"
+            ),
+            (None, None, Some(_), Some(CliExportFormat::Deploy(_) | CliExportFormat::Bundle)) => {
+                anyhow::bail!("onnx, torchscript and bundle export a model: use --run or --model")
+            }
+            (Some(run), _, _, _) => {
                 let done = crate::train::export::export_run(&run, &out)
                     .with_context(|| format!("exporting run {run:?}"))?;
                 println!(
@@ -226,8 +257,12 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                 );
                 Ok(())
             }
-            (None, Some(project), Some(format)) => export(&project, format, &out, split.as_deref()),
-            _ => anyhow::bail!("export needs --project and --format, or --run"),
+            (None, None, Some(project), Some(format)) => {
+                export(&project, format, &out, split.as_deref())
+            }
+            _ => {
+                anyhow::bail!("export needs --project and --format, --run, or --model and --format")
+            }
         },
         Command::Info { project, stats } => {
             info(&project)?;
@@ -342,6 +377,9 @@ fn export(
         Project::open(project_dir).with_context(|| format!("opening project {project_dir:?}"))?;
     let format = match format {
         CliExportFormat::Dataset(format) => format,
+        CliExportFormat::Deploy(_) | CliExportFormat::Bundle => {
+            anyhow::bail!("onnx, torchscript and bundle export a model: use --run or --model")
+        }
         CliExportFormat::OidLayout => {
             anyhow::ensure!(split.is_none(), "--split is not supported with oid-layout");
             let (images, masks) = crate::openimages::export_seed_layout(&project, out)
@@ -357,6 +395,40 @@ fn export(
     let summary =
         export::write(&set, format, out).with_context(|| format!("exporting to {out:?}"))?;
     println!("{summary}");
+    Ok(())
+}
+
+/// `export --format onnx|torchscript`: one opaque step in the reference venv, shown as a
+/// spinner with the elapsed time.
+fn deploy_export(
+    bundle: &Path,
+    format: crate::train::deploy::DeployFormat,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let spinner = ProgressBar::new_spinner();
+    spinner.set_style(
+        ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    spinner.set_message(format!(
+        "exporting {} as {} with torchvision",
+        bundle.display(),
+        format.label()
+    ));
+    spinner.enable_steady_tick(Duration::from_millis(200));
+    let done = crate::train::deploy::export_bundle(bundle, format, out, &CancelToken::default());
+    spinner.finish_and_clear();
+    let done = done?;
+    println!(
+        "wrote {} ({:.1} MB, {}{}) from {} in {:.1} s",
+        done.out.display(),
+        done.bytes as f64 / 1e6,
+        format.label(),
+        done.opset
+            .map_or_else(String::new, |o| format!(" opset {o}")),
+        bundle.display(),
+        done.seconds
+    );
     Ok(())
 }
 

@@ -77,12 +77,137 @@ pub fn python_tools() -> Result<&'static PythonTools, String> {
         .map_err(Clone::clone)
 }
 
-fn probe_python_tools() -> Result<PythonTools, String> {
-    Err(format!(
-        "the deployment export needs the reference Python venv (torch, torchvision, onnx, \
-         onnxruntime) at {}: not probed yet",
+/// What a missing or incomplete venv means for the user: what needs it, where it is expected
+/// and how to make it.
+fn venv_advice(problem: &str) -> String {
+    format!(
+        "{problem}: the deployment export needs the reference Python venv (torch, torchvision, \
+         onnx, onnxruntime) at {}: run ./studio once or scripts/setup-venv.sh",
         venv_dir().display()
-    ))
+    )
+}
+
+/// The interpreter [`python_tools`] probes: `$MASKSTUDIO_PYTHON`, else the venv's (no fallback
+/// to a system `python3`, which has no torch).
+fn reference_python() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os(PYTHON_ENV) {
+        return Ok(PathBuf::from(p));
+    }
+    let venv_python = venv_dir().join("bin").join("python");
+    if venv_python.exists() {
+        Ok(venv_python)
+    } else {
+        Err(venv_advice(&format!("no venv at {}", venv_dir().display())))
+    }
+}
+
+/// Versions from the packages' installed metadata (`importlib.util.find_spec` locates the
+/// package, `importlib.metadata` reads its version: nothing is imported, so the probe takes tens
+/// of milliseconds, not the seconds `import torch` takes); a package not installed is `null`.
+const PROBE_SCRIPT: &str = "import json, importlib.util as u, importlib.metadata as m; \
+    print(json.dumps({n: m.version(n) if u.find_spec(n) else None \
+    for n in ('torch', 'torchvision', 'onnx', 'onnxruntime')}))";
+
+/// How long the probe may take before it counts as a broken interpreter.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn probe_python_tools() -> Result<PythonTools, String> {
+    let python = reference_python()?;
+    let mut child = std::process::Command::new(&python)
+        .arg("-c")
+        .arg(PROBE_SCRIPT)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| venv_advice(&format!("{} cannot be started ({e})", python.display())))?;
+    let started = std::time::Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() < PROBE_TIMEOUT => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(venv_advice(&format!(
+                    "{} did not answer within {} s",
+                    python.display(),
+                    PROBE_TIMEOUT.as_secs()
+                )));
+            }
+            Err(e) => return Err(venv_advice(&format!("{}: {e}", python.display()))),
+        }
+    };
+    let mut stdout = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        let _ = out.read_to_string(&mut stdout);
+    }
+    if !status.success() {
+        let mut stderr = String::new();
+        if let Some(mut err) = child.stderr.take() {
+            let _ = err.read_to_string(&mut stderr);
+        }
+        let last = stderr.lines().rev().find(|l| !l.trim().is_empty());
+        return Err(venv_advice(&format!(
+            "{} failed ({status}{})",
+            python.display(),
+            last.map_or_else(String::new, |l| format!(": {}", l.trim()))
+        )));
+    }
+    let versions: std::collections::BTreeMap<String, Option<String>> =
+        serde_json::from_str(stdout.trim()).map_err(|e| {
+            venv_advice(&format!(
+                "{} printed no package versions ({e})",
+                python.display()
+            ))
+        })?;
+    let get = |name: &str| versions.get(name).cloned().flatten();
+    let (Some(torch), Some(torchvision)) = (get("torch"), get("torchvision")) else {
+        return Err(venv_advice(&format!(
+            "{} has no torch or torchvision",
+            python.display()
+        )));
+    };
+    Ok(PythonTools {
+        python,
+        torch,
+        torchvision,
+        onnxruntime: get("onnxruntime"),
+        onnx: get("onnx"),
+    })
+}
+
+impl PythonTools {
+    /// Why an ONNX export cannot run with these tools (`torch.onnx.export` writes the graph
+    /// through the `onnx` package), or `None`. onnxruntime is not needed to export, only to run
+    /// the file (the verification test and the benchmark).
+    pub fn onnx_missing(&self) -> Option<String> {
+        self.onnx.is_none().then(|| {
+            format!(
+                "ONNX export needs the onnx package in {} (scripts/setup-venv.sh installs it)",
+                self.python.display()
+            )
+        })
+    }
+
+    /// One line for `maskstudio doctor`: versions and the deployment formats they allow.
+    pub fn summary(&self) -> String {
+        let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "missing".to_owned());
+        let formats = if self.onnx_missing().is_none() {
+            "onnx, torchscript"
+        } else {
+            "torchscript (onnx needs the onnx package)"
+        };
+        format!(
+            "torch {}, torchvision {}, onnx {}, onnxruntime {}; deployment export: {formats}",
+            self.torch,
+            self.torchvision,
+            opt(&self.onnx),
+            opt(&self.onnxruntime)
+        )
+    }
 }
 
 /// Device preference as users and configs spell it.
@@ -470,6 +595,10 @@ pub fn doctor_report() -> String {
         format!("cpu threads: {}", tch::get_num_threads()),
         format!("cache: {}", cache_dir().display()),
         format!("python: {}", python().display()),
+        match python_tools() {
+            Ok(tools) => format!("python tools: {}", tools.summary()),
+            Err(why) => format!("python tools: unavailable ({why})"),
+        },
     ];
     for w in PRETRAINED {
         let path = weights_path(w);

@@ -1,9 +1,28 @@
 //! Deployment export: a model bundle turned into an ONNX or TorchScript file by torchvision in
-//! the reference venv (`tools/export_model.py`, embedded), for runtimes without Mask Studio.
+//! the reference venv (`tools/export_model.py`, embedded with `tools/ref_train.py`, whose
+//! `bundle_config` / `build_model` build torchvision's Mask R-CNN from a bundle), so a model runs
+//! where Mask Studio does not: onnxruntime, OpenVINO, TensorRT, libtorch. Python runs only here,
+//! from the venv ([`crate::host::python_tools`]); the packaged app has no repository, so the
+//! scripts are written to a temporary folder before each export.
 
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
 
 use crate::cancel::CancelToken;
+use crate::model::bundle::Bundle;
+
+/// The export script (see its docstring for the file layout, opset and run mode).
+pub const EXPORT_SCRIPT: &str = include_str!("../../tools/export_model.py");
+/// The reference training script the export imports `bundle_config` / `build_model` from.
+pub const REF_TRAIN_SCRIPT: &str = include_str!("../../tools/ref_train.py");
+/// How often a running export is checked for cancel and exit.
+const POLL: Duration = Duration::from_millis(100);
+/// Lines of the script's stderr an error quotes.
+const STDERR_LINES: usize = 12;
 
 /// A deployment file format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,8 +54,14 @@ impl DeployFormat {
     }
 
     /// Ok, or the reason this format cannot be exported here (venv / onnx / onnxruntime missing).
+    /// TorchScript needs torch + torchvision; ONNX also the `onnx` package (the exporter writes
+    /// the graph through it; onnxruntime is needed only to run the file).
     pub fn available(self) -> Result<(), String> {
-        Err(format!("{} export is not built yet", self.label()))
+        let tools = crate::host::python_tools()?;
+        match self {
+            Self::TorchScript => Ok(()),
+            Self::Onnx => tools.onnx_missing().map_or(Ok(()), Err),
+        }
     }
 }
 
@@ -66,17 +91,177 @@ pub struct DeployReport {
 }
 
 /// Exports the bundle in `bundle_dir` to `out` (written to a temp file beside it and renamed).
+///
+/// Runs `tools/export_model.py` with the venv's Python; the bundle is read here first, so a
+/// broken bundle is named before Python starts. Cancel kills the script (its partial file is
+/// removed); errors name the bundle and quote the script's last stderr lines.
 pub fn export_bundle(
     bundle_dir: &Path,
     format: DeployFormat,
     out: &Path,
     cancel: &CancelToken,
 ) -> anyhow::Result<DeployReport> {
-    let _ = (bundle_dir, out, cancel);
-    anyhow::bail!("{} export is not built yet", format.label())
+    format.available().map_err(|why| {
+        anyhow::anyhow!("cannot export {bundle_dir:?} as {}: {why}", format.label())
+    })?;
+    Bundle::read(bundle_dir).with_context(|| format!("reading the model bundle {bundle_dir:?}"))?;
+    let tools = crate::host::python_tools().map_err(|why| anyhow::anyhow!(why))?;
+    let bundle_abs =
+        std::path::absolute(bundle_dir).with_context(|| format!("resolving {bundle_dir:?}"))?;
+    let out_abs = std::path::absolute(out).with_context(|| format!("resolving {out:?}"))?;
+    anyhow::ensure!(
+        !out_abs.is_dir(),
+        "{out:?} is a folder; --out names the {} file to write",
+        format.label()
+    );
+    let folder = out_abs
+        .parent()
+        .with_context(|| format!("{out:?} has no parent folder"))?;
+    std::fs::create_dir_all(folder).with_context(|| format!("creating {folder:?}"))?;
+
+    let scripts = tempfile::Builder::new()
+        .prefix("maskstudio-export-")
+        .tempdir()
+        .context("creating a temporary folder for the export script")?;
+    let script = scripts.path().join("export_model.py");
+    std::fs::write(&script, EXPORT_SCRIPT).with_context(|| format!("writing {script:?}"))?;
+    let ref_train = scripts.path().join("ref_train.py");
+    std::fs::write(&ref_train, REF_TRAIN_SCRIPT)
+        .with_context(|| format!("writing {ref_train:?}"))?;
+    let stdout_path = scripts.path().join("stdout.txt");
+    let stderr_path = scripts.path().join("stderr.txt");
+    let stdout_file =
+        std::fs::File::create(&stdout_path).with_context(|| format!("creating {stdout_path:?}"))?;
+    let stderr_file =
+        std::fs::File::create(&stderr_path).with_context(|| format!("creating {stderr_path:?}"))?;
+
+    let started = Instant::now();
+    let mut child = Command::new(&tools.python)
+        .arg(&script)
+        .arg("--bundle")
+        .arg(&bundle_abs)
+        .arg("--format")
+        .arg(format.label())
+        .arg("--out")
+        .arg(&out_abs)
+        .stdin(Stdio::null())
+        .stdout(stdout_file)
+        .stderr(stderr_file)
+        .spawn()
+        .with_context(|| format!("starting {}", tools.python.display()))?;
+    let status = loop {
+        if cancel.is_cancelled() {
+            let _ = child.kill();
+            let _ = child.wait();
+            remove_partials(&out_abs, started);
+            anyhow::bail!(
+                "the {} export of {bundle_dir:?} was cancelled",
+                format.label()
+            );
+        }
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => std::thread::sleep(POLL),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                remove_partials(&out_abs, started);
+                return Err(e).context("waiting for the export script");
+            }
+        }
+    };
+    if !status.success() {
+        remove_partials(&out_abs, started);
+        anyhow::bail!(
+            "exporting {bundle_dir:?} as {} failed ({status}):\n{}",
+            format.label(),
+            last_lines(&stderr_path, STDERR_LINES)
+        );
+    }
+    let stdout = std::fs::read_to_string(&stdout_path).unwrap_or_default();
+    parse_report(&stdout, format).with_context(|| {
+        format!(
+            "exporting {bundle_dir:?} as {}: the script's report was not understood\n{}",
+            format.label(),
+            last_lines(&stderr_path, STDERR_LINES)
+        )
+    })
 }
 
-/// The bundle `export --run` takes from a run (refit, else best, else last).
+/// The script's JSON line `{out, bytes, format, opset, seconds}` as a [`DeployReport`].
+fn parse_report(stdout: &str, format: DeployFormat) -> anyhow::Result<DeployReport> {
+    #[derive(serde::Deserialize)]
+    struct Line {
+        out: PathBuf,
+        bytes: u64,
+        format: String,
+        opset: Option<u32>,
+        seconds: f64,
+    }
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .context("no JSON line on stdout")?;
+    let r: Line = serde_json::from_str(line).with_context(|| format!("parsing {line:?}"))?;
+    anyhow::ensure!(
+        r.format == format.label(),
+        "the script wrote {:?}, not {}",
+        r.format,
+        format.label()
+    );
+    Ok(DeployReport {
+        out: r.out,
+        bytes: r.bytes,
+        format,
+        opset: r.opset,
+        seconds: r.seconds,
+    })
+}
+
+/// The last `n` lines of a file (the script's stderr), or a note that there were none.
+fn last_lines(path: &Path, n: usize) -> String {
+    let mut text = String::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        let _ = f.read_to_string(&mut text);
+    }
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return "(the script printed nothing on stderr)".to_owned();
+    }
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Removes the temporary files a killed script left beside `out` (named
+/// `.partial-<random>.<out's name>` by `tools/export_model.py`, as `fsutil::TEMP_PREFIX`),
+/// only those modified since this export started.
+fn remove_partials(out: &Path, started: Instant) {
+    let (Some(folder), Some(name)) = (out.parent(), out.file_name().and_then(|n| n.to_str()))
+    else {
+        return;
+    };
+    let since = std::time::SystemTime::now()
+        .checked_sub(started.elapsed())
+        .unwrap_or(std::time::UNIX_EPOCH);
+    let Ok(entries) = std::fs::read_dir(folder) else {
+        return;
+    };
+    let suffix = format!(".{name}");
+    for entry in entries.filter_map(Result::ok) {
+        let file = entry.file_name();
+        let Some(file) = file.to_str() else { continue };
+        let fresh = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t >= since);
+        if file.starts_with(crate::fsutil::TEMP_PREFIX) && file.ends_with(&suffix) && fresh {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// The bundle `export --run` takes from a run (refit, else best, else last): the choice
+/// [`crate::train::export::export_run`] makes.
 pub fn run_bundle(run_dir: &Path) -> anyhow::Result<PathBuf> {
-    anyhow::bail!("{}: run_bundle is not built yet", run_dir.display())
+    crate::train::export::chosen_checkpoint(run_dir).map(|(dir, _)| dir)
 }

@@ -35,11 +35,11 @@ fn is_earlier_export(dir: &Path) -> bool {
     std::fs::read_to_string(dir.join(EXPORT_MARKER)).is_ok_and(|s| s.trim() == EXPORT_FORMAT)
 }
 
-/// Copies the refit's (else the best, else the last) checkpoint's bundle to `out` and writes `metrics.json` beside
-/// it. `out` must not exist, be empty, or hold an earlier export (it is replaced as a whole;
-/// an earlier export is recognised by its [`EXPORT_MARKER`] file, nothing else).
-pub fn export_run(run_dir: &Path, out: &Path) -> anyhow::Result<RunExport> {
-    let (source, which) = [
+/// The checkpoint a run is exported from: its refit on train + validation, else its best, else
+/// its last (`"refit"` / `"best"` / `"last"` with the bundle folder). Shared with
+/// `train::deploy::run_bundle` (`export --run --format onnx`).
+pub fn chosen_checkpoint(run_dir: &Path) -> anyhow::Result<(PathBuf, &'static str)> {
+    [
         (REFIT_CHECKPOINT, "refit"),
         (BEST_CHECKPOINT, "best"),
         (LAST_CHECKPOINT, "last"),
@@ -48,7 +48,14 @@ pub fn export_run(run_dir: &Path, out: &Path) -> anyhow::Result<RunExport> {
     .find_map(|(dir, which)| state::checkpoint_dir(run_dir, dir).map(|d| (d, which)))
     .with_context(|| {
         format!("{run_dir:?} has no usable bundle to export (no refit, best or last checkpoint)")
-    })?;
+    })
+}
+
+/// Copies the refit's (else the best, else the last) checkpoint's bundle to `out` and writes `metrics.json` beside
+/// it. `out` must not exist, be empty, or hold an earlier export (it is replaced as a whole;
+/// an earlier export is recognised by its [`EXPORT_MARKER`] file, nothing else).
+pub fn export_run(run_dir: &Path, out: &Path) -> anyhow::Result<RunExport> {
+    let (source, which) = chosen_checkpoint(run_dir)?;
     // Refuse a broken bundle before writing anything.
     let bundle =
         Bundle::read(&source).with_context(|| format!("reading the checkpoint {source:?}"))?;
