@@ -187,6 +187,7 @@ class JobError(Exception):
 
 
 def parse_args():
+    """The command line: `--job FILE`."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--job", required=True, help="the job file (maskstudio-torchrun-job/1 JSON)")
     return p.parse_args()
@@ -203,14 +204,17 @@ def _check(cond, path, key, what):
 
 
 def _is_num(v):
+    """A finite JSON number (not a bool)."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _is_int(v):
+    """A JSON integer (not a bool)."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _folder(job, path, key, nullable):
+    """`job[key]`, checked to be a COCO export folder (or None when `nullable`)."""
     v = job.get(key)
     if v is None and nullable:
         return None
@@ -397,9 +401,11 @@ class RandomRGBShift(v2.Transform):
         self.limit = limit
 
     def make_params(self, flat_inputs):
+        """The per-channel shift of this call."""
         return {"shift": (torch.rand(3) * 2 - 1) * self.limit / 255}
 
     def transform(self, inpt, params):
+        """Shifts an Image; passes anything else through."""
         if isinstance(inpt, tv_tensors.Image):
             return tv_tensors.wrap((inpt + params["shift"].view(3, 1, 1)).clamp(0, 1), like=inpt)
         return inpt
@@ -414,6 +420,7 @@ def _pixel_box(m):
 
 
 def _below(n):
+    """A uniform integer in `0..n` (0 when n <= 1) from torch's global generator."""
     return int(torch.randint(n, ()).item()) if n > 1 else 0
 
 
@@ -461,9 +468,11 @@ class CropOrScaleJitter(v2.Transform):
         self.a, self.min_side, self.max_side = a, min_side, max_side
 
     def _fit(self, w, h, scale):
+        """The model size of a `w` x `h` image with both size bounds scaled by `scale`."""
         return model_dims(w, h, max(round(self.min_side * scale), 1), max(round(self.max_side * scale), 1))
 
     def make_params(self, flat_inputs):
+        """Crop rectangle (or None), content size, canvas size and offset of this call."""
         a = self.a
         image = next(x for x in flat_inputs if isinstance(x, tv_tensors.Image))
         masks = next((x for x in flat_inputs if isinstance(x, tv_tensors.Mask)), None)
@@ -501,6 +510,7 @@ class CropOrScaleJitter(v2.Transform):
         return {"crop": None, "content": content, "canvas": canvas, "offset": (ox, oy)}
 
     def transform(self, inpt, params):
+        """Crops, resizes and places an Image or Mask; passes anything else through."""
         if not isinstance(inpt, (tv_tensors.Image, tv_tensors.Mask)):
             return inpt
         is_image = isinstance(inpt, tv_tensors.Image)
@@ -564,6 +574,7 @@ class TrainSet(torch.utils.data.Dataset):
         return info["width"], info["height"]
 
     def _dims(self, w, h):
+        """Decode size of a `w` x `h` image (module docs: the model size, or max_size x presize)."""
         if self.augment is None:
             return model_dims(w, h, self.min_side, self.max_side)
         return ref_train.fitted(w, h, round(self.max_side * self.augment["presize"]))
@@ -610,6 +621,7 @@ class GroupedBatchSampler(torch.utils.data.Sampler):
 
 
 def collate(batch):
+    """`(images, targets, image_ids)` tuples of a batch (torchvision's `utils.collate_fn`)."""
     return tuple(zip(*batch))
 
 
@@ -718,6 +730,7 @@ def fmt(v):
 
 
 def epochs_csv(history):
+    """epochs.csv's text for the epoch records `history`."""
     rows = [EPOCHS_HEADER]
     for r in history:
         cells = [r["epoch"], r["steps"], r["mean_loss"], *[r["losses"][k] for k in LOSS_NAMES],
@@ -773,16 +786,19 @@ class World:
         self.comm = self.device
 
     def all_sum(self, t):
+        """`t` summed over the ranks (in place)."""
         if self.distributed:
             dist.all_reduce(t)
         return t
 
     def broadcast(self, t):
+        """`t` as rank 0 has it (in place)."""
         if self.distributed:
             dist.broadcast(t, 0)
         return t
 
     def close(self):
+        """Leaves the process group."""
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()
 
@@ -829,6 +845,7 @@ def load_resume(path, job, world, model, opt, scaler):
 
 
 def run(job, world):
+    """Trains as the job says (module docs); rank 0 writes the run folder's files."""
     r = job["recipe"]
     rank, W, device = world.rank, world.world, world.device
     torch.set_num_threads(job["threads"])
@@ -1044,6 +1061,7 @@ def run(job, world):
 
 
 def main():
+    """Reads the job, joins the process group, trains; errors as one `ddp_train: ` line."""
     a = parse_args()
     # The launcher cancels with SIGTERM to the process group: unwind (removing half-written
     # temporary files) and exit quietly; torchrun reports the signal.
