@@ -10,6 +10,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::host::DeviceChoice;
 use crate::train::config::{OptimizerKind, Preset, RefitMode, ScheduleKind, TrainConfig};
 use crate::train::observer::{TrainEvent, TrainObserver, event_line};
+use crate::train::runs::RunConfig;
+use crate::train::torchrun::{Engine, TorchrunOptions};
 use crate::train::trainer::TrainControl;
 
 /// Arguments of `maskstudio train`.
@@ -93,6 +95,28 @@ pub struct TrainArgs {
     /// Print a step line every this many steps when no progress bar is shown (not a terminal).
     #[arg(long, default_value_t = 10)]
     pub print_every: usize,
+    /// in-process (default) | torchrun: torchvision under `torchrun` (DDP) in the reference venv.
+    #[arg(long, value_enum)]
+    pub engine: Option<Engine>,
+    /// torchrun: processes on this machine (default 2).
+    #[arg(long)]
+    pub nproc_per_node: Option<usize>,
+    /// torchrun: machines taking part (default 1; more needs --node-rank and --master-addr).
+    #[arg(long)]
+    pub nnodes: Option<usize>,
+    /// torchrun: this machine's rank, 0 .. nnodes - 1 (node 0's run folder gets the results).
+    #[arg(long)]
+    pub node_rank: Option<usize>,
+    /// torchrun: address of node 0 (default 127.0.0.1).
+    #[arg(long)]
+    pub master_addr: Option<String>,
+    /// torchrun: a free port on node 0 (default 29500).
+    #[arg(long)]
+    pub master_port: Option<u16>,
+    /// torchrun: start from this model bundle's weights (all of them when it is the same model
+    /// with the same classes, else all but the class predictors).
+    #[arg(long)]
+    pub init: Option<PathBuf>,
 }
 
 impl TrainArgs {
@@ -169,6 +193,33 @@ impl TrainArgs {
         set(&mut cfg.refit, self.refit);
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The engine and torchrun's options from the flags; torchrun's flags without
+    /// `--engine torchrun` are an error.
+    pub fn to_engine(&self) -> anyhow::Result<(Engine, TorchrunOptions)> {
+        let engine = self.engine.unwrap_or_default();
+        let mut opts = TorchrunOptions::default();
+        let given = [
+            (self.nproc_per_node.is_some(), "--nproc-per-node"),
+            (self.nnodes.is_some(), "--nnodes"),
+            (self.node_rank.is_some(), "--node-rank"),
+            (self.master_addr.is_some(), "--master-addr"),
+            (self.master_port.is_some(), "--master-port"),
+            (self.init.is_some(), "--init"),
+        ];
+        if engine != Engine::Torchrun
+            && let Some((_, flag)) = given.iter().find(|f| f.0)
+        {
+            anyhow::bail!("{flag} needs --engine torchrun");
+        }
+        set(&mut opts.nproc_per_node, self.nproc_per_node);
+        set(&mut opts.nnodes, self.nnodes);
+        set(&mut opts.node_rank, self.node_rank);
+        set(&mut opts.master_addr, self.master_addr.clone());
+        set(&mut opts.master_port, self.master_port);
+        opts.init.clone_from(&self.init);
+        Ok((engine, opts))
     }
 }
 
@@ -334,15 +385,38 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
                     "{flag} cannot be combined with --resume: the run keeps its recipe (config.json)"
                 );
             }
-            crate::train::resume(run_dir, args.continue_epochs, &control, &mut observer)?
+            let engine = RunConfig::read(run_dir)?.engine.unwrap_or_default();
+            if engine == Engine::Torchrun {
+                anyhow::ensure!(
+                    args.continue_epochs.is_none(),
+                    "--continue-epochs is not available for torchrun runs; start a new run with --init {}",
+                    run_dir.join(crate::train::state::BEST_CHECKPOINT).display()
+                );
+                crate::train::torchrun::resume_torchrun(run_dir, &control, &mut observer)?
+            } else {
+                crate::train::resume(run_dir, args.continue_epochs, &control, &mut observer)?
+            }
         }
         (None, Some(project)) => {
             let cfg = args.to_config()?;
+            let (engine, opts) = args.to_engine()?;
             let runs_dir = args
                 .runs_dir
                 .clone()
                 .unwrap_or_else(|| project.join("runs"));
-            crate::train::train_with(project, &runs_dir, &cfg, &control, &mut observer)?
+            match engine {
+                Engine::InProcess => {
+                    crate::train::train_with(project, &runs_dir, &cfg, &control, &mut observer)?
+                }
+                Engine::Torchrun => crate::train::torchrun::train_torchrun(
+                    project,
+                    &runs_dir,
+                    &cfg,
+                    &opts,
+                    &control,
+                    &mut observer,
+                )?,
+            }
         }
         (None, None) => anyhow::bail!("give --project (a new run) or --resume RUN_DIR"),
     };
@@ -426,5 +500,48 @@ mod tests {
             "absent from the file: the default"
         );
         assert_eq!(config(&["--refit", "auto"]).refit, RefitMode::Auto);
+    }
+
+    #[test]
+    fn torchrun_flags_need_the_torchrun_engine() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["train", "--project", "P"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).unwrap().args.to_engine()
+        };
+        let (engine, opts) = parse(&[]).unwrap();
+        assert_eq!(
+            (engine, opts),
+            (Engine::InProcess, TorchrunOptions::default())
+        );
+        let err = parse(&["--nproc-per-node", "4"]).unwrap_err();
+        assert_eq!(err.to_string(), "--nproc-per-node needs --engine torchrun");
+        let (engine, opts) = parse(&[
+            "--engine",
+            "torchrun",
+            "--nnodes",
+            "2",
+            "--node-rank",
+            "1",
+            "--master-addr",
+            "10.0.0.2",
+            "--master-port",
+            "29400",
+            "--init",
+            "B",
+        ])
+        .unwrap();
+        assert_eq!(engine, Engine::Torchrun);
+        assert_eq!(
+            opts,
+            TorchrunOptions {
+                nproc_per_node: 2,
+                nnodes: 2,
+                node_rank: 1,
+                master_addr: "10.0.0.2".into(),
+                master_port: 29400,
+                init: Some(PathBuf::from("B")),
+            }
+        );
     }
 }

@@ -20,9 +20,9 @@ use crate::model::MaskRcnnConfig;
 use crate::model::bundle::{Bundle, SPEC_FILE};
 use crate::train::TrainConfig;
 use crate::train::csv;
-use crate::train::torchrun::{Engine, TorchrunOptions};
 use crate::train::state::REFIT_CHECKPOINT;
 use crate::train::state::{self, BEST_CHECKPOINT, LAST_CHECKPOINT};
+use crate::train::torchrun::options::{Engine, TorchrunOptions};
 
 /// Folder of a project's training runs (`<project>/runs`).
 pub const RUNS_DIR: &str = "runs";

@@ -29,7 +29,9 @@ mod setup;
 mod step;
 
 use refit::{refit_plan, run_refit};
-use report::{Relay, Reporter, fail_early, finish, guarded};
+use report::Relay;
+pub(crate) use report::{Reporter, fail_early, finish, guarded};
+pub(crate) use setup::{EngineChoice, prepare_fresh};
 use setup::{start_fresh, start_resumed};
 
 pub use crate::model::LOSS_NAMES;

@@ -10,32 +10,32 @@ use crate::train::observer::{TrainEvent, TrainObserver, event_line};
 use crate::train::trainer::RunSummary;
 
 /// Writes `train.log` and forwards events to the caller's observer.
-pub(super) struct Reporter<'a> {
-    pub(super) log: BufWriter<File>,
-    pub(super) observer: &'a mut dyn TrainObserver,
+pub(crate) struct Reporter<'a> {
+    pub(crate) log: BufWriter<File>,
+    pub(crate) observer: &'a mut dyn TrainObserver,
 }
 
 impl Reporter<'_> {
-    pub(super) fn line(&mut self, text: &str) {
+    pub(crate) fn line(&mut self, text: &str) {
         if let Err(err) = writeln!(self.log, "{text}").and_then(|()| self.log.flush()) {
             log::warn!("could not write train.log: {err}");
         }
     }
 
-    pub(super) fn emit(&mut self, e: &TrainEvent) {
+    pub(crate) fn emit(&mut self, e: &TrainEvent) {
         self.line(&event_line(e));
         self.observer.on_event(e);
     }
 
     /// A line in `train.log` (and the log) that is not an event.
-    pub(super) fn note(&mut self, text: &str) {
+    pub(crate) fn note(&mut self, text: &str) {
         log::info!("{text}");
         self.line(text);
     }
 }
 
 /// Sends `Failed` for an error before a log file exists.
-pub(super) fn fail_early<T>(
+pub(crate) fn fail_early<T>(
     observer: &mut dyn TrainObserver,
     e: anyhow::Error,
 ) -> anyhow::Result<T> {
@@ -88,7 +88,7 @@ impl TrainObserver for Relay<'_> {
 
 /// Runs `f`, turning a panic (libtorch errors surface as panics: CUDA out of memory, a bad
 /// tensor) into an error naming `what`, so a run always ends with `Failed` and its files.
-pub(super) fn guarded<T>(what: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+pub(crate) fn guarded<T>(what: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
     crate::alloc::keep_large_blocks();
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(r) => r,
@@ -97,7 +97,7 @@ pub(super) fn guarded<T>(what: &str, f: impl FnOnce() -> anyhow::Result<T>) -> a
 }
 
 /// Draws `loss.png` (also after a failure) and reports a failure.
-pub(super) fn finish(
+pub(crate) fn finish(
     run_dir: &Path,
     result: anyhow::Result<RunSummary>,
     reporter: &mut Reporter<'_>,

@@ -23,6 +23,7 @@ use crate::train::loader::TrainLoader;
 use crate::train::optim::{LossScaler, Optimizer, Schedule};
 use crate::train::runs::{CONFIG_FILE, RunConfig, RunSplit};
 use crate::train::state::{self as run_state, TrainState};
+use crate::train::torchrun::options::{Engine, TorchrunOptions};
 
 /// Everything a run needs, fresh or resumed.
 pub(super) struct Session {
@@ -85,17 +86,54 @@ fn build_model(
 
 const METRICS_HEADER_TAIL: &str = "total,lr,images_per_sec,memory_bytes";
 
-/// Builds a fresh session: the seeded split (or `split` as given, for a refit), the
-/// auto-configuration when `cfg.auto_config` (its reasons in `autoconfig.json` and `notes`),
-/// `config.json`, the model and the loader.
-pub(super) fn start_fresh(
+/// What a fresh run starts from, for either engine: the project's images, classes and split,
+/// the resolved recipe, and the model with its initial weights (`config.json` and, with
+/// auto-configuration, `autoconfig.json` are written).
+pub(crate) struct FreshStart {
+    /// The project's images and classes.
+    pub(crate) set: ExportSet,
+    /// Class names in label order (label = index + 1).
+    pub(crate) class_names: Vec<String>,
+    /// Project class id → label.
+    pub(crate) label_of: HashMap<i64, i64>,
+    /// The run's train/validation image ids.
+    pub(crate) split: data::Split,
+    /// The recipe with the auto-configuration applied.
+    pub(crate) cfg: TrainConfig,
+    /// The model the recipe builds.
+    pub(crate) model_cfg: MaskRcnnConfig,
+    /// The device the model is on.
+    pub(crate) device: Device,
+    /// The model's variables with their initial values.
+    pub(crate) vs: nn::VarStore,
+    /// The model.
+    pub(crate) model: MaskRcnn,
+}
+
+/// The engine recorded in `config.json` and where a torchrun run's weights start.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct EngineChoice {
+    /// `config.json`'s `engine` (`None` for the in-process trainer, as before torchrun).
+    pub(crate) engine: Option<Engine>,
+    /// `config.json`'s `torchrun` options.
+    pub(crate) torchrun: Option<TorchrunOptions>,
+    /// A bundle whose weights replace the preset's start.
+    pub(crate) init: Option<PathBuf>,
+}
+
+/// The start of a fresh run: the seeded split (or `split` as given), the auto-configuration
+/// when `cfg.auto_config` (its reasons in `autoconfig.json` and `notes`), `config.json`, and the
+/// model with its initial weights (the preset's: ImageNet body for cpu-fast, COCO weights for
+/// quality; or `engine.init`'s bundle), seeded with `cfg.seed`.
+pub(crate) fn prepare_fresh(
     project_dir: &Path,
     run_id: &str,
     run_dir: &Path,
     cfg: &TrainConfig,
     split: Option<data::Split>,
+    engine: EngineChoice,
     notes: &mut Vec<String>,
-) -> anyhow::Result<Session> {
+) -> anyhow::Result<FreshStart> {
     let set = data::read_project(project_dir)?;
     let (_, class_names, label_of) = data::label_map(&set);
     anyhow::ensure!(
@@ -120,7 +158,6 @@ pub(super) fn start_fresh(
         notes.extend(resolved.lines());
         cfg = resolved.config;
     }
-    let cfg = &cfg;
     let model_cfg = cfg.model_config(num_classes)?;
     let device = crate::host::device(cfg.device)?;
     let project_abs = std::fs::canonicalize(project_dir).unwrap_or_else(|_| project_dir.into());
@@ -135,20 +172,85 @@ pub(super) fn start_fresh(
             train: split.train.clone(),
             val: split.val.clone(),
         },
-        engine: None,
-        torchrun: None,
+        engine: engine.engine,
+        torchrun: engine.torchrun,
     }
     .write(run_dir)?;
 
-    let (mut vs, mut model) = build_model(cfg, &model_cfg, device)?;
+    let (mut vs, mut model) = build_model(&cfg, &model_cfg, device)?;
     model.seed(cfg.seed);
-    if cfg.pretrained_backbone && cfg.preset == Preset::CpuFast {
-        load_imagenet_backbone(&mut vs, model_cfg.backbone)?;
+    if let Some(bundle) = &engine.init {
+        notes.push(load_init_bundle(&mut vs, bundle)?);
+    } else {
+        if cfg.pretrained_backbone && cfg.preset == Preset::CpuFast {
+            load_imagenet_backbone(&mut vs, model_cfg.backbone)?;
+        }
+        if cfg.pretrained_backbone && cfg.preset == Preset::Quality {
+            let init = crate::train::init::init_quality(&mut vs, &model_cfg)?;
+            notes.push(init.note());
+        }
     }
-    if cfg.pretrained_backbone && cfg.preset == Preset::Quality {
-        let init = crate::train::init::init_quality(&mut vs, &model_cfg)?;
-        notes.push(init.note());
+    Ok(FreshStart {
+        set,
+        class_names,
+        label_of,
+        split,
+        cfg,
+        model_cfg,
+        device,
+        vs,
+        model,
+    })
+}
+
+/// Loads a bundle's weights as a run's start: every variable when the bundle is this model
+/// (same classes and configuration), else all but the class predictors where names and shapes
+/// match. Returns the line for `train.log`.
+fn load_init_bundle(vs: &mut nn::VarStore, dir: &Path) -> anyhow::Result<String> {
+    let bundle = Bundle::read(dir).with_context(|| format!("reading the --init bundle {dir:?}"))?;
+    let tensors = crate::model::checkpoint::read_safetensors(&bundle.weights_path())
+        .with_context(|| format!("reading the weights of the --init bundle {dir:?}"))?;
+    if weights::load_strict(vs, &tensors).is_ok() {
+        return Ok(format!("initial weights: every variable from {dir:?}"));
     }
+    let report = weights::load_partial(vs, &tensors, PartialLoad::ExceptPredictorsMatching)
+        .with_context(|| format!("loading the --init bundle {dir:?}"))?;
+    Ok(format!(
+        "initial weights from {dir:?} except the class predictors: {report}"
+    ))
+}
+
+/// Builds a fresh session: the seeded split (or `split` as given, for a refit), the
+/// auto-configuration when `cfg.auto_config` (its reasons in `autoconfig.json` and `notes`),
+/// `config.json`, the model and the loader.
+pub(super) fn start_fresh(
+    project_dir: &Path,
+    run_id: &str,
+    run_dir: &Path,
+    cfg: &TrainConfig,
+    split: Option<data::Split>,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<Session> {
+    let FreshStart {
+        set,
+        class_names,
+        label_of,
+        split,
+        cfg,
+        model_cfg,
+        device,
+        vs,
+        model,
+    } = prepare_fresh(
+        project_dir,
+        run_id,
+        run_dir,
+        cfg,
+        split,
+        EngineChoice::default(),
+        notes,
+    )?;
+    let cfg = &cfg;
     let opt = Optimizer::new(&vs, cfg);
     let (train_images, val_set) = split_set(&set, &split.train, &split.val)?;
     let loader = new_loader(&train_images, &label_of, cfg)?;
