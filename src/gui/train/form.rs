@@ -9,7 +9,11 @@ use super::TrainPanel;
 use crate::gui::shared::PanelCtx;
 use crate::host::DeviceChoice;
 use crate::train::config::{OptimizerKind, ScheduleKind};
+use crate::train::torchrun::Engine;
 use crate::train::{AugmentConfig, Preset, TrainConfig};
+
+/// Most torchrun processes the form offers on one machine.
+const MAX_PROCESSES: usize = 64;
 
 impl TrainPanel {
     /// The studio form's recipe on `base`: auto-configuration on, refit off.
@@ -268,7 +272,13 @@ impl TrainPanel {
                     );
                     ui.checkbox(&mut cfg.pretrained_backbone, "ImageNet backbone");
                     ui.end_row();
+
+                    self.engine_row(ui);
+                    ui.end_row();
                 });
+            if self.engine == Engine::Torchrun {
+                ui.weak(torchrun_note(&self.cfg, self.processes));
+            }
             egui::CollapsingHeader::new("Augmentation")
                 .default_open(false)
                 .show(ui, |ui| {
@@ -362,8 +372,21 @@ impl TrainPanel {
             } else {
                 "Pause training"
             };
+            let torchrun = self
+                .run
+                .as_ref()
+                .is_some_and(|r| r.engine == Engine::Torchrun);
             if ui
-                .add_enabled(running && !stopping, egui::Button::new(pause_text))
+                .add_enabled(
+                    running && !stopping && !torchrun,
+                    egui::Button::new(pause_text),
+                )
+                .on_disabled_hover_text(if torchrun {
+                    "A torchrun run cannot pause: Stop it, and Resume run continues it from its \
+                     last finished epoch"
+                } else {
+                    "Pauses a running in-process run before its next step"
+                })
                 .clicked()
             {
                 self.toggle_pause();
@@ -374,7 +397,53 @@ impl TrainPanel {
     }
 }
 
-/// A label and a drag value labelled by it (kittest and screen readers find it by name).
+impl TrainPanel {
+    /// The form's "Engine" row: in-process or torchrun (greyed with the reason while the
+    /// reference venv is missing or still being checked), and torchrun's process count.
+    fn engine_row(&mut self, ui: &mut egui::Ui) {
+        ui.label("Engine");
+        ui.horizontal(|ui| {
+            ui.radio_value(&mut self.engine, Engine::InProcess, "In-process")
+                .on_hover_text("Our trainer in the studio's process (pause, resume, continue)");
+            let available = self.tools.torchrun();
+            let chosen = self.engine == Engine::Torchrun;
+            let response = ui.add_enabled(
+                available.is_ok(),
+                egui::RadioButton::new(chosen, Engine::Torchrun.label()),
+            );
+            let response = match &available {
+                Ok(()) => response.on_hover_text(
+                    "torchvision under torchrun (PyTorch DDP) in the reference Python venv: \
+                     one process per CPU socket or GPU",
+                ),
+                Err(why) => response.on_disabled_hover_text(why),
+            };
+            if response.clicked() && available.is_ok() {
+                self.engine = Engine::Torchrun;
+            }
+        });
+        ui.add_enabled_ui(self.engine == Engine::Torchrun, |ui| {
+            labelled_drag(ui, "Processes", &mut self.processes, 1..=MAX_PROCESSES, 0.1);
+        });
+    }
+}
+
+/// The line under the form for torchrun `processes`: the batch is per process and the
+/// learning rate scales linearly with the process count (the DDP script's rule, Goyal et al.
+/// 2017, as torchvision's detection reference); several machines are the CLI's.
+fn torchrun_note(cfg: &TrainConfig, processes: usize) -> String {
+    format!(
+        "torchrun × {processes}: batch size {} per process ({} per step), learning rate {} × \
+         {processes} = {} (linear scaling). Several machines: maskstudio train --engine torchrun \
+         --nnodes … (README).",
+        cfg.batch_size,
+        cfg.batch_size * processes,
+        cfg.lr,
+        // Rounded to the form's 6 decimals: 0.1 × 3 reads 0.3, not 0.30000000000000004.
+        (cfg.lr * processes as f64 * 1e6).round() / 1e6,
+    )
+}
+
 /// The model's input size as the form shows it beside "Image size" (the model config's last
 /// `min_size` and `max_size`): `longer side 320` or `shorter side 800, longer ≤ 1333`.
 fn model_input(cfg: &TrainConfig) -> String {
@@ -414,6 +483,7 @@ pub(super) fn labelled_choice<T: Copy + PartialEq>(
         .labelled_by(label.id);
 }
 
+/// A label and a drag value labelled by it (kittest and screen readers find it by name).
 pub(super) fn labelled_drag<T: egui::emath::Numeric>(
     ui: &mut egui::Ui,
     text: &str,

@@ -304,6 +304,9 @@ impl TrainPanel {
             progress_bar(ui, progress, Some(text), None);
         }
         ui.horizontal_wrapped(|ui| {
+            if !self.live_engine.is_empty() {
+                ui.label(format!("engine {}", self.live_engine));
+            }
             ui.label(format!("Epoch {}", h.epoch + 1));
             ui.label(match h.images_per_sec {
                 Some(v) => format!("{v:.2} images/s"),

@@ -14,15 +14,19 @@ pub mod eval;
 mod form;
 mod live;
 mod runs;
+mod tools;
 
 use std::path::{Path, PathBuf};
 
 use eframe::egui;
 
+use crate::cancel::CancelToken;
 use crate::gui::shared::{JobView, PanelCtx};
 use crate::gui::worker::{Polled, Worker};
 use crate::host::DeviceChoice;
+use crate::train::deploy::{DeployFormat, DeployReport};
 use crate::train::preview::PreviewSample;
+use crate::train::torchrun::{Engine, TorchrunOptions};
 use crate::train::{
     AugmentConfig, ChannelObserver, TrainConfig, TrainControl, TrainEvent, TrainObserver,
 };
@@ -38,15 +42,20 @@ pub use crate::train::watch::WATCH_IMAGES;
 pub use live::{
     PREVIEW_SAMPLES, SmoothedSeries, decimate, draw_preview, ema, ema_extend, fmt_secs,
 };
+pub use tools::engine_label;
 
 /// Forwards events to the channel and wakes the GUI.
 struct RepaintObserver {
     inner: ChannelObserver,
     ctx: egui::Context,
+    /// `Finished` or `Failed` went through (else the thread sends `Failed` for an error the
+    /// engine returned without reporting it).
+    ended: bool,
 }
 
 impl TrainObserver for RepaintObserver {
     fn on_event(&mut self, e: &TrainEvent) {
+        self.ended |= matches!(e, TrainEvent::Finished { .. } | TrainEvent::Failed { .. });
         self.inner.on_event(e);
         self.ctx.request_repaint();
     }
@@ -59,6 +68,8 @@ struct ActiveRun {
     control: TrainControl,
     project: PathBuf,
     device: DeviceChoice,
+    /// The engine training it (torchrun cannot pause).
+    engine: Engine,
 }
 
 enum WatchEvent {
@@ -67,8 +78,13 @@ enum WatchEvent {
 }
 
 enum Background {
-    Runs(Vec<RunInfo>),
+    /// The scanned runs and each one's engine label ([`engine_label`]).
+    Runs(Vec<RunInfo>, Vec<String>),
     Exported(Result<PathBuf, String>),
+    /// A deployment file written by [`crate::train::deploy::export_bundle`].
+    Deployed(Result<DeployReport, String>),
+    /// The reference venv's answer ([`tools::probe`]).
+    Tools(tools::ToolsAnswer),
     Preview(Result<Vec<PreviewSample>, String>),
     /// A run's plots read back from its folder.
     Replay {
@@ -81,8 +97,13 @@ enum Background {
 enum RunJob {
     /// A new run with this recipe.
     Fresh(Box<TrainConfig>),
+    /// A new run with this recipe in torchrun processes
+    /// ([`crate::train::torchrun::train_torchrun`]).
+    Torchrun(Box<TrainConfig>, TorchrunOptions),
     /// [`crate::train::resume`] of a run folder (`Some(n)`: continue by `n` epochs).
     Resume(PathBuf, Option<usize>),
+    /// [`crate::train::torchrun::resume_torchrun`] of a torchrun run's folder.
+    ResumeTorchrun(PathBuf),
 }
 
 /// The Train tab.
@@ -94,11 +115,27 @@ pub struct TrainPanel {
     history: History,
     smoothing: f32,
     runs: Vec<RunInfo>,
+    /// Each listed run's engine as the list shows it (`torchrun × 2`).
+    run_engines: Vec<String>,
     runs_for: Option<PathBuf>,
     scanning: bool,
     selected_run: Option<String>,
     export_dir: String,
     exporting: bool,
+    /// The export row's format: `None` = bundle folder, else a deployment file.
+    export_format: Option<DeployFormat>,
+    /// The deployment file's path as typed (follows the run and format until edited).
+    export_file: String,
+    export_file_edited: bool,
+    /// Cancels the running deployment export.
+    deploy_cancel: Option<CancelToken>,
+    /// The form's engine, and torchrun's process count on this machine.
+    engine: Engine,
+    processes: usize,
+    /// The engine label of the run the live view shows.
+    live_engine: String,
+    /// What the reference Python venv offers (torchrun, deployment formats).
+    tools: tools::PythonTools,
     /// One-shot background threads (run scan, export, preview, replay); each sends one event.
     bg: Vec<Worker<Background>>,
     watch_enabled: bool,
@@ -154,11 +191,20 @@ impl TrainPanel {
             history: History::default(),
             smoothing: 0.6,
             runs: Vec::new(),
+            run_engines: Vec::new(),
             runs_for: None,
             scanning: false,
             selected_run: None,
             export_dir: String::new(),
             exporting: false,
+            export_format: None,
+            export_file: String::new(),
+            export_file_edited: false,
+            deploy_cancel: None,
+            engine: Engine::InProcess,
+            processes: TorchrunOptions::default().nproc_per_node,
+            live_engine: String::new(),
+            tools: tools::PythonTools::Unknown,
             bg: Vec::new(),
             watch_enabled: true,
             watch: Vec::new(),
@@ -224,6 +270,17 @@ impl TrainPanel {
             && !self.previewing
             && self.replaying.is_none()
             && !self.autocfg.busy()
+            && !self.tools.probing()
+    }
+
+    /// The form's engine.
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// Each listed run's engine label ([`engine_label`]), in the order of [`Self::runs`].
+    pub fn run_engines(&self) -> &[String] {
+        &self.run_engines
     }
 
     /// Augmented samples shown by the preview.
@@ -251,21 +308,59 @@ impl TrainPanel {
                 .eta_secs()
                 .map_or_else(String::new, |s| format!(", ETA {}", fmt_secs(s)));
             jobs.push(JobView {
-                name: format!("Training {}", h.run_id),
+                name: match run.engine {
+                    Engine::InProcess => format!("Training {}", h.run_id),
+                    Engine::Torchrun => format!("Training {} ({})", h.run_id, self.live_engine),
+                },
                 fraction: (h.total_iters > 0).then(|| h.steps as f32 / h.total_iters as f32),
                 text: format!("step {} / {}{eta}", h.steps, h.total_iters),
                 cancel: Some(run.control.cancel_token().clone()),
             });
         }
+        if let (true, Some(cancel), Some(format)) =
+            (self.exporting, &self.deploy_cancel, self.export_format)
+        {
+            jobs.push(JobView {
+                name: format!("Exporting {}", tools::format_name(format)),
+                fraction: None,
+                text: String::new(),
+                cancel: Some(cancel.clone()),
+            });
+        }
         jobs
     }
 
-    /// Starts a run with the form's recipe on the `train-run` thread.
+    /// Starts a run with the form's recipe and engine on the `train-run` thread.
     pub fn start(&mut self, ctx: &egui::Context, cx: &mut PanelCtx) {
-        match self.recipe(cx.settings.device) {
-            Ok(cfg) => self.spawn_run(ctx, cx, RunJob::Fresh(Box::new(cfg))),
-            Err(e) => cx.notices.error(format!("training settings: {e:#}")),
-        }
+        let cfg = match self.recipe(cx.settings.device) {
+            Ok(cfg) => Box::new(cfg),
+            Err(e) => return cx.notices.error(format!("training settings: {e:#}")),
+        };
+        let job = match self.engine {
+            Engine::InProcess => RunJob::Fresh(cfg),
+            Engine::Torchrun => {
+                if let Err(why) = self.tools.torchrun() {
+                    return cx
+                        .notices
+                        .error(format!("cannot train with torchrun: {why}"));
+                }
+                let opts = TorchrunOptions {
+                    nproc_per_node: self.processes,
+                    ..TorchrunOptions::default()
+                };
+                RunJob::Torchrun(cfg, opts)
+            }
+        };
+        self.spawn_run(ctx, cx, job);
+    }
+
+    /// Asks the reference venv what it offers on the `python-tools` worker (once per panel).
+    fn probe_tools(&mut self, ctx: &egui::Context) {
+        let spawned = self.spawn_bg("python-tools", ctx, || Background::Tools(tools::probe()));
+        self.tools = match spawned {
+            Ok(()) => tools::PythonTools::Probing,
+            Err(e) => tools::PythonTools::Known(tools::failed(&e.to_string())),
+        };
     }
 
     /// Starts a one-shot background thread whose closure's value is its only event.
@@ -289,7 +384,21 @@ impl TrainPanel {
             return;
         }
         let control = TrainControl::default();
-        let resuming = matches!(job, RunJob::Resume(..));
+        let resuming = matches!(job, RunJob::Resume(..) | RunJob::ResumeTorchrun(..));
+        let engine = match &job {
+            RunJob::Fresh(_) | RunJob::Resume(..) => Engine::InProcess,
+            RunJob::Torchrun(..) | RunJob::ResumeTorchrun(_) => Engine::Torchrun,
+        };
+        let engine_text = match &job {
+            RunJob::Fresh(_) => engine_label(Engine::InProcess, None),
+            RunJob::Torchrun(_, opts) => engine_label(Engine::Torchrun, Some(opts)),
+            RunJob::Resume(dir, _) | RunJob::ResumeTorchrun(dir) => self
+                .runs
+                .iter()
+                .position(|r| &r.dir == dir)
+                .and_then(|i| self.run_engines.get(i).cloned())
+                .unwrap_or_else(|| engine_label(engine, None)),
+        };
         let (p, control2) = (project.clone(), control.clone());
         let terminal =
             |e: &TrainEvent| matches!(e, TrainEvent::Finished { .. } | TrainEvent::Failed { .. });
@@ -299,15 +408,35 @@ impl TrainPanel {
             let mut observer = RepaintObserver {
                 inner: ChannelObserver::new(tx.sender()),
                 ctx: tx.ctx().clone(),
+                ended: false,
             };
-            let _summary = match job {
+            let runs = runs_dir(&p);
+            let summary = match job {
                 RunJob::Fresh(cfg) => {
-                    crate::train::train_with(&p, &runs_dir(&p), &cfg, &control2, &mut observer)
+                    crate::train::train_with(&p, &runs, &cfg, &control2, &mut observer)
                 }
+                RunJob::Torchrun(cfg, opts) => crate::train::torchrun::train_torchrun(
+                    &p,
+                    &runs,
+                    &cfg,
+                    &opts,
+                    &control2,
+                    &mut observer,
+                ),
                 RunJob::Resume(dir, extra) => {
                     crate::train::resume(&dir, extra, &control2, &mut observer)
                 }
+                RunJob::ResumeTorchrun(dir) => {
+                    crate::train::torchrun::resume_torchrun(&dir, &control2, &mut observer)
+                }
             };
+            if let Err(e) = summary
+                && !observer.ended
+            {
+                observer.on_event(&TrainEvent::Failed {
+                    error: format!("{e:#}"),
+                });
+            }
         });
         match spawned {
             Ok(worker) => {
@@ -320,11 +449,13 @@ impl TrainPanel {
                     };
                     self.watch.clear();
                 }
+                self.live_engine = engine_text;
                 self.run = Some(ActiveRun {
                     worker,
                     control,
                     project,
                     device: cx.settings.device,
+                    engine,
                 });
             }
             Err(e) => cx
@@ -333,9 +464,12 @@ impl TrainPanel {
         }
     }
 
-    /// Pauses the live run before its next step, or lets a paused one go on.
+    /// Pauses the live run before its next step, or lets a paused one go on (in-process runs:
+    /// torchrun's processes cannot pause).
     pub fn toggle_pause(&mut self) {
-        if let Some(run) = &self.run {
+        if let Some(run) = &self.run
+            && run.engine == Engine::InProcess
+        {
             if run.control.is_paused() {
                 run.control.resume();
                 self.history.status = "resumed".to_owned();
@@ -449,6 +583,9 @@ impl TrainPanel {
                         match w.name() {
                             "train-runs-scan" => self.scanning = false,
                             "train-export" => self.exporting = false,
+                            "python-tools" => {
+                                self.tools = tools::PythonTools::Known(tools::failed(&why));
+                            }
                             "train-aug-preview" => self.previewing = false,
                             _ => self.replaying = None,
                         }
@@ -460,9 +597,30 @@ impl TrainPanel {
         self.bg.retain(Worker::running);
         for e in events {
             match e {
-                Background::Runs(runs) => {
+                Background::Runs(runs, engines) => {
                     self.scanning = false;
                     self.runs = runs;
+                    self.run_engines = engines;
+                }
+                Background::Tools(answer) => {
+                    if answer.torchrun.is_err() {
+                        self.engine = Engine::InProcess;
+                    }
+                    self.tools = tools::PythonTools::Known(answer);
+                }
+                Background::Deployed(r) => {
+                    self.exporting = false;
+                    let cancelled = self.deploy_cancel.take().is_some_and(|c| c.is_cancelled());
+                    match r {
+                        Ok(done) => cx.notices.info(format!(
+                            "{} written to {} ({})",
+                            tools::format_name(done.format),
+                            done.out.display(),
+                            crate::openimages::cli::human_bytes(done.bytes)
+                        )),
+                        Err(_) if cancelled => cx.notices.info("export cancelled"),
+                        Err(e) => cx.notices.error(format!("export failed: {e}")),
+                    }
                 }
                 Background::Replay { run_id, history } => {
                     if self.replaying.as_deref() == Some(run_id.as_str()) {
@@ -505,6 +663,9 @@ impl TrainPanel {
     /// Draws the tab.
     pub fn ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelCtx) {
         let ctx = ui.ctx().clone();
+        if self.tools == tools::PythonTools::Unknown {
+            self.probe_tools(&ctx);
+        }
         self.drain(&ctx, cx);
         if let Some(project) = cx.project
             && self.runs_for.as_deref() != Some(project)

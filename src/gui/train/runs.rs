@@ -1,6 +1,8 @@
-//! The Train tab's run list: the project's runs with their final metrics (scanned on
-//! `train-runs-scan`), a selected run's plots read back on `train-replay`, the export row
-//! ([`crate::train::export::export_run`] into `<folder>/<run id>` on `train-export`) and resume / continue.
+//! The Train tab's run list: the project's runs with their engine and final metrics (scanned on
+//! `train-runs-scan`), a selected run's plots read back on `train-replay`, the export row on
+//! `train-export` (a bundle folder: [`crate::train::export::export_run`] into
+//! `<folder>/<run id>`; ONNX / TorchScript: [`crate::train::deploy::export_bundle`] into a file,
+//! with the progress row and Cancel) and resume / continue.
 
 use std::path::{Path, PathBuf};
 
@@ -8,11 +10,16 @@ use eframe::egui;
 use egui_extras::{Column, TableBuilder};
 
 use super::form::labelled_drag;
-use super::{Background, RunJob, TrainPanel};
+use super::tools::{engine_label, format_name};
+use super::{Background, RunInfo, RunJob, TrainPanel};
+use crate::cancel::CancelToken;
+use crate::gui::progress::{Progress, progress_row};
 use crate::gui::shared::PanelCtx;
+use crate::train::deploy::{self, DeployFormat};
 use crate::train::export::export_run;
 use crate::train::history::{History, read_history};
-use crate::train::runs::{runs_dir, scan_runs};
+use crate::train::runs::{RunConfig, runs_dir, scan_runs};
+use crate::train::torchrun::Engine;
 
 impl TrainPanel {
     /// Resumes the run in `run_dir` where it stopped (`None`) or extends it by `n` epochs.
@@ -43,7 +50,19 @@ impl TrainPanel {
         if recorded.is_none_or(|n| self.history.total.len() < n) {
             self.replay(ctx, &run_dir);
         }
-        self.spawn_run(ctx, cx, RunJob::Resume(run_dir, continue_epochs));
+        let torchrun = self
+            .runs
+            .iter()
+            .find(|r| r.dir == run_dir)
+            .is_some_and(|r| r.engine == Engine::Torchrun);
+        let job = match (torchrun, continue_epochs) {
+            (false, extra) => RunJob::Resume(run_dir, extra),
+            (true, None) => RunJob::ResumeTorchrun(run_dir),
+            (true, Some(_)) => {
+                return cx.notices.warn(CONTINUE_TORCHRUN.to_owned());
+            }
+        };
+        self.spawn_run(ctx, cx, job);
     }
 
     /// Shows a listed run in the plots (read back from its files on a worker thread); a live
@@ -61,6 +80,12 @@ impl TrainPanel {
         else {
             return;
         };
+        self.live_engine = self
+            .runs
+            .iter()
+            .position(|r| r.id == run_id)
+            .and_then(|i| self.run_engines.get(i).cloned())
+            .unwrap_or_default();
         self.history = History {
             run_id: run_id.to_owned(),
             status: format!("reading run {run_id}"),
@@ -111,7 +136,9 @@ impl TrainPanel {
         self.runs_for = Some(project.to_path_buf());
         let runs = runs_dir(project);
         let spawned = self.spawn_bg("train-runs-scan", ctx, move || {
-            Background::Runs(scan_runs(&runs))
+            let runs = scan_runs(&runs);
+            let engines = runs.iter().map(run_engine_label).collect();
+            Background::Runs(runs, engines)
         });
         if spawned.is_err() {
             self.scanning = false;
@@ -138,12 +165,13 @@ impl TrainPanel {
             .striped(true)
             .max_scroll_height(240.0)
             .column(Column::auto().at_least(120.0))
-            .columns(Column::auto().at_least(48.0), 4)
+            .columns(Column::auto().at_least(48.0), 5)
             .column(Column::auto().at_least(80.0).clip(true))
             .column(Column::remainder().at_least(48.0))
             .header(row_h, |mut header| {
                 for h in [
                     "Run",
+                    "Engine",
                     "Preset",
                     "Epochs",
                     "Steps",
@@ -171,7 +199,13 @@ impl TrainPanel {
                         .iter()
                         .map(|(k, v)| format!("{k} {v:.3}"))
                         .collect();
+                    let engine = self
+                        .run_engines
+                        .get(row.index())
+                        .cloned()
+                        .unwrap_or_else(|| r.engine.label().to_owned());
                     let cells = [
+                        engine,
                         r.preset.clone(),
                         r.epochs.map_or_else(|| "-".to_owned(), |e| e.to_string()),
                         r.steps.to_string(),
@@ -199,17 +233,110 @@ impl TrainPanel {
             .as_ref()
             .and_then(|id| self.runs.iter().find(|r| &r.id == id))
             .cloned();
+        self.export_ui(ui, cx, selected.as_ref());
+        ui.horizontal(|ui| {
+            let can = self.run.is_none() && selected.as_ref().is_some_and(|r| r.has_bundle);
+            let torchrun = selected
+                .as_ref()
+                .is_some_and(|r| r.engine == Engine::Torchrun);
+            // A torchrun run resumes in torchrun: it needs the venv.
+            let venv = if torchrun {
+                self.tools.torchrun()
+            } else {
+                Ok(())
+            };
+            let resume = ui
+                .add_enabled(can && venv.is_ok(), egui::Button::new("Resume run"))
+                .on_hover_text(if torchrun {
+                    "Continue a stopped torchrun run from its last finished epoch"
+                } else {
+                    "Continue a stopped run exactly where it stopped"
+                });
+            let resume = match &venv {
+                Err(why) if can => resume.on_disabled_hover_text(why),
+                _ => resume,
+            };
+            if resume.clicked()
+                && let Some(run) = &selected
+            {
+                self.resume_run(ui.ctx(), cx, run.dir.clone(), None);
+            }
+            labelled_drag(ui, "Extra epochs", &mut self.continue_epochs, 1..=1000, 0.1);
+            if ui
+                .add_enabled(
+                    can && !torchrun,
+                    egui::Button::new(format!("Continue {} epochs", self.continue_epochs)),
+                )
+                .on_hover_text("Extend a run by more epochs with a new schedule over them")
+                .on_disabled_hover_text(if torchrun {
+                    CONTINUE_TORCHRUN
+                } else {
+                    "Select a stopped or finished run with a bundle"
+                })
+                .clicked()
+                && let Some(run) = &selected
+            {
+                self.resume_run(ui.ctx(), cx, run.dir.clone(), Some(self.continue_epochs));
+            }
+            self.audit.run_button_ui(ui, cx, selected.as_ref());
+        });
+    }
+
+    /// The export row: the format (a bundle folder, or an ONNX / TorchScript file greyed with
+    /// [`DeployFormat::available`]'s reason), the destination, the button, and for a file the
+    /// progress row with Cancel while it is written.
+    fn export_ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelCtx, selected: Option<&RunInfo>) {
+        ui.horizontal(|ui| {
+            ui.label("Export format");
+            ui.add_enabled_ui(!self.exporting, |ui| {
+                ui.radio_value(&mut self.export_format, None, "Bundle folder")
+                    .on_hover_text("The model bundle folder Mask Studio reads (Predict, assist)");
+                for format in DeployFormat::ALL {
+                    let available = self.tools.format(format);
+                    let response = ui.add_enabled(
+                        available.is_ok(),
+                        egui::RadioButton::new(
+                            self.export_format == Some(format),
+                            format_name(format),
+                        ),
+                    );
+                    let response = match &available {
+                        Ok(()) => response.on_hover_text(
+                            "A file for runtimes without Mask Studio, written by torchvision in \
+                             the reference Python venv",
+                        ),
+                        Err(why) => response.on_disabled_hover_text(why),
+                    };
+                    if response.clicked() && available.is_ok() {
+                        self.export_format = Some(format);
+                    }
+                }
+            });
+        });
+        match self.export_format {
+            None => self.export_folder_ui(ui, cx, selected),
+            Some(format) => self.export_file_ui(ui, cx, selected, format),
+        }
+    }
+
+    /// Today's bundle folder export: `<folder>/<run id>`.
+    fn export_folder_ui(
+        &mut self,
+        ui: &mut egui::Ui,
+        cx: &mut PanelCtx,
+        selected: Option<&RunInfo>,
+    ) {
         ui.horizontal(|ui| {
             let label = ui.label("Export to folder");
             ui.add(egui::TextEdit::singleline(&mut self.export_dir).desired_width(280.0))
                 .labelled_by(label.id);
             let can = !self.exporting
-                && selected.as_ref().is_some_and(|r| r.has_bundle)
+                && selected.is_some_and(|r| r.has_bundle)
                 && !self.export_dir.trim().is_empty();
             if ui
                 .add_enabled(can, egui::Button::new("Export model bundle"))
                 .clicked()
-                && let Some(run) = selected.clone()
+                && let Some(run) = selected.cloned()
             {
                 let dest = PathBuf::from(self.export_dir.trim());
                 let spawned = self.spawn_bg("train-export", ui.ctx(), move || {
@@ -227,29 +354,121 @@ impl TrainPanel {
                 ui.label("Select a run to export its bundle.");
             }
         });
+    }
+
+    /// An ONNX / TorchScript file of the run's bundle ([`deploy::run_bundle`]: refit, else
+    /// best, else last), by default `<project>/exports/<run id>.<ext>` until the path is edited.
+    fn export_file_ui(
+        &mut self,
+        ui: &mut egui::Ui,
+        cx: &mut PanelCtx,
+        selected: Option<&RunInfo>,
+        format: DeployFormat,
+    ) {
+        if !self.export_file_edited
+            && !self.exporting
+            && let (Some(project), Some(run)) = (cx.project, selected)
+        {
+            self.export_file = project
+                .join(crate::train::runs::EXPORTS_DIR)
+                .join(format!("{}.{}", run.id, format.extension()))
+                .display()
+                .to_string();
+        }
         ui.horizontal(|ui| {
-            let can = self.run.is_none() && selected.as_ref().is_some_and(|r| r.has_bundle);
-            if ui
-                .add_enabled(can, egui::Button::new("Resume run"))
-                .on_hover_text("Continue a stopped run exactly where it stopped")
-                .clicked()
-                && let Some(run) = &selected
-            {
-                self.resume_run(ui.ctx(), cx, run.dir.clone(), None);
-            }
-            labelled_drag(ui, "Extra epochs", &mut self.continue_epochs, 1..=1000, 0.1);
-            if ui
+            let label = ui.label("Export to file");
+            let edit = ui
                 .add_enabled(
-                    can,
-                    egui::Button::new(format!("Continue {} epochs", self.continue_epochs)),
+                    !self.exporting,
+                    egui::TextEdit::singleline(&mut self.export_file).desired_width(280.0),
                 )
-                .on_hover_text("Extend a run by more epochs with a new schedule over them")
-                .clicked()
-                && let Some(run) = &selected
-            {
-                self.resume_run(ui.ctx(), cx, run.dir.clone(), Some(self.continue_epochs));
+                .labelled_by(label.id);
+            if edit.changed() {
+                self.export_file_edited = true;
             }
-            self.audit.run_button_ui(ui, cx, selected.as_ref());
+            let available = self.tools.format(format);
+            let can = !self.exporting
+                && selected.is_some_and(|r| r.has_bundle)
+                && !self.export_file.trim().is_empty()
+                && available.is_ok();
+            let text = match format {
+                DeployFormat::Onnx => "Export ONNX file",
+                DeployFormat::TorchScript => "Export TorchScript file",
+            };
+            let button = ui.add_enabled(can, egui::Button::new(text));
+            let button = match &available {
+                Err(why) => button.on_disabled_hover_text(why),
+                Ok(()) => button,
+            };
+            if button.clicked()
+                && let Some(run) = selected.cloned()
+            {
+                self.start_deploy(ui.ctx(), cx, run, format);
+            }
+            if selected.is_none() {
+                ui.label("Select a run to export its model.");
+            }
         });
+        if self.exporting
+            && let Some(cancel) = &self.deploy_cancel
+        {
+            ui.horizontal(|ui| {
+                progress_row(
+                    ui,
+                    Progress::Fraction(None),
+                    Some(format!("Writing the {} file…", format_name(format))),
+                    280.0,
+                    Some((cancel, "Cancel export")),
+                );
+            });
+        }
+    }
+
+    /// Writes `run`'s bundle as a `format` file to the typed path on `train-export`.
+    fn start_deploy(
+        &mut self,
+        ctx: &egui::Context,
+        cx: &mut PanelCtx,
+        run: RunInfo,
+        format: DeployFormat,
+    ) {
+        let out = PathBuf::from(self.export_file.trim());
+        let cancel = CancelToken::default();
+        let token = cancel.clone();
+        let spawned = self.spawn_bg("train-export", ctx, move || {
+            let r = deploy::run_bundle(&run.dir)
+                .and_then(|bundle| {
+                    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+                        std::fs::create_dir_all(parent)
+                            .map_err(|e| anyhow::anyhow!("creating {}: {e}", parent.display()))?;
+                    }
+                    deploy::export_bundle(&bundle, format, &out, &token)
+                })
+                .map_err(|e| format!("{e:#}"));
+            Background::Deployed(r)
+        });
+        match spawned {
+            Ok(()) => {
+                self.exporting = true;
+                self.deploy_cancel = Some(cancel);
+            }
+            Err(e) => cx.notices.error(format!("cannot start the export: {e}")),
+        }
+    }
+}
+
+/// Why "Continue N epochs" is not offered for a torchrun run.
+const CONTINUE_TORCHRUN: &str = "Continuing a torchrun run by more epochs is not supported: \
+    Resume run finishes its planned epochs; for more, start a new run (CLI: --init with its bundle)";
+
+/// A scanned run's engine label: torchrun runs read their process count from `config.json`
+/// (on the scan worker).
+fn run_engine_label(run: &RunInfo) -> String {
+    match run.engine {
+        Engine::InProcess => engine_label(run.engine, None),
+        Engine::Torchrun => {
+            let opts = RunConfig::read(&run.dir).ok().and_then(|c| c.torchrun);
+            engine_label(run.engine, opts.as_ref())
+        }
     }
 }
