@@ -387,6 +387,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
             }
             let engine = RunConfig::read(run_dir)?.engine.unwrap_or_default();
             if engine == Engine::Torchrun {
+                crate::train::torchrun::launch::cancel_on_interrupt(&control)?;
                 anyhow::ensure!(
                     args.continue_epochs.is_none(),
                     "--continue-epochs is not available for torchrun runs; start a new run with --init {}",
@@ -408,14 +409,17 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
                 Engine::InProcess => {
                     crate::train::train_with(project, &runs_dir, &cfg, &control, &mut observer)?
                 }
-                Engine::Torchrun => crate::train::torchrun::train_torchrun(
-                    project,
-                    &runs_dir,
-                    &cfg,
-                    &opts,
-                    &control,
-                    &mut observer,
-                )?,
+                Engine::Torchrun => {
+                    crate::train::torchrun::launch::cancel_on_interrupt(&control)?;
+                    crate::train::torchrun::train_torchrun(
+                        project,
+                        &runs_dir,
+                        &cfg,
+                        &opts,
+                        &control,
+                        &mut observer,
+                    )?
+                }
             }
         }
         (None, None) => anyhow::bail!("give --project (a new run) or --resume RUN_DIR"),

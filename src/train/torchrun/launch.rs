@@ -147,6 +147,41 @@ fn signal_groups(groups: &[i32], sig: libc::c_int) {
     }
 }
 
+/// Set by [`on_interrupt`] when SIGINT, SIGTERM or SIGHUP arrives.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_sig: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Turns Ctrl+C (SIGINT), SIGTERM and SIGHUP of this process into `control.cancel()` for the
+/// CLI: torchrun runs in a process group of its own, out of reach of the terminal's Ctrl+C, so
+/// without this an interrupted `maskstudio train` would leave its ranks training. A
+/// `torchrun-interrupt` thread watches the flag; the run then stops every rank and stays
+/// resumable from its last finished epoch.
+#[allow(unsafe_code)]
+pub fn cancel_on_interrupt(control: &crate::train::trainer::TrainControl) -> anyhow::Result<()> {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe); `signal` itself
+        // touches no Rust memory.
+        let old = unsafe { libc::signal(sig, on_interrupt as *const () as libc::sighandler_t) };
+        anyhow::ensure!(old != libc::SIG_ERR, "could not handle signal {sig}");
+    }
+    let control = control.clone();
+    std::thread::Builder::new()
+        .name("torchrun-interrupt".into())
+        .spawn(move || {
+            while !INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            eprintln!("interrupted: stopping every torchrun process (resume with --resume)");
+            control.cancel();
+        })
+        .context("starting the torchrun-interrupt thread")?;
+    Ok(())
+}
+
 /// A process as `/proc/<pid>/stat` tells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcInfo {
