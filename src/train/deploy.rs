@@ -21,6 +21,8 @@ pub const EXPORT_SCRIPT: &str = include_str!("../../tools/export_model.py");
 pub const REF_TRAIN_SCRIPT: &str = include_str!("../../tools/ref_train.py");
 /// How often a running export is checked for cancel and exit.
 const POLL: Duration = Duration::from_millis(100);
+/// How much older than the export's start a partial file may look and still be removed.
+const PARTIAL_MARGIN: Duration = Duration::from_secs(2);
 /// Lines of the script's stderr an error quotes.
 const STDERR_LINES: usize = 12;
 
@@ -234,14 +236,16 @@ fn last_lines(path: &Path, n: usize) -> String {
 
 /// Removes the temporary files a killed script left beside `out` (named
 /// `.partial-<random>.<out's name>` by `tools/export_model.py`, as `fsutil::TEMP_PREFIX`),
-/// only those modified since this export started.
+/// only those modified since this export started (less [`PARTIAL_MARGIN`]).
 fn remove_partials(out: &Path, started: Instant) {
     let (Some(folder), Some(name)) = (out.parent(), out.file_name().and_then(|n| n.to_str()))
     else {
         return;
     };
+    // File times come from the kernel's coarse clock (a few ms behind): a margin keeps a file
+    // made right at the start in.
     let since = std::time::SystemTime::now()
-        .checked_sub(started.elapsed())
+        .checked_sub(started.elapsed() + PARTIAL_MARGIN)
         .unwrap_or(std::time::UNIX_EPOCH);
     let Ok(entries) = std::fs::read_dir(folder) else {
         return;
@@ -264,4 +268,72 @@ fn remove_partials(out: &Path, started: Instant) {
 /// [`crate::train::export::export_run`] makes.
 pub fn run_bundle(run_dir: &Path) -> anyhow::Result<PathBuf> {
     crate::train::export::chosen_checkpoint(run_dir).map(|(dir, _)| dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_parse_back_and_unknown_ones_are_named() {
+        for f in DeployFormat::ALL {
+            assert_eq!(f.label().parse::<DeployFormat>(), Ok(f));
+        }
+        assert_eq!(
+            DeployFormat::ALL.map(DeployFormat::extension),
+            ["onnx", "pt"]
+        );
+        let err = "tflite".parse::<DeployFormat>().unwrap_err();
+        assert!(err.contains("\"tflite\"") && err.contains("onnx"), "{err}");
+    }
+
+    #[test]
+    fn the_report_is_the_last_json_line_and_must_name_the_format() {
+        let stdout = "noise\n{\"out\": \"/x/m.onnx\", \"bytes\": 12, \"format\": \"onnx\", \
+                      \"opset\": 17, \"seconds\": 1.5}\n";
+        let r = parse_report(stdout, DeployFormat::Onnx).unwrap();
+        assert_eq!(
+            r,
+            DeployReport {
+                out: PathBuf::from("/x/m.onnx"),
+                bytes: 12,
+                format: DeployFormat::Onnx,
+                opset: Some(17),
+                seconds: 1.5,
+            }
+        );
+        let err = parse_report(stdout, DeployFormat::TorchScript).unwrap_err();
+        assert!(format!("{err:#}").contains("not torchscript"), "{err:#}");
+        assert!(parse_report("", DeployFormat::Onnx).is_err());
+    }
+
+    #[test]
+    fn errors_quote_the_last_stderr_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stderr.txt");
+        let text: String = (1..=20).map(|i| format!("line {i}\n\n")).collect();
+        std::fs::write(&path, text).unwrap();
+        let tail = last_lines(&path, 3);
+        assert_eq!(tail, "line 18\nline 19\nline 20");
+        std::fs::write(&path, "").unwrap();
+        assert!(last_lines(&path, 3).contains("nothing on stderr"));
+    }
+
+    #[test]
+    fn only_this_exports_fresh_partial_files_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("model.onnx");
+        let keep_other = dir.path().join(".partial-abc.model.pt");
+        let keep_plain = dir.path().join("model.onnx.bak");
+        for p in [&keep_other, &keep_plain] {
+            std::fs::write(p, "x").unwrap();
+        }
+        // Written after the export "started": a partial of this output.
+        let started = Instant::now();
+        let partial = dir.path().join(".partial-x1y2.model.onnx");
+        std::fs::write(&partial, "half").unwrap();
+        remove_partials(&out, started);
+        assert!(!partial.exists());
+        assert!(keep_other.exists() && keep_plain.exists());
+    }
 }
