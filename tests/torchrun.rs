@@ -343,3 +343,42 @@ fn cancel_after_the_first_step_stops_every_process() {
         "{log}"
     );
 }
+
+#[test]
+fn a_refusing_worker_fails_the_run_with_its_message() {
+    let _g = lock();
+    if !have_venv_python() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let project = sample(dir.path());
+    // ddp_train.py refuses repeat-factor sampling (not implemented there) on every rank.
+    let cfg = TrainConfig {
+        augment: Some(Box::new(maskstudio::train::AugmentConfig {
+            repeat_threshold: Some(0.3),
+            ..maskstudio::train::AugmentConfig::default()
+        })),
+        ..tiny(1)
+    };
+    let mut events = Collect::default();
+    let err = torchrun::train_torchrun(
+        &project,
+        &project.join(runs::RUNS_DIR),
+        &cfg,
+        &TorchrunOptions::default(),
+        &TrainControl::default(),
+        &mut events,
+    )
+    .unwrap_err();
+    let msg = format!("{err:#}");
+    let runs = runs::scan_runs(&project.join(runs::RUNS_DIR));
+    assert_eq!(runs.len(), 1);
+    assert!(msg.contains(&*runs[0].dir.to_string_lossy()), "{msg}");
+    assert!(msg.contains("repeat_threshold"), "{msg}");
+    assert!(
+        matches!(events.events.last(), Some(TrainEvent::Failed { error }) if error.contains("repeat_threshold")),
+        "{:?}",
+        events.events.last()
+    );
+    assert!(processes_naming(&runs[0].dir.to_string_lossy()).is_empty());
+}

@@ -239,6 +239,31 @@ pub fn descendants(root: i32) -> Vec<ProcInfo> {
     out
 }
 
+/// The DDP script's error lines in `path` (`ddp_train: …` lines other than its progress
+/// lines), each once (every rank prints its own).
+pub fn script_errors(path: &Path) -> Vec<String> {
+    let text = std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let progress = |rest: &str| {
+        rest.starts_with("epoch ")
+            || rest.starts_with("early stopping")
+            || rest
+                .split_once(' ')
+                .is_some_and(|(n, r)| n.parse::<usize>().is_ok() && r.starts_with("process(es)"))
+    };
+    let mut out: Vec<String> = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("ddp_train: ")
+            && !progress(rest)
+            && !out.iter().any(|l| l == line)
+        {
+            out.push(line.to_owned());
+        }
+    }
+    out
+}
+
 /// The last `n` lines of `path` (for an error message).
 pub fn log_tail(path: &Path, n: usize) -> String {
     let text = std::fs::read(path)
@@ -276,6 +301,30 @@ mod tests {
             assert!(!alive(p.pid), "{p:?} survived");
         }
         assert!(log_tail(&log, 5).contains("parent"));
+    }
+
+    #[test]
+    fn the_scripts_error_lines_are_picked_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("torchrun.log");
+        std::fs::write(
+            &log,
+            "ddp_train: 2 process(es), 18 training images, 3 steps per epoch\n\
+             ddp_train: epoch 0: 3 steps, mean loss 3.1, 9.0 s\n\
+             ddp_train: job.json: recipe.augment.repeat_threshold: not supported\n\
+             ddp_train: job.json: recipe.augment.repeat_threshold: not supported\n\
+             ddp_train: rank 1: RuntimeError: gloo timed out\n\
+             Root Cause (first observed failure):\n",
+        )
+        .unwrap();
+        assert_eq!(
+            script_errors(&log),
+            [
+                "ddp_train: job.json: recipe.augment.repeat_threshold: not supported",
+                "ddp_train: rank 1: RuntimeError: gloo timed out"
+            ]
+        );
+        assert_eq!(log_tail(&log, 1), "Root Cause (first observed failure):");
     }
 
     #[test]

@@ -76,6 +76,15 @@ fn planned_steps(cfg: &TrainConfig, train_images: usize, world: usize) -> usize 
     cfg.max_iters.map_or(planned, |m| m.min(planned))
 }
 
+/// The reference venv's interpreter, once it proved to import torch and torchvision.
+fn venv_python() -> anyhow::Result<PathBuf> {
+    crate::host::python_tools()
+        .map(|t| t.python.clone())
+        .map_err(|e| {
+            anyhow::anyhow!("the torchrun engine runs torchvision from the reference venv; {e}")
+        })
+}
+
 /// Checks the launch options.
 fn validate(opts: &TorchrunOptions) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -123,7 +132,11 @@ pub fn train_torchrun(
     control: &TrainControl,
     observer: &mut dyn TrainObserver,
 ) -> anyhow::Result<RunSummary> {
-    if let Err(e) = cfg.validate().and_then(|()| validate(opts)) {
+    if let Err(e) = cfg
+        .validate()
+        .and_then(|()| validate(opts))
+        .and_then(|()| venv_python().map(drop))
+    {
         return fail_early(observer, e);
     }
     let (run_id, run_dir) = match crate::train::runs::create_dated_dir(runs_dir, "") {
@@ -335,7 +348,7 @@ fn supervise(
         total_iters: p.total_iters,
     });
     let cmd = launch::command(
-        &crate::host::python(),
+        &venv_python()?,
         &dir.join(job::DDP_SCRIPT),
         &dir.join(job::JOB_FILE),
         &p.opts,
@@ -378,11 +391,19 @@ fn supervise(
     follow(&p, &mut tail, &mut converter, reporter, true)?;
     let done = read_done(&dir);
     if !cancelled && !status.success() {
+        let errors = launch::script_errors(&child.log);
+        let why = if errors.is_empty() {
+            format!(
+                "last lines of {:?}:\n{}",
+                child.log,
+                launch::log_tail(&child.log, LOG_LINES)
+            )
+        } else {
+            format!("{} (all output in {:?})", errors.join("; "), child.log)
+        };
         anyhow::bail!(
-            "torchrun failed ({status}) for the run in {:?}; last lines of {:?}:\n{}",
-            p.run_dir,
-            child.log,
-            launch::log_tail(&child.log, LOG_LINES)
+            "torchrun failed ({status}) for the run in {:?}: {why}",
+            p.run_dir
         );
     }
     if !cancelled && done.is_none() && p.opts.node_rank == 0 {
