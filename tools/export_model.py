@@ -236,6 +236,7 @@ def runner(a):
 def run_file(a):
     """Run mode: detections of the exported file on every image (see the module docstring)."""
     import numpy as np
+    import torch
     from pycocotools import mask as mask_utils
 
     run = runner(a)
@@ -260,7 +261,7 @@ def run_file(a):
                 "mask": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
             })
         results.append({"image": path, "width": w, "height": h, "seconds": seconds, "detections": dets})
-    return {"format": a.format, "threads": __import__("torch").get_num_threads(), "images": results}
+    return {"format": a.format, "threads": torch.get_num_threads(), "images": results}
 
 
 def main():
