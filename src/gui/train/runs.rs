@@ -145,7 +145,15 @@ impl TrainPanel {
         }
     }
 
+    /// The run list, the export row and resume / continue / audit, under a fixed id: their
+    /// widgets keep their ids when the plots above appear (a replay arriving) or go, so a click
+    /// named by id (screen readers, kittest's AccessKit clicks) lands in the next frame.
     pub(super) fn runs_ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelCtx) {
+        let fixed = egui::UiBuilder::new().id(egui::Id::new("train_runs_section"));
+        ui.scope_builder(fixed, |ui| self.runs_section_ui(ui, cx));
+    }
+
+    fn runs_section_ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelCtx) {
         ui.horizontal(|ui| {
             ui.strong(format!("Runs ({})", self.runs.len()));
             if ui.button("Refresh runs").clicked()
