@@ -362,6 +362,12 @@ fn supervise(
         threads_per_process(&p.opts),
         dir.join(job::LOG_FILE)
     ));
+    if p.opts.node_rank > 0 {
+        reporter.note(&format!(
+            "node {} of {}: this machine's ranks train with node 0 ({}:{}); node 0's run folder gets metrics.csv, epochs.csv and the checkpoints",
+            p.opts.node_rank, p.opts.nnodes, p.opts.master_addr, p.opts.master_port
+        ));
+    }
     let mut child = launch::Launch::spawn(cmd, &dir.join(job::LOG_FILE))?;
     let mut pause_noted = false;
     let mut cancelled = false;
