@@ -149,7 +149,7 @@ impl TrainPanel {
     /// widgets keep their ids when the plots above appear (a replay arriving) or go, so a click
     /// named by id (screen readers, kittest's AccessKit clicks) lands in the next frame.
     pub(super) fn runs_ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelCtx) {
-        let fixed = egui::UiBuilder::new().id(egui::Id::new("train_runs_section"));
+        let fixed = egui::UiBuilder::new().scope_id(ui.scope_id().with("train_runs_section"));
         ui.scope_builder(fixed, |ui| self.runs_section_ui(ui, cx));
     }
 
