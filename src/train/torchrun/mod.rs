@@ -2,7 +2,6 @@
 //! our initial weights are handed to the reference venv's `tools/ddp_train.py`; the run folder's
 //! `metrics.csv` / `epochs.csv` are tailed into [`TrainEvent`](crate::train::TrainEvent)s and its
 //! torchvision checkpoints converted back into our bundles.
-
 //!
 //! Split by concern: [`options`] (engine choice, launch flags), [`job`] (`job.json`, the COCO
 //! exports, the embedded scripts), [`launch`] (the process group), [`tail`] (CSV rows → events),
