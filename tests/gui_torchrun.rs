@@ -3,8 +3,9 @@
 //! and the linearly scaled learning rate, Start trains one short epoch in two gloo processes of
 //! the reference venv, the loss plot receives the steps, and the run list shows the run with
 //! "torchrun × 2" and its bundle; then the export row writes the run as an ONNX file (the
-//! default path under the project's exports, the notice naming its size). Skips with a message
-//! when the venv is missing (outside CI).
+//! default path under the project's exports, the notice naming its size), and a TorchScript
+//! export cancelled from its progress row leaves nothing. Skips with a message when the venv is
+//! missing (outside CI).
 
 mod common;
 use std::path::PathBuf;
@@ -61,7 +62,7 @@ fn have_venv() -> bool {
 }
 
 #[test]
-fn torchrun_from_the_form_trains_lists_and_exports_onnx() {
+fn torchrun_from_the_form_trains_lists_exports_onnx_and_cancels_torchscript() {
     if !have_venv() {
         return;
     }
@@ -199,4 +200,35 @@ fn torchrun_from_the_form_trains_lists_and_exports_onnx() {
             .any(|n| n.contains(&out.display().to_string()) && n.contains(&size)),
         "the notice names the file and its size {size}: {notices:?}"
     );
+
+    // A TorchScript export cancelled from its progress row leaves no file.
+    if let Err(why) = DeployFormat::TorchScript.available() {
+        eprintln!("SKIP the TorchScript cancel: {why}");
+        return;
+    }
+    h.get_by_label("TorchScript (.pt)").click();
+    h.run();
+    let pt = project.join("exports").join(format!("{}.pt", run.id));
+    assert_eq!(
+        h.get_by_label("Export to file")
+            .accesskit_node()
+            .value()
+            .as_deref(),
+        Some(pt.display().to_string().as_str())
+    );
+    h.get_by_label("Export TorchScript file").click();
+    h.step();
+    h.get_by_label("Cancel export").click();
+    wait_for(&mut h, "the cancelled export", |s| s.panel.idle());
+    let notices = notice_texts(h.state());
+    assert!(
+        notices.last().is_some_and(|n| n == "export cancelled"),
+        "{notices:?}"
+    );
+    assert!(!pt.exists(), "a cancelled export leaves no {pt:?}");
+    let left: Vec<_> = std::fs::read_dir(project.join("exports"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), 1, "only the ONNX file: {left:?}");
 }
