@@ -19,7 +19,7 @@ use anyhow::Context as _;
 
 use crate::dataset::ExportSet;
 use crate::model::MaskRcnnConfig;
-use crate::train::config::{RefitMode, TrainConfig};
+use crate::train::config::{AugmentConfig, RefitMode, TrainConfig};
 use crate::train::data;
 use crate::train::observer::{TrainEvent, TrainObserver};
 use crate::train::runs::{CONFIG_FILE, RunConfig};
@@ -73,6 +73,25 @@ fn planned_steps(cfg: &TrainConfig, train_images: usize, world: usize) -> usize 
     let per_epoch = per_rank.div_ceil(cfg.batch_size.max(1));
     let planned = per_epoch * cfg.epochs;
     cfg.max_iters.map_or(planned, |m| m.min(planned))
+}
+
+/// The recipe `ddp_train.py` receives: the augmentation the in-process trainer would use
+/// spelled out (`ddp_train.py` reads a missing one as "flip only", ours as the preset's
+/// pipeline), and the warm-up over the same number of images: a global step sees `world`
+/// times the images of one of ours, so it lasts `ceil(warmup_iters / world)` global steps
+/// (the "gradual warm-up" that goes with linear LR scaling, Goyal et al. 2017, §2.2).
+fn job_recipe(cfg: &TrainConfig, world: usize, notes: &mut Vec<String>) -> TrainConfig {
+    let mut recipe = cfg.clone();
+    recipe.augment = Some(Box::new(AugmentConfig::resolve(cfg)));
+    let warmup = cfg.warmup_iters.div_ceil(world.max(1));
+    if warmup != cfg.warmup_iters {
+        notes.push(format!(
+            "warm-up over the same images as in-process: {} steps of {world} processes ({} in-process steps)",
+            warmup, cfg.warmup_iters
+        ));
+    }
+    recipe.warmup_iters = warmup;
+    recipe
 }
 
 /// The reference venv's interpreter, once it proved to import torch and torchvision.
@@ -218,7 +237,7 @@ fn prepare(
         model: fresh.model_cfg.clone(),
         init: abs(init),
         resume: None,
-        recipe: fresh.cfg.clone(),
+        recipe: job_recipe(&fresh.cfg, world_size(opts), notes),
         device: if fresh.device.is_cuda() {
             "cuda"
         } else {
@@ -484,4 +503,28 @@ fn follow(
 fn read_done(dir: &Path) -> Option<serde_json::Value> {
     let text = std::fs::read_to_string(dir.join(job::DONE_FILE)).ok()?;
     serde_json::from_str(&text).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_recipe_spells_out_the_augmentation_and_scales_the_warm_up() {
+        let cfg = TrainConfig {
+            warmup_iters: 100,
+            ..TrainConfig::default()
+        };
+        assert!(cfg.augment.is_none());
+        let mut notes = Vec::new();
+        let recipe = job_recipe(&cfg, 3, &mut notes);
+        assert_eq!(
+            recipe.augment.as_deref(),
+            Some(&AugmentConfig::resolve(&cfg))
+        );
+        assert_eq!(recipe.warmup_iters, 34);
+        assert_eq!(notes.len(), 1);
+        let one = job_recipe(&cfg, 1, &mut Vec::new());
+        assert_eq!(one.warmup_iters, 100);
+    }
 }
