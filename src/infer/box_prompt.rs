@@ -248,15 +248,22 @@ mod tests {
     #[test]
     fn a_detections_box_gives_back_its_mask_and_the_box_heads_best_class() {
         let dir = tempfile::tempdir().unwrap();
-        let p = random_predictor(dir.path());
         let image = test_image();
-        let detections = p.predict_soft(&image).unwrap();
+        // The checks hold for any weights, but some draws detect too little to check (and other
+        // tests share torch's generator, so a seed would not pin the draw): new weights then.
+        let (p, detections) = (0..10)
+            .find_map(|i| {
+                let p = random_predictor(&dir.path().join(i.to_string()));
+                let detections = p.predict_soft(&image).unwrap();
+                let enough = detections.iter().filter(|d| d.area_at(0.5) >= 20).count() >= 3;
+                enough.then_some((p, detections))
+            })
+            .expect("ten random models each found fewer than 3 objects");
         let with_pixels: Vec<&Detection> = detections
             .iter()
             .filter(|d| d.area_at(0.5) >= 20)
             .take(8)
             .collect();
-        assert!(with_pixels.len() >= 3, "the random model found too little");
         let features = p.image_features(&image).unwrap();
         for d in with_pixels {
             let got = p
