@@ -10,9 +10,8 @@
 //! that is not trimmed while a job runs; [`release_free_memory`] hands the free part back to
 //! the system when a job ends. Both do nothing off glibc.
 //!
-//! One of the crate's two `unsafe` places (the other sends signals: `train::torchrun::launch`):
-//! three FFI calls into glibc that change or read allocator parameters and touch no Rust memory
-//! (no crate wraps `mallopt`).
+//! The crate's only `unsafe`: three FFI calls into glibc that change or read allocator
+//! parameters and touch no Rust memory (no crate wraps `mallopt`).
 #![allow(unsafe_code)]
 
 /// Serves large blocks from the heap and keeps freed memory for reuse (process-wide, once).

@@ -13,6 +13,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use rustix::process::Signal;
 
 use super::options::TorchrunOptions;
 
@@ -104,7 +105,7 @@ impl Launch {
         groups.extend(below.iter().map(|p| p.pgid));
         groups.sort_unstable();
         groups.dedup();
-        signal_groups(&groups, libc::SIGTERM);
+        signal_groups(&groups, Signal::TERM);
         let deadline = Instant::now() + grace;
         let mut status = None;
         while Instant::now() < deadline {
@@ -120,7 +121,7 @@ impl Launch {
         }
         // Workers started after the first look are below the agent too.
         groups.extend(descendants(self.pgid).iter().map(|p| p.pgid));
-        signal_groups(&groups, libc::SIGKILL);
+        signal_groups(&groups, Signal::KILL);
         let status = match status {
             Some(s) => s,
             None => self.child.wait()?,
@@ -133,46 +134,37 @@ impl Launch {
     }
 }
 
-/// Sends `sig` to each process group. `killpg` is an FFI call that touches no Rust memory (the
-/// standard library can signal only its own `Child`, not a group); hence the one allowance.
-#[allow(unsafe_code)]
-fn signal_groups(groups: &[i32], sig: libc::c_int) {
+/// Sends `sig` to each process group (`kill(-pgid, sig)` through rustix); a group that is
+/// already gone is fine.
+fn signal_groups(groups: &[i32], sig: Signal) {
     for &g in groups {
-        if g > 1 {
-            // SAFETY: killpg only sends a signal; ESRCH (group gone) is fine.
-            unsafe {
-                libc::killpg(g, sig);
-            }
+        if g > 1
+            && let Some(pid) = rustix::process::Pid::from_raw(g)
+        {
+            // ESRCH (the group ended meanwhile) is what stopping wants.
+            let _ = rustix::process::kill_process_group(pid, sig);
         }
     }
 }
 
-/// Set by [`on_interrupt`] when SIGINT, SIGTERM or SIGHUP arrives.
-static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-extern "C" fn on_interrupt(_sig: libc::c_int) {
-    // Only an atomic store: async-signal-safe.
-    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
-}
-
 /// Turns Ctrl+C (SIGINT), SIGTERM and SIGHUP of this process into `control.cancel()` for the
 /// CLI: torchrun runs in a process group of its own, out of reach of the terminal's Ctrl+C, so
-/// without this an interrupted `maskstudio train` would leave its ranks training. A
-/// `torchrun-interrupt` thread watches the flag; the run then stops every rank and stays
-/// resumable from its last finished epoch.
-#[allow(unsafe_code)]
+/// without this an interrupted `maskstudio train` would leave its ranks training. The signals
+/// set a flag (`signal_hook::flag`); a `torchrun-interrupt` thread watches it, and the run then
+/// stops every rank and stays resumable from its last finished epoch.
 pub fn cancel_on_interrupt(control: &crate::train::trainer::TrainControl) -> anyhow::Result<()> {
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic (async-signal-safe); `signal` itself
-        // touches no Rust memory.
-        let old = unsafe { libc::signal(sig, on_interrupt as *const () as libc::sighandler_t) };
-        anyhow::ensure!(old != libc::SIG_ERR, "could not handle signal {sig}");
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let interrupted = std::sync::Arc::new(AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM, SIGHUP] {
+        signal_hook::flag::register(sig, std::sync::Arc::clone(&interrupted))
+            .with_context(|| format!("could not handle signal {sig}"))?;
     }
     let control = control.clone();
     std::thread::Builder::new()
         .name("torchrun-interrupt".into())
         .spawn(move || {
-            while !INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+            while !interrupted.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(100));
             }
             eprintln!("interrupted: stopping every torchrun process (resume with --resume)");
