@@ -128,10 +128,11 @@ fn the_kfold_form_estimates_before_starting_and_audit_with_this_run_stores_an_au
     let run_id = h.state().panel.runs()[0].id.clone();
     assert_eq!(run_id, summary.run_id);
     h.get_by_label(&run_id).click_accesskit();
-    // Selecting the run replays its history on a worker; settle only once it answered (its
-    // plots arriving late made a plain `run()` exceed its step budget under load).
+    // Selecting the run replays its history on a worker; wait until it answered, then give
+    // the plots that arrive with it frames to lay out (they may take more than the harness's
+    // `run()` budget of 4 to settle, which made `run()` fail under load).
     wait_for(&mut h, "the selected run's history", |s| s.panel.idle());
-    h.run();
+    h.run_steps(12);
     h.get_by_label("Audit with this run").click_accesskit();
     h.step();
     wait_for(&mut h, "the audit", |s| {
